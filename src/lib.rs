@@ -3,4 +3,10 @@
 //! # Layout
 //! - [`resource`]: the lifecycle pattern (states, `Managed<R>`, registry, groups, monitor);
 //!   knows nothing of models or networking.
+//! - [`catalog`]: known models, where their files come from, checksums.
+//! - [`engine`]: the sharded inference engine on candle (a resource).
+//! - [`cli`]: the command line.
+pub mod catalog;
+pub mod cli;
+pub mod engine;
 pub mod resource;

@@ -1,0 +1,111 @@
+//! `exo bench`: prefill and decode tokens/s of the engine, after a warm-up.
+
+use clap::Args;
+use serde_json::json;
+
+use super::shared::ModelArgs;
+use crate::engine::SamplingParams;
+use crate::engine::local::{GenerationStats, LocalRequest, generate};
+use crate::resource::scoped;
+
+/// Text the benchmark prompt is cut from (any text works; this one is plain English).
+const BENCH_TEXT: &str = "The quick brown fox jumps over the lazy dog while the river runs \
+    past the old mill, and the people of the valley gather to watch the evening sky turn \
+    from gold to violet as the first stars appear above the hills.";
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 20)]
+    pub prompt_tokens: usize,
+    /// Tokens to decode per run.
+    #[arg(long, default_value_t = 128)]
+    pub tokens: usize,
+    /// Measured runs (after one warm-up run); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Split the model into N in-process shards.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.prompt_tokens > 0, "--prompt-tokens must be at least 1");
+    anyhow::ensure!(args.tokens > 1, "--tokens must be at least 2");
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    let engine = args.model.engine(None)?;
+    scoped(&engine, |engine| async move {
+        let model = engine.ensure_ready().await?.model()?;
+        let text_tokens = model.tokenizer().encode(BENCH_TEXT)?;
+        let prompt: Vec<u32> = text_tokens.iter().cycle().take(args.prompt_tokens).copied().collect();
+        let ranges: Vec<(usize, usize)> =
+            crate::engine::Shard::split_even(model.model_id(), model.config().n_layers, args.shards)?
+                .iter()
+                .map(|s| (s.start_layer, s.end_layer))
+                .collect();
+        let request = LocalRequest {
+            prompt,
+            max_tokens: args.tokens,
+            sampling: SamplingParams::greedy(),
+            stop: Vec::new(),
+            ignore_eos: true,
+        };
+        let device = model.device_name();
+        let runs = args.runs;
+        let stats: Vec<GenerationStats> = tokio::task::spawn_blocking(move || {
+            // The warm-up pays for first-use costs (page faults, GPU kernel compilation).
+            generate(&model, &ranges, &request, |_| {})?;
+            (0..runs)
+                .map(|_| generate(&model, &ranges, &request, |_| {}).map(|o| o.stats))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .await??;
+        let prefill = median(stats.iter().map(GenerationStats::prefill_tok_s).collect());
+        let decode = median(stats.iter().map(GenerationStats::decode_tok_s).collect());
+        if args.json {
+            println!(
+                "{}",
+                json!({
+                    "model": args.model.model,
+                    "device": device,
+                    "shards": args.shards,
+                    "prompt_tokens": args.prompt_tokens,
+                    "tokens": args.tokens,
+                    "runs": args.runs,
+                    "threads": candle_core::utils::get_num_threads(),
+                    "prefill_tok_s": prefill,
+                    "decode_tok_s": decode,
+                })
+            );
+        } else {
+            println!(
+                "{} on {device} ({} threads, {} shard(s)): prefill {prefill:.1} tokens/s ({} tokens), decode {decode:.1} tokens/s ({} tokens), median of {} runs",
+                args.model.model,
+                candle_core::utils::get_num_threads(),
+                args.shards,
+                args.prompt_tokens,
+                args.tokens,
+                args.runs
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}

@@ -1,0 +1,47 @@
+//! The command line: `exo node | run | generate | bench | models | resources`.
+
+mod bench;
+mod generate;
+mod models;
+mod shared;
+
+use clap::{Parser, Subcommand};
+
+pub use shared::ModelArgs;
+
+/// A distributed LLM inference node: nodes find each other, split a model's layers among
+/// themselves and answer chat requests together.
+#[derive(Debug, Parser)]
+#[command(name = "exo", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt on this machine (optionally as N chained in-process shards).
+    Generate(generate::GenerateArgs),
+    /// Measure prefill and decode tokens/s.
+    Bench(bench::BenchArgs),
+    /// List or fetch models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Generate(args) => generate::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::Models(command) => models::run(command).await,
+        }
+    }
+
+    /// The log level a command wants when RUST_LOG does not say: quiet for one-shot
+    /// commands, informative for long-running ones.
+    pub fn default_log_filter(&self) -> &'static str {
+        "warn"
+    }
+}

@@ -1,0 +1,54 @@
+//! Flags several commands share, and helpers to act on them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use crate::catalog::{ResolvedModel, default_models_dir, resolve_model};
+use crate::engine::{CpuMatmul, DeviceChoice, EngineConfig, InferenceEngine};
+use crate::resource::{Managed, ResourceRegistry};
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// A model id from the registry (`exo models list`), a .gguf file, or a directory with
+    /// config.json and safetensors.
+    #[arg(long, env = "EXO_MODEL", default_value = "smollm2-135m")]
+    pub model: String,
+    /// Where fetched models live.
+    #[arg(long, env = "EXO_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Device to run on: auto, cpu, cuda[:N], metal[:N].
+    #[arg(long, env = "EXO_DEVICE", default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Quantized matmuls on the CPU: exact (f32 activations, the default) or candle
+    /// (8-bit activations, as llama.cpp).
+    #[arg(long, env = "EXO_CPU_MATMUL", default_value = "exact")]
+    pub cpu_matmul: CpuMatmul,
+}
+
+impl ModelArgs {
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir.clone().unwrap_or_else(default_models_dir)
+    }
+
+    pub fn resolve(&self) -> anyhow::Result<ResolvedModel> {
+        resolve_model(&self.model, &self.models_dir())
+    }
+
+    /// The engine as a managed resource (registered when a registry is given).
+    pub fn engine(
+        &self,
+        registry: Option<&Arc<ResourceRegistry>>,
+    ) -> anyhow::Result<Arc<Managed<InferenceEngine>>> {
+        let mut config = EngineConfig::new(self.resolve()?, self.device);
+        config.cpu_matmul = self.cpu_matmul;
+        let mut builder = Managed::builder("engine", InferenceEngine::new(config))
+            .name(format!("inference engine ({})", self.model))
+            .config(InferenceEngine::resource_config());
+        if let Some(registry) = registry {
+            builder = builder.register_in(registry);
+        }
+        Ok(builder.build())
+    }
+}

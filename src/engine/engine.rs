@@ -1,0 +1,393 @@
+//! The inference engine as a resource: initialize opens the device, the model file and
+//! the tokenizer; shards are loaded on demand; health runs a tiny forward; cleanup frees
+//! weights and caches.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+
+use super::config::ModelConfig;
+use super::device::{DeviceChoice, dense_dtype, device_name};
+use super::kv_cache::{CacheLimits, KvCacheStore};
+use super::llama::{ShardInput, ShardModel, ShardOutput};
+use super::matrix::CpuMatmul;
+use super::shard::Shard;
+use super::tokenizer::TextTokenizer;
+use super::weights::WeightSource;
+use crate::catalog::{ModelFormat, ResolvedModel};
+use crate::resource::Resource;
+
+/// How to build the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model: ResolvedModel,
+    pub device: DeviceChoice,
+    pub cache_limits: CacheLimits,
+    /// A layer range to load during initialize; otherwise shards load on first use.
+    pub preload: Option<(usize, usize)>,
+    /// Loaded shards kept at once (a node's range changes when the cluster does).
+    pub max_loaded_shards: usize,
+    /// Which kernels run quantized matmuls on the CPU.
+    pub cpu_matmul: CpuMatmul,
+}
+
+impl EngineConfig {
+    pub fn new(model: ResolvedModel, device: DeviceChoice) -> Self {
+        EngineConfig {
+            model,
+            device,
+            cache_limits: CacheLimits::default(),
+            preload: None,
+            max_loaded_shards: 2,
+            cpu_matmul: CpuMatmul::default(),
+        }
+    }
+}
+
+/// An opened model: device, weights source, tokenizer, loaded shards, KV caches.
+pub struct LoadedModel {
+    model_id: String,
+    device: Device,
+    dtype: DType,
+    source: WeightSource,
+    tokenizer: Arc<TextTokenizer>,
+    shards: Mutex<Vec<Arc<ShardModel>>>,
+    caches: Mutex<KvCacheStore>,
+    max_loaded_shards: usize,
+    cpu_matmul: CpuMatmul,
+}
+
+impl LoadedModel {
+    /// Opens the model on a device (blocking: reads headers and builds the tokenizer).
+    pub fn open(config: &EngineConfig) -> anyhow::Result<Self> {
+        let device = config.device.open()?;
+        let source = WeightSource::open(&config.model.path)?;
+        let tokenizer = match config.model.format {
+            ModelFormat::Gguf => match source.gguf() {
+                Some(content) => TextTokenizer::from_gguf(content)?,
+                None => bail!("{} is not a GGUF file", config.model.path.display()),
+            },
+            ModelFormat::Safetensors => TextTokenizer::from_dir(&config.model.path)?,
+        };
+        let dtype = if source.is_quantized() {
+            DType::F32
+        } else {
+            dense_dtype(&device)
+        };
+        Ok(LoadedModel {
+            model_id: config.model.id.clone(),
+            device,
+            dtype,
+            source,
+            tokenizer: Arc::new(tokenizer),
+            shards: Mutex::new(Vec::new()),
+            caches: Mutex::new(KvCacheStore::new(config.cache_limits)),
+            max_loaded_shards: config.max_loaded_shards.max(1),
+            cpu_matmul: config.cpu_matmul,
+        })
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        self.source.config()
+    }
+
+    pub fn tokenizer(&self) -> &Arc<TextTokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn device_name(&self) -> String {
+        device_name(&self.device)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The checked shard for a layer range of this model.
+    pub fn shard_for(&self, start: usize, end: usize) -> anyhow::Result<Shard> {
+        Shard::new(&self.model_id, start, end, self.config().n_layers)
+    }
+
+    /// The loaded shard for `[start, end)`, loading it if need be (blocking).
+    pub fn shard(&self, start: usize, end: usize) -> anyhow::Result<Arc<ShardModel>> {
+        let shard = self.shard_for(start, end)?;
+        {
+            let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = shards.iter().position(|s| *s.shard() == shard) {
+                // Most recently used last.
+                let found = shards.remove(i);
+                shards.push(found.clone());
+                return Ok(found);
+            }
+        }
+        let started = Instant::now();
+        let loaded = Arc::new(ShardModel::load(
+            &self.source,
+            &shard,
+            &self.device,
+            self.dtype,
+            self.cpu_matmul,
+        )?);
+        tracing::info!(
+            "loaded {shard} on {} in {:.2}s ({:.1} MB of layers)",
+            self.device_name(),
+            started.elapsed().as_secs_f64(),
+            loaded.layer_bytes() as f64 / 1e6
+        );
+        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        shards.push(loaded.clone());
+        while shards.len() > self.max_loaded_shards {
+            let dropped = shards.remove(0);
+            tracing::info!("unloading {}", dropped.shard());
+        }
+        Ok(loaded)
+    }
+
+    /// Runs one step of `request_id` on the shard `[start, end)` (blocking). The request's
+    /// cache must be at `position` (0 starts a new one). A failed step drops the cache: a
+    /// half-updated cache must never be used again.
+    pub fn step(
+        &self,
+        request_id: &str,
+        start: usize,
+        end: usize,
+        input: ShardInput,
+        position: usize,
+    ) -> anyhow::Result<ShardOutput> {
+        let shard = self.shard(start, end)?;
+        let mut cache = {
+            let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            caches.checkout(
+                &cache_key(request_id, start, end),
+                position,
+                shard.shard().len(),
+            )?
+        };
+        match shard.forward(input, &mut cache) {
+            Ok(output) => {
+                let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+                caches.checkin(&cache_key(request_id, start, end), cache);
+                Ok(output)
+            }
+            Err(error) => {
+                self.finish_range(request_id, start, end);
+                Err(error)
+            }
+        }
+    }
+
+    /// Whether `request_id` has a cache for the shard `[start, end)`.
+    pub fn has_cache(&self, request_id: &str, start: usize, end: usize) -> bool {
+        self.caches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&cache_key(request_id, start, end))
+    }
+
+    /// Drops caches idle for longer than `max_idle` (their origin went away without
+    /// finishing them). Returns how many.
+    pub fn expire_idle(&self, max_idle: std::time::Duration) -> usize {
+        self.caches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expire_idle(max_idle)
+    }
+
+    /// Drops every cache of `request_id` on this node. Returns how many there were.
+    pub fn finish(&self, request_id: &str) -> usize {
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        let shards: Vec<Shard> = self
+            .shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|s| s.shard().clone())
+            .collect();
+        shards
+            .iter()
+            .filter(|s| caches.remove(&cache_key(request_id, s.start_layer, s.end_layer)))
+            .count()
+    }
+
+    fn finish_range(&self, request_id: &str, start: usize, end: usize) {
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches.remove(&cache_key(request_id, start, end));
+    }
+
+    /// Requests with a cache on this node.
+    pub fn active_requests(&self) -> usize {
+        self.caches.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn cache_bytes(&self) -> usize {
+        self.caches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bytes()
+    }
+
+    /// The loaded shards' ranges.
+    pub fn loaded_shards(&self) -> Vec<Shard> {
+        self.shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|s| s.shard().clone())
+            .collect()
+    }
+
+    /// A one-token forward through a loaded shard with a throwaway cache, or a small
+    /// computation on the device when no shard is loaded yet.
+    pub fn probe(&self) -> anyhow::Result<()> {
+        let shard = self
+            .shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last()
+            .cloned();
+        match shard {
+            Some(shard) => {
+                let input = if shard.shard().is_first() {
+                    ShardInput::Tokens(vec![0])
+                } else {
+                    ShardInput::Hidden(Tensor::zeros(
+                        (1, 1, self.config().hidden_size),
+                        self.dtype,
+                        &self.device,
+                    )?)
+                };
+                shard.forward(input, &mut shard.new_cache())?;
+            }
+            None => {
+                let sum = Tensor::ones(16, DType::F32, &self.device)?
+                    .sum_all()?
+                    .to_scalar::<f32>()?;
+                if sum != 16.0 {
+                    bail!("the device computed 1×16 = {sum}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A cache untouched for this long belongs to a request whose origin is gone.
+const IDLE_CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Caches are per request and per layer range (a node may briefly hold two ranges).
+fn cache_key(request_id: &str, start: usize, end: usize) -> String {
+    format!("{request_id}@{start}-{end}")
+}
+
+/// The engine resource.
+pub struct InferenceEngine {
+    config: EngineConfig,
+    loaded: RwLock<Option<Arc<LoadedModel>>>,
+}
+
+impl InferenceEngine {
+    pub fn new(config: EngineConfig) -> Self {
+        InferenceEngine {
+            config,
+            loaded: RwLock::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Lifecycle settings for the engine: loading a large model from a slow disk takes a
+    /// while, and a health check may run a forward pass.
+    pub fn resource_config() -> crate::resource::ResourceConfig {
+        crate::resource::ResourceConfig {
+            initialize_timeout: std::time::Duration::from_secs(600),
+            health_timeout: std::time::Duration::from_secs(30),
+            ..crate::resource::ResourceConfig::default()
+        }
+    }
+
+    /// The opened model. Fails only if a cleanup raced this call.
+    pub fn model(&self) -> anyhow::Result<Arc<LoadedModel>> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .context("the inference engine has been cleaned up")
+    }
+}
+
+impl Resource for InferenceEngine {
+    const KIND: &'static str = "inference_engine";
+
+    async fn initialize(&self) -> anyhow::Result<()> {
+        let config = self.config.clone();
+        let model = tokio::task::spawn_blocking(move || -> anyhow::Result<LoadedModel> {
+            let model = LoadedModel::open(&config)?;
+            if let Some((start, end)) = config.preload {
+                model.shard(start, end)?;
+            }
+            Ok(model)
+        })
+        .await
+        .context("the model loading task failed")??;
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(model));
+        Ok(())
+    }
+
+    async fn cleanup(&self) -> anyhow::Result<()> {
+        // In-flight steps keep their Arc until they finish; memory goes when they do.
+        self.loaded
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        Ok(())
+    }
+
+    async fn health(&self) -> anyhow::Result<()> {
+        let model = self.model()?;
+        let expired = model.expire_idle(IDLE_CACHE_LIFETIME);
+        if expired > 0 {
+            tracing::info!("dropped {expired} idle KV cache(s)");
+        }
+        tokio::task::spawn_blocking(move || model.probe())
+            .await
+            .context("the health probe task failed")?
+    }
+
+    fn info(&self) -> serde_json::Value {
+        let loaded = self
+            .loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match loaded {
+            Some(model) => json!({
+                "model": model.model_id(),
+                "path": self.config.model.path.display().to_string(),
+                "device": model.device_name(),
+                "dtype": format!("{:?}", model.dtype()).to_lowercase(),
+                "layers": model.config().n_layers,
+                "loaded_shards": model.loaded_shards().iter().map(|s| format!("[{}, {})", s.start_layer, s.end_layer)).collect::<Vec<_>>(),
+                "active_requests": model.active_requests(),
+                "kv_cache_bytes": model.cache_bytes(),
+            }),
+            None => json!({
+                "model": self.config.model.id,
+                "path": self.config.model.path.display().to_string(),
+                "device_requested": self.config.device.to_string(),
+            }),
+        }
+    }
+}

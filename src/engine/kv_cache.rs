@@ -1,0 +1,249 @@
+//! Per-request key/value caches, bounded by count and bytes.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::bail;
+use candle_core::{D, Tensor};
+
+/// Keys and values of one layer for one sequence, in buffers that grow by doubling so
+/// that appending a token copies only that token (not the whole history, as a `cat`
+/// per step would).
+pub struct LayerCache {
+    keys: Tensor,
+    values: Tensor,
+    len: usize,
+}
+
+impl LayerCache {
+    /// Appends `k` and `v` of shape (1, kv_heads, t, head_dim) and returns views of
+    /// everything cached so far.
+    pub fn append(
+        slot: &mut Option<LayerCache>,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let added = k.dim(2)?;
+        let cache = match slot {
+            Some(cache) => cache,
+            None => slot.insert(LayerCache {
+                keys: Self::buffer(k, added.max(64))?,
+                values: Self::buffer(v, added.max(64))?,
+                len: 0,
+            }),
+        };
+        let needed = cache.len + added;
+        let capacity = cache.keys.dim(2)?;
+        if needed > capacity {
+            let capacity = needed.max(capacity * 2);
+            cache.keys = Self::grow(&cache.keys, cache.len, capacity)?;
+            cache.values = Self::grow(&cache.values, cache.len, capacity)?;
+        }
+        cache.keys.slice_set(&k.contiguous()?, 2, cache.len)?;
+        cache.values.slice_set(&v.contiguous()?, 2, cache.len)?;
+        cache.len = needed;
+        Ok((
+            cache.keys.narrow(2, 0, needed)?,
+            cache.values.narrow(2, 0, needed)?,
+        ))
+    }
+
+    fn buffer(like: &Tensor, capacity: usize) -> candle_core::Result<Tensor> {
+        let (b, h, _, d) = like.dims4()?;
+        Tensor::zeros((b, h, capacity, d), like.dtype(), like.device())
+    }
+
+    fn grow(old: &Tensor, len: usize, capacity: usize) -> candle_core::Result<Tensor> {
+        let (b, h, _, d) = old.dims4()?;
+        let new = Tensor::zeros((b, h, capacity, d), old.dtype(), old.device())?;
+        if len > 0 {
+            new.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+        }
+        Ok(new)
+    }
+
+    fn bytes(&self) -> usize {
+        2 * self.keys.elem_count() * self.keys.dtype().size_in_bytes()
+    }
+}
+
+/// Everything one shard caches for one request: a cache per layer and the number of
+/// positions seen.
+#[derive(Default)]
+pub struct SequenceCache {
+    pub layers: Vec<Option<LayerCache>>,
+    /// Positions processed so far: the position of the next token.
+    pub len: usize,
+}
+
+impl SequenceCache {
+    pub fn new(n_layers: usize) -> Self {
+        SequenceCache {
+            layers: (0..n_layers).map(|_| None).collect(),
+            len: 0,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().flatten().map(LayerCache::bytes).sum()
+    }
+
+    /// Last dimension check used by tests: the head dimension of the cached keys.
+    pub fn head_dim(&self) -> Option<usize> {
+        self.layers
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|c| c.keys.dim(D::Minus1).ok())
+    }
+}
+
+/// Limits of a [`KvCacheStore`].
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    pub max_requests: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            max_requests: 64,
+            max_bytes: 2 << 30,
+        }
+    }
+}
+
+struct Entry {
+    cache: Option<SequenceCache>,
+    last_used: Instant,
+}
+
+/// The caches of every request a shard is serving, keyed by request id.
+///
+/// Bounded by count and bytes: past either bound, the least recently used idle request
+/// is evicted. A request whose cache was evicted gets a clear error on its next step
+/// rather than silently starting over (its position no longer matches).
+pub struct KvCacheStore {
+    limits: CacheLimits,
+    entries: HashMap<String, Entry>,
+    evictions: u64,
+}
+
+impl KvCacheStore {
+    pub fn new(limits: CacheLimits) -> Self {
+        KvCacheStore {
+            limits,
+            entries: HashMap::new(),
+            evictions: 0,
+        }
+    }
+
+    /// Takes the cache of `request_id` out for a step at `position`: a new request starts
+    /// at 0; a continuing one must find its cache at exactly that position.
+    pub fn checkout(
+        &mut self,
+        request_id: &str,
+        position: usize,
+        n_layers: usize,
+    ) -> anyhow::Result<SequenceCache> {
+        match self.entries.get_mut(request_id) {
+            Some(entry) => {
+                let Some(cache) = entry.cache.take() else {
+                    bail!("request {request_id} is already running a step on this shard");
+                };
+                if cache.len != position {
+                    let len = cache.len;
+                    entry.cache = Some(cache);
+                    bail!(
+                        "request {request_id} is at position {len} on this shard, not {position}"
+                    );
+                }
+                entry.last_used = Instant::now();
+                Ok(cache)
+            }
+            None if position == 0 => {
+                self.entries.insert(
+                    request_id.to_string(),
+                    Entry {
+                        cache: None,
+                        last_used: Instant::now(),
+                    },
+                );
+                Ok(SequenceCache::new(n_layers))
+            }
+            None => bail!(
+                "no KV cache for request {request_id} at position {position}: it was evicted \
+                 or never started on this shard"
+            ),
+        }
+    }
+
+    /// Returns a cache after its step, then enforces the bounds.
+    pub fn checkin(&mut self, request_id: &str, cache: SequenceCache) {
+        if let Some(entry) = self.entries.get_mut(request_id) {
+            entry.cache = Some(cache);
+            entry.last_used = Instant::now();
+        }
+        self.enforce_limits(request_id);
+    }
+
+    /// Drops a request's cache (finished, cancelled or failed). Returns whether it existed.
+    pub fn remove(&mut self, request_id: &str) -> bool {
+        self.entries.remove(request_id).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Drops idle caches unused for longer than `max_idle`. Returns how many.
+    pub fn expire_idle(&mut self, max_idle: std::time::Duration) -> usize {
+        let before = self.entries.len();
+        self.entries
+            .retain(|_, e| e.cache.is_none() || e.last_used.elapsed() <= max_idle);
+        before - self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.entries
+            .values()
+            .filter_map(|e| e.cache.as_ref())
+            .map(SequenceCache::bytes)
+            .sum()
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    pub fn contains(&self, request_id: &str) -> bool {
+        self.entries.contains_key(request_id)
+    }
+
+    /// Evicts least recently used idle caches (never `keep`, never one checked out)
+    /// until both bounds hold.
+    fn enforce_limits(&mut self, keep: &str) {
+        while self.entries.len() > self.limits.max_requests || self.bytes() > self.limits.max_bytes
+        {
+            let victim = self
+                .entries
+                .iter()
+                .filter(|(id, e)| id.as_str() != keep && e.cache.is_some())
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(id, _)| id.clone());
+            match victim {
+                Some(id) => {
+                    tracing::info!("evicting the KV cache of request {id} to stay within limits");
+                    self.entries.remove(&id);
+                    self.evictions += 1;
+                }
+                None => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The sharded inference engine: the real default model, generated models of every
+//! format, and bad input.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod bad_input;
+mod cache;
+mod kernels;
+mod real_model;
+mod synthetic;
+mod text;

@@ -1,0 +1,192 @@
+//! The default model (SmolLM2-135M-Instruct, GGUF Q4_1): answers, shard equivalence,
+//! the bytes a shard loads.
+
+use std::sync::{Arc, OnceLock};
+
+use exo::catalog::{ModelFormat, ResolvedModel};
+use exo::engine::local::{LocalRequest, generate};
+use exo::engine::weights::WeightSource;
+use exo::engine::{
+    ChatMessage, DeviceChoice, EngineConfig, LoadedModel, SamplingParams, ShardModel,
+};
+
+use crate::support::default_model;
+
+/// One opened copy of the default model for the whole binary (opening builds the tokenizer).
+pub fn smollm() -> Arc<LoadedModel> {
+    static MODEL: OnceLock<Arc<LoadedModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let resolved = ResolvedModel {
+                id: "smollm2-135m".into(),
+                path: default_model().to_path_buf(),
+                format: ModelFormat::Gguf,
+            };
+            Arc::new(LoadedModel::open(&EngineConfig::new(resolved, DeviceChoice::Cpu)).unwrap())
+        })
+        .clone()
+}
+
+fn chat(model: &LoadedModel, prompt: &str) -> Vec<u32> {
+    model
+        .tokenizer()
+        .encode_chat(&[ChatMessage::new("user", prompt)])
+        .unwrap()
+}
+
+fn greedy(
+    model: &LoadedModel,
+    ranges: &[(usize, usize)],
+    prompt: &[u32],
+    tokens: usize,
+) -> Vec<u32> {
+    let request = LocalRequest {
+        prompt: prompt.to_vec(),
+        max_tokens: tokens,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+        ignore_eos: true,
+    };
+    generate(model, ranges, &request, |_| {}).unwrap().tokens
+}
+
+#[test]
+fn the_default_model_answers_the_france_question_with_paris() {
+    let model = smollm();
+    let prompt = chat(&model, "What is the capital of France?");
+    let request = LocalRequest {
+        prompt,
+        max_tokens: 32,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+        ignore_eos: false,
+    };
+    let output = generate(&model, &[(0, 30)], &request, |_| {}).unwrap();
+    assert!(output.text.contains("Paris"), "answer: {:?}", output.text);
+}
+
+#[test]
+fn one_two_and_three_shards_generate_the_same_tokens() {
+    let model = smollm();
+    let splits: [&[(usize, usize)]; 5] = [
+        &[(0, 30)],
+        &[(0, 15), (15, 30)],
+        &[(0, 7), (7, 30)],
+        &[(0, 10), (10, 20), (20, 30)],
+        &[(0, 1), (1, 29), (29, 30)],
+    ];
+    let prompts = [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "List three prime numbers and explain why they are prime.",
+    ];
+    for prompt in prompts {
+        let tokens = chat(&model, prompt);
+        let reference = greedy(&model, splits[0], &tokens, 48);
+        assert_eq!(reference.len(), 48);
+        for split in &splits[1..] {
+            assert_eq!(
+                greedy(&model, split, &tokens, 48),
+                reference,
+                "split {split:?}, prompt {prompt:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_shard_of_a_third_of_the_layers_loads_a_third_of_the_layer_weights() {
+    let source = WeightSource::open(default_model()).unwrap();
+    let device = candle_core::Device::Cpu;
+    let load = |start, end| {
+        let shard = exo::engine::Shard::new("smollm2-135m", start, end, 30).unwrap();
+        ShardModel::load(
+            &source,
+            &shard,
+            &device,
+            candle_core::DType::F32,
+            exo::engine::CpuMatmul::default(),
+        )
+        .unwrap()
+    };
+    let full = load(0, 30);
+    let middle = load(10, 20);
+    let ratio = middle.layer_bytes() as f64 / full.layer_bytes() as f64;
+    assert!(
+        (ratio - 1.0 / 3.0).abs() < 0.01,
+        "a third of the layers loaded {ratio:.3} of the layer bytes"
+    );
+    assert_eq!(
+        middle.other_bytes(),
+        0,
+        "a middle shard loads no embedding, norm or head"
+    );
+    assert!(full.other_bytes() > 0);
+    // The first shard loads the embedding, the last the final norm (the head is tied).
+    let first = load(0, 10);
+    let last = load(20, 30);
+    assert!(first.other_bytes() > 0 && last.other_bytes() > 0);
+    assert_eq!(
+        first.layer_bytes() + middle.layer_bytes() + last.layer_bytes(),
+        full.layer_bytes()
+    );
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_differs_from_greedy() {
+    let model = smollm();
+    let prompt = chat(&model, "Tell me a story about a dragon.");
+    let sampled = |seed| {
+        let request = LocalRequest {
+            prompt: prompt.clone(),
+            max_tokens: 24,
+            sampling: SamplingParams {
+                temperature: 1.2,
+                top_p: 0.95,
+                top_k: 50,
+                seed: Some(seed),
+            },
+            stop: Vec::new(),
+            ignore_eos: true,
+        };
+        generate(&model, &[(0, 15), (15, 30)], &request, |_| {})
+            .unwrap()
+            .tokens
+    };
+    assert_eq!(sampled(7), sampled(7));
+    assert_ne!(sampled(7), sampled(8));
+    assert_ne!(sampled(7), greedy(&model, &[(0, 30)], &prompt, 24));
+}
+
+#[test]
+fn stop_strings_and_max_tokens_end_generation() {
+    let model = smollm();
+    let prompt = chat(&model, "What is the capital of France?");
+    let run = |stop: Vec<String>, max_tokens| {
+        let request = LocalRequest {
+            prompt: prompt.clone(),
+            max_tokens,
+            sampling: SamplingParams::greedy(),
+            stop,
+            ignore_eos: false,
+        };
+        generate(&model, &[(0, 30)], &request, |_| {}).unwrap()
+    };
+    let full = run(Vec::new(), 32);
+    assert_eq!(
+        full.finish,
+        exo::engine::FinishReason::Stop,
+        "ends with end-of-turn: {:?}",
+        full.text
+    );
+    let cut = run(vec!["Paris".into()], 32);
+    assert_eq!(cut.finish, exo::engine::FinishReason::Stop);
+    assert!(
+        !cut.text.contains("Paris") && full.text.starts_with(&cut.text),
+        "{:?}",
+        cut.text
+    );
+    let short = run(Vec::new(), 3);
+    assert_eq!(short.finish, exo::engine::FinishReason::Length);
+    assert_eq!(short.tokens.len(), 3);
+}

@@ -1,0 +1,85 @@
+//! Helpers shared by the integration test binaries (each includes this as a module).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The models directory the tests use (the checkout's git-ignored models/weights).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("EXO_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models").join("weights"))
+}
+
+/// The default model's file, fetched by scripts/fetch-model.sh the first time any test
+/// needs it. The script takes a lock, so test binaries and threads racing here fetch once.
+pub fn default_model() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let output = Command::new("bash")
+            .arg(root().join("scripts").join("fetch-model.sh"))
+            .env("EXO_MODELS_DIR", models_dir())
+            .output()
+            .expect("cannot run scripts/fetch-model.sh");
+        assert!(
+            output.status.success(),
+            "scripts/fetch-model.sh failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        assert!(path.is_file(), "fetch-model.sh printed {}", path.display());
+        path
+    })
+}
+
+/// The `exo` binary built for these tests.
+pub fn exo_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_exo"))
+}
+
+/// A Python with the official `openai` client, in a virtualenv under target/ (made once;
+/// a lock keeps parallel tests from racing).
+pub fn openai_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let venv = root().join("target").join("openai-venv");
+            std::fs::create_dir_all(root().join("target")).unwrap();
+            let lock =
+                std::fs::File::create(root().join("target").join("openai-venv.lock")).unwrap();
+            lock.lock().unwrap();
+            let python = venv.join("bin").join("python");
+            let ready = Command::new(&python)
+                .args(["-c", "import openai"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ready {
+                let made = Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv)
+                    .status()
+                    .unwrap();
+                assert!(made.success(), "python3 -m venv failed");
+                let installed = Command::new(&python)
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        "openai>=1.40,<3",
+                    ])
+                    .status()
+                    .unwrap();
+                assert!(installed.success(), "pip install openai failed");
+            }
+            python
+        })
+        .clone()
+}
