@@ -5,8 +5,14 @@
 //!   knows nothing of models or networking.
 //! - [`catalog`]: known models, where their files come from, checksums.
 //! - [`engine`]: the sharded inference engine on candle (a resource).
-//! - [`cli`]: the command line.
+pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod discovery;
 pub mod engine;
+pub mod node;
+pub mod peer;
+pub mod proto;
 pub mod resource;
+pub mod server;
+pub mod topology;

@@ -3,10 +3,14 @@
 mod bench;
 mod generate;
 mod models;
+mod node;
+mod resources;
+mod run;
 mod shared;
 
 use clap::{Parser, Subcommand};
 
+pub use node::{NodeArgs, shutdown_signal};
 pub use shared::ModelArgs;
 
 /// A distributed LLM inference node: nodes find each other, split a model's layers among
@@ -20,6 +24,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a node: find peers, share the model with them, serve the HTTP API.
+    Node(node::NodeArgs),
+    /// Start a node, let the cluster settle, answer one prompt, and stop.
+    Run(run::RunArgs),
+    /// Inspect or reset the resources of a running node.
+    Resources(resources::ResourcesArgs),
     /// Generate text from a prompt on this machine (optionally as N chained in-process shards).
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode tokens/s.
@@ -33,6 +43,9 @@ impl Cli {
     /// Runs the chosen command.
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Node(args) => node::run(args).await,
+            Command::Run(args) => run::run(args).await,
+            Command::Resources(args) => resources::run(args).await,
             Command::Generate(args) => generate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Models(command) => models::run(command).await,
@@ -42,6 +55,9 @@ impl Cli {
     /// The log level a command wants when RUST_LOG does not say: quiet for one-shot
     /// commands, informative for long-running ones.
     pub fn default_log_filter(&self) -> &'static str {
-        "warn"
+        match self.command {
+            Command::Node(_) => "info",
+            _ => "warn",
+        }
     }
 }

@@ -1,0 +1,87 @@
+//! The admin API over the node's resources: list, health, report, reset.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use futures::future::join_all;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::state::ApiState;
+use crate::resource::{ResourceReport, ResourceSnapshot, ResourceSummary};
+
+/// Every live resource: id, type, state, last error, counts, timings.
+pub async fn list(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let resources: Vec<ResourceSnapshot> =
+        state.registry.list().iter().map(|r| r.snapshot()).collect();
+    Json(json!({
+        "node_id": state.flow.node_id(),
+        "summary": ResourceSummary::of(&resources),
+        "resources": resources,
+    }))
+}
+
+/// Runs every resource's health check now.
+pub async fn health(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let resources = state.registry.list();
+    let reports = join_all(resources.iter().map(|r| r.check_health())).await;
+    let healthy = reports.iter().filter(|r| r.healthy).count();
+    Json(json!({
+        "node_id": state.flow.node_id(),
+        "checked": reports.iter().filter(|r| r.checked).count(),
+        "healthy": healthy,
+        "results": reports,
+    }))
+}
+
+/// The full report (docs/resource-report.md, schema version 1).
+pub async fn report(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let report = match &state.monitor {
+        Some(monitor) => match monitor.ensure_ready().await {
+            Ok(monitor) => monitor.report(),
+            Err(_) => ResourceReport::of_registry(&state.registry, None),
+        },
+        None => ResourceReport::of_registry(&state.registry, None),
+    };
+    Json(report.to_json())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResetQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// Resets one resource (back to Uninitialized, then initialize) and returns its state.
+pub async fn reset(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<ResetQuery>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let found = state.registry.find(&id, query.kind.as_deref());
+    let resource = match found.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            return Err(ApiError::not_found(match &query.kind {
+                Some(kind) => format!("no resource '{id}' of type '{kind}'"),
+                None => format!("no resource '{id}'"),
+            }));
+        }
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "several resources are named '{id}': give ?type="
+            )));
+        }
+    };
+    let outcome = resource.reset().await;
+    let snapshot = resource.snapshot();
+    let (status, error) = match outcome {
+        Ok(()) => (StatusCode::OK, None),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, Some(error.to_string())),
+    };
+    Ok((
+        status,
+        Json(json!({ "reset": error.is_none(), "error": error, "resource": snapshot })),
+    ))
+}

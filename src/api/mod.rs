@@ -1,0 +1,31 @@
+//! The HTTP API of a node: OpenAI-compatible chat completions, models, topology, health,
+//! and the admin endpoints over the node's resources.
+
+mod admin;
+mod chat;
+mod error;
+mod info;
+mod server;
+mod state;
+
+pub use error::ApiError;
+pub use server::ApiServer;
+pub use state::ApiState;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+/// Every route of the API.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(info::models))
+        .route("/v1/topology", get(info::topology))
+        .route("/healthz", get(info::healthz))
+        .route("/v1/resources", get(admin::list))
+        .route("/v1/resources/health", get(admin::health))
+        .route("/v1/resources/report", get(admin::report))
+        .route("/v1/resources/{id}/reset", post(admin::reset))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}

@@ -1,0 +1,21 @@
+//! What the API handlers reach: the node's flow, resources and identity.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::engine::InferenceEngine;
+use crate::node::RequestFlow;
+use crate::resource::{Managed, ResourceMonitor, ResourceRegistry};
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct ApiState {
+    pub flow: Arc<RequestFlow>,
+    pub engine: Arc<Managed<InferenceEngine>>,
+    pub registry: Arc<ResourceRegistry>,
+    /// The monitor, once the node has one (its report adds the monitor's rounds).
+    pub monitor: Option<Arc<Managed<Arc<ResourceMonitor>>>>,
+    /// Turns true when the server shuts down, so that open streams end.
+    pub shutting_down: watch::Receiver<bool>,
+}

@@ -1,0 +1,187 @@
+//! The discovery datagram: what a node says about itself, and how a receiver checks it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::topology::DeviceCapabilities;
+
+/// Identifies exo-rs datagrams among whatever else shares the port.
+pub const PROTOCOL: &str = "exo-rs";
+/// Bumped when the announcement changes incompatibly; other versions are ignored.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Larger datagrams are ignored unread (a real announcement is a few hundred bytes).
+pub const MAX_DATAGRAM_BYTES: usize = 8 * 1024;
+
+/// One node's announcement, sent on every suitable interface every announce interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub protocol: String,
+    pub version: u32,
+    pub node_id: String,
+    pub grpc_port: u16,
+    /// The model the node serves.
+    pub model_id: String,
+    /// How the sender ranks the interface this copy went out on (higher is better:
+    /// physical links above container bridges above loopback).
+    pub interface_priority: u8,
+    pub capabilities: DeviceCapabilities,
+    /// Sent once on the way out, so that peers drop the node at once.
+    #[serde(default)]
+    pub departing: bool,
+}
+
+/// Why a datagram was ignored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatagramError {
+    #[error("datagram of {0} bytes is larger than {MAX_DATAGRAM_BYTES}")]
+    TooLarge(usize),
+    #[error("not an announcement: {0}")]
+    Malformed(String),
+    #[error("a datagram of another protocol ({0:?})")]
+    Foreign(String),
+    #[error("protocol version {0}, expected {PROTOCOL_VERSION}")]
+    WrongVersion(u32),
+    #[error("invalid announcement: {0}")]
+    Invalid(&'static str),
+}
+
+impl Announcement {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and checks a datagram. Never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DatagramError> {
+        if bytes.len() > MAX_DATAGRAM_BYTES {
+            return Err(DatagramError::TooLarge(bytes.len()));
+        }
+        // Look at the protocol and version first, so that a foreign or newer datagram is
+        // counted as such rather than as malformed.
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| DatagramError::Malformed(e.to_string()))?;
+        match value.get("protocol").and_then(|p| p.as_str()) {
+            Some(PROTOCOL) => {}
+            other => return Err(DatagramError::Foreign(other.unwrap_or("none").to_string())),
+        }
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+            Some(v) => {
+                return Err(DatagramError::WrongVersion(
+                    v.min(u64::from(u32::MAX)) as u32
+                ));
+            }
+            None => return Err(DatagramError::Malformed("no version".into())),
+        }
+        let announcement: Announcement =
+            serde_json::from_value(value).map_err(|e| DatagramError::Malformed(e.to_string()))?;
+        if announcement.node_id.is_empty() || announcement.node_id.len() > 128 {
+            return Err(DatagramError::Invalid(
+                "node id must have 1 to 128 characters",
+            ));
+        }
+        if announcement
+            .node_id
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(DatagramError::Invalid(
+                "node id has whitespace or control characters",
+            ));
+        }
+        if announcement.grpc_port == 0 {
+            return Err(DatagramError::Invalid("gRPC port 0"));
+        }
+        Ok(announcement)
+    }
+}
+
+/// Counts of what discovery received, by outcome.
+#[derive(Debug)]
+pub struct DatagramStats {
+    /// Datagrams fully handled so far, as a watch: wait on it instead of polling.
+    handled: tokio::sync::watch::Sender<u64>,
+    pub received: AtomicU64,
+    pub accepted: AtomicU64,
+    pub own: AtomicU64,
+    pub too_large: AtomicU64,
+    pub malformed: AtomicU64,
+    pub foreign: AtomicU64,
+    pub wrong_version: AtomicU64,
+    pub invalid: AtomicU64,
+    pub sent: AtomicU64,
+    pub send_errors: AtomicU64,
+}
+
+impl Default for DatagramStats {
+    fn default() -> Self {
+        DatagramStats {
+            handled: tokio::sync::watch::channel(0).0,
+            received: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            own: AtomicU64::new(0),
+            too_large: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            foreign: AtomicU64::new(0),
+            wrong_version: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+impl DatagramStats {
+    /// Marks one datagram as handled (after its outcome was counted).
+    pub fn handled(&self) {
+        self.handled.send_modify(|n| *n += 1);
+    }
+
+    /// The number of datagrams handled, on every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.handled.subscribe()
+    }
+
+    pub fn count_error(&self, error: &DatagramError) {
+        let counter = match error {
+            DatagramError::TooLarge(_) => &self.too_large,
+            DatagramError::Malformed(_) => &self.malformed,
+            DatagramError::Foreign(_) => &self.foreign,
+            DatagramError::WrongVersion(_) => &self.wrong_version,
+            DatagramError::Invalid(_) => &self.invalid,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Datagrams ignored for any reason but being our own.
+    pub fn ignored(&self) -> u64 {
+        [
+            &self.too_large,
+            &self.malformed,
+            &self.foreign,
+            &self.wrong_version,
+            &self.invalid,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "received": get(&self.received),
+            "accepted": get(&self.accepted),
+            "own": get(&self.own),
+            "ignored": {
+                "too_large": get(&self.too_large),
+                "malformed": get(&self.malformed),
+                "foreign": get(&self.foreign),
+                "wrong_version": get(&self.wrong_version),
+                "invalid": get(&self.invalid),
+            },
+            "sent": get(&self.sent),
+            "send_errors": get(&self.send_errors),
+        })
+    }
+}

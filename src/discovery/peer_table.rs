@@ -1,0 +1,338 @@
+//! The peers a node knows: one handle per peer, health-checked before the peer joins, at a
+//! bounded rate afterwards, and retired when its announcements stop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::peer::{GrpcPeerHandle, PeerTimeouts};
+use crate::resource::{Managed, ResourceConfig, ResourceRegistry, ResourceState};
+use crate::topology::DeviceCapabilities;
+
+/// Timing of the peer table. The defaults make a killed node leave its peers' view
+/// within 3 seconds.
+#[derive(Debug, Clone)]
+pub struct PeerTableConfig {
+    /// A peer not heard from for this long is retired.
+    pub peer_timeout: Duration,
+    /// How often each joined peer is health-checked (and maintenance runs).
+    pub health_interval: Duration,
+    /// How often a peer that failed to connect is tried again.
+    pub retry_interval: Duration,
+    pub timeouts: PeerTimeouts,
+    /// Lifecycle settings of each peer handle.
+    pub handle_config: ResourceConfig,
+}
+
+impl Default for PeerTableConfig {
+    fn default() -> Self {
+        let timeouts = PeerTimeouts::default();
+        PeerTableConfig {
+            peer_timeout: Duration::from_millis(2500),
+            health_interval: Duration::from_millis(500),
+            retry_interval: Duration::from_secs(1),
+            handle_config: ResourceConfig {
+                initialize_timeout: timeouts.connect + timeouts.health,
+                health_timeout: timeouts.health,
+                // Three failed checks half a second apart: a dead peer is out in ~1.5 s.
+                health_failure_threshold: 3,
+                ..ResourceConfig::default()
+            },
+            timeouts,
+        }
+    }
+}
+
+/// A peer as the rest of the node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerInfo {
+    pub node_id: String,
+    /// host:port of its gRPC server.
+    pub address: String,
+    pub model_id: String,
+    pub capabilities: Option<DeviceCapabilities>,
+    /// The state of this node's handle on the peer.
+    pub state: ResourceState,
+}
+
+impl PeerInfo {
+    /// Joined: the handle is usable.
+    pub fn is_joined(&self) -> bool {
+        self.state.is_usable()
+    }
+}
+
+struct Entry {
+    address: String,
+    priority: u8,
+    model_id: String,
+    capabilities: Option<DeviceCapabilities>,
+    last_seen: Instant,
+    last_attempt: Option<Instant>,
+    handle: Arc<Managed<GrpcPeerHandle>>,
+}
+
+/// What discovery tells the table about a peer.
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    pub node_id: String,
+    pub address: String,
+    /// The sender's ranking of the link it came over (higher is better).
+    pub priority: u8,
+    pub model_id: String,
+    pub capabilities: Option<DeviceCapabilities>,
+}
+
+/// The peer table of one node.
+pub struct PeerTable {
+    self_id: String,
+    config: PeerTableConfig,
+    registry: Arc<ResourceRegistry>,
+    entries: Mutex<HashMap<String, Entry>>,
+    joined: watch::Sender<Vec<PeerInfo>>,
+}
+
+impl PeerTable {
+    pub fn new(
+        self_id: impl Into<String>,
+        config: PeerTableConfig,
+        registry: Arc<ResourceRegistry>,
+    ) -> Arc<Self> {
+        Arc::new(PeerTable {
+            self_id: self_id.into(),
+            config,
+            registry,
+            entries: Mutex::new(HashMap::new()),
+            joined: watch::channel(Vec::new()).0,
+        })
+    }
+
+    pub fn config(&self) -> &PeerTableConfig {
+        &self.config
+    }
+
+    /// Records that a peer was heard from. A new peer (or one at a better address) gets
+    /// a new handle, initialized at once in the background; it joins when that succeeds.
+    pub fn observe(self: &Arc<Self>, sighting: Sighting) {
+        if sighting.node_id == self.self_id {
+            return;
+        }
+        let now = Instant::now();
+        let fresh_handle = {
+            let mut entries = self.lock();
+            match entries.get_mut(&sighting.node_id) {
+                Some(entry) => {
+                    // Another address for the same node: move only to a better-ranked link,
+                    // or when the current one has gone quiet.
+                    let stale = now - entry.last_seen > self.config.peer_timeout / 2;
+                    if entry.address != sighting.address
+                        && (sighting.priority > entry.priority || stale)
+                    {
+                        let old = std::mem::replace(&mut entry.handle, self.new_handle(&sighting));
+                        entry.address = sighting.address.clone();
+                        entry.last_attempt = Some(now);
+                        retire(old);
+                        Some(entry.handle.clone())
+                    } else {
+                        if entry.address == sighting.address {
+                            entry.priority = sighting.priority;
+                            entry.last_seen = now;
+                        }
+                        // Manual sightings know neither; they keep what the peer told us.
+                        if sighting.capabilities.is_some() {
+                            entry.capabilities = sighting.capabilities.clone();
+                        }
+                        if !sighting.model_id.is_empty() {
+                            entry.model_id = sighting.model_id.clone();
+                        }
+                        None
+                    }
+                }
+                None => {
+                    let handle = self.new_handle(&sighting);
+                    entries.insert(
+                        sighting.node_id.clone(),
+                        Entry {
+                            address: sighting.address.clone(),
+                            priority: sighting.priority,
+                            model_id: sighting.model_id.clone(),
+                            capabilities: sighting.capabilities.clone(),
+                            last_seen: now,
+                            last_attempt: Some(now),
+                            handle: handle.clone(),
+                        },
+                    );
+                    tracing::info!(
+                        "discovered peer {} at {}",
+                        sighting.node_id,
+                        sighting.address
+                    );
+                    Some(handle)
+                }
+            }
+        };
+        if let Some(handle) = fresh_handle {
+            let table = self.clone();
+            tokio::spawn(async move {
+                // Failures are recorded on the handle; maintenance retries.
+                let _ = handle.initialize().await;
+                table.publish();
+            });
+        }
+    }
+
+    /// A peer said it is leaving (or left the peers file): retire it now.
+    pub fn forget(&self, node_id: &str) {
+        let removed = self.lock().remove(node_id);
+        if let Some(entry) = removed {
+            tracing::info!("peer {node_id} left");
+            retire(entry.handle);
+            self.publish();
+        }
+    }
+
+    /// One round of maintenance: retire peers not heard from in time, health-check the
+    /// joined ones, retry the others (at most once per retry interval).
+    pub async fn maintain(&self) {
+        let now = Instant::now();
+        let (expired, work): (Vec<_>, Vec<_>) = {
+            let mut entries = self.lock();
+            let expired: Vec<String> = entries
+                .iter()
+                .filter(|(_, e)| now - e.last_seen > self.config.peer_timeout)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let expired: Vec<(String, Entry)> = expired
+                .into_iter()
+                .filter_map(|id| entries.remove(&id).map(|e| (id, e)))
+                .collect();
+            let mut work = Vec::new();
+            for entry in entries.values_mut() {
+                let state = entry.handle.state();
+                let retry_due = entry
+                    .last_attempt
+                    .is_none_or(|t| now - t >= self.config.retry_interval);
+                if state.is_usable() {
+                    work.push((entry.handle.clone(), false));
+                } else if matches!(state, ResourceState::Uninitialized | ResourceState::Error)
+                    && retry_due
+                {
+                    entry.last_attempt = Some(now);
+                    work.push((entry.handle.clone(), true));
+                }
+            }
+            (expired, work)
+        };
+        for (id, entry) in expired {
+            tracing::info!("peer {id} timed out");
+            retire(entry.handle);
+        }
+        join_all(work.into_iter().map(|(handle, connect)| async move {
+            if connect {
+                let _ = handle.initialize().await;
+            } else {
+                handle.check_health().await;
+            }
+        }))
+        .await;
+        self.publish();
+    }
+
+    /// Refreshes the joined view; waiters on `subscribe` see the change.
+    pub fn publish(&self) {
+        let joined: Vec<PeerInfo> = self
+            .peers()
+            .into_iter()
+            .filter(PeerInfo::is_joined)
+            .collect();
+        self.joined.send_if_modified(|current| {
+            if *current != joined {
+                *current = joined;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Every known peer, joined or not, by node id.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let entries = self.lock();
+        let mut peers: Vec<PeerInfo> = entries
+            .iter()
+            .map(|(id, e)| PeerInfo {
+                node_id: id.clone(),
+                address: e.address.clone(),
+                model_id: e.model_id.clone(),
+                capabilities: e.capabilities.clone(),
+                state: e.handle.state(),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        peers
+    }
+
+    /// The joined peers, as last published.
+    pub fn joined(&self) -> Vec<PeerInfo> {
+        self.joined.borrow().clone()
+    }
+
+    /// The joined peers, on every change: wait on it instead of polling.
+    pub fn subscribe(&self) -> watch::Receiver<Vec<PeerInfo>> {
+        self.joined.subscribe()
+    }
+
+    /// The handle on a known peer.
+    pub fn handle(&self, node_id: &str) -> Option<Arc<Managed<GrpcPeerHandle>>> {
+        self.lock().get(node_id).map(|e| e.handle.clone())
+    }
+
+    /// Sets a peer's capabilities (manual peers learn them from the peer itself).
+    pub fn set_capabilities(
+        &self,
+        node_id: &str,
+        capabilities: DeviceCapabilities,
+        model_id: String,
+    ) {
+        if let Some(entry) = self.lock().get_mut(node_id) {
+            entry.capabilities = Some(capabilities);
+            entry.model_id = model_id;
+        }
+    }
+
+    /// Retires every peer (the node is shutting down).
+    pub async fn clear(&self) {
+        let entries: Vec<Entry> = self.lock().drain().map(|(_, e)| e).collect();
+        join_all(entries.iter().map(|e| e.handle.cleanup())).await;
+        self.publish();
+    }
+
+    fn new_handle(&self, sighting: &Sighting) -> Arc<Managed<GrpcPeerHandle>> {
+        Managed::builder(
+            format!("peer:{}", sighting.node_id),
+            GrpcPeerHandle::new(&sighting.node_id, &sighting.address, self.config.timeouts),
+        )
+        .name(format!("peer {} at {}", sighting.node_id, sighting.address))
+        .config(self.config.handle_config.clone())
+        .register_in(&self.registry)
+        .build()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Cleans a handle up in the background; dropping the last reference removes it from
+/// the registry.
+fn retire(handle: Arc<Managed<GrpcPeerHandle>>) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = handle.cleanup().await;
+        });
+    }
+}

@@ -1,0 +1,13 @@
+//! The node: every component as a member of one resource group, and the request flow
+//! that runs across the ring.
+
+mod flow;
+mod identity;
+mod node;
+
+pub use flow::{
+    FlowConfig, FlowStats, GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow,
+    describe, to_wire,
+};
+pub use identity::{NodeIdentity, default_data_home, validate_node_id};
+pub use node::{DiscoveryMode, Node, NodeConfig, members};

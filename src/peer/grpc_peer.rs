@@ -1,0 +1,243 @@
+//! `GrpcPeerHandle`: a resource per peer. Initialize connects and checks that the peer is
+//! who it should be; health asks it; reconnect rebuilds the channel. Its operations are
+//! reachable only through `Managed::ensure_ready` / `with_connection`, and every call
+//! carries a deadline.
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::proto::MAX_MESSAGE_BYTES;
+use crate::proto::pb;
+use crate::proto::pb::node_client::NodeClient;
+use crate::resource::Resource;
+
+/// Deadlines of a peer handle.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerTimeouts {
+    pub connect: Duration,
+    /// Health checks (and the identity check on connect).
+    pub health: Duration,
+    /// Messages that carry work (prompts, tensors, results).
+    pub call: Duration,
+}
+
+impl Default for PeerTimeouts {
+    fn default() -> Self {
+        PeerTimeouts {
+            connect: Duration::from_secs(2),
+            health: Duration::from_secs(1),
+            call: Duration::from_secs(4),
+        }
+    }
+}
+
+/// A connection to one peer node.
+pub struct GrpcPeerHandle {
+    node_id: String,
+    address: String,
+    timeouts: PeerTimeouts,
+    client: RwLock<Option<NodeClient<Channel>>>,
+}
+
+impl GrpcPeerHandle {
+    pub fn new(
+        node_id: impl Into<String>,
+        address: impl Into<String>,
+        timeouts: PeerTimeouts,
+    ) -> Self {
+        GrpcPeerHandle {
+            node_id: node_id.into(),
+            address: address.into(),
+            timeouts,
+            client: RwLock::new(None),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// host:port of the peer's gRPC server.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn client(&self) -> anyhow::Result<NodeClient<Channel>> {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .context("the peer handle is not connected")
+    }
+
+    fn request<T>(message: T, deadline: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(deadline);
+        request
+    }
+
+    async fn connect(&self) -> anyhow::Result<()> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))
+            .with_context(|| format!("bad peer address {}", self.address))?
+            .connect_timeout(self.timeouts.connect)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await.with_context(|| {
+            format!(
+                "cannot connect to peer {} at {}",
+                self.node_id, self.address
+            )
+        })?;
+        let client = NodeClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(client);
+        self.check_identity().await
+    }
+
+    /// Asks the peer who it is: an address that now belongs to another node (a restart
+    /// on the same port) must not be taken for this one.
+    async fn check_identity(&self) -> anyhow::Result<()> {
+        let reply = self
+            .client()?
+            .health_check(Self::request(
+                pb::HealthCheckRequest {},
+                self.timeouts.health,
+            ))
+            .await
+            .map_err(|status| {
+                anyhow::Error::new(status)
+                    .context(format!("health check of peer {} failed", self.node_id))
+            })?
+            .into_inner();
+        if reply.node_id != self.node_id {
+            bail!(
+                "{} is node {}, not the expected {}",
+                self.address,
+                reply.node_id,
+                self.node_id
+            );
+        }
+        if !reply.serving {
+            bail!("peer {} says it is not serving", self.node_id);
+        }
+        Ok(())
+    }
+
+    pub async fn send_prompt(&self, message: pb::PromptRequest) -> anyhow::Result<()> {
+        self.client()?
+            .send_prompt(Self::request(message, self.timeouts.call))
+            .await
+            .map_err(|s| self.call_error("SendPrompt", s))?;
+        Ok(())
+    }
+
+    pub async fn send_tensor(&self, message: pb::TensorRequest) -> anyhow::Result<()> {
+        self.client()?
+            .send_tensor(Self::request(message, self.timeouts.call))
+            .await
+            .map_err(|s| self.call_error("SendTensor", s))?;
+        Ok(())
+    }
+
+    pub async fn send_result(&self, message: pb::ResultRequest) -> anyhow::Result<()> {
+        self.client()?
+            .send_result(Self::request(message, self.timeouts.call))
+            .await
+            .map_err(|s| self.call_error("SendResult", s))?;
+        Ok(())
+    }
+
+    pub async fn collect_topology(&self) -> anyhow::Result<pb::TopologyResponse> {
+        Ok(self
+            .client()?
+            .collect_topology(Self::request(pb::TopologyRequest {}, self.timeouts.health))
+            .await
+            .map_err(|s| self.call_error("CollectTopology", s))?
+            .into_inner())
+    }
+
+    pub async fn send_status(&self, message: pb::StatusMessage) -> anyhow::Result<()> {
+        self.client()?
+            .send_status(Self::request(message, self.timeouts.health))
+            .await
+            .map_err(|s| self.call_error("SendStatus", s))?;
+        Ok(())
+    }
+
+    pub async fn finish_request(&self, request_id: &str, reason: &str) -> anyhow::Result<()> {
+        self.client()?
+            .finish_request(Self::request(
+                pb::FinishRequestMessage {
+                    request_id: request_id.to_string(),
+                    reason: reason.to_string(),
+                },
+                self.timeouts.health,
+            ))
+            .await
+            .map_err(|s| self.call_error("FinishRequest", s))?;
+        Ok(())
+    }
+
+    fn call_error(&self, call: &str, status: Status) -> anyhow::Error {
+        let what = format!("{call} to peer {} ({})", self.node_id, self.address);
+        anyhow::Error::new(status).context(what)
+    }
+}
+
+/// Whether a gRPC status means the connection (or the peer) is in trouble rather than
+/// that the message was refused.
+pub fn is_transient_status(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Aborted
+    )
+}
+
+impl Resource for GrpcPeerHandle {
+    const KIND: &'static str = "peer_handle";
+
+    async fn initialize(&self) -> anyhow::Result<()> {
+        self.connect().await
+    }
+
+    async fn cleanup(&self) -> anyhow::Result<()> {
+        self.client
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        Ok(())
+    }
+
+    async fn health(&self) -> anyhow::Result<()> {
+        self.check_identity().await
+    }
+
+    async fn reconnect(&self) -> Option<anyhow::Result<()>> {
+        Some(self.connect().await)
+    }
+
+    fn is_transient(&self, error: &anyhow::Error) -> bool {
+        error
+            .chain()
+            .find_map(|cause| cause.downcast_ref::<Status>())
+            .is_some_and(is_transient_status)
+            || error
+                .chain()
+                .any(|cause| cause.downcast_ref::<tonic::transport::Error>().is_some())
+    }
+
+    fn info(&self) -> serde_json::Value {
+        json!({ "node_id": self.node_id, "address": self.address })
+    }
+}

@@ -1,0 +1,16 @@
+//! The node service's wire types (generated from proto/node.proto) and the conversions
+//! between them and the engine's types, with the checks that keep bad input out.
+
+mod tensor;
+
+pub use tensor::{TensorError, decode_tensor, encode_tensor};
+
+/// Generated from proto/node.proto by build.rs.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("exo.node.v1");
+}
+
+/// The largest gRPC message a node sends or accepts: far above a real hidden state (a
+/// 2,048-token prompt of a 4,096-wide model in f32 is 32 MiB), well below memory trouble.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;

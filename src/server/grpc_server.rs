@@ -1,0 +1,154 @@
+//! The gRPC server as a resource: initialize binds and starts serving, health checks that
+//! it still serves, cleanup shuts it down gracefully within a deadline.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use super::handler::NodeHandler;
+use super::service::NodeService;
+use crate::proto::MAX_MESSAGE_BYTES;
+use crate::proto::pb::node_server::NodeServer;
+use crate::resource::Resource;
+
+/// How long cleanup waits for open calls to finish before cutting them off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+struct Running {
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    local_addr: SocketAddr,
+    service: Arc<NodeService>,
+}
+
+/// Serves `NodeService` and `grpc.health.v1` on one port.
+pub struct GrpcServer {
+    /// Where to listen. A port of 0 picks a free port on the first start, and later
+    /// restarts reuse it, so that peers find the node where it was.
+    listen: Mutex<SocketAddr>,
+    handler: Arc<dyn NodeHandler>,
+    running: Mutex<Option<Running>>,
+    /// The bound port, shared with those that announce it (0 while not serving).
+    port: Arc<AtomicU16>,
+}
+
+impl GrpcServer {
+    /// `port` receives the bound port while the server serves (0 otherwise), for
+    /// whoever announces it.
+    pub fn new(listen: SocketAddr, handler: Arc<dyn NodeHandler>, port: Arc<AtomicU16>) -> Self {
+        GrpcServer {
+            listen: Mutex::new(listen),
+            handler,
+            running: Mutex::new(None),
+            port,
+        }
+    }
+
+    /// The port the server listens on, readable without going through the resource
+    /// (discovery announces it): 0 while the server is not serving.
+    pub fn port_handle(&self) -> Arc<AtomicU16> {
+        self.port.clone()
+    }
+
+    /// The address the server is bound to (its port is the one to announce).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.lock().as_ref().map(|r| r.local_addr)
+    }
+
+    /// Messages refused as bad input since the server started.
+    pub fn rejected_messages(&self) -> u64 {
+        self.lock().as_ref().map_or(0, |r| r.service.rejected())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Resource for GrpcServer {
+    const KIND: &'static str = "grpc_server";
+
+    async fn initialize(&self) -> anyhow::Result<()> {
+        let listen = *self.listen.lock().unwrap_or_else(|p| p.into_inner());
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {listen}"))?;
+        let local_addr = listener.local_addr()?;
+        self.listen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_port(local_addr.port());
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let service = Arc::new(NodeService::new(self.handler.clone()));
+        let node_server = NodeServer::from_arc(service.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        health_reporter
+            .set_serving::<NodeServer<NodeService>>()
+            .await;
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let task = tokio::spawn(
+            Server::builder()
+                .add_service(health_service)
+                .add_service(node_server)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = shutdown_rx.await;
+                }),
+        );
+        tracing::info!("gRPC server listening on {local_addr}");
+        self.port.store(local_addr.port(), Ordering::Relaxed);
+        *self.lock() = Some(Running {
+            shutdown,
+            task,
+            local_addr,
+            service,
+        });
+        Ok(())
+    }
+
+    async fn cleanup(&self) -> anyhow::Result<()> {
+        let running = self.lock().take();
+        self.port.store(0, Ordering::Relaxed);
+        let Some(running) = running else {
+            return Ok(());
+        };
+        let _ = running.shutdown.send(());
+        let mut task = running.task;
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                task.abort();
+                let _ = task.await;
+                anyhow::bail!(
+                    "open calls did not finish within {SHUTDOWN_GRACE:?}; they were cut off"
+                )
+            }
+        }
+    }
+
+    async fn health(&self) -> anyhow::Result<()> {
+        match &*self.lock() {
+            Some(running) if !running.task.is_finished() => Ok(()),
+            Some(_) => anyhow::bail!("the gRPC server task has stopped"),
+            None => anyhow::bail!("the gRPC server is not running"),
+        }
+    }
+
+    fn info(&self) -> serde_json::Value {
+        let running = self.lock();
+        json!({
+            "listen": running.as_ref().map(|r| r.local_addr.to_string()),
+            "rejected_messages": running.as_ref().map_or(0, |r| r.service.rejected()),
+        })
+    }
+}

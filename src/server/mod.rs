@@ -1,0 +1,10 @@
+//! The gRPC server of a node: the `NodeService` (proto/node.proto) and the standard
+//! `grpc.health.v1` service, served by a lifecycle-managed resource.
+
+mod grpc_server;
+mod handler;
+mod service;
+
+pub use grpc_server::GrpcServer;
+pub use handler::{NodeHandler, StepInput, StepOutcome, ValidatedContext};
+pub use service::NodeService;

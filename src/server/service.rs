@@ -1,0 +1,219 @@
+//! The `NodeService` gRPC implementation: decodes and checks every message, then hands it
+//! to the node's [`NodeHandler`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::Device;
+use tonic::{Request, Response, Status};
+
+use super::handler::{NodeHandler, StepInput, StepOutcome, ValidatedContext};
+use crate::engine::SamplingParams;
+use crate::proto::pb::node_server::Node;
+use crate::proto::{decode_tensor, pb};
+use crate::topology::Partition;
+
+/// The service, with counters of what it refused.
+pub struct NodeService {
+    handler: Arc<dyn NodeHandler>,
+    rejected: AtomicU64,
+}
+
+impl NodeService {
+    pub fn new(handler: Arc<dyn NodeHandler>) -> Self {
+        NodeService {
+            handler,
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    /// Messages refused as bad input so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    fn reject(&self, status: Status) -> Status {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("refused a message: {}", status.message());
+        status
+    }
+
+    /// Checks a request context: present, well-formed plan, this node in it (unless
+    /// `origin_only`, where this node must be the origin instead).
+    fn validate(
+        &self,
+        context: Option<pb::RequestContext>,
+        origin_only: bool,
+    ) -> Result<ValidatedContext, Status> {
+        let context = context.ok_or_else(|| {
+            self.reject(Status::invalid_argument(
+                "the message has no request context",
+            ))
+        })?;
+        if context.request_id.is_empty() {
+            return Err(self.reject(Status::invalid_argument(
+                "the request context has no request id",
+            )));
+        }
+        let wire_plan = context.plan.ok_or_else(|| {
+            self.reject(Status::invalid_argument(
+                "the request context has no partition plan",
+            ))
+        })?;
+        let plan = Partition::from_wire(&wire_plan).map_err(|e| {
+            self.reject(Status::invalid_argument(format!(
+                "bad partition plan: {e:#}"
+            )))
+        })?;
+        let node_id = self.handler.node_id();
+        let index = if origin_only {
+            if context.origin_node_id != node_id {
+                return Err(self.reject(Status::invalid_argument(format!(
+                    "a result for request {} was sent to node {node_id}, but its origin is {}",
+                    context.request_id, context.origin_node_id
+                ))));
+            }
+            plan.entry(&node_id).map_or(usize::MAX, |(i, _)| i)
+        } else {
+            plan.entry(&node_id).map(|(i, _)| i).ok_or_else(|| {
+                self.reject(Status::invalid_argument(format!(
+                    "the partition plan of request {} does not include node {node_id}",
+                    context.request_id
+                )))
+            })?
+        };
+        let sampling = context.sampling.unwrap_or_default();
+        let sampling = SamplingParams {
+            temperature: sampling.temperature,
+            top_p: if sampling.top_p == 0.0 {
+                1.0
+            } else {
+                sampling.top_p
+            },
+            top_k: sampling.top_k as usize,
+            seed: sampling.seed,
+        };
+        sampling.validate().map_err(|e| {
+            self.reject(Status::invalid_argument(format!(
+                "bad sampling parameters: {e:#}"
+            )))
+        })?;
+        Ok(ValidatedContext {
+            request_id: context.request_id,
+            origin_node_id: context.origin_node_id,
+            origin_address: context.origin_address,
+            plan,
+            index,
+            sampling,
+            position: context.position as usize,
+            step: context.step,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn send_prompt(
+        &self,
+        request: Request<pb::PromptRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let message = request.into_inner();
+        let context = self.validate(message.context, false)?;
+        if context.index != 0 {
+            return Err(self.reject(Status::invalid_argument(format!(
+                "tokens for request {} went to shard {} of the plan; only the first shard takes tokens",
+                context.request_id, context.index
+            ))));
+        }
+        if message.tokens.is_empty() {
+            return Err(self.reject(Status::invalid_argument("the prompt has no tokens")));
+        }
+        self.handler
+            .run_step(context, StepInput::Tokens(message.tokens))
+            .await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn send_tensor(
+        &self,
+        request: Request<pb::TensorRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let message = request.into_inner();
+        let context = self.validate(message.context, false)?;
+        let wire = message
+            .tensor
+            .ok_or_else(|| self.reject(Status::invalid_argument("the message has no tensor")))?;
+        let tensor = decode_tensor(&wire, &Device::Cpu)
+            .map_err(|e| self.reject(Status::invalid_argument(format!("bad tensor: {e}"))))?;
+        self.handler
+            .run_step(context, StepInput::Hidden(tensor))
+            .await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn send_result(
+        &self,
+        request: Request<pb::ResultRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let message = request.into_inner();
+        let context = self.validate(message.context, true)?;
+        let outcome = match message.outcome {
+            Some(pb::result_request::Outcome::Token(token)) => StepOutcome::Token(token),
+            Some(pb::result_request::Outcome::Error(error)) => StepOutcome::Error(error),
+            None => {
+                return Err(self.reject(Status::invalid_argument(
+                    "the result has neither a token nor an error",
+                )));
+            }
+        };
+        self.handler
+            .step_result(context, message.node_id, outcome)
+            .await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn collect_topology(
+        &self,
+        _request: Request<pb::TopologyRequest>,
+    ) -> Result<Response<pb::TopologyResponse>, Status> {
+        Ok(Response::new(self.handler.topology().await?))
+    }
+
+    async fn health_check(
+        &self,
+        _request: Request<pb::HealthCheckRequest>,
+    ) -> Result<Response<pb::HealthCheckResponse>, Status> {
+        Ok(Response::new(pb::HealthCheckResponse {
+            node_id: self.handler.node_id(),
+            serving: true,
+        }))
+    }
+
+    async fn send_status(
+        &self,
+        request: Request<pb::StatusMessage>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let message = request.into_inner();
+        if message.payload.len() > 64 << 10 {
+            return Err(self.reject(Status::invalid_argument(
+                "status payloads are limited to 64 KiB",
+            )));
+        }
+        self.handler.status(message).await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn finish_request(
+        &self,
+        request: Request<pb::FinishRequestMessage>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let message = request.into_inner();
+        if message.request_id.is_empty() {
+            return Err(self.reject(Status::invalid_argument("no request id to finish")));
+        }
+        self.handler
+            .finish(message.request_id, message.reason)
+            .await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+}

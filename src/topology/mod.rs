@@ -1,0 +1,8 @@
+//! What the cluster looks like: each node's capabilities, and how a model's layers are
+//! split among the nodes of the ring.
+
+mod capabilities;
+mod partition;
+
+pub use capabilities::DeviceCapabilities;
+pub use partition::{NodeWeight, Partition, PartitionEntry, plan_partition};

@@ -1,0 +1,283 @@
+//! Splitting a model's layers among the nodes of a ring, in proportion to their memory.
+
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+
+/// A node as the partitioner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeWeight {
+    pub node_id: String,
+    /// host:port of its gRPC server.
+    pub address: String,
+    /// The memory its share is proportional to.
+    pub memory_bytes: u64,
+}
+
+/// One node's layers `[start_layer, end_layer)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionEntry {
+    pub node_id: String,
+    pub address: String,
+    pub start_layer: usize,
+    pub end_layer: usize,
+}
+
+/// Which node runs which layers, in ring order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    pub model_id: String,
+    pub n_layers: usize,
+    pub entries: Vec<PartitionEntry>,
+}
+
+impl Partition {
+    /// The entry of `node_id`, if the node takes part.
+    pub fn entry(&self, node_id: &str) -> Option<(usize, &PartitionEntry)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.node_id == node_id)
+    }
+
+    /// The entry after `index` in the ring (None after the last shard).
+    pub fn next(&self, index: usize) -> Option<&PartitionEntry> {
+        self.entries.get(index + 1)
+    }
+
+    /// Checks the plan: entries chain from layer 0 to the last layer, none empty, no node
+    /// twice. Plans arrive from other nodes, so nothing is taken on trust.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.entries.is_empty() {
+            bail!("the partition plan has no nodes");
+        }
+        let mut next = 0;
+        for (i, entry) in self.entries.iter().enumerate() {
+            if entry.start_layer != next || entry.end_layer <= entry.start_layer {
+                bail!(
+                    "the partition plan does not chain: entry {i} ({}) has layers [{}, {}) after layer {next}",
+                    entry.node_id,
+                    entry.start_layer,
+                    entry.end_layer
+                );
+            }
+            if self.entries[..i].iter().any(|e| e.node_id == entry.node_id) {
+                bail!("the partition plan names node {} twice", entry.node_id);
+            }
+            next = entry.end_layer;
+        }
+        if next != self.n_layers {
+            bail!(
+                "the partition plan covers {next} of {} layers",
+                self.n_layers
+            );
+        }
+        Ok(())
+    }
+
+    pub fn to_wire(&self) -> crate::proto::pb::PartitionPlan {
+        crate::proto::pb::PartitionPlan {
+            model_id: self.model_id.clone(),
+            n_layers: self.n_layers as u32,
+            entries: self
+                .entries
+                .iter()
+                .map(|e| crate::proto::pb::PartitionEntry {
+                    node_id: e.node_id.clone(),
+                    address: e.address.clone(),
+                    start_layer: e.start_layer as u32,
+                    end_layer: e.end_layer as u32,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn from_wire(wire: &crate::proto::pb::PartitionPlan) -> anyhow::Result<Self> {
+        let plan = Partition {
+            model_id: wire.model_id.clone(),
+            n_layers: wire.n_layers as usize,
+            entries: wire
+                .entries
+                .iter()
+                .map(|e| PartitionEntry {
+                    node_id: e.node_id.clone(),
+                    address: e.address.clone(),
+                    start_layer: e.start_layer as usize,
+                    end_layer: e.end_layer as usize,
+                })
+                .collect(),
+        };
+        plan.validate()?;
+        Ok(plan)
+    }
+}
+
+/// Plans a partition of `n_layers` over `nodes`.
+///
+/// - Ring order: by memory, largest first, ties broken by node id, so every node that
+///   computes the plan from the same view gets the same ring.
+/// - Each node gets layers in proportion to its memory (largest-remainder rounding,
+///   remainders tied by ring order), and at least one layer: never an empty shard.
+/// - With more nodes than layers, the nodes with the least memory are left out.
+pub fn plan_partition(
+    model_id: &str,
+    n_layers: usize,
+    nodes: &[NodeWeight],
+) -> anyhow::Result<Partition> {
+    if n_layers == 0 {
+        bail!("model {model_id} has no layers to partition");
+    }
+    if nodes.is_empty() {
+        bail!("no nodes to run model {model_id} on");
+    }
+    let mut ring: Vec<&NodeWeight> = nodes.iter().collect();
+    ring.sort_by(|a, b| {
+        b.memory_bytes
+            .cmp(&a.memory_bytes)
+            .then_with(|| a.node_id.cmp(&b.node_id))
+    });
+    ring.dedup_by(|a, b| a.node_id == b.node_id);
+    ring.truncate(n_layers);
+
+    // Every node starts with one layer; the rest are shared by memory.
+    let spare = (n_layers - ring.len()) as u128;
+    let total: u128 = ring.iter().map(|n| u128::from(n.memory_bytes.max(1))).sum();
+    let mut counts: Vec<usize> = Vec::with_capacity(ring.len());
+    let mut remainders: Vec<(u128, usize)> = Vec::with_capacity(ring.len());
+    for (i, node) in ring.iter().enumerate() {
+        let share = spare * u128::from(node.memory_bytes.max(1));
+        counts.push(1 + (share / total) as usize);
+        remainders.push((share % total, i));
+    }
+    let assigned: usize = counts.iter().sum();
+    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, i) in remainders.iter().take(n_layers - assigned) {
+        counts[i] += 1;
+    }
+
+    let mut start = 0;
+    let entries = ring
+        .iter()
+        .zip(counts)
+        .map(|(node, count)| {
+            let entry = PartitionEntry {
+                node_id: node.node_id.clone(),
+                address: node.address.clone(),
+                start_layer: start,
+                end_layer: start + count,
+            };
+            start += count;
+            entry
+        })
+        .collect();
+    let partition = Partition {
+        model_id: model_id.to_string(),
+        n_layers,
+        entries,
+    };
+    partition.validate()?;
+    Ok(partition)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, gib: u64) -> NodeWeight {
+        NodeWeight {
+            node_id: id.into(),
+            address: format!("{id}:1"),
+            memory_bytes: gib << 30,
+        }
+    }
+
+    fn layers(p: &Partition) -> Vec<(String, usize)> {
+        p.entries
+            .iter()
+            .map(|e| (e.node_id.clone(), e.end_layer - e.start_layer))
+            .collect()
+    }
+
+    #[test]
+    fn equal_memory_splits_evenly_and_ties_break_by_node_id() {
+        let p = plan_partition("m", 30, &[node("c", 8), node("a", 8), node("b", 8)]).unwrap();
+        assert_eq!(
+            layers(&p),
+            vec![("a".into(), 10), ("b".into(), 10), ("c".into(), 10)]
+        );
+        assert_eq!(p.entries[1].start_layer, 10);
+    }
+
+    #[test]
+    fn memory_decides_the_share_with_largest_remainder_rounding() {
+        // 64 : 32 : 16 GiB over 30 layers: 3 + 27 spare → shares 15.43, 7.71, 3.86.
+        let p = plan_partition(
+            "m",
+            30,
+            &[node("small", 16), node("big", 64), node("mid", 32)],
+        )
+        .unwrap();
+        assert_eq!(
+            layers(&p),
+            vec![("big".into(), 16), ("mid".into(), 9), ("small".into(), 5)]
+        );
+        assert_eq!(
+            p.entries
+                .iter()
+                .map(|e| e.end_layer - e.start_layer)
+                .sum::<usize>(),
+            30
+        );
+    }
+
+    #[test]
+    fn rounding_ties_go_to_the_earlier_node_in_the_ring() {
+        let p = plan_partition("m", 5, &[node("b", 4), node("a", 4)]).unwrap();
+        assert_eq!(layers(&p), vec![("a".into(), 3), ("b".into(), 2)]);
+    }
+
+    #[test]
+    fn no_shard_is_ever_empty() {
+        let p = plan_partition(
+            "m",
+            4,
+            &[node("huge", 1000), node("tiny1", 1), node("tiny2", 1)],
+        )
+        .unwrap();
+        assert!(p.entries.iter().all(|e| e.end_layer > e.start_layer));
+        assert_eq!(
+            layers(&p),
+            vec![("huge".into(), 2), ("tiny1".into(), 1), ("tiny2".into(), 1)]
+        );
+        // More nodes than layers: the smallest are left out.
+        let p = plan_partition("m", 2, &[node("a", 1), node("b", 3), node("c", 2)]).unwrap();
+        assert_eq!(layers(&p), vec![("b".into(), 1), ("c".into(), 1)]);
+    }
+
+    #[test]
+    fn the_plan_is_deterministic_whatever_the_input_order() {
+        let nodes = [node("x", 3), node("y", 5), node("z", 3), node("w", 7)];
+        let p1 = plan_partition("m", 30, &nodes).unwrap();
+        let mut reversed = nodes.to_vec();
+        reversed.reverse();
+        assert_eq!(p1, plan_partition("m", 30, &reversed).unwrap());
+    }
+
+    #[test]
+    fn plans_are_validated() {
+        assert!(plan_partition("m", 0, &[node("a", 1)]).is_err());
+        assert!(plan_partition("m", 3, &[]).is_err());
+        let mut p = plan_partition("m", 10, &[node("a", 1), node("b", 1)]).unwrap();
+        p.entries[1].start_layer = 6;
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("does not chain")
+        );
+        let mut p = plan_partition("m", 10, &[node("a", 1), node("b", 1)]).unwrap();
+        p.entries[1].node_id = "a".into();
+        assert!(p.validate().unwrap_err().to_string().contains("twice"));
+        let wire = plan_partition("m", 10, &[node("a", 1)]).unwrap().to_wire();
+        assert_eq!(Partition::from_wire(&wire).unwrap().entries.len(), 1);
+    }
+}

@@ -1,0 +1,116 @@
+//! The resource CLI against a running node.
+
+use std::process::Command;
+
+use crate::harness::{NodeProcess, free_udp_port, get_json, wait_for_ring};
+use crate::support::{default_model, exo_bin};
+
+fn exo(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(exo_bin()).args(args).output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_resource_cli_lists_checks_resets_and_exports_a_running_nodes_resources() {
+    default_model();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let a = NodeProcess::start(dir.path(), "cli-a", port);
+    let b = NodeProcess::start(dir.path(), "cli-b", port);
+    wait_for_ring(&a, 2);
+    wait_for_ring(&b, 2);
+    let url = a.url();
+
+    let (ok, out, err) = exo(&["resources", "list", "--node", &url]);
+    assert!(ok, "{err}");
+    for (id, kind) in [
+        ("engine", "inference_engine"),
+        ("grpc_server", "grpc_server"),
+        ("discovery", "udp_discovery"),
+        ("api_server", "api_server"),
+        ("monitor", "resource_monitor"),
+        ("peer:cli-b", "peer_handle"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} missing from:\n{out}"));
+        assert!(line.contains(kind) && line.contains("ready"), "{line}");
+    }
+
+    let (ok, out, err) = exo(&["resources", "list", "--node", &url, "--json"]);
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(listed["resources"].as_array().unwrap().len() >= 6);
+
+    let (ok, out, err) = exo(&["resources", "health", "--node", &url]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("peer:cli-b") && l.contains("yes")),
+        "{out}"
+    );
+
+    // Reset the peer handle: it is initialized again.
+    let before = peer_attempts(&url);
+    let (ok, out, err) = exo(&[
+        "resources",
+        "reset",
+        "peer:cli-b",
+        "--type",
+        "peer_handle",
+        "--node",
+        &url,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("peer:cli-b") && out.contains("ready"), "{out}");
+    assert_eq!(peer_attempts(&url), before + 1);
+
+    let (ok, _, err) = exo(&[
+        "resources",
+        "reset",
+        "peer:cli-b",
+        "--type",
+        "grpc_server",
+        "--node",
+        &url,
+    ]);
+    assert!(
+        !ok && err.contains("no resource 'peer:cli-b' of type 'grpc_server'"),
+        "{err}"
+    );
+
+    let report = dir.path().join("report.json");
+    let (ok, out, err) = exo(&[
+        "resources",
+        "export",
+        "--output",
+        report.to_str().unwrap(),
+        "--node",
+        &url,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("report.json"));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["schema_version"], 1);
+    assert!(report["monitor"]["round"].as_u64().is_some());
+
+    let (ok, _, err) = exo(&["resources", "list", "--node", "http://127.0.0.1:1"]);
+    assert!(!ok && err.contains("cannot reach the node"), "{err}");
+}
+
+fn peer_attempts(url: &str) -> u64 {
+    let listed = get_json(&format!("{url}/v1/resources")).unwrap();
+    listed["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "peer:cli-b")
+        .map(|r| r["stats"]["initialize_attempts"].as_u64().unwrap())
+        .unwrap()
+}

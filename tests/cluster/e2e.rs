@@ -1,0 +1,244 @@
+//! End to end: three `exo node` processes on loopback serve chat requests through their
+//! HTTP APIs exactly as one `exo generate` does; a node killed mid-request ends the
+//! request with an error in time, and the rest carry on.
+
+use std::io::{BufRead, BufReader};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{NodeProcess, free_udp_port, get_json, post_json, wait_for_ring};
+use crate::support::{default_model, exo_bin, models_dir};
+
+pub const PROMPT: &str = "What is the capital of France?";
+
+/// The single-process answer the ring must reproduce.
+pub fn generate_locally(prompt: &str, max_tokens: usize) -> String {
+    default_model();
+    let output = Command::new(exo_bin())
+        .args([
+            "generate",
+            "--model",
+            "smollm2-135m",
+            "--device",
+            "cpu",
+            "--temperature",
+            "0",
+        ])
+        .args(["--prompt", prompt, "--max-tokens", &max_tokens.to_string()])
+        .env("EXO_MODELS_DIR", models_dir())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    text.strip_suffix('\n').unwrap_or(&text).to_string()
+}
+
+pub fn chat_body(prompt: &str, max_tokens: usize, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "smollm2-135m",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+    })
+}
+
+/// Three nodes that see each other.
+pub fn three_node_ring(dir: &std::path::Path) -> Vec<NodeProcess> {
+    default_model();
+    let port = free_udp_port();
+    let nodes: Vec<NodeProcess> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| NodeProcess::start(dir, n, port))
+        .collect();
+    for node in &nodes {
+        wait_for_ring(node, 3);
+    }
+    nodes
+}
+
+/// Reads an SSE response: the content pieces, and the final chunk or error object.
+fn stream(
+    url: &str,
+    body: &serde_json::Value,
+    mut on_piece: impl FnMut(&str),
+) -> Result<(String, serde_json::Value), serde_json::Value> {
+    let response = ureq::post(url)
+        .timeout(Duration::from_secs(120))
+        .send_json(body)
+        .unwrap();
+    assert_eq!(response.header("content-type"), Some("text/event-stream"));
+    let mut text = String::new();
+    let mut last = serde_json::Value::Null;
+    for line in BufReader::new(response.into_reader()).lines() {
+        let line = line.unwrap();
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            return Ok((text, last));
+        }
+        let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
+        if chunk.get("error").is_some() {
+            return Err(chunk);
+        }
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(piece);
+            on_piece(piece);
+        }
+        if !chunk["choices"][0]["finish_reason"].is_null() {
+            last = chunk;
+        }
+    }
+    panic!("the stream ended without [DONE] or an error")
+}
+
+#[test]
+fn a_three_process_ring_answers_exactly_as_one_process_streaming_or_not_and_concurrently() {
+    let expected = generate_locally(PROMPT, 32);
+    assert!(expected.contains("Paris"), "{expected}");
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_node_ring(dir.path());
+
+    for node in &nodes {
+        let url = format!("{}/v1/chat/completions", node.url());
+        let (status, body) = post_json(&url, &chat_body(PROMPT, 32, false));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["object"], "chat.completion");
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            expected.as_str(),
+            "through {}",
+            node.name
+        );
+        assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+        let usage = &body["usage"];
+        assert_eq!(
+            usage["total_tokens"],
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+        );
+        assert_eq!(
+            body["exo"]["partition"].as_array().unwrap().len(),
+            3,
+            "{body}"
+        );
+
+        let (text, last) = stream(&url, &chat_body(PROMPT, 32, true), |_| {}).unwrap();
+        assert_eq!(text, expected, "streamed through {}", node.name);
+        assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    }
+
+    // Two requests at once, through different nodes, both right.
+    let second_prompt = "Name three colors.";
+    let second_expected = generate_locally(second_prompt, 24);
+    let (a, b) = (nodes[0].url(), nodes[2].url());
+    let first = std::thread::spawn(move || {
+        post_json(
+            &format!("{a}/v1/chat/completions"),
+            &chat_body(PROMPT, 32, false),
+        )
+    });
+    let second = std::thread::spawn(move || {
+        post_json(
+            &format!("{b}/v1/chat/completions"),
+            &chat_body(second_prompt, 24, false),
+        )
+    });
+    let (first, second) = (first.join().unwrap(), second.join().unwrap());
+    assert_eq!(
+        first.1["choices"][0]["message"]["content"],
+        expected.as_str()
+    );
+    assert_eq!(
+        second.1["choices"][0]["message"]["content"],
+        second_expected.as_str()
+    );
+
+    // Every cache was dropped when its request finished.
+    for node in &nodes {
+        let resources = get_json(&format!("{}/v1/resources", node.url())).unwrap();
+        let engine = resources["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == "engine")
+            .unwrap();
+        assert_eq!(
+            engine["info"]["active_requests"], 0,
+            "{}: {engine}",
+            node.name
+        );
+    }
+}
+
+#[test]
+fn a_node_killed_mid_generation_fails_the_request_within_five_seconds_and_the_rest_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_node_ring(dir.path());
+    let url = format!("{}/v1/chat/completions", nodes[0].url());
+    let body = chat_body(
+        "Write a very long story about a dragon who learns to bake bread.",
+        2000,
+        true,
+    );
+
+    // Once tokens flow, kill (SIGKILL) the node holding the last shard.
+    let mut victim = Some(nodes.remove(2));
+    let mut killed_at = None;
+    let mut pieces = 0;
+    let outcome = stream(&url, &body, |_| {
+        pieces += 1;
+        if pieces == 5 {
+            if let Some(mut node) = victim.take() {
+                node.kill();
+                killed_at = Some(Instant::now());
+            }
+        }
+    });
+    let killed_at = killed_at.expect("the generation produced tokens before the kill");
+    let error = outcome.expect_err("the request must fail, not finish");
+    let waited = killed_at.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the error came {waited:?} after the kill"
+    );
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("n3"),
+        "the error names the lost node: {message}"
+    );
+
+    // The two nodes left plan over themselves and answer correctly.
+    for node in &nodes {
+        wait_for_ring(node, 2);
+    }
+    let expected = generate_locally(PROMPT, 32);
+    let (status, answer) = post_json(&url, &chat_body(PROMPT, 32, false));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        expected.as_str()
+    );
+    assert_eq!(answer["exo"]["partition"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn sigterm_stops_a_node_cleanly_with_exit_code_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    default_model();
+    let mut node = NodeProcess::start(dir.path(), "lonely", free_udp_port());
+    wait_for_ring(&node, 1);
+    let status = node.terminate();
+    assert!(
+        status.success(),
+        "exit status {status:?}:\n{}",
+        node.log_text()
+    );
+    let log = node.log_text();
+    assert!(log.contains("shutting down"), "{log}");
+}

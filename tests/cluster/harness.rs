@@ -1,0 +1,239 @@
+//! Starting nodes for tests: in-process (`Node::start`) or as `exo node` processes, on
+//! loopback only, each test with a discovery port of its own.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use exo::catalog::{ModelFormat, ResolvedModel};
+use exo::discovery::{InterfaceFilter, PeerTableConfig, UdpDiscoveryConfig};
+use exo::engine::DeviceChoice;
+use exo::node::{DiscoveryMode, Node, NodeConfig};
+
+use crate::support::{default_model, exo_bin, models_dir};
+
+/// How long a test waits for a cluster state before failing.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A UDP port no one else uses now: each test's nodes get their own discovery port, so
+/// tests running at once never see each other's nodes.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn default_resolved() -> ResolvedModel {
+    ResolvedModel {
+        id: "smollm2-135m".into(),
+        path: default_model().to_path_buf(),
+        format: ModelFormat::Gguf,
+    }
+}
+
+/// A node config on loopback: discovery on `port` over `lo` only, a data directory of its
+/// own under `dir`.
+pub fn loopback_config(dir: &std::path::Path, name: &str, discovery_port: u16) -> NodeConfig {
+    let mut config = NodeConfig::new(default_resolved());
+    config.device = DeviceChoice::Cpu;
+    config.api_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.data_dir = Some(dir.join(name));
+    config.node_id = Some(name.to_string());
+    config.discovery = DiscoveryMode::Udp(UdpDiscoveryConfig {
+        port: discovery_port,
+        filter: InterfaceFilter::parse("lo", ""),
+        ..UdpDiscoveryConfig::default()
+    });
+    config.peers = PeerTableConfig::default();
+    config
+}
+
+/// Starts `names.len()` in-process nodes that find each other on loopback.
+pub async fn start_nodes(dir: &std::path::Path, names: &[&str]) -> Vec<Node> {
+    let port = free_udp_port();
+    let mut nodes = Vec::new();
+    for name in names {
+        nodes.push(Node::start(loopback_config(dir, name, port)).await.unwrap());
+    }
+    nodes
+}
+
+/// Waits until `node` has `count` joined peers.
+pub async fn wait_for_peers(node: &Node, count: usize) {
+    let mut joined = node.peers.subscribe();
+    tokio::time::timeout(WAIT, joined.wait_for(|peers| peers.len() == count))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "node {} did not see {count} peers: {:?}",
+                node.node_id(),
+                node.peers.peers()
+            )
+        })
+        .unwrap();
+}
+
+/// An `exo node` process, killed when dropped.
+pub struct NodeProcess {
+    pub name: String,
+    pub api_port: u16,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl NodeProcess {
+    pub fn start(dir: &std::path::Path, name: &str, discovery_port: u16) -> Self {
+        let api_port = free_tcp_port();
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(exo_bin())
+            .args([
+                "node",
+                "--model",
+                "smollm2-135m",
+                "--device",
+                "cpu",
+                "--listen",
+                "127.0.0.1",
+            ])
+            .args(["--api-port", &api_port.to_string()])
+            .args([
+                "--discovery-port",
+                &discovery_port.to_string(),
+                "--discovery-interfaces",
+                "lo",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join(name))
+            .args(["--node-id", name])
+            .env("EXO_MODELS_DIR", models_dir())
+            .env("RUST_LOG", "exo=debug,info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("cannot start exo node");
+        NodeProcess {
+            name: name.to_string(),
+            api_port,
+            child,
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the process gets no chance to say goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not exit after SIGTERM:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GETs a JSON document.
+pub fn get_json(url: &str) -> Result<serde_json::Value, String> {
+    match ureq::get(url).timeout(Duration::from_secs(10)).call() {
+        Ok(response) => response.into_json().map_err(|e| e.to_string()),
+        Err(ureq::Error::Status(code, response)) => Err(format!(
+            "{code}: {}",
+            response.into_string().unwrap_or_default()
+        )),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// POSTs JSON; returns the status and the body.
+pub fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    match ureq::post(url)
+        .timeout(Duration::from_secs(120))
+        .send_json(body)
+    {
+        Ok(response) => (response.status(), response.into_json().unwrap()),
+        Err(ureq::Error::Status(code, response)) => (
+            code,
+            response.into_json().unwrap_or(serde_json::Value::Null),
+        ),
+        Err(error) => panic!("POST {url} failed: {error}"),
+    }
+}
+
+/// POSTs raw bytes; returns the status and the body.
+pub fn post_raw(url: &str, body: &str) -> (u16, serde_json::Value) {
+    let request = ureq::post(url)
+        .timeout(Duration::from_secs(30))
+        .set("content-type", "application/json");
+    match request.send_string(body) {
+        Ok(response) => (response.status(), response.into_json().unwrap()),
+        Err(ureq::Error::Status(code, response)) => (
+            code,
+            response.into_json().unwrap_or(serde_json::Value::Null),
+        ),
+        Err(error) => panic!("POST {url} failed: {error}"),
+    }
+}
+
+/// Waits (checking the node's topology, never sleeping blindly) until `node` sees
+/// `count` nodes in its partition.
+pub fn wait_for_ring(node: &NodeProcess, count: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(topology) = get_json(&format!("{}/v1/topology", node.url())) {
+            if topology["partition"]["entries"]
+                .as_array()
+                .is_some_and(|e| e.len() == count)
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} did not plan over {count} nodes:\n{}",
+            node.name,
+            node.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,15 @@
+//! Networking and the node: discovery, peer handles, the gRPC service, and the request
+//! flow across processes with the HTTP API.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod bad_input;
+mod cli;
+mod discovery;
+mod e2e;
+mod harness;
+mod netns;
+mod openai_client;
+mod peers_file;
+mod tensors;
