@@ -117,11 +117,14 @@ impl PeerTable {
 
     /// Records that a peer was heard from. A new peer (or one at a better address) gets
     /// a new handle, initialized at once in the background; it joins when that succeeds.
-    pub fn observe(self: &Arc<Self>, sighting: Sighting) {
+    /// Returns whether the peer was new to the table (so that discovery can answer with
+    /// an announcement of its own at once, instead of at its next tick).
+    pub fn observe(self: &Arc<Self>, sighting: Sighting) -> bool {
         if sighting.node_id == self.self_id {
-            return;
+            return false;
         }
         let now = Instant::now();
+        let mut is_new = false;
         let fresh_handle = {
             let mut entries = self.lock();
             match entries.get_mut(&sighting.node_id) {
@@ -171,6 +174,7 @@ impl PeerTable {
                         sighting.node_id,
                         sighting.address
                     );
+                    is_new = true;
                     Some(handle)
                 }
             }
@@ -182,6 +186,41 @@ impl PeerTable {
                 let _ = handle.initialize().await;
                 table.publish();
             });
+        }
+        is_new
+    }
+
+    /// The handle on `node_id`, taking the peer on at `address` if the table does not
+    /// know it yet. Plans carry every node's address for this: a node may be asked to
+    /// forward to a peer whose announcement has not reached it yet (they go out twice a
+    /// second), and the request must not fail for that.
+    pub fn adopt(
+        self: &Arc<Self>,
+        node_id: &str,
+        address: &str,
+        model_id: &str,
+    ) -> Arc<Managed<GrpcPeerHandle>> {
+        if let Some(handle) = self.handle(node_id) {
+            return handle;
+        }
+        self.observe(Sighting {
+            node_id: node_id.to_string(),
+            address: address.to_string(),
+            priority: 0,
+            model_id: model_id.to_string(),
+            capabilities: None,
+        });
+        match self.handle(node_id) {
+            Some(handle) => handle,
+            // Only our own id is never taken on; a plan naming us as a peer is a bug of the
+            // sender's, and a handle that fails on use says so.
+            None => self.new_handle(&Sighting {
+                node_id: node_id.to_string(),
+                address: address.to_string(),
+                priority: 0,
+                model_id: model_id.to_string(),
+                capabilities: None,
+            }),
         }
     }
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde_json::json;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::announcement::{Announcement, DatagramStats, MAX_DATAGRAM_BYTES};
@@ -142,6 +143,7 @@ async fn listen(
     self_id: String,
     stats: Arc<DatagramStats>,
     peers: Arc<PeerTable>,
+    newcomer: Arc<Notify>,
 ) {
     // One byte more than the limit, so that an oversized datagram shows as such.
     let mut buffer = vec![0u8; MAX_DATAGRAM_BYTES + 1];
@@ -155,36 +157,38 @@ async fn listen(
             }
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
-        handle_datagram(&buffer[..length], source, &self_id, &stats, &peers);
+        if handle_datagram(&buffer[..length], source, &self_id, &stats, &peers) {
+            newcomer.notify_one();
+        }
         stats.handled();
     }
 }
 
 /// Checks one datagram and tells the peer table what it says; anything else is counted
-/// and ignored.
+/// and ignored. Returns whether it came from a node new to the table.
 fn handle_datagram(
     bytes: &[u8],
     source: SocketAddr,
     self_id: &str,
     stats: &DatagramStats,
     peers: &Arc<PeerTable>,
-) {
+) -> bool {
     let announcement = match Announcement::decode(bytes) {
         Ok(announcement) => announcement,
         Err(error) => {
             tracing::debug!("ignored a datagram from {source}: {error}");
             stats.count_error(&error);
-            return;
+            return false;
         }
     };
     if announcement.node_id == self_id {
         stats.own.fetch_add(1, Ordering::Relaxed);
-        return;
+        return false;
     }
     stats.accepted.fetch_add(1, Ordering::Relaxed);
     if announcement.departing {
         peers.forget(&announcement.node_id);
-        return;
+        return false;
     }
     peers.observe(Sighting {
         node_id: announcement.node_id,
@@ -192,7 +196,7 @@ fn handle_datagram(
         priority: announcement.interface_priority,
         model_id: announcement.model_id,
         capabilities: Some(announcement.capabilities),
-    });
+    })
 }
 
 impl Resource for UdpDiscovery {
@@ -201,23 +205,31 @@ impl Resource for UdpDiscovery {
     async fn initialize(&self) -> anyhow::Result<()> {
         let socket = Arc::new(Self::bind(self.config.port)?);
         let mut tasks = Vec::new();
+        let newcomer = Arc::new(Notify::new());
         tasks.push(tokio::spawn(listen(
             socket.clone(),
             self.self_id.clone(),
             self.stats.clone(),
             self.peers.clone(),
+            newcomer.clone(),
         )));
         tasks.push(tokio::spawn({
-            let (socket, config, stats, announce) = (
+            let (socket, config, stats, announce, newcomer) = (
                 socket.clone(),
                 self.config.clone(),
                 self.stats.clone(),
                 self.announce.clone(),
+                newcomer.clone(),
             );
             async move {
                 let mut ticker = tokio::time::interval(config.announce_interval);
                 loop {
-                    ticker.tick().await;
+                    // On the tick, and at once when a new node shows up, so that it
+                    // learns of this one without waiting for the next tick.
+                    tokio::select! {
+                        _ = ticker.tick() => {}
+                        _ = newcomer.notified() => {}
+                    }
                     if let Some(announcement) = announce() {
                         announce_once(&socket, &config, &stats, announcement).await;
                     }

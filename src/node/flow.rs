@@ -334,6 +334,7 @@ impl RequestFlow {
                 position,
                 step,
             };
+            let step_started = Instant::now();
             self.send_to_first_shard(context, input.clone()).await?;
             let deadline = if step == 0 {
                 self.config.step_timeout + self.config.prefill_time_per_token * input.len() as u32
@@ -355,6 +356,10 @@ impl RequestFlow {
                 StepOutcome::Token(token) => token,
                 StepOutcome::Error(error) => bail!("{error}"),
             };
+            tracing::debug!(
+                "{request_id} step {step}: token after {:.2} ms",
+                step_started.elapsed().as_secs_f64() * 1e3
+            );
             first_token_at.get_or_insert_with(Instant::now);
             position += input.len();
             step += 1;
@@ -395,7 +400,7 @@ impl RequestFlow {
                 .await
                 .map_err(|status| anyhow::anyhow!("{}", status.message()))
         } else {
-            let handle = self.peer(&first.node_id)?;
+            let handle = self.peer(&first.node_id, &first.address);
             let message = pb::PromptRequest {
                 context: Some(to_wire(&context)),
                 tokens,
@@ -413,7 +418,8 @@ impl RequestFlow {
         let calls = plan.entries.iter().map(|entry| async move {
             if entry.node_id == self.node_id {
                 self.finish_local(request_id).await;
-            } else if let Ok(handle) = self.peer(&entry.node_id) {
+            } else if let Some(handle) = self.peers.handle(&entry.node_id) {
+                // Known peers only: a node gone from the table is not worth a connection.
                 if let Ok(peer) = handle.ensure_ready().await {
                     if let Err(error) = peer.finish_request(request_id, reason).await {
                         tracing::debug!(
@@ -451,13 +457,10 @@ impl RequestFlow {
             .any(|id| id == request_id)
     }
 
-    fn peer(&self, node_id: &str) -> anyhow::Result<Arc<Managed<GrpcPeerHandle>>> {
-        self.peers.handle(node_id).with_context(|| {
-            format!(
-                "node {node_id} is not a known peer of node {}",
-                self.node_id
-            )
-        })
+    /// The handle on a node of a plan: from the peer table, or taken on at the address
+    /// the plan gives when this node has not heard of it yet.
+    fn peer(&self, node_id: &str, address: &str) -> Arc<Managed<GrpcPeerHandle>> {
+        self.peers.adopt(node_id, address, &self.model_id)
     }
 
     /// Checks a step for this node's shard and starts it in the background (the caller
@@ -527,17 +530,19 @@ impl RequestFlow {
             StepInput::Hidden(hidden) => ShardInput::Hidden(hidden),
         };
         let (request_id, position) = (context.request_id.clone(), context.position);
+        let (start, end) = (entry.start_layer, entry.end_layer);
+        let started = Instant::now();
         let output = tokio::task::spawn_blocking(move || {
-            model.step(
-                &request_id,
-                entry.start_layer,
-                entry.end_layer,
-                input,
-                position,
-            )
+            model.step(&request_id, start, end, input, position)
         })
         .await
         .context("the shard's task failed")??;
+        tracing::debug!(
+            "{} step {}: layers [{start}, {end}) in {:.2} ms",
+            context.request_id,
+            context.step,
+            started.elapsed().as_secs_f64() * 1e3
+        );
         match output {
             ShardOutput::Logits(logits) => {
                 let logits = logits.to_vec1::<f32>()?;
@@ -556,7 +561,7 @@ impl RequestFlow {
                     context: Some(to_wire(&next_context)),
                     tensor: Some(encode_tensor(&hidden)?),
                 };
-                let handle = self.peer(&next.node_id)?;
+                let handle = self.peer(&next.node_id, &next.address);
                 handle
                     .with_connection("SendTensor", |peer| {
                         peer.send_tensor(message.clone()).boxed()
@@ -582,16 +587,12 @@ impl RequestFlow {
                 StepOutcome::Error(error) => pb::result_request::Outcome::Error(error),
             }),
         };
-        let sent = match self.peer(&context.origin_node_id) {
-            Ok(handle) => {
-                handle
-                    .with_connection("SendResult", |peer| {
-                        peer.send_result(message.clone()).boxed()
-                    })
-                    .await
-            }
-            Err(error) => Err(error),
-        };
+        let sent = self
+            .peer(&context.origin_node_id, &context.origin_address)
+            .with_connection("SendResult", |peer| {
+                peer.send_result(message.clone()).boxed()
+            })
+            .await;
         if let Err(error) = sent {
             // The origin is gone: nobody will finish this request, so drop it here.
             tracing::warn!(
