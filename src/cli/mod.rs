@@ -1,6 +1,7 @@
 //! The command line: `exo node | run | generate | bench | models | resources`.
 
 mod bench;
+mod chat;
 mod generate;
 mod models;
 mod node;
@@ -28,6 +29,8 @@ pub enum Command {
     Node(node::NodeArgs),
     /// Start a node, let the cluster settle, answer one prompt, and stop.
     Run(run::RunArgs),
+    /// Ask a running node one question through its API.
+    Chat(chat::ChatArgs),
     /// Inspect or reset the resources of a running node.
     Resources(resources::ResourcesArgs),
     /// Generate text from a prompt on this machine (optionally as N chained in-process shards).
@@ -45,10 +48,25 @@ impl Cli {
         match self.command {
             Command::Node(args) => node::run(args).await,
             Command::Run(args) => run::run(args).await,
+            Command::Chat(args) => chat::run(args).await,
             Command::Resources(args) => resources::run(args).await,
             Command::Generate(args) => generate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Models(command) => models::run(command).await,
+        }
+    }
+
+    /// Environment settings a command wants unless the user set them (applied before any
+    /// thread starts).
+    ///
+    /// A node spends most of its time waiting for its turn in the ring, while its peers
+    /// compute, often on the same cores when a cluster shares a host. candle's CPU workers
+    /// spin for ~1 ms after each burst of work before they sleep; a node shortens that, so
+    /// that it does not take cycles from the peer whose turn it is.
+    pub fn environment_defaults(&self) -> &'static [(&'static str, &'static str)] {
+        match self.command {
+            Command::Node(_) | Command::Run(_) => &[("CANDLE_BARRIER_POOL_SPIN_LIMIT", "2500")],
+            _ => &[],
         }
     }
 
