@@ -38,11 +38,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.prompt_tokens > 0, "--prompt-tokens must be at least 1");
     anyhow::ensure!(args.tokens > 1, "--tokens must be at least 2");
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
-    let engine = args.model.engine(None)?;
+    let engine = args.model.engine(None, args.shards)?;
     scoped(&engine, |engine| async move {
         let model = engine.ensure_ready().await?.model()?;
         let text_tokens = model.tokenizer().encode(BENCH_TEXT)?;
         let prompt: Vec<u32> = text_tokens.iter().cycle().take(args.prompt_tokens).copied().collect();
+        // Other engines are fed these exact ids, for a like-for-like comparison.
+        let prompt_ids = prompt.clone();
         let ranges: Vec<(usize, usize)> =
             crate::engine::Shard::split_even(model.model_id(), model.config().n_layers, args.shards)?
                 .iter()
@@ -80,6 +82,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     "threads": candle_core::utils::get_num_threads(),
                     "prefill_tok_s": prefill,
                     "decode_tok_s": decode,
+                    "prompt_ids": prompt_ids,
                 })
             );
         } else {

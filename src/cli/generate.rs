@@ -42,6 +42,9 @@ pub struct GenerateArgs {
     /// must be the same as with one.
     #[arg(long, default_value_t = 1)]
     pub shards: usize,
+    /// Also print the generated token ids (on stderr), to compare runs and devices.
+    #[arg(long)]
+    pub token_ids: bool,
 }
 
 pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -55,7 +58,7 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
     };
     sampling.validate()?;
-    let engine = args.model.engine(None)?;
+    let engine = args.model.engine(None, args.shards)?;
     scoped(&engine, |engine| async move {
         let model = engine.ensure_ready().await?.model()?;
         let tokenizer = model.tokenizer().clone();
@@ -91,6 +94,10 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
         })
         .await??;
         println!();
+        if args.token_ids {
+            let ids: Vec<String> = output.tokens.iter().map(u32::to_string).collect();
+            eprintln!("token ids: {}", ids.join(","));
+        }
         let s = output.stats;
         eprintln!(
             "prompt: {} tokens at {:.1} tokens/s | decode: {} tokens at {:.1} tokens/s | finish: {} | device: {device} | shards: {}",

@@ -36,13 +36,16 @@ impl ModelArgs {
         resolve_model(&self.model, &self.models_dir())
     }
 
-    /// The engine as a managed resource (registered when a registry is given).
+    /// The engine as a managed resource (registered when a registry is given), keeping
+    /// up to `shards` shards loaded at once.
     pub fn engine(
         &self,
         registry: Option<&Arc<ResourceRegistry>>,
+        shards: usize,
     ) -> anyhow::Result<Arc<Managed<InferenceEngine>>> {
         let mut config = EngineConfig::new(self.resolve()?, self.device);
         config.cpu_matmul = self.cpu_matmul;
+        config.max_loaded_shards = config.max_loaded_shards.max(shards);
         let mut builder = Managed::builder("engine", InferenceEngine::new(config))
             .name(format!("inference engine ({})", self.model))
             .config(InferenceEngine::resource_config());
