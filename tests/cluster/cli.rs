@@ -114,3 +114,69 @@ fn peer_attempts(url: &str) -> u64 {
         .map(|r| r["stats"]["initialize_attempts"].as_u64().unwrap())
         .unwrap()
 }
+
+#[test]
+fn exo_run_starts_a_node_answers_and_stops() {
+    default_model();
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(exo_bin())
+        .args([
+            "run",
+            "--model",
+            "smollm2-135m",
+            "--device",
+            "cpu",
+            "--discovery",
+            "none",
+        ])
+        .args([
+            "--api-port",
+            "0",
+            "--listen",
+            "127.0.0.1",
+            "--max-tokens",
+            "32",
+            "--node-id",
+            "run",
+        ])
+        .args(["--prompt", crate::e2e::PROMPT])
+        .arg("--data-dir")
+        .arg(dir.path().join("run"))
+        .env("EXO_MODELS_DIR", crate::support::models_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        stdout.trim_end(),
+        crate::e2e::generate_locally(crate::e2e::PROMPT, 32)
+    );
+    assert!(
+        stderr.contains("ring: run[0,30)") && stderr.contains("tokens/s"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn exo_chat_asks_a_running_node() {
+    default_model();
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path(), "chatty", free_udp_port());
+    wait_for_ring(&node, 1);
+    let (ok, out, err) = exo(&[
+        "chat",
+        "--node",
+        &node.url(),
+        "--prompt",
+        crate::e2e::PROMPT,
+        "--max-tokens",
+        "32",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim_end(),
+        crate::e2e::generate_locally(crate::e2e::PROMPT, 32)
+    );
+    assert!(err.contains("ring: chatty[0,30)"), "{err}");
+}

@@ -1,0 +1,95 @@
+//! `exo chat`: one question to a running node's API, the answer printed (a client for
+//! scripts and quick checks; any OpenAI client works as well).
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::json;
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// The node's API.
+    #[arg(long, env = "EXO_NODE", default_value = "http://127.0.0.1:52415")]
+    pub node: String,
+    /// The user's message.
+    #[arg(long)]
+    pub prompt: String,
+    /// The model to ask for (default: the one the node serves).
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: u32,
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Print the whole JSON response instead of the answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || run_blocking(args)).await?
+}
+
+fn run_blocking(args: ChatArgs) -> anyhow::Result<()> {
+    let base = args.node.trim_end_matches('/');
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(3))
+        .timeout(Duration::from_secs(600))
+        .build();
+    let unreachable =
+        |error: ureq::Error| anyhow::anyhow!("cannot reach the node at {base}: {error}");
+    let model = match args.model {
+        Some(model) => model,
+        None => {
+            let models: serde_json::Value = agent
+                .get(&format!("{base}/v1/models"))
+                .call()
+                .map_err(unreachable)?
+                .into_json()?;
+            models["data"][0]["id"]
+                .as_str()
+                .context("the node lists no model")?
+                .to_string()
+        }
+    };
+    let body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": args.prompt}],
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+    });
+    let response: serde_json::Value = match agent
+        .post(&format!("{base}/v1/chat/completions"))
+        .send_json(&body)
+    {
+        Ok(response) => response.into_json()?,
+        Err(ureq::Error::Status(code, response)) => {
+            let body: serde_json::Value = response.into_json().unwrap_or_default();
+            bail!(
+                "the node answered {code}: {}",
+                body["error"]["message"].as_str().unwrap_or("no message")
+            );
+        }
+        Err(error) => return Err(unreachable(error)),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+        return Ok(());
+    }
+    println!(
+        "{}",
+        response["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+    );
+    let exo = &response["exo"];
+    eprintln!(
+        "ring: {} | {} prompt + {} generated tokens | decode {:.1} tokens/s",
+        exo["ring"].as_str().unwrap_or("?"),
+        response["usage"]["prompt_tokens"],
+        response["usage"]["completion_tokens"],
+        exo["decode_tokens_per_second"].as_f64().unwrap_or(0.0)
+    );
+    Ok(())
+}
