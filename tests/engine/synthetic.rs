@@ -611,7 +611,10 @@ fn gguf_q8_0_runs_and_its_shards_agree_with_tied_embeddings() {
         .iter()
         .map(|(k, t)| {
             let t = if t.rank() == 2 {
-                QTensor::quantize(t, GgmlDType::Q8_0).unwrap().dequantize(&Device::Cpu).unwrap()
+                QTensor::quantize(t, GgmlDType::Q8_0)
+                    .unwrap()
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
             } else {
                 t.clone()
             };
