@@ -14,6 +14,9 @@ use super::rope::Rope;
 use super::shard::Shard;
 use super::weights::{GlobalTensor, LayerTensor, LoadCounter, WeightSource};
 
+/// Prompt tokens run through the layers at once, at most; longer prompts go in chunks.
+const PREFILL_CHUNK: usize = 512;
+
 /// What a shard is fed: token ids on the first shard, a hidden state on the others.
 #[derive(Debug, Clone)]
 pub enum ShardInput {
@@ -217,14 +220,67 @@ impl ShardModel {
         cache: &mut SequenceCache,
     ) -> anyhow::Result<ShardOutput> {
         let position = cache.len;
-        let mut x = match input {
+        // Everything is checked before anything is allocated: a message naming millions
+        // of tokens must be refused, not embedded.
+        let seq_len = self.check_input(&input)?;
+        if position + seq_len > self.config.context_length {
+            bail!(
+                "the sequence would reach {} tokens, past the model's context of {}",
+                position + seq_len,
+                self.config.context_length
+            );
+        }
+        // Long prompts go through in chunks: attention scores grow with the square of the
+        // tokens at once (a whole 8k prompt would need gigabytes per layer).
+        let mut hidden_chunks = Vec::new();
+        let mut start = 0;
+        while start < seq_len {
+            let len = PREFILL_CHUNK.min(seq_len - start);
+            let x = match &input {
+                ShardInput::Tokens(tokens) => {
+                    let embedding = self.embedding.as_ref().context("no embedding")?;
+                    let ids =
+                        Tensor::new(&tokens[start..start + len], &self.device)?.unsqueeze(0)?;
+                    embedding.embedding(&ids)?.to_dtype(self.dtype)?
+                }
+                ShardInput::Hidden(hidden) => hidden
+                    .narrow(1, start, len)?
+                    .to_device(&self.device)?
+                    .to_dtype(self.dtype)?
+                    .contiguous()?,
+            };
+            hidden_chunks.push(self.run_layers(x, cache)?);
+            start += len;
+        }
+        match (&self.final_norm, &self.head) {
+            (Some(norm), Some(head)) => {
+                let x = hidden_chunks.last().context("no input")?;
+                let last = x.narrow(1, x.dim(1)? - 1, 1)?;
+                let normed = candle_nn::ops::rms_norm(
+                    &last.contiguous()?,
+                    norm,
+                    self.config.rms_norm_eps as f32,
+                )?;
+                let logits = head.forward(&normed)?;
+                Ok(ShardOutput::Logits(
+                    logits.flatten_all()?.to_dtype(DType::F32)?,
+                ))
+            }
+            _ if hidden_chunks.len() == 1 => Ok(ShardOutput::Hidden(hidden_chunks.remove(0))),
+            _ => Ok(ShardOutput::Hidden(Tensor::cat(&hidden_chunks, 1)?)),
+        }
+    }
+
+    /// Checks that `input` suits this shard; returns its number of tokens.
+    fn check_input(&self, input: &ShardInput) -> anyhow::Result<usize> {
+        match input {
             ShardInput::Tokens(tokens) => {
-                let Some(embedding) = &self.embedding else {
+                if self.embedding.is_none() {
                     bail!(
                         "shard {} is not the first shard: it takes a hidden state, not tokens",
                         self.shard
                     );
-                };
+                }
                 if tokens.is_empty() {
                     bail!("empty input: no tokens to run");
                 }
@@ -237,8 +293,7 @@ impl ShardModel {
                         self.config.vocab_size
                     );
                 }
-                let ids = Tensor::new(tokens.as_slice(), &self.device)?.unsqueeze(0)?;
-                embedding.embedding(&ids)?.to_dtype(self.dtype)?
+                Ok(tokens.len())
             }
             ShardInput::Hidden(hidden) => {
                 if self.embedding.is_some() {
@@ -256,17 +311,16 @@ impl ShardModel {
                         self.config.hidden_size
                     );
                 }
-                hidden.to_device(&self.device)?.to_dtype(self.dtype)?
+                Ok(tokens)
             }
-        };
-        let seq_len = x.dim(1)?;
-        if position + seq_len > self.config.context_length {
-            bail!(
-                "the sequence would reach {} tokens, past the model's context of {}",
-                position + seq_len,
-                self.config.context_length
-            );
         }
+    }
+
+    /// Runs every layer of the shard on `x` (1, tokens, hidden), which starts at the
+    /// cache's position, and advances the cache.
+    fn run_layers(&self, mut x: Tensor, cache: &mut SequenceCache) -> anyhow::Result<Tensor> {
+        let position = cache.len;
+        let seq_len = x.dim(1)?;
         let mask = if seq_len > 1 {
             Some(causal_mask(seq_len, position, self.dtype, &self.device)?)
         } else {
@@ -276,21 +330,7 @@ impl ShardModel {
             x = self.run_layer(layer, &x, slot, position, mask.as_ref())?;
         }
         cache.len = position + seq_len;
-        match (&self.final_norm, &self.head) {
-            (Some(norm), Some(head)) => {
-                let last = x.narrow(1, seq_len - 1, 1)?;
-                let normed = candle_nn::ops::rms_norm(
-                    &last.contiguous()?,
-                    norm,
-                    self.config.rms_norm_eps as f32,
-                )?;
-                let logits = head.forward(&normed)?;
-                Ok(ShardOutput::Logits(
-                    logits.flatten_all()?.to_dtype(DType::F32)?,
-                ))
-            }
-            _ => Ok(ShardOutput::Hidden(x)),
-        }
+        Ok(x)
     }
 
     fn run_layer(
