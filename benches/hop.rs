@@ -60,19 +60,27 @@ impl NodeHandler for Receiver {
 fn context() -> pb::RequestContext {
     exo::node::to_wire(&ValidatedContext {
         request_id: "bench".into(),
-        origin_node_id: "receiver".into(),
+        origin_node_id: "sender".into(),
         origin_address: "127.0.0.1:1".into(),
         plan: Partition {
             model_id: "bench".into(),
             n_layers: 2,
-            entries: vec![PartitionEntry {
-                node_id: "receiver".into(),
-                address: "127.0.0.1:1".into(),
-                start_layer: 0,
-                end_layer: 2,
-            }],
+            entries: vec![
+                PartitionEntry {
+                    node_id: "sender".into(),
+                    address: "127.0.0.1:1".into(),
+                    start_layer: 0,
+                    end_layer: 1,
+                },
+                PartitionEntry {
+                    node_id: "receiver".into(),
+                    address: "127.0.0.1:1".into(),
+                    start_layer: 1,
+                    end_layer: 2,
+                },
+            ],
         },
-        index: 0,
+        index: 1,
         sampling: SamplingParams::greedy(),
         position: 1,
         step: 1,

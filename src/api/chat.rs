@@ -325,13 +325,10 @@ async fn collect(
     ))
 }
 
-/// A generation that failed after it was accepted: the node's fault, not the client's.
+/// A generation that failed after it was accepted (every check of the request passed
+/// in `prepare`): the cluster's fault, not the client's.
 fn failure(error: String) -> ApiError {
-    if error.starts_with("the prompt") {
-        ApiError::bad_request(error)
-    } else {
-        ApiError::unavailable(format!("generation failed: {error}"))
-    }
+    ApiError::unavailable(format!("generation failed: {error}"))
 }
 
 fn chunk(
@@ -369,6 +366,9 @@ fn stream_response(
                     let _ = tx.send(send(ApiError::unavailable("the node is shutting down").body())).await;
                     return;
                 }
+                // The client went away (even during a long prompt, when nothing is sent):
+                // dropping `events` cancels the request.
+                _ = tx.closed() => return,
             };
             let done = matches!(
                 event,

@@ -38,6 +38,10 @@ pub struct FlowConfig {
     pub step_timeout: Duration,
     /// Extra time per prompt token for the first step (the prompt's forward pass).
     pub prefill_time_per_token: Duration,
+    /// Extra time for the first step, in which every node of the ring may have to load
+    /// its shard's weights (one after another). A node that dies meanwhile still ends the
+    /// request at once: it leaves the peer view.
+    pub load_allowance: Duration,
 }
 
 impl Default for FlowConfig {
@@ -45,6 +49,7 @@ impl Default for FlowConfig {
         FlowConfig {
             step_timeout: Duration::from_secs(4),
             prefill_time_per_token: Duration::from_millis(20),
+            load_allowance: Duration::from_secs(60),
         }
     }
 }
@@ -118,7 +123,10 @@ pub struct RequestFlow {
     peers: Arc<PeerTable>,
     config: FlowConfig,
     /// Requests this node originated, waiting for step results.
-    pending: Mutex<HashMap<String, mpsc::UnboundedSender<StepOutcome>>>,
+    pending: Mutex<HashMap<String, mpsc::UnboundedSender<(u64, StepOutcome)>>>,
+    /// The last step of each request this node accepted, so that a retried message
+    /// (its first copy arrived, its acknowledgement did not) does not run twice.
+    accepted: Mutex<StepLedger>,
     finished: Mutex<VecDeque<String>>,
     stats: Mutex<FlowStats>,
     /// Steps run as tasks of their own, which need an owned reference.
@@ -146,6 +154,7 @@ impl RequestFlow {
             peers,
             config,
             pending: Mutex::new(HashMap::new()),
+            accepted: Mutex::new(StepLedger::default()),
             finished: Mutex::new(VecDeque::new()),
             stats: Mutex::new(FlowStats::default()),
         })
@@ -260,9 +269,8 @@ impl RequestFlow {
             Ok(None) => "cancelled",
             Err(_) => "failed",
         };
-        if let Some(plan) = plan {
-            self.finish_everywhere(&request_id, &plan, reason).await;
-        }
+        // The client hears first; the nodes are told after (one round trip it need not wait
+        // for).
         match outcome {
             Ok(Some(summary)) => {
                 self.count(|s| s.requests_finished += 1);
@@ -279,6 +287,10 @@ impl RequestFlow {
                 let _ = events.send(GenerationEvent::Failed(message)).await;
             }
         }
+        drop(events);
+        if let Some(plan) = plan {
+            self.finish_everywhere(&request_id, &plan, reason).await;
+        }
     }
 
     /// The origin's loop. Ok(None): the client went away.
@@ -287,7 +299,7 @@ impl RequestFlow {
         request_id: &str,
         request: &GenerateRequest,
         events: &mpsc::Sender<GenerationEvent>,
-        results: &mut mpsc::UnboundedReceiver<StepOutcome>,
+        results: &mut mpsc::UnboundedReceiver<(u64, StepOutcome)>,
         plan_slot: &mut Option<Partition>,
     ) -> anyhow::Result<Option<GenerationSummary>> {
         if request.prompt.is_empty() {
@@ -316,7 +328,11 @@ impl RequestFlow {
         {
             return Ok(None);
         }
-        let mut decoding = Decoding::new(request.max_tokens, request.stop.clone());
+        // No more tokens than the context holds after the prompt.
+        let max_tokens = request
+            .max_tokens
+            .min(context_length - request.prompt.len());
+        let mut decoding = Decoding::new(max_tokens, request.stop.clone());
         let mut input = request.prompt.clone();
         let mut position = 0usize;
         let mut step = 0u64;
@@ -337,20 +353,32 @@ impl RequestFlow {
             let step_started = Instant::now();
             self.send_to_first_shard(context, input.clone()).await?;
             let deadline = if step == 0 {
-                self.config.step_timeout + self.config.prefill_time_per_token * input.len() as u32
+                self.config.step_timeout
+                    + self.config.load_allowance
+                    + self.config.prefill_time_per_token * input.len() as u32
             } else {
                 self.config.step_timeout
             };
-            let outcome = tokio::select! {
-                outcome = results.recv() => outcome.context("the request's result channel closed")?,
-                _ = tokio::time::sleep(deadline) => bail!(
-                    "no result for step {step} within {deadline:?}: a node of the ring ({}) is not answering",
-                    describe(&plan)
-                ),
-                _ = events.closed() => return Ok(None),
-                gone = member_lost(&mut joined, &plan, &self.node_id) => bail!(
-                    "node {gone} left the cluster during the request"
-                ),
+            let expires = tokio::time::Instant::now() + deadline;
+            let outcome = loop {
+                let (for_step, outcome) = tokio::select! {
+                    outcome = results.recv() => outcome.context("the request's result channel closed")?,
+                    _ = tokio::time::sleep_until(expires) => bail!(
+                        "no result for step {step} within {deadline:?}: a node of the ring ({}) is not answering",
+                        describe(&plan)
+                    ),
+                    _ = events.closed() => return Ok(None),
+                    gone = member_lost(&mut joined, &plan, &self.node_id) => bail!(
+                        "node {gone} left the cluster during the request"
+                    ),
+                };
+                // A result of another step is a late duplicate of a retried message.
+                if for_step == step {
+                    break outcome;
+                }
+                tracing::debug!(
+                    "{request_id}: ignored a result of step {for_step} while at step {step}"
+                );
             };
             let token = match outcome {
                 StepOutcome::Token(token) => token,
@@ -364,9 +392,6 @@ impl RequestFlow {
             position += input.len();
             step += 1;
             let (text, finish) = match decoding.push(&tokenizer, token)? {
-                TokenOutcome::Continue(text) if position + 1 >= context_length => {
-                    (text, Some(FinishReason::Length))
-                }
                 TokenOutcome::Continue(text) => (text, None),
                 TokenOutcome::Finished(text, reason) => (text, Some(reason)),
             };
@@ -419,7 +444,11 @@ impl RequestFlow {
             if entry.node_id == self.node_id {
                 self.finish_local(request_id).await;
             } else if let Some(handle) = self.peers.handle(&entry.node_id) {
-                // Known peers only: a node gone from the table is not worth a connection.
+                // Usable peers only: one that is gone or failing is not worth a connection
+                // attempt (its caches go with it, or expire).
+                if !handle.state().is_usable() {
+                    return;
+                }
                 if let Ok(peer) = handle.ensure_ready().await {
                     if let Err(error) = peer.finish_request(request_id, reason).await {
                         tracing::debug!(
@@ -441,7 +470,16 @@ impl RequestFlow {
             }
             finished.push_back(request_id.to_string());
         }
-        // Never start an engine just to drop a cache it cannot have.
+        self.accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget(request_id);
+        self.drop_caches(request_id).await;
+    }
+
+    /// Drops every cache of `request_id` on this node, if the engine is up: an engine in
+    /// trouble holds no cache worth starting it for.
+    async fn drop_caches(&self, request_id: &str) {
         if self.engine.state().is_usable() {
             if let Ok(model) = self.model().await {
                 model.finish(request_id);
@@ -501,6 +539,19 @@ impl RequestFlow {
         let this = self.this.upgrade().ok_or_else(|| {
             Status::unavailable(format!("node {} is shutting down", self.node_id))
         })?;
+        let is_new = self
+            .accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .accept(&context.request_id, context.step);
+        if !is_new {
+            tracing::debug!(
+                "step {} of {} arrived again (a retried send): already running",
+                context.step,
+                context.request_id
+            );
+            return Ok(());
+        }
         tokio::spawn(async move { this.execute_step(context, input).await });
         Ok(())
     }
@@ -515,9 +566,7 @@ impl RequestFlow {
                 context.step,
                 context.request_id
             );
-            if let Ok(model) = self.model().await {
-                model.finish(&context.request_id);
-            }
+            self.drop_caches(&context.request_id).await;
             self.deliver(&context, StepOutcome::Error(message)).await;
         }
     }
@@ -574,8 +623,11 @@ impl RequestFlow {
     /// Sends a step's outcome to the request's origin.
     async fn deliver(&self, context: &ValidatedContext, outcome: StepOutcome) {
         if context.origin_node_id == self.node_id {
-            if let Err(status) = self.route_result(&context.request_id, outcome) {
+            if let Err(status) = self.route_result(&context.request_id, context.step, outcome) {
+                // The request ended while this step ran (its client went away): its cache
+                // was made after the request was finished here, so drop it now.
                 tracing::debug!("{}", status.message());
+                self.drop_caches(&context.request_id).await;
             }
             return;
         }
@@ -599,13 +651,16 @@ impl RequestFlow {
                 "cannot return a result of {} to its origin: {error:#}",
                 context.request_id
             );
-            if let Ok(model) = self.model().await {
-                model.finish(&context.request_id);
-            }
+            self.drop_caches(&context.request_id).await;
         }
     }
 
-    fn route_result(&self, request_id: &str, outcome: StepOutcome) -> Result<(), Status> {
+    fn route_result(
+        &self,
+        request_id: &str,
+        step: u64,
+        outcome: StepOutcome,
+    ) -> Result<(), Status> {
         let pending = self.lock_pending();
         let sender = pending.get(request_id).ok_or_else(|| {
             Status::not_found(format!(
@@ -613,13 +668,13 @@ impl RequestFlow {
             ))
         })?;
         sender
-            .send(outcome)
+            .send((step, outcome))
             .map_err(|_| Status::not_found(format!("request {request_id} is no longer waiting")))
     }
 
     fn lock_pending(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<StepOutcome>>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<(u64, StepOutcome)>>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -657,6 +712,15 @@ impl NodeHandler for RequestFlow {
         self.node_id.clone()
     }
 
+    /// Serving while the engine is (or is getting) ready; an engine in Error or closed
+    /// takes the node out of its peers' plans.
+    fn is_serving(&self) -> bool {
+        !matches!(
+            self.engine.state(),
+            ResourceState::Error | ResourceState::Closing | ResourceState::Closed
+        )
+    }
+
     async fn run_step(&self, context: ValidatedContext, input: StepInput) -> Result<(), Status> {
         self.accept_step(context, input).await
     }
@@ -673,7 +737,7 @@ impl NodeHandler for RequestFlow {
                 context.request_id
             );
         }
-        self.route_result(&context.request_id, outcome)
+        self.route_result(&context.request_id, context.step, outcome)
     }
 
     async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
@@ -745,5 +809,42 @@ async fn member_lost(
             // The peer table is gone (shutdown): let the step deadline decide.
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// The last step of each request this node accepted, bounded (the oldest requests are
+/// forgotten first).
+#[derive(Default)]
+struct StepLedger {
+    last: HashMap<String, u64>,
+    order: VecDeque<String>,
+}
+
+impl StepLedger {
+    const CAPACITY: usize = 4096;
+
+    /// Whether `step` of `request_id` is new here (and records it).
+    fn accept(&mut self, request_id: &str, step: u64) -> bool {
+        match self.last.get_mut(request_id) {
+            Some(last) if *last >= step => false,
+            Some(last) => {
+                *last = step;
+                true
+            }
+            None => {
+                if self.order.len() == Self::CAPACITY {
+                    if let Some(oldest) = self.order.pop_front() {
+                        self.last.remove(&oldest);
+                    }
+                }
+                self.order.push_back(request_id.to_string());
+                self.last.insert(request_id.to_string(), step);
+                true
+            }
+        }
+    }
+
+    fn forget(&mut self, request_id: &str) {
+        self.last.remove(request_id);
     }
 }

@@ -44,6 +44,11 @@ pub trait NodeHandler: Send + Sync + 'static {
     /// This node's id (the service refuses plans that do not include it).
     fn node_id(&self) -> String;
 
+    /// Whether the node can take work now (peers stop planning with it when not).
+    fn is_serving(&self) -> bool {
+        true
+    }
+
     /// Tokens (SendPrompt) or a hidden state (SendTensor) for this node's shard.
     async fn run_step(&self, context: ValidatedContext, input: StepInput) -> Result<(), Status>;
 

@@ -140,6 +140,12 @@ impl Node for NodeService {
     ) -> Result<Response<pb::Ack>, Status> {
         let message = request.into_inner();
         let context = self.validate(message.context, false)?;
+        if context.index == 0 {
+            return Err(self.reject(Status::invalid_argument(format!(
+                "a hidden state for request {} went to the first shard of the plan, which takes tokens",
+                context.request_id
+            ))));
+        }
         let wire = message
             .tensor
             .ok_or_else(|| self.reject(Status::invalid_argument("the message has no tensor")))?;
@@ -185,7 +191,7 @@ impl Node for NodeService {
     ) -> Result<Response<pb::HealthCheckResponse>, Status> {
         Ok(Response::new(pb::HealthCheckResponse {
             node_id: self.handler.node_id(),
-            serving: true,
+            serving: self.handler.is_serving(),
         }))
     }
 

@@ -159,21 +159,60 @@ fn a_three_process_ring_answers_exactly_as_one_process_streaming_or_not_and_conc
         second_expected.as_str()
     );
 
-    // Every cache was dropped when its request finished.
-    for node in &nodes {
-        let resources = get_json(&format!("{}/v1/resources", node.url())).unwrap();
-        let engine = resources["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["id"] == "engine")
-            .unwrap();
-        assert_eq!(
-            engine["info"]["active_requests"], 0,
-            "{}: {engine}",
-            node.name
-        );
+    // Every cache was dropped when its request finished (the nodes are told right after
+    // the client has its answer).
+    wait_for_no_caches(&nodes);
+
+    // A client that goes away mid-stream cancels its request: every cache is dropped.
+    let url = format!("{}/v1/chat/completions", nodes[1].url());
+    let response = ureq::post(&url)
+        .timeout(Duration::from_secs(120))
+        .send_json(chat_body(
+            "Write a very long story about a lighthouse.",
+            2000,
+            true,
+        ))
+        .unwrap();
+    let mut lines = BufReader::new(response.into_reader()).lines();
+    let mut chunks = 0;
+    while chunks < 5 {
+        if lines.next().unwrap().unwrap().starts_with("data: ") {
+            chunks += 1;
+        }
     }
+    assert!(
+        nodes.iter().any(|n| active_requests(n) > 0),
+        "the request holds caches while it runs"
+    );
+    drop(lines);
+    wait_for_no_caches(&nodes);
+}
+
+/// Waits (checking each node's engine, with a deadline) until no node holds a cache.
+fn wait_for_no_caches(nodes: &[NodeProcess]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for node in nodes {
+        while active_requests(node) != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} kept a finished request's cache",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Requests holding a KV cache on a node (its engine's resource info).
+fn active_requests(node: &NodeProcess) -> u64 {
+    let resources = get_json(&format!("{}/v1/resources", node.url())).unwrap();
+    let engine = resources["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "engine")
+        .unwrap();
+    engine["info"]["active_requests"].as_u64().unwrap()
 }
 
 #[test]

@@ -140,7 +140,7 @@ async fn hidden_states_round_trip_exactly_in_f32_f16_and_bf16_up_to_64_mib() {
                 .reshape((1, tokens, hidden))
                 .unwrap();
             let message = pb::TensorRequest {
-                context: Some(context("r", &["sink"], 0)),
+                context: Some(context("r", &["origin", "sink"], 1)),
                 tensor: Some(encode_tensor(&tensor).unwrap()),
             };
             handle
@@ -182,7 +182,7 @@ async fn bad_tensors_and_plans_are_refused_with_invalid_argument_and_the_server_
     let mut short = good.clone();
     short.data = short.data.slice(..100);
     let (status, message) = code(
-        peer.send_tensor(send(short, &["sink"], 0))
+        peer.send_tensor(send(short, &["origin", "sink"], 1))
             .await
             .unwrap_err(),
     );
@@ -195,7 +195,7 @@ async fn bad_tensors_and_plans_are_refused_with_invalid_argument_and_the_server_
     let mut unknown = good.clone();
     unknown.dtype = 42;
     let (status, message) = code(
-        peer.send_tensor(send(unknown, &["sink"], 0))
+        peer.send_tensor(send(unknown, &["origin", "sink"], 1))
             .await
             .unwrap_err(),
     );
@@ -205,7 +205,7 @@ async fn bad_tensors_and_plans_are_refused_with_invalid_argument_and_the_server_
     let mut overflow = good.clone();
     overflow.shape = vec![u64::MAX, u64::MAX];
     let (status, message) = code(
-        peer.send_tensor(send(overflow, &["sink"], 0))
+        peer.send_tensor(send(overflow, &["origin", "sink"], 1))
             .await
             .unwrap_err(),
     );
@@ -220,7 +220,7 @@ async fn bad_tensors_and_plans_are_refused_with_invalid_argument_and_the_server_
     assert_eq!(status, tonic::Code::InvalidArgument);
     assert!(message.contains("does not include node sink"), "{message}");
 
-    let mut broken_plan = send(good.clone(), &["sink"], 0);
+    let mut broken_plan = send(good.clone(), &["origin", "sink"], 1);
     broken_plan
         .context
         .as_mut()
@@ -254,7 +254,16 @@ async fn bad_tensors_and_plans_are_refused_with_invalid_argument_and_the_server_
     );
 
     // Still serving, and it counted what it refused.
-    peer.send_tensor(send(good, &["sink"], 0)).await.unwrap();
+    peer.send_tensor(send(good.clone(), &["origin", "sink"], 1))
+        .await
+        .unwrap();
+    let (status, message) = code(
+        peer.send_tensor(send(good, &["sink"], 0))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, tonic::Code::InvalidArgument);
+    assert!(message.contains("first shard"), "{message}");
     assert_eq!(
         handle.check_health().await.state,
         exo::resource::ResourceState::Ready
