@@ -37,7 +37,9 @@ pub async fn health(State(state): State<ApiState>) -> Json<serde_json::Value> {
 
 /// The full report (docs/resource-report.md, schema version 1).
 pub async fn report(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    let report = match &state.monitor {
+    // A GET must not start anything: the monitor's rounds only when it is running.
+    let running = state.monitor.as_ref().filter(|m| m.state().is_usable());
+    let report = match running {
         Some(monitor) => match monitor.ensure_ready().await {
             Ok(monitor) => monitor.report(),
             Err(_) => ResourceReport::of_registry(&state.registry, None),

@@ -137,6 +137,8 @@ impl PeerTable {
                     {
                         let old = std::mem::replace(&mut entry.handle, self.new_handle(&sighting));
                         entry.address = sighting.address.clone();
+                        entry.priority = sighting.priority;
+                        entry.last_seen = now;
                         entry.last_attempt = Some(now);
                         retire(old);
                         Some(entry.handle.clone())
@@ -200,8 +202,10 @@ impl PeerTable {
         address: &str,
         model_id: &str,
     ) -> Arc<Managed<GrpcPeerHandle>> {
-        if let Some(handle) = self.handle(node_id) {
-            return handle;
+        if let Some(entry) = self.lock().get_mut(node_id) {
+            // In use: not to be retired as silent while a request needs it.
+            entry.last_seen = Instant::now();
+            return entry.handle.clone();
         }
         self.observe(Sighting {
             node_id: node_id.to_string(),

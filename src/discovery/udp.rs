@@ -255,16 +255,17 @@ impl Resource for UdpDiscovery {
     async fn cleanup(&self) -> anyhow::Result<()> {
         let running = self.lock().take();
         if let Some(running) = running {
-            // Say goodbye, so that peers drop this node now rather than after a timeout.
-            if let Some(mut announcement) = (self.announce)() {
-                announcement.departing = true;
-                announce_once(&running.socket, &self.config, &self.stats, announcement).await;
-            }
             for task in &running.tasks {
                 task.abort();
             }
             for task in running.tasks {
                 let _ = task.await;
+            }
+            // Say goodbye once nothing can announce this node again, so that peers drop
+            // it now rather than after a timeout.
+            if let Some(mut announcement) = (self.announce)() {
+                announcement.departing = true;
+                announce_once(&running.socket, &self.config, &self.stats, announcement).await;
             }
         }
         self.peers.clear().await;

@@ -110,8 +110,20 @@ fn open_metal(ordinal: usize) -> anyhow::Result<Device> {
              (rebuild on macOS with `cargo build --release --features metal`)"
         );
     }
-    Device::new_metal(ordinal)
-        .map_err(|error| anyhow::anyhow!("cannot open Metal device {ordinal}: {error}"))
+    Device::new_metal(ordinal).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot open Metal device {ordinal}: {}",
+            without_backtrace(error)
+        )
+    })
+}
+
+/// candle attaches a backtrace to device errors; a user needs the message only.
+fn without_backtrace(error: candle_core::Error) -> candle_core::Error {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        other => other,
+    }
 }
 
 /// A short name of an opened device: `cpu`, `cuda:0`, `metal:0`.

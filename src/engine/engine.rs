@@ -26,8 +26,6 @@ pub struct EngineConfig {
     pub model: ResolvedModel,
     pub device: DeviceChoice,
     pub cache_limits: CacheLimits,
-    /// A layer range to load during initialize; otherwise shards load on first use.
-    pub preload: Option<(usize, usize)>,
     /// Loaded shards kept at once (a node's range changes when the cluster does).
     pub max_loaded_shards: usize,
     /// Which kernels run quantized matmuls on the CPU.
@@ -40,7 +38,6 @@ impl EngineConfig {
             model,
             device,
             cache_limits: CacheLimits::default(),
-            preload: None,
             max_loaded_shards: 2,
             cpu_matmul: CpuMatmul::default(),
         }
@@ -55,6 +52,8 @@ pub struct LoadedModel {
     source: WeightSource,
     tokenizer: Arc<TextTokenizer>,
     shards: Mutex<Vec<Arc<ShardModel>>>,
+    /// Held while a shard loads.
+    loading: Mutex<()>,
     caches: Mutex<KvCacheStore>,
     max_loaded_shards: usize,
     cpu_matmul: CpuMatmul,
@@ -84,6 +83,7 @@ impl LoadedModel {
             source,
             tokenizer: Arc::new(tokenizer),
             shards: Mutex::new(Vec::new()),
+            loading: Mutex::new(()),
             caches: Mutex::new(KvCacheStore::new(config.cache_limits)),
             max_loaded_shards: config.max_loaded_shards.max(1),
             cpu_matmul: config.cpu_matmul,
@@ -122,14 +122,14 @@ impl LoadedModel {
     /// The loaded shard for `[start, end)`, loading it if need be (blocking).
     pub fn shard(&self, start: usize, end: usize) -> anyhow::Result<Arc<ShardModel>> {
         let shard = self.shard_for(start, end)?;
-        {
-            let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(i) = shards.iter().position(|s| *s.shard() == shard) {
-                // Most recently used last.
-                let found = shards.remove(i);
-                shards.push(found.clone());
-                return Ok(found);
-            }
+        if let Some(found) = self.loaded_shard(&shard) {
+            return Ok(found);
+        }
+        // One load at a time: two requests reaching a cold node together must not load
+        // the same shard twice (nor evict each other's).
+        let _loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = self.loaded_shard(&shard) {
+            return Ok(found);
         }
         let started = Instant::now();
         let loaded = Arc::new(ShardModel::load(
@@ -152,6 +152,15 @@ impl LoadedModel {
             tracing::info!("unloading {}", dropped.shard());
         }
         Ok(loaded)
+    }
+
+    /// The loaded shard, marked most recently used.
+    fn loaded_shard(&self, shard: &Shard) -> Option<Arc<ShardModel>> {
+        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        let i = shards.iter().position(|s| s.shard() == shard)?;
+        let found = shards.remove(i);
+        shards.push(found.clone());
+        Some(found)
     }
 
     /// Runs one step of `request_id` on the shard `[start, end)` (blocking). The request's
@@ -206,18 +215,11 @@ impl LoadedModel {
 
     /// Drops every cache of `request_id` on this node. Returns how many there were.
     pub fn finish(&self, request_id: &str) -> usize {
-        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        let shards: Vec<Shard> = self
-            .shards
+        // Every range, loaded or not: a request may outlive the shard it ran on.
+        self.caches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|s| s.shard().clone())
-            .collect();
-        shards
-            .iter()
-            .filter(|s| caches.remove(&cache_key(request_id, s.start_layer, s.end_layer)))
-            .count()
+            .remove_prefix(&format!("{request_id}@"))
     }
 
     fn finish_range(&self, request_id: &str, start: usize, end: usize) {
@@ -333,15 +335,11 @@ impl Resource for InferenceEngine {
 
     async fn initialize(&self) -> anyhow::Result<()> {
         let config = self.config.clone();
-        let model = tokio::task::spawn_blocking(move || -> anyhow::Result<LoadedModel> {
-            let model = LoadedModel::open(&config)?;
-            if let Some((start, end)) = config.preload {
-                model.shard(start, end)?;
-            }
-            Ok(model)
-        })
-        .await
-        .context("the model loading task failed")??;
+        // A shard's weights load on the first request that names its range: a node only
+        // learns its range from the plans it is sent.
+        let model = tokio::task::spawn_blocking(move || LoadedModel::open(&config))
+            .await
+            .context("the model loading task failed")??;
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(model));
         Ok(())
     }

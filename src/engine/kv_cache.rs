@@ -188,6 +188,13 @@ impl KvCacheStore {
         self.enforce_limits(request_id);
     }
 
+    /// Drops every cache whose key starts with `prefix`. Returns how many.
+    pub fn remove_prefix(&mut self, prefix: &str) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|key, _| !key.starts_with(prefix));
+        before - self.entries.len()
+    }
+
     /// Drops a request's cache (finished, cancelled or failed). Returns whether it existed.
     pub fn remove(&mut self, request_id: &str) -> bool {
         self.entries.remove(request_id).is_some()

@@ -92,7 +92,9 @@ pub fn generate(
         request_id: uuid::Uuid::new_v4().to_string(),
     };
     let tokenizer = model.tokenizer().clone();
-    let mut decoding = Decoding::new(request.max_tokens, request.stop.clone());
+    // No more tokens than the context holds after the prompt.
+    let max_tokens = request.max_tokens.min(context - request.prompt.len());
+    let mut decoding = Decoding::new(max_tokens, request.stop.clone());
     let mut generated = Vec::new();
     let mut text = String::new();
     let mut input = request.prompt.clone();
@@ -106,7 +108,7 @@ pub fn generate(
         first_token_at.get_or_insert_with(Instant::now);
         generated.push(token);
         if request.ignore_eos {
-            if generated.len() >= request.max_tokens {
+            if generated.len() >= max_tokens {
                 break FinishReason::Length;
             }
         } else {
@@ -121,9 +123,6 @@ pub fn generate(
                     break reason;
                 }
             }
-        }
-        if position + 1 > context {
-            break FinishReason::Length;
         }
         input = vec![token];
     };

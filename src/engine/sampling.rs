@@ -57,14 +57,20 @@ pub fn sample(logits: &[f32], params: &SamplingParams, step: u64) -> anyhow::Res
     if logits.is_empty() {
         bail!("no logits to sample from");
     }
-    if params.temperature == 0.0 {
+    // Below this, sampling is greedy in all but name (and dividing by it overflows).
+    if params.temperature < 1e-4 {
         return Ok(argmax(logits));
     }
     let mut candidates: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
         .filter(|(_, l)| l.is_finite())
-        .map(|(i, &l)| (i as u32, l / params.temperature))
+        .map(|(i, &l)| {
+            (
+                i as u32,
+                (f64::from(l) / f64::from(params.temperature)) as f32,
+            )
+        })
         .collect();
     if candidates.is_empty() {
         bail!("every logit is infinite or NaN");
@@ -97,6 +103,9 @@ pub fn sample(logits: &[f32], params: &SamplingParams, step: u64) -> anyhow::Res
         probs.truncate(keep);
     }
     let mass: f64 = probs.iter().sum();
+    if !mass.is_finite() || mass <= 0.0 {
+        return Ok(candidates[0].0);
+    }
     let seed = params
         .seed
         .map(|s| s ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15))

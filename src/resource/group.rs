@@ -1,6 +1,6 @@
 //! `ResourceGroup`: named members started in dependency order and stopped in reverse.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::future::join_all;
 
@@ -68,8 +68,6 @@ struct Member {
 pub struct ResourceGroup {
     name: String,
     members: Vec<Member>,
-    /// Whether an initialize has run, so that cleanup of a group never started is quick.
-    started: Mutex<bool>,
 }
 
 impl ResourceGroup {
@@ -77,7 +75,6 @@ impl ResourceGroup {
         ResourceGroup {
             name: name.into(),
             members: Vec::new(),
-            started: Mutex::new(false),
         }
     }
 
@@ -160,7 +157,6 @@ impl ResourceGroup {
 
     /// Starts every member, level by level, each level concurrently.
     pub async fn initialize(&self) -> Result<(), GroupError> {
-        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = true;
         for level in self.levels() {
             let outcomes =
                 join_all(level.iter().map(|&i| self.members[i].resource.initialize())).await;

@@ -33,6 +33,9 @@ struct Attempt {
 /// with it always change together. Never held across an await.
 struct Core {
     state: ResourceState,
+    /// Numbers the initialize attempts: an attempt commits its outcome only if it is still
+    /// the latest (a reset or cleanup may have replaced it while it finished).
+    generation: u64,
     since: SystemTime,
     attempt: Option<Attempt>,
     last_error: Option<String>,
@@ -103,6 +106,7 @@ impl<R: Resource> ManagedBuilder<R> {
             inner: self.inner,
             core: Mutex::new(Core {
                 state: ResourceState::Uninitialized,
+                generation: 0,
                 since: SystemTime::now(),
                 attempt: None,
                 last_error: None,
@@ -309,12 +313,14 @@ impl<R: Resource> Managed<R> {
             .expect("a Managed resource is only reachable through its Arc");
         self.set_state(core, ResourceState::Initializing, None);
         core.stats.initialize_attempts += 1;
+        core.generation += 1;
+        let generation = core.generation;
         let task = tokio::spawn(async move {
             if let Some(previous) = after {
                 // An aborted attempt may still be between two polls on another thread.
                 let _ = previous.await;
             }
-            this.run_attempt(teardown_first).await
+            this.run_attempt(generation, teardown_first).await
         });
         let abort = task.abort_handle();
         let (id, kind) = (self.id.clone(), R::KIND.to_string());
@@ -333,7 +339,11 @@ impl<R: Resource> Managed<R> {
         outcome
     }
 
-    async fn run_attempt(&self, teardown_first: bool) -> Result<(), ResourceError> {
+    async fn run_attempt(
+        &self,
+        generation: u64,
+        teardown_first: bool,
+    ) -> Result<(), ResourceError> {
         let started = Instant::now();
         if teardown_first {
             self.teardown_inner().await;
@@ -361,7 +371,7 @@ impl<R: Resource> Managed<R> {
         }
         let mut core = self.core();
         core.stats.last_initialize_duration = Some(started.elapsed());
-        if core.state != ResourceState::Initializing {
+        if core.state != ResourceState::Initializing || core.generation != generation {
             // Cleanup or reset took over while this attempt was finishing.
             return Err(ResourceError::Cancelled {
                 id: self.id.clone(),

@@ -50,6 +50,16 @@ impl Partition {
         if self.entries.is_empty() {
             bail!("the partition plan has no nodes");
         }
+        // Every entry holds at least one layer: more entries than layers cannot chain (and
+        // are not worth checking one by one).
+        if self.entries.len() > self.n_layers {
+            bail!(
+                "the partition plan has {} entries for {} layers",
+                self.entries.len(),
+                self.n_layers
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
         let mut next = 0;
         for (i, entry) in self.entries.iter().enumerate() {
             if entry.start_layer != next || entry.end_layer <= entry.start_layer {
@@ -60,7 +70,7 @@ impl Partition {
                     entry.end_layer
                 );
             }
-            if self.entries[..i].iter().any(|e| e.node_id == entry.node_id) {
+            if !seen.insert(entry.node_id.as_str()) {
                 bail!("the partition plan names node {} twice", entry.node_id);
             }
             next = entry.end_layer;
@@ -277,6 +287,9 @@ mod tests {
         let mut p = plan_partition("m", 10, &[node("a", 1), node("b", 1)]).unwrap();
         p.entries[1].node_id = "a".into();
         assert!(p.validate().unwrap_err().to_string().contains("twice"));
+        let mut p = plan_partition("m", 2, &[node("a", 1), node("b", 1)]).unwrap();
+        p.entries.push(p.entries[1].clone());
+        assert!(p.validate().unwrap_err().to_string().contains("3 entries for 2 layers"));
         let wire = plan_partition("m", 10, &[node("a", 1)]).unwrap().to_wire();
         assert_eq!(Partition::from_wire(&wire).unwrap().entries.len(), 1);
     }
