@@ -1,6 +1,7 @@
 //! `Managed<R>`: the state machine around a resource, and the only way to reach it.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -348,21 +349,15 @@ impl<R: Resource> Managed<R> {
         if teardown_first {
             self.teardown_inner().await;
         }
-        let timeout = self.config.initialize_timeout;
-        let outcome = tokio::time::timeout(
-            timeout,
-            AssertUnwindSafe(self.inner.initialize()).catch_unwind(),
-        )
-        .await;
-        let result = match outcome {
-            Err(_elapsed) => Err(ResourceError::InitializeTimeout {
+        let result = match guarded(self.config.initialize_timeout, self.inner.initialize()).await {
+            Err(CallError::TimedOut(timeout)) => Err(ResourceError::InitializeTimeout {
                 id: self.id.clone(),
                 kind: R::KIND.to_string(),
                 timeout,
             }),
-            Ok(Err(panic)) => Err(self.initialize_failed(panic_message(&*panic))),
-            Ok(Ok(Err(error))) => Err(self.initialize_failed(format!("{error:#}"))),
-            Ok(Ok(Ok(()))) => Ok(()),
+            Err(CallError::Panicked(message)) => Err(self.initialize_failed(message)),
+            Ok(Err(error)) => Err(self.initialize_failed(format!("{error:#}"))),
+            Ok(Ok(())) => Ok(()),
         };
         if result.is_err() {
             // A failed attempt may hold part of what it acquired (a bound socket, half of
@@ -408,18 +403,7 @@ impl<R: Resource> Managed<R> {
     }
 
     async fn run_inner_cleanup(&self) -> Result<(), String> {
-        let timeout = self.config.cleanup_timeout;
-        match tokio::time::timeout(
-            timeout,
-            AssertUnwindSafe(self.inner.cleanup()).catch_unwind(),
-        )
-        .await
-        {
-            Err(_) => Err(format!("timed out after {timeout:?}")),
-            Ok(Err(panic)) => Err(panic_message(&*panic)),
-            Ok(Ok(Err(error))) => Err(format!("{error:#}")),
-            Ok(Ok(Ok(()))) => Ok(()),
-        }
+        flatten(guarded(self.config.cleanup_timeout, self.inner.cleanup()).await)
     }
 
     /// Cleans the resource up: Closing, then Closed whatever happens.
@@ -500,18 +484,7 @@ impl<R: Resource> Managed<R> {
                 started,
             );
         }
-        let timeout = self.config.health_timeout;
-        let outcome = match tokio::time::timeout(
-            timeout,
-            AssertUnwindSafe(self.inner.health()).catch_unwind(),
-        )
-        .await
-        {
-            Err(_) => Err(format!("timed out after {timeout:?}")),
-            Ok(Err(panic)) => Err(panic_message(&*panic)),
-            Ok(Ok(Err(error))) => Err(format!("{error:#}")),
-            Ok(Ok(Ok(()))) => Ok(()),
-        };
+        let outcome = flatten(guarded(self.config.health_timeout, self.inner.health()).await);
         let mut core = self.core();
         core.stats.health_checks += 1;
         if !core.state.is_usable() {
@@ -592,17 +565,10 @@ impl<R: Resource> Managed<R> {
         ) {
             return Err(self.unavailable(state, "only an initialized resource can reconnect"));
         }
-        let timeout = self.config.initialize_timeout;
-        let outcome = match tokio::time::timeout(
-            timeout,
-            AssertUnwindSafe(self.inner.reconnect()).catch_unwind(),
-        )
-        .await
-        {
-            Err(_) => Some(Err(format!("timed out after {timeout:?}"))),
-            Ok(Err(panic)) => Some(Err(panic_message(&*panic))),
-            Ok(Ok(None)) => None,
-            Ok(Ok(Some(result))) => Some(result.map_err(|error| format!("{error:#}"))),
+        let outcome = match guarded(self.config.initialize_timeout, self.inner.reconnect()).await {
+            Err(error) => Some(Err(error.to_string())),
+            Ok(None) => None,
+            Ok(Some(result)) => Some(result.map_err(|error| format!("{error:#}"))),
         };
         let Some(outcome) = outcome else {
             return Err(ResourceError::ReconnectUnsupported {
@@ -762,6 +728,40 @@ impl<R: Resource> super::AnyResource for Managed<R> {
     }
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
         self
+    }
+}
+
+/// How a call into the inner resource failed before it could return.
+#[derive(Debug)]
+enum CallError {
+    TimedOut(Duration),
+    Panicked(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::TimedOut(timeout) => write!(f, "timed out after {timeout:?}"),
+            CallError::Panicked(message) => f.write_str(message),
+        }
+    }
+}
+
+/// Runs a call into the inner resource with a time bound, a panic turned into an error: a
+/// misbehaving resource must never hang or take down the state machine around it.
+async fn guarded<T>(timeout: Duration, call: impl Future<Output = T>) -> Result<T, CallError> {
+    match tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await {
+        Err(_) => Err(CallError::TimedOut(timeout)),
+        Ok(Err(panic)) => Err(CallError::Panicked(panic_message(&*panic))),
+        Ok(Ok(value)) => Ok(value),
+    }
+}
+
+/// A guarded call's outcome as one message.
+fn flatten(outcome: Result<anyhow::Result<()>, CallError>) -> Result<(), String> {
+    match outcome {
+        Err(error) => Err(error.to_string()),
+        Ok(result) => result.map_err(|error| format!("{error:#}")),
     }
 }
 
