@@ -45,11 +45,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let prompt: Vec<u32> = text_tokens.iter().cycle().take(args.prompt_tokens).copied().collect();
         // Other engines are fed these exact ids, for a like-for-like comparison.
         let prompt_ids = prompt.clone();
-        let ranges: Vec<(usize, usize)> =
-            crate::engine::Shard::split_even(model.model_id(), model.config().n_layers, args.shards)?
-                .iter()
-                .map(|s| (s.start_layer, s.end_layer))
-                .collect();
+        let ranges = model.even_ranges(args.shards)?;
         let request = LocalRequest {
             prompt,
             max_tokens: args.tokens,

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::shared::ModelArgs;
 use crate::engine::local::{LocalRequest, generate};
-use crate::engine::{ChatMessage, SamplingParams, Shard};
+use crate::engine::{ChatMessage, SamplingParams};
 use crate::resource::scoped;
 
 #[derive(Debug, Args)]
@@ -72,11 +72,7 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
             messages.push(ChatMessage::new("user", &args.prompt));
             tokenizer.encode_chat(&messages)?
         };
-        let n_layers = model.config().n_layers;
-        let ranges: Vec<(usize, usize)> = Shard::split_even(model.model_id(), n_layers, args.shards)?
-            .iter()
-            .map(|s| (s.start_layer, s.end_layer))
-            .collect();
+        let ranges = model.even_ranges(args.shards)?;
         let request = LocalRequest {
             prompt,
             max_tokens: args.max_tokens,

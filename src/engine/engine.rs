@@ -114,6 +114,17 @@ impl LoadedModel {
         self.dtype
     }
 
+    /// `count` consecutive ranges of (nearly) equal size over every layer: the model as
+    /// `count` shards chained in one process.
+    pub fn even_ranges(&self, count: usize) -> anyhow::Result<Vec<(usize, usize)>> {
+        Ok(
+            Shard::split_even(&self.model_id, self.config().n_layers, count)?
+                .iter()
+                .map(|s| (s.start_layer, s.end_layer))
+                .collect(),
+        )
+    }
+
     /// The checked shard for a layer range of this model.
     pub fn shard_for(&self, start: usize, end: usize) -> anyhow::Result<Shard> {
         Shard::new(&self.model_id, start, end, self.config().n_layers)
