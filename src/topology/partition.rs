@@ -289,7 +289,12 @@ mod tests {
         assert!(p.validate().unwrap_err().to_string().contains("twice"));
         let mut p = plan_partition("m", 2, &[node("a", 1), node("b", 1)]).unwrap();
         p.entries.push(p.entries[1].clone());
-        assert!(p.validate().unwrap_err().to_string().contains("3 entries for 2 layers"));
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("3 entries for 2 layers")
+        );
         let wire = plan_partition("m", 10, &[node("a", 1)]).unwrap().to_wire();
         assert_eq!(Partition::from_wire(&wire).unwrap().entries.len(), 1);
     }

@@ -194,12 +194,20 @@ fn stop_strings_and_max_tokens_end_generation() {
 #[test]
 fn a_prompt_longer_than_one_prefill_chunk_gives_the_same_tokens_on_one_and_three_shards() {
     let model = smollm();
-    let story = "The old lighthouse keeper walked along the shore every morning, counting the ships. ";
+    let story =
+        "The old lighthouse keeper walked along the shore every morning, counting the ships. ";
     let mut prompt = model.tokenizer().encode(&story.repeat(80)).unwrap();
     prompt.truncate(1100);
-    assert!(prompt.len() > 1024, "more than two chunks of 512: {}", prompt.len());
+    assert!(
+        prompt.len() > 1024,
+        "more than two chunks of 512: {}",
+        prompt.len()
+    );
     let reference = greedy(&model, &[(0, 30)], &prompt, 8);
-    assert_eq!(greedy(&model, &[(0, 11), (11, 19), (19, 30)], &prompt, 8), reference);
+    assert_eq!(
+        greedy(&model, &[(0, 11), (11, 19), (19, 30)], &prompt, 8),
+        reference
+    );
 }
 
 #[test]
@@ -212,6 +220,9 @@ fn sampling_with_a_vanishing_temperature_is_greedy_not_broken() {
             top_k: 0,
             seed: Some(1),
         };
-        assert_eq!(exo::engine::sampling::sample(&logits, &params, 0).unwrap(), 1);
+        assert_eq!(
+            exo::engine::sampling::sample(&logits, &params, 0).unwrap(),
+            1
+        );
     }
 }
