@@ -64,7 +64,7 @@ pub fn broadcast_targets(filter: &InterfaceFilter) -> std::io::Result<Vec<Broadc
             let broadcast = Ipv4Addr::from(u32::from(v4.ip) | !u32::from(v4.netmask));
             // A /32 has no one else to broadcast to.
             let priority = priority(&iface.name, iface.is_loopback());
-            (broadcast != v4.ip).then(|| BroadcastTarget {
+            (broadcast != v4.ip).then_some(BroadcastTarget {
                 priority,
                 interface: iface.name,
                 address: v4.ip,

@@ -147,15 +147,14 @@ async fn refresh(file: &Mutex<FileState>, peers: &Arc<PeerTable>) {
         if let Ok(topology) = handle
             .with_connection("CollectTopology", |h| h.collect_topology().boxed())
             .await
+            && let Some(node) = topology.nodes.first().filter(|n| n.node_id == peer.node_id)
         {
-            if let Some(node) = topology.nodes.first().filter(|n| n.node_id == peer.node_id) {
-                let capabilities = node
-                    .capabilities
-                    .as_ref()
-                    .map(DeviceCapabilities::from_wire)
-                    .unwrap_or_default();
-                peers.set_capabilities(&peer.node_id, capabilities, node.model_id.clone());
-            }
+            let capabilities = node
+                .capabilities
+                .as_ref()
+                .map(DeviceCapabilities::from_wire)
+                .unwrap_or_default();
+            peers.set_capabilities(&peer.node_id, capabilities, node.model_id.clone());
         }
     }
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde::Serialize;
 
-use super::engine::LoadedModel;
 use super::generation::{Decoding, FinishReason, TokenOutcome};
+use super::inference_engine::LoadedModel;
 use super::llama::{ShardInput, ShardOutput};
 use super::sampling::{SamplingParams, sample};
 

@@ -48,10 +48,11 @@ impl Matrix {
         device: &Device,
         kernels: CpuMatmul,
     ) -> candle_core::Result<Self> {
-        if device.is_cpu() && kernels == CpuMatmul::Exact {
-            if let Some(matrix) = QuantMatrix::from_qtensor(&tensor)? {
-                return Ok(Matrix::Exact(Arc::new(matrix)));
-            }
+        if device.is_cpu()
+            && kernels == CpuMatmul::Exact
+            && let Some(matrix) = QuantMatrix::from_qtensor(&tensor)?
+        {
+            return Ok(Matrix::Exact(Arc::new(matrix)));
         }
         Ok(Matrix::Candle(QMatMul::from_qtensor(tensor)?))
     }

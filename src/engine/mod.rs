@@ -6,13 +6,13 @@
 //! - [`kv_cache`]: per-request caches, bounded; [`sampling`]: picking tokens;
 //! - [`tokenizer`], [`chat_template`], [`text_stream`]: text in and out;
 //! - [`generation`]: the decoding loop's bookkeeping; [`local`]: generation with
-//!   in-process shards; [`engine`]: the engine as a lifecycle-managed resource.
+//!   in-process shards; [`inference_engine`]: the engine as a lifecycle-managed resource.
 
 pub mod chat_template;
 pub mod config;
 pub mod device;
-pub mod engine;
 pub mod generation;
+pub mod inference_engine;
 pub mod kv_cache;
 pub mod llama;
 pub mod local;
@@ -27,8 +27,8 @@ pub mod weights;
 
 pub use chat_template::ChatMessage;
 pub use device::DeviceChoice;
-pub use engine::{EngineConfig, InferenceEngine, LoadedModel};
 pub use generation::{Decoding, FinishReason, TokenOutcome};
+pub use inference_engine::{EngineConfig, InferenceEngine, LoadedModel};
 pub use llama::{ShardInput, ShardModel, ShardOutput};
 pub use matrix::CpuMatmul;
 pub use sampling::SamplingParams;

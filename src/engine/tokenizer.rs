@@ -126,10 +126,10 @@ impl TextTokenizer {
             "<|endoftext|>",
             "<|end_of_text|>",
         ] {
-            if let Some(id) = inner.token_to_id(marker) {
-                if !eos_ids.contains(&id) {
-                    eos_ids.push(id);
-                }
+            if let Some(id) = inner.token_to_id(marker)
+                && !eos_ids.contains(&id)
+            {
+                eos_ids.push(id);
             }
         }
         let add_bos = md
@@ -181,10 +181,10 @@ impl TextTokenizer {
             "<|eot_id|>",
             "<|endoftext|>",
         ]) {
-            if let Some(id) = inner.token_to_id(token) {
-                if !eos_ids.contains(&id) {
-                    eos_ids.push(id);
-                }
+            if let Some(id) = inner.token_to_id(token)
+                && !eos_ids.contains(&id)
+            {
+                eos_ids.push(id);
             }
         }
         let chat_template = match config.get("chat_template").and_then(|t| t.as_str()) {
@@ -264,12 +264,11 @@ impl TextTokenizer {
         }
         let text = self.render_chat(messages)?;
         let mut ids = self.encode(&text)?;
-        if self.add_bos {
-            if let Some(bos) = self.bos_token.as_deref().and_then(|t| self.token_to_id(t)) {
-                if ids.first() != Some(&bos) {
-                    ids.insert(0, bos);
-                }
-            }
+        if self.add_bos
+            && let Some(bos) = self.bos_token.as_deref().and_then(|t| self.token_to_id(t))
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
         }
         if ids.is_empty() {
             bail!("the prompt is empty");

@@ -449,13 +449,13 @@ impl RequestFlow {
                 if !handle.state().is_usable() {
                     return;
                 }
-                if let Ok(peer) = handle.ensure_ready().await {
-                    if let Err(error) = peer.finish_request(request_id, reason).await {
-                        tracing::debug!(
-                            "could not tell {} to drop {request_id}: {error:#}",
-                            entry.node_id
-                        );
-                    }
+                if let Ok(peer) = handle.ensure_ready().await
+                    && let Err(error) = peer.finish_request(request_id, reason).await
+                {
+                    tracing::debug!(
+                        "could not tell {} to drop {request_id}: {error:#}",
+                        entry.node_id
+                    );
                 }
             }
         });
@@ -480,10 +480,10 @@ impl RequestFlow {
     /// Drops every cache of `request_id` on this node, if the engine is up: an engine in
     /// trouble holds no cache worth starting it for.
     async fn drop_caches(&self, request_id: &str) {
-        if self.engine.state().is_usable() {
-            if let Ok(model) = self.model().await {
-                model.finish(request_id);
-            }
+        if self.engine.state().is_usable()
+            && let Ok(model) = self.model().await
+        {
+            model.finish(request_id);
         }
     }
 
@@ -832,10 +832,10 @@ impl StepLedger {
                 true
             }
             None => {
-                if self.order.len() == Self::CAPACITY {
-                    if let Some(oldest) = self.order.pop_front() {
-                        self.last.remove(&oldest);
-                    }
+                if self.order.len() == Self::CAPACITY
+                    && let Some(oldest) = self.order.pop_front()
+                {
+                    self.last.remove(&oldest);
                 }
                 self.order.push_back(request_id.to_string());
                 self.last.insert(request_id.to_string(), step);

@@ -2,12 +2,12 @@
 //! that runs across the ring.
 
 mod flow;
+mod group;
 mod identity;
-mod node;
 
 pub use flow::{
     FlowConfig, FlowStats, GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow,
     describe, to_wire,
 };
+pub use group::{DiscoveryMode, Node, NodeConfig, members};
 pub use identity::{NodeIdentity, default_data_home, validate_node_id};
-pub use node::{DiscoveryMode, Node, NodeConfig, members};

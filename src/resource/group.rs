@@ -24,7 +24,7 @@ pub enum GroupError {
     MemberFailed {
         group: String,
         member: String,
-        error: ResourceError,
+        error: Box<ResourceError>,
         /// Cleanup errors met while rolling back (the members are Closed all the same).
         rollback_failures: Vec<(String, ResourceError)>,
     },
@@ -169,7 +169,7 @@ impl ResourceGroup {
                 return Err(GroupError::MemberFailed {
                     group: self.name.clone(),
                     member: self.members[index].name.clone(),
-                    error,
+                    error: Box::new(error),
                     rollback_failures,
                 });
             }

@@ -36,14 +36,14 @@ impl CleanupOnDrop {
 
 impl Drop for CleanupOnDrop {
     fn drop(&mut self) {
-        if let Some(target) = self.0.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    if let Err(error) = target.cleanup().await {
-                        tracing::warn!("cleanup after a cancelled scope failed: {error:#}");
-                    }
-                });
-            }
+        if let Some(target) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(error) = target.cleanup().await {
+                    tracing::warn!("cleanup after a cancelled scope failed: {error:#}");
+                }
+            });
         }
     }
 }

@@ -232,11 +232,11 @@ fn a_node_killed_mid_generation_fails_the_request_within_five_seconds_and_the_re
     let mut pieces = 0;
     let outcome = stream(&url, &body, |_| {
         pieces += 1;
-        if pieces == 5 {
-            if let Some(mut node) = victim.take() {
-                node.kill();
-                killed_at = Some(Instant::now());
-            }
+        if pieces == 5
+            && let Some(mut node) = victim.take()
+        {
+            node.kill();
+            killed_at = Some(Instant::now());
         }
     });
     let killed_at = killed_at.expect("the generation produced tokens before the kill");

@@ -220,13 +220,12 @@ pub fn post_raw(url: &str, body: &str) -> (u16, serde_json::Value) {
 pub fn wait_for_ring(node: &NodeProcess, count: usize) {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Ok(topology) = get_json(&format!("{}/v1/topology", node.url())) {
-            if topology["partition"]["entries"]
+        if let Ok(topology) = get_json(&format!("{}/v1/topology", node.url()))
+            && topology["partition"]["entries"]
                 .as_array()
                 .is_some_and(|e| e.len() == count)
-            {
-                return;
-            }
+        {
+            return;
         }
         assert!(
             Instant::now() < deadline,

@@ -50,8 +50,7 @@ fn the_least_recently_used_request_is_evicted_past_the_count_bound() {
     assert_eq!(model.active_requests(), 2);
     let error = model
         .step("a", 0, LAYERS, ShardInput::Tokens(vec![3]), 2)
-        .err()
-        .expect("a's cache was evicted");
+        .expect_err("a's cache was evicted");
     assert!(format!("{error:#}").contains("evicted"), "{error:#}");
     model
         .step("c", 0, LAYERS, ShardInput::Tokens(vec![3]), 2)

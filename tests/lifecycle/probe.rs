@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 use std::time::Duration;
 
-use exo::resource::{Managed, Resource, ResourceConfig, ResourceRegistry};
+use exo::resource::{Managed, Resource, ResourceConfig, ResourceRegistry, RetryPolicy};
 use tokio::sync::{Barrier, Semaphore};
 
 /// An error that `Probe` calls transient.
@@ -149,12 +149,16 @@ impl Resource for Probe {
 
 /// Short timeouts, so that tests about timeouts do not take long.
 pub fn quick_config() -> ResourceConfig {
-    let mut config = ResourceConfig::default();
-    config.initialize_timeout = Duration::from_secs(10);
-    config.health_failure_threshold = 3;
-    config.retry.initial_backoff = Duration::from_millis(10);
-    config.retry.max_backoff = Duration::from_millis(40);
-    config
+    ResourceConfig {
+        initialize_timeout: Duration::from_secs(10),
+        health_failure_threshold: 3,
+        retry: RetryPolicy {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+            ..RetryPolicy::default()
+        },
+        ..ResourceConfig::default()
+    }
 }
 
 pub fn managed(id: &str, probe: Probe) -> Arc<Managed<Probe>> {
