@@ -14,14 +14,24 @@ use crate::probe::{Probe, WAIT, probe, quick_config};
 async fn a_hundred_concurrent_callers_share_one_initialize() {
     let gate = Arc::new(Semaphore::new(0));
     let (r, knobs) = probe("shared", Probe::gated(gate.clone()));
+    let joined = Arc::new(Semaphore::new(0));
     let callers: Vec<_> = (0..100)
         .map(|_| {
-            let r = r.clone();
-            tokio::spawn(async move { r.ensure_ready().await.map(|_| ()) })
+            let (r, joined) = (r.clone(), joined.clone());
+            tokio::spawn(async move {
+                let mut call = std::pin::pin!(r.ensure_ready());
+                // The first poll starts the attempt or joins the one in flight.
+                let first = futures::poll!(call.as_mut());
+                joined.add_permits(1);
+                match first {
+                    std::task::Poll::Ready(result) => result.map(|_| ()),
+                    std::task::Poll::Pending => call.await.map(|_| ()),
+                }
+            })
         })
         .collect();
     // Every caller is waiting on the one attempt before it may finish.
-    r.wait_for(WAIT, |s| s == Initializing).await.unwrap();
+    joined.acquire_many(100).await.unwrap().forget();
     gate.add_permits(1);
     for outcome in join_all(callers).await {
         outcome.unwrap().unwrap();
@@ -37,13 +47,24 @@ async fn a_hundred_concurrent_callers_all_get_the_same_error() {
     let gate = Arc::new(Semaphore::new(0));
     let (r, knobs) = probe("shared-fail", Probe::gated(gate.clone()));
     knobs.fail_init.store(true, SeqCst);
+    let joined = Arc::new(Semaphore::new(0));
     let callers: Vec<_> = (0..100)
         .map(|_| {
-            let r = r.clone();
-            tokio::spawn(async move { r.initialize().await })
+            let (r, joined) = (r.clone(), joined.clone());
+            tokio::spawn(async move {
+                let mut call = std::pin::pin!(r.initialize());
+                let first = futures::poll!(call.as_mut());
+                joined.add_permits(1);
+                match first {
+                    std::task::Poll::Ready(result) => result,
+                    std::task::Poll::Pending => call.await,
+                }
+            })
         })
         .collect();
-    r.wait_for(WAIT, |s| s == Initializing).await.unwrap();
+    // All hundred are in before the attempt may fail (a caller arriving after the failure
+    // would rightly start a second attempt).
+    joined.acquire_many(100).await.unwrap().forget();
     gate.add_permits(1);
     let errors: Vec<ResourceError> = join_all(callers)
         .await
