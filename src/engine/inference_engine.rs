@@ -54,6 +54,8 @@ pub struct LoadedModel {
     shards: Mutex<Vec<Arc<ShardModel>>>,
     /// Held while a shard loads.
     loading: Mutex<()>,
+    /// When a step last succeeded (a health probe is redundant right after one).
+    last_good_step: Mutex<Option<Instant>>,
     caches: Mutex<KvCacheStore>,
     max_loaded_shards: usize,
     cpu_matmul: CpuMatmul,
@@ -84,6 +86,7 @@ impl LoadedModel {
             tokenizer: Arc::new(tokenizer),
             shards: Mutex::new(Vec::new()),
             loading: Mutex::new(()),
+            last_good_step: Mutex::new(None),
             caches: Mutex::new(KvCacheStore::new(config.cache_limits)),
             max_loaded_shards: config.max_loaded_shards.max(1),
             cpu_matmul: config.cpu_matmul,
@@ -198,6 +201,10 @@ impl LoadedModel {
             Ok(output) => {
                 let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
                 caches.checkin(&cache_key(request_id, start, end), cache);
+                *self
+                    .last_good_step
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 Ok(output)
             }
             Err(error) => {
@@ -261,8 +268,17 @@ impl LoadedModel {
     }
 
     /// A one-token forward through a loaded shard with a throwaway cache, or a small
-    /// computation on the device when no shard is loaded yet.
+    /// computation on the device when no shard is loaded yet. A real step that succeeded
+    /// moments ago proves as much, so then nothing runs: the probe must not take cycles from
+    /// the requests it would only confirm.
     pub fn probe(&self) -> anyhow::Result<()> {
+        let recent = *self
+            .last_good_step
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if recent.is_some_and(|at| at.elapsed() < RECENT_STEP) {
+            return Ok(());
+        }
         let shard = self
             .shards
             .lock()
@@ -294,6 +310,9 @@ impl LoadedModel {
         Ok(())
     }
 }
+
+/// A step this recent stands in for a health probe.
+const RECENT_STEP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A cache untouched for this long belongs to a request whose origin is gone.
 const IDLE_CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
