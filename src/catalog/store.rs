@@ -87,7 +87,7 @@ pub fn resolve_model(spec: &str, models_dir: &Path) -> anyhow::Result<ResolvedMo
         });
     }
     catalog.require(spec)?;
-    unreachable!("require fails for an id get did not find")
+    bail!("model '{spec}' is neither in the registry nor a file or directory")
 }
 
 fn name_of(path: &Path) -> String {
