@@ -53,7 +53,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             stop: Vec::new(),
             ignore_eos: true,
         };
-        let device = model.device_name();
+        let device = model.loaded_shards_backend();
         let runs = args.runs;
         let stats: Vec<GenerationStats> = tokio::task::spawn_blocking(move || {
             // The warm-up pays for first-use costs (page faults, GPU kernel compilation).

@@ -80,7 +80,7 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
             stop: args.stop.clone(),
             ignore_eos: false,
         };
-        let device = model.device_name();
+        let device = model.loaded_shards_backend();
         let output = tokio::task::spawn_blocking(move || {
             let mut stdout = std::io::stdout();
             generate(&model, &ranges, &request, |text| {

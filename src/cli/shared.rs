@@ -21,9 +21,10 @@ pub struct ModelArgs {
     /// Device to run on: auto, cpu, cuda[:N], metal[:N].
     #[arg(long, env = "EXO_DEVICE", default_value = "auto")]
     pub device: DeviceChoice,
-    /// Quantized matmuls on the CPU: exact (f32 activations, the default) or candle
-    /// (8-bit activations, as llama.cpp).
-    #[arg(long, env = "EXO_CPU_MATMUL", default_value = "exact")]
+    /// How the CPU runs the model: int16 (our kernels, activations rounded to 16 bits for
+    /// integer dot products; the default), f32 (our kernels, exact activations: the
+    /// reference) or candle (candle's kernels, 8-bit activations as llama.cpp).
+    #[arg(long, env = "EXO_CPU_MATMUL", default_value = "int16")]
     pub cpu_matmul: CpuMatmul,
 }
 

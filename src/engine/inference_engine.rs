@@ -9,11 +9,13 @@ use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
+use super::candle_backend::CandleBackend;
 use super::config::ModelConfig;
+use super::cpu::CpuBackend;
+use super::cpu_matmul::CpuMatmul;
 use super::device::{DeviceChoice, dense_dtype, device_name};
-use super::kv_cache::{CacheLimits, KvCacheStore};
-use super::llama::{ShardInput, ShardModel, ShardOutput};
-use super::matrix::CpuMatmul;
+use super::kv_cache::{CacheLimits, KvCacheStore, SequenceCache};
+use super::model::{HiddenState, ShardInput, ShardModel, ShardOutput};
 use super::shard::Shard;
 use super::tokenizer::TextTokenizer;
 use super::weights::WeightSource;
@@ -44,6 +46,105 @@ impl EngineConfig {
     }
 }
 
+/// A loaded shard on the backend that runs it.
+pub enum LoadedShard {
+    Cpu(ShardModel<CpuBackend>),
+    Candle(ShardModel<CandleBackend>),
+}
+
+impl LoadedShard {
+    /// Loads `shard` of `source` for `device`: our CPU kernels on the CPU (unless
+    /// `cpu_matmul` asks for candle's), candle on GPUs.
+    pub fn load(
+        source: &WeightSource,
+        shard: &Shard,
+        device: &Device,
+        dtype: DType,
+        cpu_matmul: CpuMatmul,
+    ) -> anyhow::Result<Self> {
+        match (device, cpu_matmul.precision()) {
+            (Device::Cpu, Some(precision)) => Ok(LoadedShard::Cpu(ShardModel::load(
+                source,
+                shard,
+                CpuBackend::new(precision),
+            )?)),
+            _ => Ok(LoadedShard::Candle(ShardModel::load(
+                source,
+                shard,
+                CandleBackend::new(device.clone(), dtype),
+            )?)),
+        }
+    }
+
+    pub fn shard(&self) -> &Shard {
+        match self {
+            LoadedShard::Cpu(m) => m.shard(),
+            LoadedShard::Candle(m) => m.shard(),
+        }
+    }
+
+    pub fn layer_bytes(&self) -> u64 {
+        match self {
+            LoadedShard::Cpu(m) => m.layer_bytes(),
+            LoadedShard::Candle(m) => m.layer_bytes(),
+        }
+    }
+
+    pub fn other_bytes(&self) -> u64 {
+        match self {
+            LoadedShard::Cpu(m) => m.other_bytes(),
+            LoadedShard::Candle(m) => m.other_bytes(),
+        }
+    }
+
+    /// What runs it: `cpu (avx512-vnni, int16 activations)`, `cuda:0`.
+    pub fn backend_name(&self) -> String {
+        use super::backend::Backend;
+        match self {
+            LoadedShard::Cpu(m) => m.backend().describe(),
+            LoadedShard::Candle(m) => m.backend().describe(),
+        }
+    }
+
+    pub fn new_cache(&self) -> SequenceCache {
+        match self {
+            LoadedShard::Cpu(m) => m.new_cache(),
+            LoadedShard::Candle(m) => m.new_cache(),
+        }
+    }
+
+    /// One sequence's input, in prompt chunks.
+    pub fn forward(
+        &self,
+        input: ShardInput,
+        cache: &mut SequenceCache,
+    ) -> anyhow::Result<ShardOutput> {
+        match self {
+            LoadedShard::Cpu(m) => m.forward(input, cache),
+            LoadedShard::Candle(m) => m.forward(input, cache),
+        }
+    }
+
+    /// Several sequences' inputs in one pass.
+    pub fn forward_batch(
+        &self,
+        batch: Vec<(ShardInput, &mut SequenceCache)>,
+    ) -> anyhow::Result<Vec<ShardOutput>> {
+        match self {
+            LoadedShard::Cpu(m) => m.forward_batch(batch),
+            LoadedShard::Candle(m) => m.forward_batch(batch),
+        }
+    }
+
+    /// Checks an input against this shard without running it.
+    pub fn check_input(&self, input: &ShardInput, position: usize) -> anyhow::Result<usize> {
+        match self {
+            LoadedShard::Cpu(m) => m.check_input(input, position),
+            LoadedShard::Candle(m) => m.check_input(input, position),
+        }
+    }
+}
+
 /// An opened model: device, weights source, tokenizer, loaded shards, KV caches.
 pub struct LoadedModel {
     model_id: String,
@@ -51,7 +152,7 @@ pub struct LoadedModel {
     dtype: DType,
     source: WeightSource,
     tokenizer: Arc<TextTokenizer>,
-    shards: Mutex<Vec<Arc<ShardModel>>>,
+    shards: Mutex<Vec<Arc<LoadedShard>>>,
     /// Held while a shard loads.
     loading: Mutex<()>,
     /// When a step last succeeded (a health probe is redundant right after one).
@@ -134,7 +235,7 @@ impl LoadedModel {
     }
 
     /// The loaded shard for `[start, end)`, loading it if need be (blocking).
-    pub fn shard(&self, start: usize, end: usize) -> anyhow::Result<Arc<ShardModel>> {
+    pub fn shard(&self, start: usize, end: usize) -> anyhow::Result<Arc<LoadedShard>> {
         let shard = self.shard_for(start, end)?;
         if let Some(found) = self.loaded_shard(&shard) {
             return Ok(found);
@@ -146,7 +247,7 @@ impl LoadedModel {
             return Ok(found);
         }
         let started = Instant::now();
-        let loaded = Arc::new(ShardModel::load(
+        let loaded = Arc::new(LoadedShard::load(
             &self.source,
             &shard,
             &self.device,
@@ -155,7 +256,7 @@ impl LoadedModel {
         )?);
         tracing::info!(
             "loaded {shard} on {} in {:.2}s ({:.1} MB of layers)",
-            self.device_name(),
+            loaded.backend_name(),
             started.elapsed().as_secs_f64(),
             loaded.layer_bytes() as f64 / 1e6
         );
@@ -169,7 +270,7 @@ impl LoadedModel {
     }
 
     /// The loaded shard, marked most recently used.
-    fn loaded_shard(&self, shard: &Shard) -> Option<Arc<ShardModel>> {
+    fn loaded_shard(&self, shard: &Shard) -> Option<Arc<LoadedShard>> {
         let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
         let i = shards.iter().position(|s| s.shard() == shard)?;
         let found = shards.remove(i);
@@ -191,11 +292,9 @@ impl LoadedModel {
         let shard = self.shard(start, end)?;
         let mut cache = {
             let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-            caches.checkout(
-                &cache_key(request_id, start, end),
-                position,
-                shard.shard().len(),
-            )?
+            caches.checkout(&cache_key(request_id, start, end), position, || {
+                shard.new_cache()
+            })?
         };
         match shard.forward(input, &mut cache) {
             Ok(output) => {
@@ -267,6 +366,23 @@ impl LoadedModel {
             .collect()
     }
 
+    /// What runs the loaded shards (`cpu (avx512-vnni, int16 activations)`, `cuda:0`);
+    /// what would run them when none is loaded yet.
+    pub fn loaded_shards_backend(&self) -> String {
+        let shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        match shards.last() {
+            Some(shard) => shard.backend_name(),
+            None => match (self.device.is_cpu(), self.cpu_matmul) {
+                (true, CpuMatmul::Candle) => "cpu (candle)".into(),
+                (true, m) => format!(
+                    "cpu ({}, {m} activations)",
+                    super::cpu::isa::Isa::best().name()
+                ),
+                (false, _) => self.device_name(),
+            },
+        }
+    }
+
     /// A one-token forward through a loaded shard with a throwaway cache, or a small
     /// computation on the device when no shard is loaded yet. A real step that succeeded
     /// moments ago proves as much, so then nothing runs: the probe must not take cycles from
@@ -290,11 +406,11 @@ impl LoadedModel {
                 let input = if shard.shard().is_first() {
                     ShardInput::Tokens(vec![0])
                 } else {
-                    ShardInput::Hidden(Tensor::zeros(
-                        (1, 1, self.config().hidden_size),
-                        self.dtype,
-                        &self.device,
-                    )?)
+                    ShardInput::Hidden(HiddenState {
+                        data: vec![0.0; self.config().hidden_size],
+                        rows: 1,
+                        cols: self.config().hidden_size,
+                    })
                 };
                 shard.forward(input, &mut shard.new_cache())?;
             }
@@ -405,6 +521,7 @@ impl Resource for InferenceEngine {
                 "model": model.model_id(),
                 "path": self.config.model.path.display().to_string(),
                 "device": model.device_name(),
+                "backend": model.loaded_shards_backend(),
                 "dtype": format!("{:?}", model.dtype()).to_lowercase(),
                 "layers": model.config().n_layers,
                 "loaded_shards": model.loaded_shards().iter().map(|s| format!("[{}, {})", s.start_layer, s.end_layer)).collect::<Vec<_>>(),

@@ -4,99 +4,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::bail;
-use candle_core::{D, Tensor};
 
-/// Keys and values of one layer for one sequence, in buffers that grow by doubling so
-/// that appending a token copies only that token (not the whole history, as a `cat`
-/// per step would).
-pub struct LayerCache {
-    keys: Tensor,
-    values: Tensor,
-    len: usize,
-}
-
-impl LayerCache {
-    /// Appends `k` and `v` of shape (1, kv_heads, t, head_dim) and returns views of
-    /// everything cached so far.
-    pub fn append(
-        slot: &mut Option<LayerCache>,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        let added = k.dim(2)?;
-        let cache = match slot {
-            Some(cache) => cache,
-            None => slot.insert(LayerCache {
-                keys: Self::buffer(k, added.max(64))?,
-                values: Self::buffer(v, added.max(64))?,
-                len: 0,
-            }),
-        };
-        let needed = cache.len + added;
-        let capacity = cache.keys.dim(2)?;
-        if needed > capacity {
-            let capacity = needed.max(capacity * 2);
-            cache.keys = Self::grow(&cache.keys, cache.len, capacity)?;
-            cache.values = Self::grow(&cache.values, cache.len, capacity)?;
-        }
-        cache.keys.slice_set(&k.contiguous()?, 2, cache.len)?;
-        cache.values.slice_set(&v.contiguous()?, 2, cache.len)?;
-        cache.len = needed;
-        Ok((
-            cache.keys.narrow(2, 0, needed)?,
-            cache.values.narrow(2, 0, needed)?,
-        ))
-    }
-
-    fn buffer(like: &Tensor, capacity: usize) -> candle_core::Result<Tensor> {
-        let (b, h, _, d) = like.dims4()?;
-        Tensor::zeros((b, h, capacity, d), like.dtype(), like.device())
-    }
-
-    fn grow(old: &Tensor, len: usize, capacity: usize) -> candle_core::Result<Tensor> {
-        let (b, h, _, d) = old.dims4()?;
-        let new = Tensor::zeros((b, h, capacity, d), old.dtype(), old.device())?;
-        if len > 0 {
-            new.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
-        }
-        Ok(new)
-    }
-
-    fn bytes(&self) -> usize {
-        2 * self.keys.elem_count() * self.keys.dtype().size_in_bytes()
-    }
-}
-
-/// Everything one shard caches for one request: a cache per layer and the number of
-/// positions seen.
-#[derive(Default)]
-pub struct SequenceCache {
-    pub layers: Vec<Option<LayerCache>>,
-    /// Positions processed so far: the position of the next token.
-    pub len: usize,
-}
-
-impl SequenceCache {
-    pub fn new(n_layers: usize) -> Self {
-        SequenceCache {
-            layers: (0..n_layers).map(|_| None).collect(),
-            len: 0,
-        }
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.layers.iter().flatten().map(LayerCache::bytes).sum()
-    }
-
-    /// Last dimension check used by tests: the head dimension of the cached keys.
-    pub fn head_dim(&self) -> Option<usize> {
-        self.layers
-            .iter()
-            .flatten()
-            .next()
-            .and_then(|c| c.keys.dim(D::Minus1).ok())
-    }
-}
+pub use super::model::SequenceCache;
 
 /// Limits of a [`KvCacheStore`].
 #[derive(Debug, Clone, Copy)]
@@ -145,7 +54,7 @@ impl KvCacheStore {
         &mut self,
         request_id: &str,
         position: usize,
-        n_layers: usize,
+        new_cache: impl FnOnce() -> SequenceCache,
     ) -> anyhow::Result<SequenceCache> {
         match self.entries.get_mut(request_id) {
             Some(entry) => {
@@ -170,7 +79,7 @@ impl KvCacheStore {
                         last_used: Instant::now(),
                     },
                 );
-                Ok(SequenceCache::new(n_layers))
+                Ok(new_cache())
             }
             None => bail!(
                 "no KV cache for request {request_id} at position {position}: it was evicted \
@@ -220,7 +129,7 @@ impl KvCacheStore {
         self.entries
             .values()
             .filter_map(|e| e.cache.as_ref())
-            .map(SequenceCache::bytes)
+            .map(|c| c.bytes)
             .sum()
     }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::generation::{Decoding, FinishReason, TokenOutcome};
 use super::inference_engine::LoadedModel;
-use super::llama::{ShardInput, ShardOutput};
+use super::model::{ShardInput, ShardOutput};
 use super::sampling::{SamplingParams, sample};
 
 /// What to generate.
@@ -153,7 +153,7 @@ fn run_step(
     for &(start, end) in ranges {
         match model.step(request_id, start, end, input, position)? {
             ShardOutput::Hidden(hidden) => input = ShardInput::Hidden(hidden),
-            ShardOutput::Logits(logits) => return Ok(logits.to_vec1::<f32>()?),
+            ShardOutput::Logits(logits) => return Ok(logits),
         }
     }
     bail!("the last shard produced no logits")

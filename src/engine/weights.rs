@@ -13,36 +13,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
-use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
+use candle_core::quantized::{GgmlDType, gguf_file};
+use half::{bf16, f16};
 
-use super::config::ModelConfig;
-use super::matrix::{CpuMatmul, Matrix};
-
-/// The tensors of one decoder layer, by role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerTensor {
-    AttnNorm,
-    Q,
-    K,
-    V,
-    QBias,
-    KBias,
-    VBias,
-    Output,
-    FfnNorm,
-    Gate,
-    Up,
-    Down,
-}
-
-/// The tensors outside the layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GlobalTensor {
-    Embedding,
-    FinalNorm,
-    Head,
-}
+use super::config::{Architecture, ModelConfig};
+use super::tensor_names::{GlobalTensor, LayerTensor, NameStyle, global_name, layer_name};
 
 /// Bytes read from the model files, split between layer tensors and the rest.
 #[derive(Debug, Default)]
@@ -58,7 +34,7 @@ impl LoadCounter {
     pub fn other_bytes(&self) -> u64 {
         self.other_bytes.load(Ordering::Relaxed)
     }
-    fn add(&self, layer: bool, bytes: u64) {
+    pub fn add(&self, layer: bool, bytes: u64) {
         let counter = if layer {
             &self.layer_bytes
         } else {
@@ -68,32 +44,95 @@ impl LoadCounter {
     }
 }
 
-/// One tensor's place in a safetensors file.
-struct SafetensorsEntry {
+/// How a tensor's bytes are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// A GGUF tensor type (quantized blocks, or F32/F16/BF16).
+    Ggml(GgmlDType),
+    /// A safetensors dtype.
+    Dense(DType),
+}
+
+/// A tensor as read from the file: its shape (candle's order: rows first) and bytes.
+pub struct RawTensor {
+    pub name: String,
+    pub encoding: Encoding,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    pub fn elem_count(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Every value as f32 (norm weights, biases, small tables).
+    pub fn to_f32(&self) -> anyhow::Result<Vec<f32>> {
+        let values: Vec<f32> = match self.encoding {
+            Encoding::Ggml(GgmlDType::F32) | Encoding::Dense(DType::F32) => self
+                .bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Encoding::Ggml(GgmlDType::F16) | Encoding::Dense(DType::F16) => self
+                .bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Encoding::Ggml(GgmlDType::BF16) | Encoding::Dense(DType::BF16) => self
+                .bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Encoding::Ggml(dtype) => {
+                let tensor = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    &self.bytes,
+                    self.shape.clone(),
+                    &candle_core::Device::Cpu,
+                )?;
+                tensor
+                    .dequantize(&candle_core::Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1()?
+            }
+            Encoding::Dense(other) => bail!("tensor {} has unsupported dtype {other:?}", self.name),
+        };
+        if values.len() != self.elem_count() {
+            bail!(
+                "tensor {} has {} values for its shape {:?}",
+                self.name,
+                values.len(),
+                self.shape
+            );
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            bail!("tensor {} holds NaN or infinite values", self.name);
+        }
+        Ok(values)
+    }
+}
+
+/// One tensor's place in a file.
+struct Entry {
     file: usize,
-    dtype: DType,
+    encoding: Encoding,
     shape: Vec<usize>,
     /// Absolute byte range in the file.
     start: u64,
     end: u64,
 }
 
-enum Format {
-    Gguf {
-        content: gguf_file::Content,
-        reader: Mutex<BufReader<File>>,
-    },
-    Safetensors {
-        files: Vec<PathBuf>,
-        index: HashMap<String, SafetensorsEntry>,
-    },
-}
-
 /// An opened model: its config, and its tensors to be read on demand.
 pub struct WeightSource {
     path: PathBuf,
-    format: Format,
+    style: NameStyle,
+    files: Vec<PathBuf>,
+    index: HashMap<String, Entry>,
+    gguf: Option<gguf_file::Content>,
     config: ModelConfig,
+    /// Open readers, one per file.
+    readers: Mutex<HashMap<usize, BufReader<File>>>,
 }
 
 impl WeightSource {
@@ -101,11 +140,13 @@ impl WeightSource {
     /// Only headers are read here; every tensor's byte range is checked against the file
     /// size, so a truncated file is reported now and not halfway through a load.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        if path.is_dir() {
-            Self::open_safetensors(path)
+        let mut source = if path.is_dir() {
+            Self::open_safetensors(path)?
         } else {
-            Self::open_gguf(path)
-        }
+            Self::open_gguf(path)?
+        };
+        source.read_rope_factors()?;
+        Ok(source)
     }
 
     fn open_gguf(path: &Path) -> anyhow::Result<Self> {
@@ -116,25 +157,48 @@ impl WeightSource {
         let content = gguf_file::Content::read(&mut reader).map_err(|error| {
             anyhow::anyhow!("{} is not a readable GGUF file: {error}", path.display())
         })?;
+        let mut index = HashMap::new();
         for (name, info) in &content.tensor_infos {
-            let size = gguf_tensor_bytes(info);
-            let end = content.tensor_data_offset + info.offset + size;
+            let dtype = info.ggml_dtype;
+            let elems = info.shape.elem_count();
+            if elems % dtype.block_size() != 0 {
+                bail!(
+                    "tensor {name} of {} does not fill whole {dtype:?} blocks",
+                    path.display()
+                );
+            }
+            let size = (elems / dtype.block_size() * dtype.type_size()) as u64;
+            let start = content.tensor_data_offset + info.offset;
+            let end = start + size;
             if end > file_len {
                 bail!(
                     "{} is truncated: tensor {name} ends at byte {end} but the file has {file_len} bytes",
                     path.display()
                 );
             }
+            index.insert(
+                name.clone(),
+                Entry {
+                    file: 0,
+                    encoding: Encoding::Ggml(dtype),
+                    shape: info.shape.dims().to_vec(),
+                    start,
+                    end,
+                },
+            );
         }
         let config = ModelConfig::from_gguf(&content)
             .with_context(|| format!("reading the model config of {}", path.display()))?;
+        let mut readers = HashMap::new();
+        readers.insert(0, reader);
         Ok(WeightSource {
             path: path.to_path_buf(),
-            format: Format::Gguf {
-                content,
-                reader: Mutex::new(reader),
-            },
+            style: NameStyle::Gguf,
+            files: vec![path.to_path_buf()],
+            index,
+            gguf: Some(content),
             config,
+            readers: Mutex::new(readers),
         })
     }
 
@@ -163,9 +227,28 @@ impl WeightSource {
         }
         Ok(WeightSource {
             path: dir.to_path_buf(),
-            format: Format::Safetensors { files, index },
+            style: NameStyle::HuggingFace,
+            files,
+            index,
+            gguf: None,
             config,
+            readers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Llama 3 and Phi-3 GGUF files keep their rope frequency factors as tensors.
+    fn read_rope_factors(&mut self) -> anyhow::Result<()> {
+        let name = match self.config.architecture {
+            Architecture::Llama => self.global_name(GlobalTensor::RopeFreqs),
+            Architecture::Phi3 => self.global_name(GlobalTensor::RopeFactorsShort),
+            _ => return Ok(()),
+        };
+        if self.has(name) {
+            let factors = self.read(name, &LoadCounter::default(), false)?.to_f32()?;
+            self.config.rope.freq_factors = factors;
+            self.config.validate()?;
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -178,178 +261,73 @@ impl WeightSource {
 
     /// The GGUF header, for the tokenizer and chat template (None for safetensors).
     pub fn gguf(&self) -> Option<&gguf_file::Content> {
-        match &self.format {
-            Format::Gguf { content, .. } => Some(content),
-            Format::Safetensors { .. } => None,
-        }
+        self.gguf.as_ref()
     }
 
     pub fn is_quantized(&self) -> bool {
-        matches!(self.format, Format::Gguf { .. })
+        self.style == NameStyle::Gguf
     }
 
-    /// The file name of a tensor in this format.
     pub fn layer_name(&self, layer: usize, tensor: LayerTensor) -> String {
-        use LayerTensor::*;
-        match &self.format {
-            Format::Gguf { .. } => {
-                let suffix = match tensor {
-                    AttnNorm => "attn_norm.weight",
-                    Q => "attn_q.weight",
-                    K => "attn_k.weight",
-                    V => "attn_v.weight",
-                    QBias => "attn_q.bias",
-                    KBias => "attn_k.bias",
-                    VBias => "attn_v.bias",
-                    Output => "attn_output.weight",
-                    FfnNorm => "ffn_norm.weight",
-                    Gate => "ffn_gate.weight",
-                    Up => "ffn_up.weight",
-                    Down => "ffn_down.weight",
-                };
-                format!("blk.{layer}.{suffix}")
-            }
-            Format::Safetensors { .. } => {
-                let suffix = match tensor {
-                    AttnNorm => "input_layernorm.weight",
-                    Q => "self_attn.q_proj.weight",
-                    K => "self_attn.k_proj.weight",
-                    V => "self_attn.v_proj.weight",
-                    QBias => "self_attn.q_proj.bias",
-                    KBias => "self_attn.k_proj.bias",
-                    VBias => "self_attn.v_proj.bias",
-                    Output => "self_attn.o_proj.weight",
-                    FfnNorm => "post_attention_layernorm.weight",
-                    Gate => "mlp.gate_proj.weight",
-                    Up => "mlp.up_proj.weight",
-                    Down => "mlp.down_proj.weight",
-                };
-                format!("model.layers.{layer}.{suffix}")
-            }
-        }
+        layer_name(self.style, self.config.architecture, layer, tensor)
     }
 
     pub fn global_name(&self, tensor: GlobalTensor) -> &'static str {
-        match (&self.format, tensor) {
-            (Format::Gguf { .. }, GlobalTensor::Embedding) => "token_embd.weight",
-            (Format::Gguf { .. }, GlobalTensor::FinalNorm) => "output_norm.weight",
-            (Format::Gguf { .. }, GlobalTensor::Head) => "output.weight",
-            (Format::Safetensors { .. }, GlobalTensor::Embedding) => "model.embed_tokens.weight",
-            (Format::Safetensors { .. }, GlobalTensor::FinalNorm) => "model.norm.weight",
-            (Format::Safetensors { .. }, GlobalTensor::Head) => "lm_head.weight",
-        }
+        global_name(self.style, tensor)
     }
 
     pub fn has(&self, name: &str) -> bool {
-        match &self.format {
-            Format::Gguf { content, .. } => content.tensor_infos.contains_key(name),
-            Format::Safetensors { index, .. } => index.contains_key(name),
-        }
+        self.index.contains_key(name)
     }
 
-    /// A weight matrix for `x @ Wᵀ`: kept quantized when the file is quantized, otherwise
-    /// a dense tensor in `dtype`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn matrix(
-        &self,
-        name: &str,
-        device: &Device,
-        dtype: DType,
-        kernels: CpuMatmul,
-        counter: &LoadCounter,
-        is_layer: bool,
-    ) -> anyhow::Result<Matrix> {
-        match &self.format {
-            Format::Gguf { .. } => {
-                let tensor = self.read_gguf(name, device, counter, is_layer)?;
-                Matrix::from_qtensor(tensor, device, kernels)
-                    .with_context(|| format!("preparing tensor {name}"))
-            }
-            Format::Safetensors { .. } => {
-                let tensor = self.read_dense(name, device, dtype, counter, is_layer)?;
-                Ok(Matrix::dense(tensor))
-            }
-        }
+    /// The shape of a tensor (rows first), if the file has it.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.index.get(name).map(|e| e.shape.as_slice())
     }
 
-    /// A dense tensor (norm weights, biases) in `dtype`, dequantized if need be.
-    pub fn dense(
+    /// Reads one tensor's bytes.
+    pub fn read(
         &self,
         name: &str,
-        device: &Device,
-        dtype: DType,
         counter: &LoadCounter,
         is_layer: bool,
-    ) -> anyhow::Result<Tensor> {
-        match &self.format {
-            Format::Gguf { .. } => {
-                let tensor = self.read_gguf(name, device, counter, is_layer)?;
-                Ok(tensor.dequantize(device)?.to_dtype(dtype)?)
-            }
-            Format::Safetensors { .. } => self.read_dense(name, device, dtype, counter, is_layer),
-        }
-    }
-
-    fn read_gguf(
-        &self,
-        name: &str,
-        device: &Device,
-        counter: &LoadCounter,
-        is_layer: bool,
-    ) -> anyhow::Result<QTensor> {
-        let Format::Gguf { content, reader } = &self.format else {
-            unreachable!("read_gguf is only called for GGUF sources")
-        };
-        let info = content
-            .tensor_infos
+    ) -> anyhow::Result<RawTensor> {
+        let entry = self
+            .index
             .get(name)
             .with_context(|| format!("tensor {name} is missing from {}", self.path.display()))?;
-        let mut reader = reader.lock().unwrap_or_else(|p| p.into_inner());
-        let tensor = info
-            .read(&mut *reader, content.tensor_data_offset, device)
-            .map_err(|error| anyhow::anyhow!("cannot read tensor {name}: {error}"))?;
-        counter.add(is_layer, gguf_tensor_bytes(info));
-        Ok(tensor)
-    }
-
-    fn read_dense(
-        &self,
-        name: &str,
-        device: &Device,
-        dtype: DType,
-        counter: &LoadCounter,
-        is_layer: bool,
-    ) -> anyhow::Result<Tensor> {
-        let Format::Safetensors { files, index } = &self.format else {
-            unreachable!("read_dense is only called for safetensors sources")
-        };
-        let entry = index
-            .get(name)
-            .with_context(|| format!("tensor {name} is missing from {}", self.path.display()))?;
-        let path = &files[entry.file];
-        let mut file = File::open(path)?;
-        file.seek(SeekFrom::Start(entry.start))?;
         let mut bytes = vec![0u8; (entry.end - entry.start) as usize];
-        file.read_exact(&mut bytes)
-            .with_context(|| format!("cannot read tensor {name} from {}", path.display()))?;
-        let tensor = Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, &Device::Cpu)
-            .with_context(|| format!("tensor {name} does not match its declared shape"))?;
+        {
+            let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            let reader = match readers.entry(entry.file) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let path = &self.files[entry.file];
+                    let file = File::open(path)
+                        .with_context(|| format!("cannot open {}", path.display()))?;
+                    v.insert(BufReader::new(file))
+                }
+            };
+            reader.seek(SeekFrom::Start(entry.start))?;
+            reader.read_exact(&mut bytes).with_context(|| {
+                format!(
+                    "cannot read tensor {name} from {}",
+                    self.files[entry.file].display()
+                )
+            })?;
+        }
         counter.add(is_layer, bytes.len() as u64);
-        Ok(tensor.to_dtype(dtype)?.to_device(device)?)
+        Ok(RawTensor {
+            name: name.to_string(),
+            encoding: entry.encoding,
+            shape: entry.shape.clone(),
+            bytes,
+        })
     }
-}
-
-/// Bytes a GGUF tensor occupies in the file.
-fn gguf_tensor_bytes(info: &gguf_file::TensorInfo) -> u64 {
-    let dtype: GgmlDType = info.ggml_dtype;
-    (info.shape.elem_count() / dtype.block_size() * dtype.type_size()) as u64
 }
 
 /// Reads the JSON header of a safetensors file: name → dtype, shape, byte range.
-fn read_safetensors_header(
-    path: &Path,
-    file_index: usize,
-) -> anyhow::Result<Vec<(String, SafetensorsEntry)>> {
+fn read_safetensors_header(path: &Path, file_index: usize) -> anyhow::Result<Vec<(String, Entry)>> {
     let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let file_len = file.metadata()?.len();
     let mut len_bytes = [0u8; 8];
@@ -377,7 +355,7 @@ fn read_safetensors_header(
             Some("F16") => DType::F16,
             Some("BF16") => DType::BF16,
             other => bail!(
-                "tensor {name} in {} has unsupported dtype {other:?}",
+                "tensor {name} in {} has unsupported dtype {other:?} (supported: F32, F16, BF16)",
                 path.display()
             ),
         };
@@ -388,7 +366,12 @@ fn read_safetensors_header(
             serde_json::from_value(value.get("data_offsets").cloned().unwrap_or_default())
                 .with_context(|| format!("tensor {name} has malformed data_offsets"))?;
         let (start, end) = (data_start + offsets[0], data_start + offsets[1]);
-        let expected = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
+        let expected = shape
+            .iter()
+            .try_fold(dtype.size_in_bytes() as u64, |acc, &d| {
+                acc.checked_mul(d as u64)
+            })
+            .context("tensor shape overflows")?;
         if offsets[1] < offsets[0] || end - start != expected {
             bail!(
                 "tensor {name} in {} has a byte range that does not fit its shape",
@@ -403,9 +386,9 @@ fn read_safetensors_header(
         }
         entries.push((
             name,
-            SafetensorsEntry {
+            Entry {
                 file: file_index,
-                dtype,
+                encoding: Encoding::Dense(dtype),
                 shape,
                 start,
                 end,

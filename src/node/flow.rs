@@ -26,7 +26,7 @@ use crate::engine::{
     TokenOutcome,
 };
 use crate::peer::GrpcPeerHandle;
-use crate::proto::{encode_tensor, pb};
+use crate::proto::{encode_hidden, pb};
 use crate::resource::{Managed, ResourceState};
 use crate::server::{NodeHandler, StepInput, StepOutcome, ValidatedContext};
 use crate::topology::{DeviceCapabilities, NodeWeight, Partition, plan_partition};
@@ -594,7 +594,6 @@ impl RequestFlow {
         );
         match output {
             ShardOutput::Logits(logits) => {
-                let logits = logits.to_vec1::<f32>()?;
                 let token = sample(&logits, &context.sampling, context.step)?;
                 self.deliver(context, StepOutcome::Token(token)).await;
                 Ok(())
@@ -608,7 +607,7 @@ impl RequestFlow {
                 next_context.index += 1;
                 let message = pb::TensorRequest {
                     context: Some(to_wire(&next_context)),
-                    tensor: Some(encode_tensor(&hidden)?),
+                    tensor: Some(encode_hidden(&hidden)),
                 };
                 let handle = self.peer(&next.node_id, &next.address);
                 handle

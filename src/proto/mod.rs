@@ -3,7 +3,7 @@
 
 mod tensor;
 
-pub use tensor::{TensorError, decode_tensor, encode_tensor};
+pub use tensor::{TensorError, decode_hidden, decode_tensor, encode_hidden, encode_tensor};
 
 /// Generated from proto/node.proto by build.rs.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

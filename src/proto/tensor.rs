@@ -104,3 +104,37 @@ pub fn decode_tensor(wire: &pb::Tensor, device: &Device) -> Result<Tensor, Tenso
     Tensor::from_raw_buffer(&wire.data, dtype, &shape, device)
         .map_err(|e| TensorError::Candle(e.to_string()))
 }
+
+/// Serializes rows of hidden states as an f32 tensor of shape (rows, cols).
+pub fn encode_hidden(hidden: &crate::engine::HiddenState) -> pb::Tensor {
+    let mut data = Vec::with_capacity(hidden.data.len() * 4);
+    for v in &hidden.data {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    pb::Tensor {
+        data: data.into(),
+        dtype: pb::Dtype::F32 as i32,
+        shape: vec![hidden.rows as u64, hidden.cols as u64],
+    }
+}
+
+/// Checks and rebuilds received hidden states: shape (rows, cols) or (1, rows, cols), in
+/// any wire dtype (converted to f32).
+pub fn decode_hidden(wire: &pb::Tensor) -> Result<crate::engine::HiddenState, TensorError> {
+    let tensor = decode_tensor(wire, &Device::Cpu)?;
+    let (rows, cols) = match tensor.dims() {
+        [rows, cols] => (*rows, *cols),
+        [1, rows, cols] => (*rows, *cols),
+        _ => {
+            return Err(TensorError::BadShape {
+                shape: wire.shape.clone(),
+            });
+        }
+    };
+    let data = tensor
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| TensorError::Candle(e.to_string()))?;
+    Ok(crate::engine::HiddenState { data, rows, cols })
+}

@@ -1,6 +1,5 @@
 //! What a node does with the messages it receives; the service checks them first.
 
-use candle_core::Tensor;
 use tonic::Status;
 
 use crate::engine::SamplingParams;
@@ -26,7 +25,7 @@ pub struct ValidatedContext {
 #[derive(Debug, Clone)]
 pub enum StepInput {
     Tokens(Vec<u32>),
-    Hidden(Tensor),
+    Hidden(crate::engine::HiddenState),
 }
 
 /// The last shard's outcome for one step.

@@ -4,13 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use candle_core::Device;
 use tonic::{Request, Response, Status};
 
 use super::handler::{NodeHandler, StepInput, StepOutcome, ValidatedContext};
 use crate::engine::SamplingParams;
 use crate::proto::pb::node_server::Node;
-use crate::proto::{decode_tensor, pb};
+use crate::proto::{decode_hidden, pb};
 use crate::topology::Partition;
 
 /// The service, with counters of what it refused.
@@ -149,7 +148,7 @@ impl Node for NodeService {
         let wire = message
             .tensor
             .ok_or_else(|| self.reject(Status::invalid_argument("the message has no tensor")))?;
-        let tensor = decode_tensor(&wire, &Device::Cpu)
+        let tensor = decode_hidden(&wire)
             .map_err(|e| self.reject(Status::invalid_argument(format!("bad tensor: {e}"))))?;
         self.handler
             .run_step(context, StepInput::Hidden(tensor))

@@ -1,115 +1,293 @@
-//! The exact-activation CPU kernels against a dense f32 matmul of the same weights.
-
-use std::sync::Arc;
+//! The CPU kernels: every weight format decodes as candle decodes it; every ISA path's
+//! matmul agrees with a dense f32 reference; and a row's result is bit-identical whatever
+//! rows share its batch (the property re-prefill and batching rely on).
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use exo::engine::quant_matmul::{BlockFormat, QuantMatrix, portable_dot};
+use exo::engine::cpu::activations::Activations;
+use exo::engine::cpu::isa::Isa;
+use exo::engine::cpu::matrix::{ActivationPrecision, CpuMatrix, MatmulJob, matmul};
 
-fn random(shape: (usize, usize), seed: u64) -> Tensor {
+const FORMATS: [GgmlDType; 8] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// Values in [-1, 1) from a small xorshift generator, with a few larger outliers (as
+/// real activations have).
+fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed | 1;
-    let values: Vec<f32> = (0..shape.0 * shape.1)
-        .map(|_| {
+    (0..n)
+        .map(|i| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            (state % 2000) as f32 / 1000.0 - 1.0
+            let v = (state % 20_000) as f32 / 10_000.0 - 1.0;
+            if i % 97 == 5 { v * 12.0 } else { v }
         })
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+        .collect()
 }
 
-#[test]
-fn quantized_matmul_matches_dequantized_f32_for_every_format_and_row_count() {
-    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-        let weight = QTensor::quantize(&random((96, 256), 3), dtype).unwrap();
-        let dense = weight.dequantize(&Device::Cpu).unwrap();
-        let matrix = Arc::new(
-            QuantMatrix::from_qtensor(&weight)
-                .unwrap()
-                .expect("supported format"),
-        );
-        for m in [1, 2, 5, 8, 19] {
-            let x = random((m, 256), 7 + m as u64);
-            let expected = x.matmul(&dense.t().unwrap()).unwrap();
-            let ours = matrix.forward(&x).unwrap();
-            assert_eq!(ours.dims(), expected.dims());
-            let diff: f32 = (ours - &expected)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            assert!(diff < 1e-3, "{dtype:?} with {m} rows differs by {diff}");
+fn quantized(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> (QTensor, CpuMatrix) {
+    let weights = Tensor::from_vec(random(rows * cols, seed), (rows, cols), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&weights, dtype).unwrap();
+    let matrix = CpuMatrix::from_qtensor("w", &q).unwrap();
+    (q, matrix)
+}
+
+fn run(
+    isa: Isa,
+    precision: ActivationPrecision,
+    matrix: &CpuMatrix,
+    x: &[f32],
+    m: usize,
+) -> Vec<f32> {
+    let acts = Activations::new(x, m, matrix.cols());
+    let mut out = vec![0f32; m * matrix.rows()];
+    matmul(
+        isa,
+        precision,
+        &acts,
+        &mut [MatmulJob {
+            matrix,
+            out: &mut out,
+        }],
+    )
+    .unwrap();
+    out
+}
+
+fn reference(weights: &[f32], rows: usize, cols: usize, x: &[f32], m: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * rows];
+    for j in 0..m {
+        for r in 0..rows {
+            let mut sum = 0f64;
+            for k in 0..cols {
+                sum += f64::from(weights[r * cols + k]) * f64::from(x[j * cols + k]);
+            }
+            out[j * rows + r] = sum as f32;
         }
-        // Dequantized rows are exactly candle's.
-        let mut row = vec![0f32; 256];
-        matrix.dequantize_row(17, &mut row);
-        assert_eq!(row, dense.get(17).unwrap().to_vec1::<f32>().unwrap());
     }
+    out
+}
+
+/// For each output, the most that rounding the activations to 16-bit steps (per group of
+/// `group` values) can move it: Σₖ |wₖ| · step(k) / 2.
+fn rounding_bound(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+    group: usize,
+) -> Vec<f32> {
+    let mut out = vec![0f32; m * rows];
+    for j in 0..m {
+        let xs = &x[j * cols..(j + 1) * cols];
+        let steps: Vec<f32> = xs
+            .chunks(group)
+            .map(|g| g.iter().fold(0f32, |a, v| a.max(v.abs())) / 16383.0)
+            .collect();
+        for r in 0..rows {
+            out[j * rows + r] = (0..cols)
+                .map(|k| weights[r * cols + k].abs() * steps[k / group] * 0.5)
+                .sum();
+        }
+    }
+    out
+}
+
+/// Largest difference relative to the largest reference value.
+fn relative_error(ours: &[f32], expected: &[f32]) -> f32 {
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    ours.iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+        / scale
 }
 
 #[test]
-fn the_simd_kernel_agrees_with_the_portable_one() {
-    for (dtype, format) in [
-        (GgmlDType::Q4_0, BlockFormat::Q4_0),
-        (GgmlDType::Q4_1, BlockFormat::Q4_1),
-        (GgmlDType::Q8_0, BlockFormat::Q8_0),
-    ] {
-        let weight = QTensor::quantize(&random((4, 128), 11), dtype).unwrap();
-        let bytes = weight.data().unwrap().into_owned();
-        let matrix = Arc::new(QuantMatrix::from_qtensor(&weight).unwrap().unwrap());
-        let x = random((1, 128), 5);
-        let values = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let sums: Vec<f32> = values.chunks(32).map(|c| c.iter().sum()).collect();
-        let fast = matrix
-            .forward(&x)
+fn every_format_decodes_exactly_as_candle_does() {
+    for dtype in FORMATS {
+        let (q, matrix) = quantized(dtype, 8, 512, 3);
+        let expected = q
+            .dequantize(&Device::Cpu)
             .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let row_bytes = bytes.len() / 4;
-        for (r, value) in fast.iter().enumerate() {
-            let plain = portable_dot(
-                format,
-                &bytes[r * row_bytes..(r + 1) * row_bytes],
-                &values,
-                &sums,
+        assert_eq!(matrix.to_f32(), expected, "{dtype:?}");
+    }
+}
+
+#[test]
+fn every_isa_and_precision_agrees_with_a_dense_f32_matmul() {
+    for dtype in FORMATS {
+        let (rows, cols) = (70, 512);
+        let (_, matrix) = quantized(dtype, rows, cols, 11);
+        let dense = matrix.to_f32();
+        for m in [1, 3, 9] {
+            let x = random(m * cols, 100 + m as u64);
+            let expected = reference(&dense, rows, cols, &x, m);
+            let rounding = rounding_bound(
+                &dense,
+                rows,
+                cols,
+                &x,
+                m,
+                if dtype.block_size() == 256 { 256 } else { 32 },
             );
-            assert!(
-                (plain - value).abs() < 1e-4,
-                "{dtype:?} row {r}: {plain} vs {value}"
-            );
+            for isa in Isa::available() {
+                // f32 activations differ from the reference in summation order only.
+                let ours = run(isa, ActivationPrecision::F32, &matrix, &x, m);
+                let error = relative_error(&ours, &expected);
+                assert!(
+                    error < 1e-5,
+                    "{dtype:?} {isa:?} f32 m={m}: relative error {error}"
+                );
+                // 16-bit activations: each value is off by at most half a step (the
+                // group's largest value / 16383), so each output by at most Σ|w|·step/2.
+                let ours = run(isa, ActivationPrecision::Int16, &matrix, &x, m);
+                for (i, ((a, b), bound)) in ours.iter().zip(&expected).zip(&rounding).enumerate() {
+                    assert!(
+                        (a - b).abs() <= bound * 1.001 + 1e-5 * b.abs().max(1.0),
+                        "{dtype:?} {isa:?} int16 m={m}, output {i}: {a} vs {b}, bound {bound}"
+                    );
+                }
+            }
         }
     }
 }
 
 #[test]
-fn embedding_rows_are_looked_up_and_bad_ids_refused() {
-    let weight = QTensor::quantize(&random((10, 64), 2), GgmlDType::Q8_0).unwrap();
-    let matrix = QuantMatrix::from_qtensor(&weight).unwrap().unwrap();
-    let ids = Tensor::new(&[[3u32, 9]], &Device::Cpu).unwrap();
-    let rows = matrix.embedding(&ids).unwrap();
-    assert_eq!(rows.dims(), &[1, 2, 64]);
-    let dense = weight.dequantize(&Device::Cpu).unwrap();
-    assert_eq!(
-        rows.get(0)
-            .unwrap()
-            .get(1)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap(),
-        dense.get(9).unwrap().to_vec1::<f32>().unwrap()
-    );
-    let bad = Tensor::new(&[10u32], &Device::Cpu).unwrap();
+fn dense_weights_in_f32_f16_and_bf16_agree_with_the_reference() {
+    use exo::engine::cpu::matrix::Weights;
+    let (rows, cols, m) = (33, 96, 5);
+    let w = random(rows * cols, 9);
+    let x = random(m * cols, 10);
+    for (name, weights) in [
+        ("f32", Weights::F32(w.clone())),
+        (
+            "f16",
+            Weights::F16(w.iter().map(|&v| half::f16::from_f32(v)).collect()),
+        ),
+        (
+            "bf16",
+            Weights::BF16(w.iter().map(|&v| half::bf16::from_f32(v)).collect()),
+        ),
+    ] {
+        let matrix = CpuMatrix::new(rows, cols, weights).unwrap();
+        let expected = reference(&matrix.to_f32(), rows, cols, &x, m);
+        for isa in Isa::available() {
+            let ours = run(isa, ActivationPrecision::Int16, &matrix, &x, m);
+            assert!(relative_error(&ours, &expected) < 1e-5, "{name} {isa:?}");
+        }
+    }
+}
+
+#[test]
+fn a_rows_result_does_not_depend_on_the_rows_beside_it() {
+    // 150 rows cross the 4-row tiles and the 64-row blocks of the kernel; a row alone
+    // must give exactly the value it gets in any batch.
+    for dtype in [
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+        GgmlDType::Q8_0,
+    ] {
+        let (rows, cols) = (40, 256);
+        let (_, matrix) = quantized(dtype, rows, cols, 21);
+        let m = 150;
+        let x = random(m * cols, 22);
+        for isa in Isa::available() {
+            for precision in [ActivationPrecision::Int16, ActivationPrecision::F32] {
+                let batch = run(isa, precision, &matrix, &x, m);
+                for j in [0, 1, 3, 4, 63, 64, 65, 127, 149] {
+                    let alone = run(isa, precision, &matrix, &x[j * cols..(j + 1) * cols], 1);
+                    assert_eq!(
+                        alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        batch[j * rows..(j + 1) * rows]
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>(),
+                        "{dtype:?} {isa:?} {precision:?}: row {j} changed with its neighbours"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn several_matrices_in_one_pass_match_each_run_alone() {
+    let cols = 256;
+    let (_, a) = quantized(GgmlDType::Q5_0, 24, cols, 31);
+    let (_, b) = quantized(GgmlDType::Q8_0, 8, cols, 32);
+    let (_, c) = quantized(GgmlDType::Q4K, 16, cols, 33);
+    let m = 6;
+    let x = random(m * cols, 34);
+    let isa = Isa::best();
+    let acts = Activations::new(&x, m, cols);
+    let mut outs = [vec![0f32; m * 24], vec![0f32; m * 8], vec![0f32; m * 16]];
+    {
+        let [oa, ob, oc] = &mut outs;
+        let mut jobs = [
+            MatmulJob {
+                matrix: &a,
+                out: oa,
+            },
+            MatmulJob {
+                matrix: &b,
+                out: ob,
+            },
+            MatmulJob {
+                matrix: &c,
+                out: oc,
+            },
+        ];
+        matmul(isa, ActivationPrecision::Int16, &acts, &mut jobs).unwrap();
+    }
+    for (matrix, out) in [(&a, &outs[0]), (&b, &outs[1]), (&c, &outs[2])] {
+        assert_eq!(&run(isa, ActivationPrecision::Int16, matrix, &x, m), out);
+    }
+}
+
+#[test]
+fn unsupported_formats_and_mismatched_shapes_are_clear_errors() {
+    let weights = Tensor::from_vec(random(4 * 256, 1), (4, 256), &Device::Cpu).unwrap();
+    let q2k = QTensor::quantize(&weights, GgmlDType::Q2K).unwrap();
+    let error = CpuMatrix::from_qtensor("blk.0.attn_q.weight", &q2k)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
-        matrix
-            .embedding(&bad)
-            .unwrap_err()
-            .to_string()
-            .contains("outside")
+        error.contains("Q2K") && error.contains("supported"),
+        "{error}"
     );
+
+    let (_, matrix) = quantized(GgmlDType::Q4_0, 4, 256, 2);
+    let x = random(128, 3);
+    let acts = Activations::new(&x, 1, 128);
+    let mut out = vec![0f32; 4];
+    let error = matmul(
+        Isa::best(),
+        ActivationPrecision::Int16,
+        &acts,
+        &mut [MatmulJob {
+            matrix: &matrix,
+            out: &mut out,
+        }],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("width 128"), "{error}");
 }

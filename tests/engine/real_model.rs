@@ -97,17 +97,10 @@ fn one_two_and_three_shards_generate_the_same_tokens() {
 #[test]
 fn a_shard_of_a_third_of_the_layers_loads_a_third_of_the_layer_weights() {
     let source = WeightSource::open(default_model()).unwrap();
-    let device = candle_core::Device::Cpu;
     let load = |start, end| {
         let shard = exo::engine::Shard::new("smollm2-135m", start, end, 30).unwrap();
-        ShardModel::load(
-            &source,
-            &shard,
-            &device,
-            candle_core::DType::F32,
-            exo::engine::CpuMatmul::default(),
-        )
-        .unwrap()
+        let backend = exo::engine::cpu::CpuBackend::new(Default::default());
+        ShardModel::load(&source, &shard, backend).unwrap()
     };
     let full = load(0, 30);
     let middle = load(10, 20);

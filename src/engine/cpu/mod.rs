@@ -1,0 +1,28 @@
+//! The CPU backend and its kernels.
+//!
+//! - [`formats`]: the quantized weight formats and how a unit of each decodes;
+//! - [`activations`]: activation rows, and their 16-bit integer form;
+//! - [`decode`]: quantized weight rows to 16-bit integers, per ISA;
+//! - [`dot`]: dot products of a decoded weight row with a few activation rows, per ISA;
+//! - [`isa`]: which SIMD path the CPU offers (chosen at run time);
+//! - [`matrix`]: weight matrices and batched matmuls on the worker pool;
+//! - [`ops`], [`rope`], [`attention`]: the row-wise parts of a layer;
+//! - [`backend`]: all of it behind the decoder's [`crate::engine::backend::Backend`].
+//!
+//! Every operation computes each activation row on its own, in a fixed order: a row's
+//! result is the same whatever else is in the batch, and whether its sequence's prompt
+//! was run in one piece, in chunks, or one token at a time.
+
+pub mod activations;
+pub mod attention;
+pub mod backend;
+pub mod decode;
+pub mod dot;
+pub mod formats;
+pub mod isa;
+pub mod matrix;
+pub mod ops;
+pub mod rope;
+
+pub use backend::CpuBackend;
+pub use matrix::ActivationPrecision;
