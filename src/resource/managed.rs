@@ -262,7 +262,8 @@ impl<R: Resource> Managed<R> {
             return Ok(());
         }
         match self.reconnect().await {
-            Ok(()) => Ok(()),
+            // Superseded: an initialize or reset took over; the next round follows it.
+            Ok(()) | Err(ResourceError::ReconnectSuperseded { .. }) => Ok(()),
             Err(ResourceError::ReconnectUnsupported { .. }) => Err(self.unavailable(
                 ResourceState::Degraded,
                 report
@@ -556,9 +557,18 @@ impl<R: Resource> Managed<R> {
 
     /// Re-establishes the resource's connection (network resources only): Ready on
     /// success; on failure the error is recorded and the state left as it was.
+    ///
+    /// An initialize does not wait for the lifecycle lock (its callers must not queue
+    /// behind a slow reconnect), so one may start while a reconnect runs, tear the instance
+    /// down and build another. The reconnect then worked on an instance that is gone: its
+    /// outcome is ignored and it fails with `ReconnectSuperseded`, rather than calling the
+    /// torn-down (or failed) resource Ready.
     pub async fn reconnect(&self) -> Result<(), ResourceError> {
         let _lifecycle = self.lifecycle.lock().await;
-        let state = self.state();
+        let (state, generation) = {
+            let core = self.core();
+            (core.state, core.generation)
+        };
         if !matches!(
             state,
             ResourceState::Ready | ResourceState::Degraded | ResourceState::Error
@@ -578,6 +588,12 @@ impl<R: Resource> Managed<R> {
         };
         let mut core = self.core();
         core.stats.reconnects += 1;
+        if core.generation != generation {
+            return Err(ResourceError::ReconnectSuperseded {
+                id: self.id.clone(),
+                kind: R::KIND.to_string(),
+            });
+        }
         match outcome {
             Ok(()) => {
                 if matches!(

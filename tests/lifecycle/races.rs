@@ -1,0 +1,66 @@
+//! Lifecycle calls that overlap: a result about an instance that was replaced meanwhile
+//! is ignored, recovery of a Degraded resource is single-flight, and a caller waiting on
+//! an attempt that a reset replaces follows the reset.
+//!
+//! Each test holds one call in flight with a gate inside the probe (or by polling its
+//! future once), lets the other call run to its end, and only then releases the first:
+//! the interleaving is forced, not hoped for.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+
+use exo::resource::{ResourceError, ResourceState::*};
+use futures::poll;
+use tokio::sync::Semaphore;
+
+use crate::probe::{Probe, probe};
+
+#[tokio::test]
+async fn a_reconnect_overtaken_by_a_re_initialize_does_not_make_the_torn_down_instance_ready() {
+    let reconnect_gate = Arc::new(Semaphore::new(0));
+    let (r, knobs) = probe(
+        "race-reconnect",
+        Probe {
+            reconnect_gate: Some(reconnect_gate.clone()),
+            ..Probe::network()
+        },
+    );
+    r.initialize().await.unwrap();
+    knobs.unhealthy.store(true, SeqCst);
+    for _ in 0..r.config().health_failure_threshold {
+        r.check_health().await;
+    }
+    assert_eq!(r.state(), Error);
+
+    // A reconnect from Error starts and waits inside the probe.
+    let mut reconnect = pin!(r.reconnect());
+    assert!(poll!(reconnect.as_mut()).is_pending());
+    assert_eq!(knobs.reconnect_calls.load(SeqCst), 1);
+
+    // Meanwhile an initialize tears the instance down and fails to build a new one.
+    knobs.fail_init.store(true, SeqCst);
+    r.initialize().await.unwrap_err();
+    assert_eq!(r.state(), Error);
+    assert!(!knobs.live.load(SeqCst), "the instance is torn down");
+
+    // The reconnect finishes: it worked on the instance that is gone.
+    reconnect_gate.add_permits(1);
+    let error = reconnect.await.unwrap_err();
+    assert!(
+        matches!(error, ResourceError::ReconnectSuperseded { .. }),
+        "{error}"
+    );
+    assert_eq!(
+        r.state(),
+        Error,
+        "a torn-down instance must not be called Ready"
+    );
+    assert_eq!(r.stats().reconnect_failures, 0, "overtaken, not failed");
+
+    // The next caller builds a new instance instead of reaching the torn-down one.
+    knobs.fail_init.store(false, SeqCst);
+    r.ensure_ready().await.unwrap();
+    assert!(knobs.live.load(SeqCst));
+    assert_eq!(knobs.init_calls.load(SeqCst), 3);
+}
