@@ -472,10 +472,17 @@ impl<R: Resource> Managed<R> {
     /// Runs the health check: a pass makes the resource Ready, a failure Degraded, and
     /// `health_failure_threshold` failures in a row Error. Only Ready and Degraded
     /// resources are checked; others are reported as not checked.
+    ///
+    /// A check that a cleanup, reset or re-initialize overtook is reported but changes
+    /// nothing: it checked an instance that is gone (and likely failed because it was torn
+    /// down under it), so it must not judge the one there now.
     pub async fn check_health(&self) -> HealthReport {
         let _one_at_a_time = self.health.lock().await;
         let started = Instant::now();
-        let state = self.state();
+        let (state, generation) = {
+            let core = self.core();
+            (core.state, core.generation)
+        };
         if !state.is_usable() {
             return self.health_report(
                 false,
@@ -488,17 +495,17 @@ impl<R: Resource> Managed<R> {
         let outcome = flatten(guarded(self.config.health_timeout, self.inner.health()).await);
         let mut core = self.core();
         core.stats.health_checks += 1;
-        if !core.state.is_usable() {
-            // Cleaned up or reset while the check ran: the check says nothing any more.
+        if core.generation != generation || !core.state.is_usable() {
             let state = core.state;
+            let message = if core.generation != generation {
+                format!(
+                    "the resource was re-initialized during the check (now {state}); result ignored"
+                )
+            } else {
+                format!("state changed to {state} during the check; result ignored")
+            };
             drop(core);
-            return self.health_report(
-                true,
-                outcome.is_ok(),
-                state,
-                Some(format!("state changed to {state} during the check")),
-                started,
-            );
+            return self.health_report(true, outcome.is_ok(), state, Some(message), started);
         }
         match outcome {
             Ok(()) => {

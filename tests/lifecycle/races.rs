@@ -64,3 +64,43 @@ async fn a_reconnect_overtaken_by_a_re_initialize_does_not_make_the_torn_down_in
     assert!(knobs.live.load(SeqCst));
     assert_eq!(knobs.init_calls.load(SeqCst), 3);
 }
+
+#[tokio::test]
+async fn a_health_check_of_the_instance_before_a_reset_does_not_degrade_the_new_one() {
+    let health_gate = Arc::new(Semaphore::new(0));
+    let (r, knobs) = probe(
+        "race-health",
+        Probe {
+            health_gate: Some(health_gate.clone()),
+            ..Probe::new()
+        },
+    );
+    r.initialize().await.unwrap();
+
+    // A check of the first instance starts and waits inside the probe.
+    let mut check = pin!(r.check_health());
+    assert!(poll!(check.as_mut()).is_pending());
+    assert_eq!(knobs.health_calls.load(SeqCst), 1);
+
+    // A reset replaces the instance; the new one is Ready.
+    r.reset().await.unwrap();
+    assert_eq!(r.state(), Ready);
+
+    // The old check ends: the instance it checked was torn down under it, so it fails.
+    health_gate.add_permits(1);
+    let report = check.await;
+    assert!(report.checked && !report.healthy);
+    assert_eq!(report.state, Ready);
+    let message = report.message.unwrap_or_default();
+    assert!(message.contains("re-initialized"), "{message}");
+    assert_eq!(
+        r.state(),
+        Ready,
+        "the new instance is judged by its own checks"
+    );
+    assert_eq!(r.stats().health_failures, 0);
+    assert_eq!(r.stats().consecutive_health_failures, 0);
+
+    // A check of the new instance counts as usual.
+    assert!(r.check_health().await.healthy);
+}
