@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::{broadcast, watch};
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use super::stats::History;
 use super::wait::{WaitTimeout, wait_for_state};
@@ -20,7 +20,8 @@ use super::{
 /// How many state changes a slow event subscriber may fall behind before it sees a gap.
 const EVENT_CAPACITY: usize = 256;
 
-/// The shared outcome of one initialize attempt: every concurrent caller awaits a clone.
+/// The shared outcome of one initialize or recovery attempt: every concurrent caller
+/// awaits a clone.
 type AttemptOutcome = Shared<BoxFuture<'static, Result<(), ResourceError>>>;
 
 /// An initialize attempt in flight: a spawned task, so that it neither dies with the
@@ -39,6 +40,9 @@ struct Core {
     generation: u64,
     since: SystemTime,
     attempt: Option<Attempt>,
+    /// The recovery of a Degraded resource in flight, shared like an initialize attempt.
+    /// Cleared by the recovery itself when it ends.
+    recovery: Option<AttemptOutcome>,
     last_error: Option<String>,
     stats: ResourceStats,
     history: History,
@@ -110,6 +114,7 @@ impl<R: Resource> ManagedBuilder<R> {
                 generation: 0,
                 since: SystemTime::now(),
                 attempt: None,
+                recovery: None,
                 last_error: None,
                 stats: ResourceStats::default(),
                 history,
@@ -220,7 +225,7 @@ impl<R: Resource> Managed<R> {
     /// - Initializing: wait for the attempt in flight;
     /// - Ready: go ahead;
     /// - Degraded: check health, then reconnect where the resource can, and fail if it is
-    ///   still unusable;
+    ///   still unusable; concurrent callers share one such recovery;
     /// - Closing / Closed: fail with an error naming the resource and its state.
     pub async fn ensure_ready(&self) -> Result<&R, ResourceError> {
         let result = self.make_ready().await;
@@ -254,8 +259,46 @@ impl<R: Resource> Managed<R> {
         }
     }
 
-    /// Degraded → Ready if a health check passes, else through reconnect where supported.
+    /// Degraded → Ready through one recovery attempt shared by every caller that finds the
+    /// resource Degraded while it runs, as an initialize attempt is shared. Without it, N
+    /// callers ran N health checks (three failures in a row are an Error, so a burst of
+    /// callers could turn a Degraded resource into an Error) and N reconnects.
     async fn recover(&self) -> Result<(), ResourceError> {
+        let outcome = {
+            let mut core = self.core();
+            if core.state != ResourceState::Degraded {
+                // It moved on since the caller looked: the caller's next round follows.
+                return Ok(());
+            }
+            match &core.recovery {
+                Some(recovery) => recovery.clone(),
+                None => self.start_recovery(&mut core),
+            }
+        };
+        outcome.await
+    }
+
+    /// Starts a recovery as a task of its own, so that it does not die with the caller
+    /// that started it while others wait on it. Called with the core locked, so that the
+    /// recovery is visible at once (and the task cannot clear it before it is set).
+    fn start_recovery(&self, core: &mut Core) -> AttemptOutcome {
+        let this = self
+            .this
+            .upgrade()
+            .expect("a Managed resource is only reachable through its Arc");
+        let task = tokio::spawn(async move {
+            let result = this.run_recovery().await;
+            // A caller that finds the resource still Degraded from now on starts afresh.
+            this.core().recovery = None;
+            result
+        });
+        let outcome = self.shared_outcome(task);
+        core.recovery = Some(outcome.clone());
+        outcome
+    }
+
+    /// Degraded → Ready if a health check passes, else through reconnect where supported.
+    async fn run_recovery(&self) -> Result<(), ResourceError> {
         let report = self.check_health().await;
         if report.state != ResourceState::Degraded {
             // Ready: done. Error: the next round re-initializes. Closed: the next round fails.
@@ -325,20 +368,26 @@ impl<R: Resource> Managed<R> {
             this.run_attempt(generation, teardown_first).await
         });
         let abort = task.abort_handle();
+        let outcome = self.shared_outcome(task);
+        core.attempt = Some(Attempt {
+            outcome: outcome.clone(),
+            abort,
+        });
+        outcome
+    }
+
+    /// The outcome of an attempt's task, for every caller to await; an aborted task is
+    /// `Cancelled`.
+    fn shared_outcome(&self, task: JoinHandle<Result<(), ResourceError>>) -> AttemptOutcome {
         let (id, kind) = (self.id.clone(), R::KIND.to_string());
-        let outcome = async move {
+        async move {
             match task.await {
                 Ok(result) => result,
                 Err(_) => Err(ResourceError::Cancelled { id, kind }),
             }
         }
         .boxed()
-        .shared();
-        core.attempt = Some(Attempt {
-            outcome: outcome.clone(),
-            abort,
-        });
-        outcome
+        .shared()
     }
 
     async fn run_attempt(

@@ -9,8 +9,10 @@
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
+use std::task::Poll;
 
-use exo::resource::{ResourceError, ResourceState::*};
+use exo::resource::{Managed, ResourceError, ResourceState::*};
+use futures::future::join_all;
 use futures::poll;
 use tokio::sync::Semaphore;
 
@@ -103,4 +105,96 @@ async fn a_health_check_of_the_instance_before_a_reset_does_not_degrade_the_new_
 
     // A check of the new instance counts as usual.
     assert!(r.check_health().await.healthy);
+}
+
+/// Polls `ensure_ready` of `n` spawned callers once each, so that every one of them has
+/// started or joined the recovery before the test lets it go on.
+async fn degraded_callers(
+    r: &Arc<Managed<Probe>>,
+    n: u32,
+) -> Vec<tokio::task::JoinHandle<Result<(), ResourceError>>> {
+    let joined = Arc::new(Semaphore::new(0));
+    let callers = (0..n)
+        .map(|_| {
+            let (r, joined) = (r.clone(), joined.clone());
+            tokio::spawn(async move {
+                let mut call = pin!(r.ensure_ready());
+                let first = poll!(call.as_mut());
+                joined.add_permits(1);
+                match first {
+                    Poll::Ready(result) => result.map(|_| ()),
+                    Poll::Pending => call.await.map(|_| ()),
+                }
+            })
+        })
+        .collect();
+    joined.acquire_many(n).await.unwrap().forget();
+    callers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_share_one_recovery_of_a_degraded_resource() {
+    let health_gate = Arc::new(Semaphore::new(0));
+    let (r, knobs) = probe(
+        "recover-once",
+        Probe {
+            health_gate: Some(health_gate.clone()),
+            ..Probe::network()
+        },
+    );
+    r.initialize().await.unwrap();
+    knobs.unhealthy.store(true, SeqCst);
+    r.report_problem("a call failed");
+    assert_eq!(r.state(), Degraded);
+
+    // Ten callers find it Degraded while the recovery's health check waits in the probe.
+    let callers = degraded_callers(&r, 10).await;
+    health_gate.add_permits(1);
+    for outcome in join_all(callers).await {
+        outcome.unwrap().unwrap();
+    }
+    assert_eq!(r.state(), Ready);
+    assert_eq!(knobs.health_calls.load(SeqCst), 1, "one health check");
+    assert_eq!(knobs.reconnect_calls.load(SeqCst), 1, "one reconnect");
+    assert_eq!(r.stats().reconnects, 1);
+    assert_eq!(knobs.init_calls.load(SeqCst), 1, "no re-initialize");
+    assert_eq!(r.stats().ready_calls, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_share_the_failure_of_one_recovery() {
+    let health_gate = Arc::new(Semaphore::new(0));
+    let (r, knobs) = probe(
+        "recover-fails-once",
+        Probe {
+            health_gate: Some(health_gate.clone()),
+            ..Probe::network()
+        },
+    );
+    r.initialize().await.unwrap();
+    knobs.unhealthy.store(true, SeqCst);
+    knobs.reconnect_fails.store(true, SeqCst);
+    r.report_problem("a call failed");
+
+    let callers = degraded_callers(&r, 10).await;
+    health_gate.add_permits(1);
+    let errors: Vec<ResourceError> = join_all(callers)
+        .await
+        .into_iter()
+        .map(|outcome| outcome.unwrap().unwrap_err())
+        .collect();
+    assert!(
+        matches!(errors[0], ResourceError::ReconnectFailed { .. }),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors.iter().all(|e| *e == errors[0]),
+        "all callers share one outcome"
+    );
+    assert_eq!(knobs.health_calls.load(SeqCst), 1);
+    assert_eq!(knobs.reconnect_calls.load(SeqCst), 1);
+    // One failed check, not ten: the callers did not push it past the threshold to Error.
+    assert_eq!(r.stats().consecutive_health_failures, 1);
+    assert_eq!(r.state(), Degraded);
 }
