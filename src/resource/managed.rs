@@ -222,7 +222,8 @@ impl<R: Resource> Managed<R> {
     /// hands out access to it.
     ///
     /// - Uninitialized / Error: initialize (an Error is torn down first);
-    /// - Initializing: wait for the attempt in flight;
+    /// - Initializing: wait for the attempt in flight (or for the one a reset replaces it
+    ///   with);
     /// - Ready: go ahead;
     /// - Degraded: check health, then reconnect where the resource can, and fail if it is
     ///   still unusable; concurrent callers share one such recovery;
@@ -238,15 +239,23 @@ impl<R: Resource> Managed<R> {
     }
 
     async fn make_ready(&self) -> Result<(), ResourceError> {
-        // Each round moves the state on. Three rounds cover the longest path:
-        // Degraded → (health check fails for the last time) Error → re-initialize → Ready.
+        // Each round moves the state on. Three rounds and the last look below cover the
+        // longest path: Degraded → (the recovery's health check fails for the last time)
+        // Error → an initialize that a reset cancels → the reset's attempt → Ready.
         for _ in 0..3 {
             let state = self.state();
             match state {
                 ResourceState::Ready => return Ok(()),
                 ResourceState::Uninitialized
                 | ResourceState::Initializing
-                | ResourceState::Error => self.initialize().await?,
+                | ResourceState::Error => match self.initialize().await {
+                    // Cancelled: a reset or cleanup replaced the attempt this caller
+                    // joined. After a reset the next round joins the reset's attempt (the
+                    // caller wants the resource, not that particular attempt); after a
+                    // cleanup it fails on the closed state.
+                    Ok(()) | Err(ResourceError::Cancelled { .. }) => {}
+                    Err(error) => return Err(error),
+                },
                 ResourceState::Degraded => self.recover().await?,
                 ResourceState::Closing | ResourceState::Closed => {
                     return Err(self.unavailable(state, "it has been cleaned up"));

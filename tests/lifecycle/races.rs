@@ -16,7 +16,7 @@ use futures::future::join_all;
 use futures::poll;
 use tokio::sync::Semaphore;
 
-use crate::probe::{Probe, probe};
+use crate::probe::{Probe, WAIT, probe};
 
 #[tokio::test]
 async fn a_reconnect_overtaken_by_a_re_initialize_does_not_make_the_torn_down_instance_ready() {
@@ -197,4 +197,34 @@ async fn concurrent_callers_share_the_failure_of_one_recovery() {
     // One failed check, not ten: the callers did not push it past the threshold to Error.
     assert_eq!(r.stats().consecutive_health_failures, 1);
     assert_eq!(r.state(), Degraded);
+}
+
+#[tokio::test]
+async fn ensure_ready_waiting_on_an_attempt_that_a_reset_replaces_joins_the_new_attempt() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (r, knobs) = probe("follows-reset", Probe::gated(gate.clone()));
+
+    // A caller starts the first attempt, which waits on the gate inside initialize.
+    let mut ready = pin!(r.ensure_ready());
+    assert!(poll!(ready.as_mut()).is_pending());
+    tokio::time::timeout(WAIT, async {
+        while knobs.inits_in_flight.load(SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+
+    // A reset abandons that attempt and starts its own.
+    let mut reset = pin!(r.reset());
+    assert!(poll!(reset.as_mut()).is_pending());
+    assert_eq!(r.state(), Initializing);
+
+    gate.add_permits(1);
+    let (ready, reset) = tokio::join!(ready, reset);
+    ready.expect("the caller follows the reset instead of failing with Cancelled");
+    reset.unwrap();
+    assert_eq!(r.state(), Ready);
+    assert_eq!(r.stats().initialize_attempts, 2);
+    assert_eq!(knobs.inits_in_flight.load(SeqCst), 0);
 }
