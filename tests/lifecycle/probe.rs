@@ -155,10 +155,10 @@ impl Resource for Probe {
             return None;
         }
         self.knobs.reconnect_calls.fetch_add(1, SeqCst);
-        if let Some(gate) = &self.reconnect_gate {
-            if let Err(closed) = gate.acquire().await {
-                return Some(Err(closed.into()));
-            }
+        if let Some(gate) = &self.reconnect_gate
+            && let Err(closed) = gate.acquire().await
+        {
+            return Some(Err(closed.into()));
         }
         if self.knobs.reconnect_fails.load(SeqCst) {
             return Some(Err(anyhow::anyhow!("peer still unreachable")));
