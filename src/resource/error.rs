@@ -54,6 +54,12 @@ pub enum ResourceError {
         kind: String,
         message: String,
     },
+    /// A reconnect finished after an initialize or reset had replaced the instance it
+    /// worked on: its outcome says nothing about the instance there now, so it was ignored.
+    #[error(
+        "reconnect of resource '{id}' ({kind}) was overtaken: an initialize or reset replaced the instance it worked on"
+    )]
+    ReconnectSuperseded { id: String, kind: String },
 }
 
 impl ResourceError {
@@ -66,7 +72,8 @@ impl ResourceError {
             | ResourceError::Cancelled { id, .. }
             | ResourceError::CleanupFailed { id, .. }
             | ResourceError::ReconnectUnsupported { id, .. }
-            | ResourceError::ReconnectFailed { id, .. } => id,
+            | ResourceError::ReconnectFailed { id, .. }
+            | ResourceError::ReconnectSuperseded { id, .. } => id,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::{broadcast, watch};
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use super::stats::History;
 use super::wait::{WaitTimeout, wait_for_state};
@@ -20,7 +20,8 @@ use super::{
 /// How many state changes a slow event subscriber may fall behind before it sees a gap.
 const EVENT_CAPACITY: usize = 256;
 
-/// The shared outcome of one initialize attempt: every concurrent caller awaits a clone.
+/// The shared outcome of one initialize or recovery attempt: every concurrent caller
+/// awaits a clone.
 type AttemptOutcome = Shared<BoxFuture<'static, Result<(), ResourceError>>>;
 
 /// An initialize attempt in flight: a spawned task, so that it neither dies with the
@@ -39,6 +40,9 @@ struct Core {
     generation: u64,
     since: SystemTime,
     attempt: Option<Attempt>,
+    /// The recovery of a Degraded resource in flight, shared like an initialize attempt.
+    /// Cleared by the recovery itself when it ends.
+    recovery: Option<AttemptOutcome>,
     last_error: Option<String>,
     stats: ResourceStats,
     history: History,
@@ -110,6 +114,7 @@ impl<R: Resource> ManagedBuilder<R> {
                 generation: 0,
                 since: SystemTime::now(),
                 attempt: None,
+                recovery: None,
                 last_error: None,
                 stats: ResourceStats::default(),
                 history,
@@ -217,10 +222,11 @@ impl<R: Resource> Managed<R> {
     /// hands out access to it.
     ///
     /// - Uninitialized / Error: initialize (an Error is torn down first);
-    /// - Initializing: wait for the attempt in flight;
+    /// - Initializing: wait for the attempt in flight (or for the one a reset replaces it
+    ///   with);
     /// - Ready: go ahead;
     /// - Degraded: check health, then reconnect where the resource can, and fail if it is
-    ///   still unusable;
+    ///   still unusable; concurrent callers share one such recovery;
     /// - Closing / Closed: fail with an error naming the resource and its state.
     pub async fn ensure_ready(&self) -> Result<&R, ResourceError> {
         let result = self.make_ready().await;
@@ -233,15 +239,23 @@ impl<R: Resource> Managed<R> {
     }
 
     async fn make_ready(&self) -> Result<(), ResourceError> {
-        // Each round moves the state on. Three rounds cover the longest path:
-        // Degraded → (health check fails for the last time) Error → re-initialize → Ready.
+        // Each round moves the state on. Three rounds and the last look below cover the
+        // longest path: Degraded → (the recovery's health check fails for the last time)
+        // Error → an initialize that a reset cancels → the reset's attempt → Ready.
         for _ in 0..3 {
             let state = self.state();
             match state {
                 ResourceState::Ready => return Ok(()),
                 ResourceState::Uninitialized
                 | ResourceState::Initializing
-                | ResourceState::Error => self.initialize().await?,
+                | ResourceState::Error => match self.initialize().await {
+                    // Cancelled: a reset or cleanup replaced the attempt this caller
+                    // joined. After a reset the next round joins the reset's attempt (the
+                    // caller wants the resource, not that particular attempt); after a
+                    // cleanup it fails on the closed state.
+                    Ok(()) | Err(ResourceError::Cancelled { .. }) => {}
+                    Err(error) => return Err(error),
+                },
                 ResourceState::Degraded => self.recover().await?,
                 ResourceState::Closing | ResourceState::Closed => {
                     return Err(self.unavailable(state, "it has been cleaned up"));
@@ -254,15 +268,54 @@ impl<R: Resource> Managed<R> {
         }
     }
 
-    /// Degraded → Ready if a health check passes, else through reconnect where supported.
+    /// Degraded → Ready through one recovery attempt shared by every caller that finds the
+    /// resource Degraded while it runs, as an initialize attempt is shared. Without it, N
+    /// callers ran N health checks (three failures in a row are an Error, so a burst of
+    /// callers could turn a Degraded resource into an Error) and N reconnects.
     async fn recover(&self) -> Result<(), ResourceError> {
+        let outcome = {
+            let mut core = self.core();
+            if core.state != ResourceState::Degraded {
+                // It moved on since the caller looked: the caller's next round follows.
+                return Ok(());
+            }
+            match &core.recovery {
+                Some(recovery) => recovery.clone(),
+                None => self.start_recovery(&mut core),
+            }
+        };
+        outcome.await
+    }
+
+    /// Starts a recovery as a task of its own, so that it does not die with the caller
+    /// that started it while others wait on it. Called with the core locked, so that the
+    /// recovery is visible at once (and the task cannot clear it before it is set).
+    fn start_recovery(&self, core: &mut Core) -> AttemptOutcome {
+        let this = self
+            .this
+            .upgrade()
+            .expect("a Managed resource is only reachable through its Arc");
+        let task = tokio::spawn(async move {
+            let result = this.run_recovery().await;
+            // A caller that finds the resource still Degraded from now on starts afresh.
+            this.core().recovery = None;
+            result
+        });
+        let outcome = self.shared_outcome(task);
+        core.recovery = Some(outcome.clone());
+        outcome
+    }
+
+    /// Degraded → Ready if a health check passes, else through reconnect where supported.
+    async fn run_recovery(&self) -> Result<(), ResourceError> {
         let report = self.check_health().await;
         if report.state != ResourceState::Degraded {
             // Ready: done. Error: the next round re-initializes. Closed: the next round fails.
             return Ok(());
         }
         match self.reconnect().await {
-            Ok(()) => Ok(()),
+            // Superseded: an initialize or reset took over; the next round follows it.
+            Ok(()) | Err(ResourceError::ReconnectSuperseded { .. }) => Ok(()),
             Err(ResourceError::ReconnectUnsupported { .. }) => Err(self.unavailable(
                 ResourceState::Degraded,
                 report
@@ -324,20 +377,26 @@ impl<R: Resource> Managed<R> {
             this.run_attempt(generation, teardown_first).await
         });
         let abort = task.abort_handle();
+        let outcome = self.shared_outcome(task);
+        core.attempt = Some(Attempt {
+            outcome: outcome.clone(),
+            abort,
+        });
+        outcome
+    }
+
+    /// The outcome of an attempt's task, for every caller to await; an aborted task is
+    /// `Cancelled`.
+    fn shared_outcome(&self, task: JoinHandle<Result<(), ResourceError>>) -> AttemptOutcome {
         let (id, kind) = (self.id.clone(), R::KIND.to_string());
-        let outcome = async move {
+        async move {
             match task.await {
                 Ok(result) => result,
                 Err(_) => Err(ResourceError::Cancelled { id, kind }),
             }
         }
         .boxed()
-        .shared();
-        core.attempt = Some(Attempt {
-            outcome: outcome.clone(),
-            abort,
-        });
-        outcome
+        .shared()
     }
 
     async fn run_attempt(
@@ -471,10 +530,17 @@ impl<R: Resource> Managed<R> {
     /// Runs the health check: a pass makes the resource Ready, a failure Degraded, and
     /// `health_failure_threshold` failures in a row Error. Only Ready and Degraded
     /// resources are checked; others are reported as not checked.
+    ///
+    /// A check that a cleanup, reset or re-initialize overtook is reported but changes
+    /// nothing: it checked an instance that is gone (and likely failed because it was torn
+    /// down under it), so it must not judge the one there now.
     pub async fn check_health(&self) -> HealthReport {
         let _one_at_a_time = self.health.lock().await;
         let started = Instant::now();
-        let state = self.state();
+        let (state, generation) = {
+            let core = self.core();
+            (core.state, core.generation)
+        };
         if !state.is_usable() {
             return self.health_report(
                 false,
@@ -487,17 +553,17 @@ impl<R: Resource> Managed<R> {
         let outcome = flatten(guarded(self.config.health_timeout, self.inner.health()).await);
         let mut core = self.core();
         core.stats.health_checks += 1;
-        if !core.state.is_usable() {
-            // Cleaned up or reset while the check ran: the check says nothing any more.
+        if core.generation != generation || !core.state.is_usable() {
             let state = core.state;
+            let message = if core.generation != generation {
+                format!(
+                    "the resource was re-initialized during the check (now {state}); result ignored"
+                )
+            } else {
+                format!("state changed to {state} during the check; result ignored")
+            };
             drop(core);
-            return self.health_report(
-                true,
-                outcome.is_ok(),
-                state,
-                Some(format!("state changed to {state} during the check")),
-                started,
-            );
+            return self.health_report(true, outcome.is_ok(), state, Some(message), started);
         }
         match outcome {
             Ok(()) => {
@@ -556,9 +622,18 @@ impl<R: Resource> Managed<R> {
 
     /// Re-establishes the resource's connection (network resources only): Ready on
     /// success; on failure the error is recorded and the state left as it was.
+    ///
+    /// An initialize does not wait for the lifecycle lock (its callers must not queue
+    /// behind a slow reconnect), so one may start while a reconnect runs, tear the instance
+    /// down and build another. The reconnect then worked on an instance that is gone: its
+    /// outcome is ignored and it fails with `ReconnectSuperseded`, rather than calling the
+    /// torn-down (or failed) resource Ready.
     pub async fn reconnect(&self) -> Result<(), ResourceError> {
         let _lifecycle = self.lifecycle.lock().await;
-        let state = self.state();
+        let (state, generation) = {
+            let core = self.core();
+            (core.state, core.generation)
+        };
         if !matches!(
             state,
             ResourceState::Ready | ResourceState::Degraded | ResourceState::Error
@@ -578,6 +653,12 @@ impl<R: Resource> Managed<R> {
         };
         let mut core = self.core();
         core.stats.reconnects += 1;
+        if core.generation != generation {
+            return Err(ResourceError::ReconnectSuperseded {
+                id: self.id.clone(),
+                kind: R::KIND.to_string(),
+            });
+        }
         match outcome {
             Ok(()) => {
                 if matches!(

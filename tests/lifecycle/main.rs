@@ -7,5 +7,6 @@ mod group;
 mod health;
 mod monitor;
 mod probe;
+mod races;
 mod scope;
 mod transitions;

@@ -20,7 +20,10 @@ pub struct Dropped;
 pub struct Knobs {
     pub init_calls: AtomicU32,
     pub cleanup_calls: AtomicU32,
+    pub health_calls: AtomicU32,
     pub reconnect_calls: AtomicU32,
+    /// The probe holds what a successful initialize acquired and no cleanup has released.
+    pub live: AtomicBool,
     /// Initialize futures alive right now (a dropped future counts itself out).
     pub inits_in_flight: Arc<AtomicU32>,
     pub fail_init: AtomicBool,
@@ -38,6 +41,11 @@ pub struct Probe {
     pub gate: Option<Arc<Semaphore>>,
     /// When set, cleanup waits for a permit (to hold the resource in Closing).
     pub cleanup_gate: Option<Arc<Semaphore>>,
+    /// When set, health waits until the gate has a permit (to hold a check in flight).
+    /// The permit is given back: one permit opens the gate for every later check.
+    pub health_gate: Option<Arc<Semaphore>>,
+    /// When set, reconnect waits until the gate has a permit, which it gives back.
+    pub reconnect_gate: Option<Arc<Semaphore>>,
     /// When set, initialize waits at this barrier (to prove concurrency).
     pub barrier: Option<Arc<Barrier>>,
     /// When set, initialize and cleanup append "init NAME" / "cleanup NAME".
@@ -108,6 +116,7 @@ impl Resource for Probe {
             anyhow::bail!("the probe was told to fail");
         }
         self.note("init");
+        self.knobs.live.store(true, SeqCst);
         Ok(())
     }
 
@@ -116,6 +125,7 @@ impl Resource for Probe {
         if let Some(gate) = &self.cleanup_gate {
             gate.acquire().await?.forget();
         }
+        self.knobs.live.store(false, SeqCst);
         self.note("cleanup");
         if self.knobs.fail_cleanup.load(SeqCst) {
             anyhow::bail!("the probe's cleanup was told to fail");
@@ -124,6 +134,16 @@ impl Resource for Probe {
     }
 
     async fn health(&self) -> anyhow::Result<()> {
+        self.knobs.health_calls.fetch_add(1, SeqCst);
+        // Like a health RPC on a channel that a cleanup closes: a check of an instance
+        // that is torn down while the check runs fails.
+        let instance = self.knobs.cleanup_calls.load(SeqCst);
+        if let Some(gate) = &self.health_gate {
+            drop(gate.acquire().await?);
+        }
+        if self.knobs.cleanup_calls.load(SeqCst) != instance {
+            anyhow::bail!("the instance under check was torn down");
+        }
         if self.knobs.unhealthy.load(SeqCst) {
             anyhow::bail!("the probe is unhealthy");
         }
@@ -135,6 +155,11 @@ impl Resource for Probe {
             return None;
         }
         self.knobs.reconnect_calls.fetch_add(1, SeqCst);
+        if let Some(gate) = &self.reconnect_gate
+            && let Err(closed) = gate.acquire().await
+        {
+            return Some(Err(closed.into()));
+        }
         if self.knobs.reconnect_fails.load(SeqCst) {
             return Some(Err(anyhow::anyhow!("peer still unreachable")));
         }
