@@ -4,7 +4,8 @@
 //! - [`weights`]: tensors read one by one from GGUF or safetensors;
 //! - [`config`]: a model's shape; [`llama`]: the sharded Llama-family decoder;
 //! - [`kv_cache`]: per-request caches, bounded; [`sampling`]: picking tokens;
-//! - [`tokenizer`], [`chat_template`], [`text_stream`]: text in and out;
+//! - [`tokenizer`] (built by [`gguf_vocab`] and [`spm`] from GGUF metadata), [`chat_template`],
+//!   [`text_stream`]: text in and out;
 //! - [`generation`]: the decoding loop's bookkeeping; [`local`]: generation with
 //!   in-process shards; [`inference_engine`]: the engine as a lifecycle-managed resource.
 
@@ -12,6 +13,7 @@ pub mod chat_template;
 pub mod config;
 pub mod device;
 pub mod generation;
+pub mod gguf_vocab;
 pub mod inference_engine;
 pub mod kv_cache;
 pub mod llama;
@@ -21,6 +23,7 @@ pub mod quant_matmul;
 pub mod rope;
 pub mod sampling;
 pub mod shard;
+pub mod spm;
 pub mod text_stream;
 pub mod tokenizer;
 pub mod weights;
