@@ -7,7 +7,8 @@
 //! - [`model`]: the sharded decoder of every family, over a [`backend`]:
 //!   [`cpu`] (our kernels) or [`candle_backend`] (candle's, for GPUs);
 //! - [`kv_cache`]: per-request caches, bounded; [`sampling`]: picking tokens;
-//! - [`tokenizer`], [`chat_template`], [`text_stream`]: text in and out;
+//! - [`tokenizer`] (built by [`gguf_vocab`] and [`spm`] from GGUF metadata), [`chat_template`],
+//!   [`text_stream`]: text in and out;
 //! - [`generation`]: the decoding loop's bookkeeping; [`local`]: generation with
 //!   in-process shards; [`inference_engine`]: the engine as a lifecycle-managed resource.
 
@@ -19,12 +20,14 @@ pub mod cpu;
 pub mod cpu_matmul;
 pub mod device;
 pub mod generation;
+pub mod gguf_vocab;
 pub mod inference_engine;
 pub mod kv_cache;
 pub mod local;
 pub mod model;
 pub mod sampling;
 pub mod shard;
+pub mod spm;
 pub mod tensor_names;
 pub mod text_stream;
 pub mod tokenizer;

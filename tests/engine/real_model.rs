@@ -1,16 +1,21 @@
 //! The default model (SmolLM2-135M-Instruct, GGUF Q4_1): answers, shard equivalence,
-//! the bytes a shard loads.
+//! the bytes a shard loads. Also Gemma 3 270M's GGUF, for its SentencePiece-style
+//! tokenizer.
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+
+use candle_core::quantized::gguf_file;
 
 use exo::catalog::{ModelFormat, ResolvedModel};
 use exo::engine::local::{LocalRequest, generate};
+use exo::engine::tokenizer::TextTokenizer;
 use exo::engine::weights::WeightSource;
 use exo::engine::{
     ChatMessage, DeviceChoice, EngineConfig, LoadedModel, SamplingParams, ShardModel,
 };
 
-use crate::support::default_model;
+use crate::support::{default_model, models_dir};
 
 /// One opened copy of the default model for the whole binary (opening builds the tokenizer).
 pub fn smollm() -> Arc<LoadedModel> {
@@ -25,6 +30,37 @@ pub fn smollm() -> Arc<LoadedModel> {
             Arc::new(LoadedModel::open(&EngineConfig::new(resolved, DeviceChoice::Cpu)).unwrap())
         })
         .clone()
+}
+
+/// Gemma 3 270M base (GGUF Q4_K_M): a SentencePiece-style vocabulary of 262144 tokens, no
+/// chat template. The tests do not fetch it yet; a missing file fails them, saying where.
+pub fn gemma_path() -> PathBuf {
+    let path = models_dir()
+        .join("gemma3-270m")
+        .join("gemma-3-270m-q4_k_m.gguf");
+    assert!(
+        path.is_file(),
+        "the Gemma 3 270M GGUF is missing: tokenizer tests need it at {}",
+        path.display()
+    );
+    path
+}
+
+/// The Gemma file's metadata (header only: no weights are read), read once.
+pub fn gemma_gguf() -> &'static gguf_file::Content {
+    static CONTENT: OnceLock<gguf_file::Content> = OnceLock::new();
+    CONTENT.get_or_init(|| {
+        let path = gemma_path();
+        let mut file = std::fs::File::open(&path).unwrap();
+        gguf_file::Content::read(&mut file)
+            .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
+    })
+}
+
+/// Gemma 3 270M's tokenizer, built from its GGUF metadata once.
+pub fn gemma_tokenizer() -> &'static TextTokenizer {
+    static TOKENIZER: OnceLock<TextTokenizer> = OnceLock::new();
+    TOKENIZER.get_or_init(|| TextTokenizer::from_gguf(gemma_gguf()).unwrap())
 }
 
 fn chat(model: &LoadedModel, prompt: &str) -> Vec<u32> {
