@@ -197,3 +197,5 @@ impl ModelConfig {
         self.n_heads / self.n_kv_heads
     }
 }
+
+pub fn is_supported_architecture(name: &str) -> bool { matches!(name, "llama" | "qwen2" | "qwen3" | "gemma3" | "phi3") }
