@@ -308,8 +308,9 @@ impl Fetcher {
             }
             _ => match read_header(entry.format, remote.size, limits, |r| self.read_remote(&url, r)) {
                 Ok(header) => {
+                    // Bytes read past the header are tensor data: kept, not fetched again.
                     sparse.write_at(0, &header.bytes)?;
-                    sparse.record(0..header.layout.header_len)?;
+                    sparse.record(0..header.bytes.len() as u64)?;
                     sparse.state.header_len = Some(header.layout.header_len);
                     sparse.save()?;
                     header
@@ -324,10 +325,10 @@ impl Fetcher {
         };
         if let Some(manifest) = &manifest
             && let Err(error) = manifest
-                .check_header(&header.bytes)
+                .check_header(&header.bytes[..header.layout.header_len as usize])
                 .and_then(|()| manifest.check_layout(&header.layout))
         {
-            sparse.forget(0..header.layout.header_len)?;
+            sparse.forget(0..header.bytes.len() as u64)?;
             sparse.state.header_len = None;
             sparse.save()?;
             return Err(error);

@@ -16,7 +16,8 @@ use super::safetensors_header::read_safetensors_header;
 /// A parsed header.
 #[derive(Debug, Clone)]
 pub struct Header {
-    /// The header's bytes, [0, layout.header_len).
+    /// The first bytes of the file as read: the header, [0, layout.header_len), and
+    /// whatever the last read brought after it (tensor data worth keeping).
     pub bytes: Vec<u8>,
     pub layout: FileLayout,
     /// GGUF `<arch>.block_count` (None for safetensors: config.json says).
@@ -70,7 +71,6 @@ pub fn read_header(
                     let more = fetch(bytes.len() as u64..header_len)?;
                     bytes.extend_from_slice(&more);
                 }
-                bytes.truncate(header_len as usize);
                 return Ok(Header {
                     bytes,
                     layout,

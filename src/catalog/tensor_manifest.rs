@@ -166,8 +166,9 @@ pub fn build_manifest(path: &Path) -> anyhow::Result<TensorManifest> {
     }
     // One sequential read: every byte feeds the whole-file hash, and the bytes of each
     // tensor its own.
+    let header_bytes = &header.bytes[..header.layout.header_len as usize];
     let mut whole = Sha256::new();
-    whole.update(&header.bytes);
+    whole.update(header_bytes);
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(header.layout.header_len))?;
     let mut position = header.layout.header_len;
@@ -214,7 +215,7 @@ pub fn build_manifest(path: &Path) -> anyhow::Result<TensorManifest> {
         header: Digest {
             start: 0,
             end: header.layout.header_len,
-            sha256: sha256_hex(&header.bytes),
+            sha256: sha256_hex(header_bytes),
         },
         tensors,
     })
