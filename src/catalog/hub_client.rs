@@ -208,7 +208,11 @@ impl HubClient {
         let mut commit = None;
         let mut same_host = true;
         for _ in 0..8 {
-            let agent = if same_host { &self.direct } else { &self.follow };
+            let agent = if same_host {
+                &self.direct
+            } else {
+                &self.follow
+            };
             let response = self.send(agent, &current, Some(0..1), same_host)?;
             let status = response.status();
             sha256 = sha256.or_else(|| linked_sha256(&response));
@@ -219,10 +223,12 @@ impl HubClient {
             });
             commit = commit.or_else(|| response.header("x-repo-commit").map(str::to_string));
             if (300..400).contains(&status) {
-                let location = response.header("location").ok_or_else(|| HubError::Protocol {
-                    url: current.clone(),
-                    message: format!("a {status} redirect without a Location"),
-                })?;
+                let location = response
+                    .header("location")
+                    .ok_or_else(|| HubError::Protocol {
+                        url: current.clone(),
+                        message: format!("a {status} redirect without a Location"),
+                    })?;
                 let next = join_url(&current, location).ok_or_else(|| HubError::Protocol {
                     url: current.clone(),
                     message: format!("a redirect to an invalid location '{location}'"),
@@ -413,7 +419,10 @@ fn join_url(base: &str, location: &str) -> Option<String> {
     if location.starts_with('/') {
         return Some(format!("{scheme}://{authority}{location}"));
     }
-    let path = rest[authority.len()..].split(['?', '#']).next().unwrap_or("");
+    let path = rest[authority.len()..]
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("");
     let directory = &path[..path.rfind('/').map(|i| i + 1).unwrap_or(0)];
     let directory = if directory.is_empty() { "/" } else { directory };
     Some(format!("{scheme}://{authority}{directory}{location}"))

@@ -129,7 +129,6 @@ impl ModelLayout {
             .enumerate()
             .flat_map(|(i, f)| f.tensors.iter().map(move |t| (i, t)))
     }
-
 }
 
 /// Whether a shard of `layers` (of `n_layers`) needs a tensor of `role`; `tied`: the model
@@ -146,7 +145,10 @@ pub fn needed(role: TensorRole, layers: &Range<usize>, n_layers: usize, tied: bo
 }
 
 /// The tensors a shard of `layers` needs, in file order.
-pub fn tensor_ranges(layout: &ModelLayout, layers: Range<usize>) -> anyhow::Result<Vec<TensorRange>> {
+pub fn tensor_ranges(
+    layout: &ModelLayout,
+    layers: Range<usize>,
+) -> anyhow::Result<Vec<TensorRange>> {
     check_layers(&layers, layout.n_layers)?;
     let tied = !layout.has_head();
     let mut ranges = Vec::new();
@@ -168,11 +170,7 @@ pub fn tensor_ranges(layout: &ModelLayout, layers: Range<usize>) -> anyhow::Resu
 /// Refuses an empty range or one outside the model, with the reason.
 pub fn check_layers(layers: &Range<usize>, n_layers: usize) -> anyhow::Result<()> {
     if layers.start >= layers.end {
-        bail!(
-            "the layer range {}..{} is empty",
-            layers.start,
-            layers.end
-        );
+        bail!("the layer range {}..{} is empty", layers.start, layers.end);
     }
     if layers.end > n_layers {
         bail!(

@@ -32,7 +32,10 @@ pub struct LocalFile {
 }
 
 /// The entry's weight files, or `None` when they are listed in an index not fetched yet.
-pub fn weight_files(entry: &ModelEntry, models_dir: &Path) -> anyhow::Result<Option<Vec<LocalFile>>> {
+pub fn weight_files(
+    entry: &ModelEntry,
+    models_dir: &Path,
+) -> anyhow::Result<Option<Vec<LocalFile>>> {
     let dir = model_dir(entry, models_dir);
     let files = if !entry.files.is_empty() {
         entry.files.clone()
@@ -71,8 +74,8 @@ pub fn weight_files(entry: &ModelEntry, models_dir: &Path) -> anyhow::Result<Opt
 /// The weight files a safetensors index names (repository paths, relative to the
 /// index's folder), sorted.
 pub fn index_files(bytes: &[u8], index_path: &str) -> anyhow::Result<Vec<String>> {
-    let index: serde_json::Value = serde_json::from_slice(bytes)
-        .with_context(|| format!("{index_path} is not JSON"))?;
+    let index: serde_json::Value =
+        serde_json::from_slice(bytes).with_context(|| format!("{index_path} is not JSON"))?;
     let map = index
         .get("weight_map")
         .and_then(|m| m.as_object())

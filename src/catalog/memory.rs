@@ -41,7 +41,8 @@ impl ModelEntry {
             Some(size) => (size, true),
             None => (estimate_weight_bytes(self), false),
         };
-        let kv_reserve = kv_bytes_per_token(self) * KV_RESERVE_TOKENS.min(self.context_length) as u64;
+        let kv_reserve =
+            kv_bytes_per_token(self) * KV_RESERVE_TOKENS.min(self.context_length) as u64;
         MemoryNeed {
             weights,
             weights_exact,

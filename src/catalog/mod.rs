@@ -14,7 +14,8 @@
 //! [`layout`] (which tensors a layer range needs), [`range_set`], [`sparse_store`]
 //! (partial files and their sidecars), [`range_download`] (chunks, resume, retries,
 //! servers that ignore ranges), [`tensor_manifest`] (per-tensor checksums), [`progress`],
-//! [`local_files`], [`presence`], [`fetch`] (it all together), [`checksum`] and [`store`]
+//! [`local_files`], [`presence`], [`fetch`] (it all together, one weight file at a time in
+//! `weight_file`), [`checksum`] and [`store`]
 //! (whole files and `--model`).
 
 pub mod checksum;
@@ -34,6 +35,7 @@ pub mod safetensors_header;
 pub mod sparse_store;
 pub mod store;
 pub mod tensor_manifest;
+mod weight_file;
 
 pub use checksum::{sha256_file, verify_file};
 pub use fetch::{FetchOptions, Fetcher, Want, fetch_layers, fetch_whole};

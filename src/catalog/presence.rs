@@ -159,11 +159,7 @@ fn try_presence(entry: &ModelEntry, models_dir: &Path) -> anyhow::Result<Presenc
     Ok(Presence::Layers(layer_set(&roles, entry.layers, check)))
 }
 
-fn layer_set(
-    roles: &[(TensorRole, bool)],
-    n_layers: usize,
-    tensor_check: TensorCheck,
-) -> LayerSet {
+fn layer_set(roles: &[(TensorRole, bool)], n_layers: usize, tensor_check: TensorCheck) -> LayerSet {
     let all = |wanted: &dyn Fn(TensorRole) -> bool| {
         let mut any = false;
         for (role, present) in roles {

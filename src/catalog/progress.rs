@@ -203,9 +203,7 @@ impl Tracked {
         let now = Instant::now();
         let done = self.status.bytes_done;
         self.samples.push_back((now, done));
-        while self.samples.len() > 2
-            && now.duration_since(self.samples[0].0) > RATE_WINDOW
-        {
+        while self.samples.len() > 2 && now.duration_since(self.samples[0].0) > RATE_WINDOW {
             self.samples.pop_front();
         }
         let (then, before) = self.samples[0];
@@ -230,7 +228,11 @@ impl Tracked {
             Display::Lines(every) => every,
         };
         let now = Instant::now();
-        if !finished && self.last_shown.is_some_and(|t| now.duration_since(t) < every) {
+        if !finished
+            && self
+                .last_shown
+                .is_some_and(|t| now.duration_since(t) < every)
+        {
             return None;
         }
         self.last_shown = Some(now);
@@ -262,8 +264,15 @@ impl Tracked {
             Display::Bar => {
                 let width = 24;
                 let filled = ((percent / 100.0) * width as f64) as usize;
-                let bar = format!("[{}{}]", "#".repeat(filled.min(width)), " ".repeat(width - filled.min(width)));
-                format!("\r{bar} {text}{outcome}\x1b[K{}", if finished { "\n" } else { "" })
+                let bar = format!(
+                    "[{}{}]",
+                    "#".repeat(filled.min(width)),
+                    " ".repeat(width - filled.min(width))
+                );
+                format!(
+                    "\r{bar} {text}{outcome}\x1b[K{}",
+                    if finished { "\n" } else { "" }
+                )
             }
             _ => format!("fetch {text}{outcome}\n"),
         })

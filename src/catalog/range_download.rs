@@ -214,10 +214,10 @@ fn copy(
             }
             Ok(n) => {
                 if let Err(e) = sparse.write_at(position, &buffer[..n]) {
-                    break Err(fatal(anyhow::Error::new(e).context(format!(
-                        "cannot write {}",
-                        sparse.path().display()
-                    ))));
+                    break Err(fatal(
+                        anyhow::Error::new(e)
+                            .context(format!("cannot write {}", sparse.path().display())),
+                    ));
                 }
                 position += n as u64;
                 progress.add(n as u64);

@@ -96,8 +96,7 @@ impl RangeSet {
 
     /// Whether the set holds well-formed ranges (after reading it from disk).
     pub fn is_well_formed(&self) -> bool {
-        self.ranges.iter().all(|[s, e]| s < e)
-            && self.ranges.windows(2).all(|w| w[0][1] < w[1][0])
+        self.ranges.iter().all(|[s, e]| s < e) && self.ranges.windows(2).all(|w| w[0][1] < w[1][0])
     }
 }
 

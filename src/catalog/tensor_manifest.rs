@@ -64,7 +64,10 @@ pub struct TensorManifest {
 pub enum TensorVerdict {
     Verified(TensorCheck),
     /// The bytes on disk are not the manifest's.
-    Corrupt { expected: String, actual: String },
+    Corrupt {
+        expected: String,
+        actual: String,
+    },
 }
 
 impl TensorManifest {
@@ -77,7 +80,8 @@ impl TensorManifest {
     /// Checks a header's bytes (they decide where every tensor is read from).
     pub fn check_header(&self, bytes: &[u8]) -> anyhow::Result<()> {
         let actual = sha256_hex(bytes);
-        if bytes.len() as u64 != self.header.end - self.header.start || actual != self.header.sha256 {
+        if bytes.len() as u64 != self.header.end - self.header.start || actual != self.header.sha256
+        {
             bail!(
                 "the header of {} does not match its manifest (sha256 {actual}, expected {}): \
                  the server sent other bytes than the file the manifest was made from",
@@ -116,7 +120,10 @@ impl TensorManifest {
         let line = |d: &Digest| serde_json::to_string(d).expect("a digest serializes");
         let mut out = String::from("{\n");
         out += &format!("  \"version\": {},\n", self.version);
-        out += &format!("  \"file\": {},\n", serde_json::to_string(&self.file).expect("str"));
+        out += &format!(
+            "  \"file\": {},\n",
+            serde_json::to_string(&self.file).expect("str")
+        );
         out += &format!(
             "  \"format\": {},\n",
             serde_json::to_string(&self.format).expect("format")
@@ -170,7 +177,10 @@ pub fn build_manifest(path: &Path) -> anyhow::Result<TensorManifest> {
     let mut whole = Sha256::new();
     whole.update(header_bytes);
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(header.layout.header_len))?;
+    std::io::Seek::seek(
+        &mut reader,
+        std::io::SeekFrom::Start(header.layout.header_len),
+    )?;
     let mut position = header.layout.header_len;
     let mut tensors = BTreeMap::new();
     let mut feed = |reader: &mut std::io::BufReader<File>, n: u64, part: Option<&mut Sha256>| {

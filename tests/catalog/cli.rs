@@ -23,7 +23,11 @@ fn exo(endpoint: &str, models: &std::path::Path, hf_home: &std::path::Path) -> C
 
 fn json_list(command: &mut Command) -> Vec<serde_json::Value> {
     let output = command.args(["models", "list", "--json"]).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
@@ -32,7 +36,10 @@ fn list_shows_every_variant_with_memory_presence_and_support() {
     let models = tempfile::tempdir().unwrap();
     let rows = json_list(&mut exo("http://127.0.0.1:9", models.path(), models.path()));
     assert_eq!(rows.len(), Catalog::builtin().models.len());
-    let qwen = rows.iter().find(|r| r["id"] == "qwen2.5-7b-instruct").unwrap();
+    let qwen = rows
+        .iter()
+        .find(|r| r["id"] == "qwen2.5-7b-instruct")
+        .unwrap();
     assert_eq!(qwen["family"], "qwen2.5");
     assert_eq!(qwen["quantization"], "Q4_K_M");
     assert_eq!(qwen["present"]["kind"], "nothing");
@@ -46,7 +53,10 @@ fn list_shows_every_variant_with_memory_presence_and_support() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.contains("smollm2-135m*") && text.contains("KV cache reserve"), "{text}");
+    assert!(
+        text.contains("smollm2-135m*") && text.contains("KV cache reserve"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -54,7 +64,12 @@ fn fetch_layers_by_hand_then_list_shows_them() {
     let hub = FakeHub::start();
     let entry = Catalog::builtin().require("smollm2-135m").unwrap().clone();
     let source = entry.huggingface.clone().unwrap();
-    hub.add(&source.repo, &source.revision, &entry.files[0].path, smollm_bytes());
+    hub.add(
+        &source.repo,
+        &source.revision,
+        &entry.files[0].path,
+        smollm_bytes(),
+    );
     let models = tempfile::tempdir().unwrap();
     let hf_home = tempfile::tempdir().unwrap();
 
@@ -67,15 +82,26 @@ fn fetch_layers_by_hand_then_list_shows_them() {
     let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
     assert_eq!(
         printed,
-        models.path().join("smollm2-135m").join(&entry.files[0].path).display().to_string()
+        models
+            .path()
+            .join("smollm2-135m")
+            .join(&entry.files[0].path)
+            .display()
+            .to_string()
     );
     // Not a terminal: plain progress lines, ending with the outcome.
-    assert!(stderr.contains("fetch smollm2-135m (layers 0..3)") && stderr.contains(" done"), "{stderr}");
+    assert!(
+        stderr.contains("fetch smollm2-135m (layers 0..3)") && stderr.contains(" done"),
+        "{stderr}"
+    );
 
     let rows = json_list(&mut exo(&hub.endpoint, models.path(), hf_home.path()));
     let row = rows.iter().find(|r| r["id"] == "smollm2-135m").unwrap();
     assert_eq!(row["present"]["kind"], "layers");
-    assert_eq!(row["present"]["layers"], serde_json::json!([{"start": 0, "end": 3}]));
+    assert_eq!(
+        row["present"]["layers"],
+        serde_json::json!([{"start": 0, "end": 3}])
+    );
     assert_eq!(row["present"]["tensor_check"], "sha256");
 
     let output = exo(&hub.endpoint, models.path(), hf_home.path())

@@ -192,7 +192,12 @@ async fn resolve(
         let files = state.files.lock().unwrap();
         files.iter().position(|(k, _)| *k == key).map(|index| {
             let served = &files[index].1;
-            (index, served.lfs, served.advertised_sha256.clone(), served.bytes.len())
+            (
+                index,
+                served.lfs,
+                served.advertised_sha256.clone(),
+                served.bytes.len(),
+            )
         })
     };
     let Some((index, lfs, sha, size)) = found else {
@@ -237,7 +242,10 @@ fn body_response(
 ) -> Response {
     let (bytes, sha) = {
         let files = state.files.lock().unwrap();
-        (files[index].1.bytes.clone(), files[index].1.advertised_sha256.clone())
+        (
+            files[index].1.bytes.clone(),
+            files[index].1.advertised_sha256.clone(),
+        )
     };
     let size = bytes.len() as u64;
     let range = headers
@@ -261,7 +269,10 @@ fn body_response(
         .header(header::CONTENT_LENGTH, (end - start).to_string())
         .header(header::ACCEPT_RANGES, if ignore { "none" } else { "bytes" });
     if status == StatusCode::PARTIAL_CONTENT {
-        builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1));
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", end - 1),
+        );
     }
     if let Some(commit) = commit {
         // A small file: git etag (a sha1, not the content's sha256), as the Hub sends.
@@ -269,12 +280,20 @@ fn body_response(
             .header("x-repo-commit", commit)
             .header(header::ETAG, format!("\"{}\"", &sha[..40]));
     }
-    builder.body(stream_body(state.clone(), index, bytes, start, end)).unwrap()
+    builder
+        .body(stream_body(state.clone(), index, bytes, start, end))
+        .unwrap()
 }
 
 /// Streams bytes [start, end) in 64 KiB pieces, counting them, applying a pending
 /// corruption or cut.
-fn stream_body(state: Arc<HubState>, index: usize, bytes: Arc<Vec<u8>>, start: u64, end: u64) -> Body {
+fn stream_body(
+    state: Arc<HubState>,
+    index: usize,
+    bytes: Arc<Vec<u8>>,
+    start: u64,
+    end: u64,
+) -> Body {
     // The state: the next position, or None once a cut piece has gone out.
     let stream = futures::stream::unfold(Some(start), move |position| {
         let state = state.clone();

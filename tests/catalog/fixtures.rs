@@ -30,7 +30,9 @@ const VOCAB: usize = 512;
 
 /// Deterministic values, different for every tensor.
 fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             state = state
@@ -54,8 +56,14 @@ pub fn tiny_gguf(layers: usize, tied: bool) -> Vec<u8> {
         QTensor::quantize(&t, dtype).unwrap()
     };
     let mut tensors: Vec<(String, QTensor)> = vec![
-        ("rope_freqs.weight".into(), tensor(&[HIDDEN / 4], GgmlDType::F32)),
-        ("token_embd.weight".into(), tensor(&[VOCAB, HIDDEN], GgmlDType::Q8_0)),
+        (
+            "rope_freqs.weight".into(),
+            tensor(&[HIDDEN / 4], GgmlDType::F32),
+        ),
+        (
+            "token_embd.weight".into(),
+            tensor(&[VOCAB, HIDDEN], GgmlDType::Q8_0),
+        ),
     ];
     for l in 0..layers {
         for (name, shape, dtype) in [
@@ -72,9 +80,15 @@ pub fn tiny_gguf(layers: usize, tied: bool) -> Vec<u8> {
             tensors.push((format!("blk.{l}.{name}"), tensor(&shape, dtype)));
         }
     }
-    tensors.push(("output_norm.weight".into(), tensor(&[HIDDEN], GgmlDType::F32)));
+    tensors.push((
+        "output_norm.weight".into(),
+        tensor(&[HIDDEN], GgmlDType::F32),
+    ));
     if !tied {
-        tensors.push(("output.weight".into(), tensor(&[VOCAB, HIDDEN], GgmlDType::Q8_0)));
+        tensors.push((
+            "output.weight".into(),
+            tensor(&[VOCAB, HIDDEN], GgmlDType::Q8_0),
+        ));
     }
     use gguf_file::Value;
     let vocabulary: Vec<Value> = (0..VOCAB)
@@ -171,7 +185,11 @@ pub fn candle_tensors(bytes: &[u8]) -> (u64, HashMap<String, Range<u64>>) {
 }
 
 /// The names a shard of `layers` of an `n`-layer GGUF needs, by the naming rules alone.
-pub fn needed_names(all: &HashMap<String, Range<u64>>, layers: &Range<usize>, n: usize) -> Vec<String> {
+pub fn needed_names(
+    all: &HashMap<String, Range<u64>>,
+    layers: &Range<usize>,
+    n: usize,
+) -> Vec<String> {
     let tied = !all.contains_key("output.weight");
     let mut names: Vec<String> = all
         .keys()

@@ -15,12 +15,25 @@ fn check_against_candle(bytes: &[u8]) {
     assert_eq!(header.layout.header_len, data_offset);
     assert_eq!(header.layout.tensors.len(), spans.len());
     for tensor in &header.layout.tensors {
-        assert_eq!(spans[&tensor.name], tensor.start..tensor.end, "{}", tensor.name);
+        assert_eq!(
+            spans[&tensor.name],
+            tensor.start..tensor.end,
+            "{}",
+            tensor.name
+        );
     }
     assert_eq!(header.architecture.as_deref(), Some("llama"));
     // Any prefix short of the header asks for more, never for less than it has.
     // (The last 31 bytes may be alignment padding, which the header itself does not need.)
-    for cut in [0, 3, 4, 16, 100, data_offset as usize / 3, data_offset as usize - 32] {
+    for cut in [
+        0,
+        3,
+        4,
+        16,
+        100,
+        data_offset as usize / 3,
+        data_offset as usize - 32,
+    ] {
         match read_gguf_header(&bytes[..cut], bytes.len() as u64).unwrap() {
             HeaderRead::NeedMore(n) => assert!(n > cut as u64, "prefix {cut} asks for {n}"),
             HeaderRead::Complete(_) => panic!("a {cut}-byte prefix cannot hold the header"),
@@ -57,7 +70,10 @@ fn garbage_is_an_error_not_a_panic() {
     let error = read_gguf_header(&claims, 1 << 30).unwrap_err();
     assert!(format!("{error:#}").contains("cannot fit"), "{error:#}");
     let error = read_gguf_header(b"GGML1234", 1 << 20).unwrap_err();
-    assert!(format!("{error:#}").contains("does not start with GGUF"), "{error:#}");
+    assert!(
+        format!("{error:#}").contains("does not start with GGUF"),
+        "{error:#}"
+    );
 }
 
 #[test]
@@ -66,11 +82,15 @@ fn safetensors_headers_are_read_from_their_first_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.safetensors");
     let tensor = candle_core::Tensor::arange(0f32, 64.0, &candle_core::Device::Cpu).unwrap();
-    let tensors = std::collections::HashMap::from([("model.layers.0.x.weight".to_string(), tensor)]);
+    let tensors =
+        std::collections::HashMap::from([("model.layers.0.x.weight".to_string(), tensor)]);
     candle_core::safetensors::save(&tensors, &path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let size = bytes.len() as u64;
-    assert!(matches!(read_safetensors_header(&bytes[..4], size).unwrap(), HeaderRead::NeedMore(8)));
+    assert!(matches!(
+        read_safetensors_header(&bytes[..4], size).unwrap(),
+        HeaderRead::NeedMore(8)
+    ));
     let layout = match read_safetensors_header(&bytes, size).unwrap() {
         HeaderRead::Complete(layout) => layout,
         HeaderRead::NeedMore(n) => panic!("needs {n}"),

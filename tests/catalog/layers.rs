@@ -30,19 +30,28 @@ fn a_layer_range_fetches_only_its_tensors_into_a_file_candle_reads() {
     // Every byte of the needed tensors and of the header, and little else: the header
     // is read in growing ranges (at most twice its size), and padding between adjacent
     // tensors rides along (under 32 bytes each).
-    assert!(served >= expected + header_len, "served {served}, expected at least {}", expected + header_len);
+    assert!(
+        served >= expected + header_len,
+        "served {served}, expected at least {}",
+        expected + header_len
+    );
     assert!(
         served <= expected + 2 * header_len + 32 * names.len() as u64,
         "served {served} for {expected} bytes of tensors and a {header_len}-byte header"
     );
-    assert!(served < bytes.len() as u64 / 2, "a third of the layers fetched half the file");
+    assert!(
+        served < bytes.len() as u64 / 2,
+        "a third of the layers fetched half the file"
+    );
     // The same layout as the remote file: candle reads the fetched tensors as they are.
     assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes.len() as u64);
     assert_same_tensors(&path, &bytes, &names);
     // A tensor of another layer is a hole, not a copy.
     let mut file = std::fs::File::open(&path).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
-    let hole = content.tensor(&mut file, "blk.0.attn_q.weight", &Device::Cpu).unwrap();
+    let hole = content
+        .tensor(&mut file, "blk.0.attn_q.weight", &Device::Cpu)
+        .unwrap();
     assert!(hole.data().unwrap().iter().all(|b| *b == 0));
 
     match presence(&entry, models.path()) {
@@ -81,8 +90,14 @@ fn a_second_range_reuses_what_is_on_disk() {
     let expected = bytes_of(&all, &new);
     // Only the new tensors (and the padding between them): not the header again, not
     // layer 2 again.
-    assert!(second >= expected, "second fetch served {second}, needs {expected}");
-    assert!(second <= expected + 32 * new.len() as u64, "second fetch served {second}, needed {expected}");
+    assert!(
+        second >= expected,
+        "second fetch served {second}, needs {expected}"
+    );
+    assert!(
+        second <= expected + 32 * new.len() as u64,
+        "second fetch served {second}, needed {expected}"
+    );
     let mut every: Vec<String> = all.keys().cloned().collect();
     every.sort();
     assert_same_tensors(&path, &bytes, &every);
@@ -122,7 +137,12 @@ fn a_shard_of_the_real_default_model_is_fetched_and_checked_against_its_manifest
     let bytes = smollm_bytes();
     let entry = Catalog::builtin().require("smollm2-135m").unwrap().clone();
     let source = entry.huggingface.clone().unwrap();
-    hub.add(&source.repo, &source.revision, &entry.files[0].path, bytes.clone());
+    hub.add(
+        &source.repo,
+        &source.revision,
+        &entry.files[0].path,
+        bytes.clone(),
+    );
     let models = tempfile::tempdir().unwrap();
 
     let path = fetcher(&hub, None, 2)
@@ -149,7 +169,10 @@ fn a_shard_of_the_real_default_model_is_fetched_and_checked_against_its_manifest
     }
     // A partial file does not pass for the model when a command wants it whole.
     let error = exo::catalog::resolve_model("smollm2-135m", models.path()).unwrap_err();
-    assert!(format!("{error:#}").contains("only part of model"), "{error:#}");
+    assert!(
+        format!("{error:#}").contains("only part of model"),
+        "{error:#}"
+    );
     let shard = exo::catalog::resolve_shard("smollm2-135m", models.path(), 12..18).unwrap();
     assert_eq!(shard.path, path);
     let error = exo::catalog::resolve_shard("smollm2-135m", models.path(), 0..18).unwrap_err();
@@ -157,10 +180,15 @@ fn a_shard_of_the_real_default_model_is_fetched_and_checked_against_its_manifest
 }
 
 /// A safetensors checkpoint in two files with an index, as the Hub publishes them.
-fn safetensors_checkpoint() -> (Vec<(String, Vec<u8>)>, HashMap<String, candle_core::Tensor>) {
+/// Files by name (the two weight files first), and every tensor by name.
+type Checkpoint = (Vec<(String, Vec<u8>)>, HashMap<String, candle_core::Tensor>);
+
+fn safetensors_checkpoint() -> Checkpoint {
     let device = Device::Cpu;
     let tensor = |seed: u32, n: usize| {
-        let v: Vec<f32> = (0..n * HIDDEN).map(|i| ((i as u32 ^ seed) % 97) as f32).collect();
+        let v: Vec<f32> = (0..n * HIDDEN)
+            .map(|i| ((i as u32 ^ seed) % 97) as f32)
+            .collect();
         candle_core::Tensor::from_vec(v, (n, HIDDEN), &device).unwrap()
     };
     let mut first = HashMap::new();
@@ -168,8 +196,14 @@ fn safetensors_checkpoint() -> (Vec<(String, Vec<u8>)>, HashMap<String, candle_c
     first.insert("model.embed_tokens.weight".to_string(), tensor(1, 64));
     for layer in 0..4u32 {
         let target = if layer < 2 { &mut first } else { &mut second };
-        target.insert(format!("model.layers.{layer}.self_attn.q_proj.weight"), tensor(10 + layer, 32));
-        target.insert(format!("model.layers.{layer}.mlp.up_proj.weight"), tensor(20 + layer, 48));
+        target.insert(
+            format!("model.layers.{layer}.self_attn.q_proj.weight"),
+            tensor(10 + layer, 32),
+        );
+        target.insert(
+            format!("model.layers.{layer}.mlp.up_proj.weight"),
+            tensor(20 + layer, 48),
+        );
     }
     second.insert("model.norm.weight".to_string(), tensor(3, 1));
     second.insert("lm_head.weight".to_string(), tensor(4, 64));
@@ -190,8 +224,14 @@ fn safetensors_checkpoint() -> (Vec<(String, Vec<u8>)>, HashMap<String, candle_c
         }
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    files.push(("model.safetensors.index.json".into(), index.to_string().into_bytes()));
-    files.push(("config.json".into(), br#"{"num_hidden_layers": 4, "model_type": "llama"}"#.to_vec()));
+    files.push((
+        "model.safetensors.index.json".into(),
+        index.to_string().into_bytes(),
+    ));
+    files.push((
+        "config.json".into(),
+        br#"{"num_hidden_layers": 4, "model_type": "llama"}"#.to_vec(),
+    ));
     files.push(("tokenizer.json".into(), b"{}".to_vec()));
     (files, all)
 }
@@ -245,11 +285,19 @@ fn a_safetensors_checkpoint_split_in_files_fetches_only_the_files_and_tensors_it
                 || tensor.starts_with("model.layers.0.")
                 || tensor.starts_with("model.layers.1.");
             if needed {
-                let diff = (value - &tensors[&tensor]).unwrap().abs().unwrap().sum_all().unwrap();
+                let diff = (value - &tensors[&tensor])
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
                 assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "tensor {tensor}");
             }
         }
     }
     let here = presence(&entry, models.path());
-    assert!(here.covers(&(0..2), 4) && !here.covers(&(0..3), 4) && !here.covers(&(2..4), 4), "{here:?}");
+    assert!(
+        here.covers(&(0..2), 4) && !here.covers(&(0..3), 4) && !here.covers(&(2..4), 4),
+        "{here:?}"
+    );
 }

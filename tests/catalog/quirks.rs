@@ -19,7 +19,9 @@ fn a_server_that_ignores_range_still_gives_correct_bytes() {
         .unwrap();
     assert_same_tensors(&path, &bytes, &needed_names(&all, &(1..4), 6));
     assert!(
-        hub.log().iter().all(|r| r.range.is_none() || r.status != 206),
+        hub.log()
+            .iter()
+            .all(|r| r.range.is_none() || r.status != 206),
         "the hub never answered a range"
     );
 
@@ -57,10 +59,16 @@ fn a_token_goes_to_the_hub_and_not_to_the_content_store() {
     assert!(log.iter().any(|r| r.path.starts_with("/cdn/")));
     for request in &log {
         if request.path.starts_with("/cdn/") && hub.cdn_on_other_host() {
-            assert_eq!(request.authorization, None, "the token leaked to the content store");
+            assert_eq!(
+                request.authorization, None,
+                "the token leaked to the content store"
+            );
         }
         if request.path.contains("/resolve/") && request.status != 401 {
-            assert_eq!(request.authorization.as_deref(), Some("Bearer hf_test_token"));
+            assert_eq!(
+                request.authorization.as_deref(),
+                Some("Bearer hf_test_token")
+            );
         }
     }
 }
@@ -74,11 +82,17 @@ fn a_missing_file_is_a_clear_error() {
         .fetch_layers(&entry, models.path(), 0..1)
         .unwrap_err();
     let text = format!("{error:#}");
-    assert!(text.contains("404") && text.contains("no-such-file.gguf"), "{text}");
+    assert!(
+        text.contains("404") && text.contains("no-such-file.gguf"),
+        "{text}"
+    );
     let mut entry = entry.clone();
     entry.huggingface = None;
     let error = fetcher(&hub, None, 2)
         .fetch_layers(&entry, models.path(), 0..1)
         .unwrap_err();
-    assert!(format!("{error:#}").contains("no Hugging Face source"), "{error:#}");
+    assert!(
+        format!("{error:#}").contains("no Hugging Face source"),
+        "{error:#}"
+    );
 }

@@ -78,9 +78,16 @@ fn only_files_fetched_here_are_marked_verified_and_their_manifests_match() {
         let entry = catalog.require(id).unwrap();
         let file = &entry.files[0];
         let manifest = builtin_manifest(file.manifest.as_deref().unwrap()).unwrap();
-        assert_eq!(Some(manifest.sha256.as_str()), file.sha256.as_deref(), "{id}");
+        assert_eq!(
+            Some(manifest.sha256.as_str()),
+            file.sha256.as_deref(),
+            "{id}"
+        );
         assert_eq!(Some(manifest.size), file.size, "{id}");
-        assert!(entry.python_package.is_some(), "{id} is fetched through pip here");
+        assert!(
+            entry.python_package.is_some(),
+            "{id} is fetched through pip here"
+        );
     }
     let gemma = catalog.require("gemma3-270m").unwrap();
     assert!(!gemma.instruct && gemma.layers == 18 && gemma.architecture == "gemma3");
@@ -97,9 +104,15 @@ fn the_default_models_manifest_is_the_file_on_disk() {
     let built = build_manifest(path).unwrap();
     let catalog = Catalog::builtin();
     let file = &catalog.require("smollm2-135m").unwrap().files[0];
-    assert_eq!(built, builtin_manifest(file.manifest.as_deref().unwrap()).unwrap());
+    assert_eq!(
+        built,
+        builtin_manifest(file.manifest.as_deref().unwrap()).unwrap()
+    );
     // And it reads back from its own JSON.
-    assert_eq!(exo::catalog::TensorManifest::parse(&built.to_json()).unwrap(), built);
+    assert_eq!(
+        exo::catalog::TensorManifest::parse(&built.to_json()).unwrap(),
+        built
+    );
 }
 
 #[test]
@@ -110,9 +123,15 @@ fn memory_is_the_weights_plus_a_kv_reserve() {
     // 2 (K, V) × 30 layers × 3 kv heads × 64 × 4096 tokens × 2 bytes.
     assert_eq!(smollm.kv_reserve, 2 * 30 * 3 * 64 * 4096 * 2);
     assert_eq!(smollm.total, smollm.weights + smollm.kv_reserve);
-    let llama70 = catalog.require("llama-3.1-70b-instruct").unwrap().memory_need();
+    let llama70 = catalog
+        .require("llama-3.1-70b-instruct")
+        .unwrap()
+        .memory_need();
     assert!(!llama70.weights_exact);
-    assert!((38e9..48e9).contains(&(llama70.weights as f64)), "{llama70:?}");
+    assert!(
+        (38e9..48e9).contains(&(llama70.weights as f64)),
+        "{llama70:?}"
+    );
     let half = catalog
         .require("llama-3.1-70b-instruct")
         .unwrap()
@@ -124,15 +143,38 @@ fn memory_is_the_weights_plus_a_kv_reserve() {
 fn a_malformed_registry_is_a_clear_error() {
     let text = include_str!("../../models/registry.json");
     let cases = [
-        (text.replacen("\"schema_version\": 2", "\"schema_version\": 1", 1), "schema version 1"),
-        (text.replacen("\"default\": \"smollm2-135m\"", "\"default\": \"nope\"", 1), "'nope' is not in it"),
-        (text.replacen("\"parameters\": \"135M\"", "\"parameters\": \"lots\"", 1), "should read like"),
-        (text.replacen("\"id\": \"qwen3-8b\"", "\"id\": \"qwen3-4b\"", 1), "twice"),
         (
-            text.replacen("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "b179", 1),
+            text.replacen("\"schema_version\": 2", "\"schema_version\": 1", 1),
+            "schema version 1",
+        ),
+        (
+            text.replacen("\"default\": \"smollm2-135m\"", "\"default\": \"nope\"", 1),
+            "'nope' is not in it",
+        ),
+        (
+            text.replacen("\"parameters\": \"135M\"", "\"parameters\": \"lots\"", 1),
+            "should read like",
+        ),
+        (
+            text.replacen("\"id\": \"qwen3-8b\"", "\"id\": \"qwen3-4b\"", 1),
+            "twice",
+        ),
+        (
+            text.replacen(
+                "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                "b179",
+                1,
+            ),
             "not a hex sha256",
         ),
-        (text.replacen("\"default_variant\": \"Q4_1\"", "\"default_variant\": \"Q9\"", 1), "default variant Q9"),
+        (
+            text.replacen(
+                "\"default_variant\": \"Q4_1\"",
+                "\"default_variant\": \"Q9\"",
+                1,
+            ),
+            "default variant Q9",
+        ),
     ];
     for (broken, wanted) in cases {
         assert_ne!(broken, text, "the case for '{wanted}' changed nothing");

@@ -30,12 +30,20 @@ fn an_interrupted_download_resumes_without_refetching() {
     assert!(text.contains("fetching tiny (layers 0..6)"), "{text}");
     let status = progress.status("tiny").unwrap();
     assert_eq!(status.state, DownloadState::Failed);
-    assert!(status.error.is_some() && status.bytes_done > 0, "{status:?}");
+    assert!(
+        status.error.is_some() && status.bytes_done > 0,
+        "{status:?}"
+    );
 
     let local = models.path().join("tiny").join(FILE);
-    let sidecar = read_sidecar(&local).unwrap().expect("a partial file keeps its sidecar");
+    let sidecar = read_sidecar(&local)
+        .unwrap()
+        .expect("a partial file keeps its sidecar");
     let kept = sidecar.present.total();
-    assert!(kept > header_len, "what arrived before the cut is kept ({kept} bytes)");
+    assert!(
+        kept > header_len,
+        "what arrived before the cut is kept ({kept} bytes)"
+    );
     let served_before = hub.served();
     assert!(served_before >= cut);
 
@@ -47,13 +55,19 @@ fn an_interrupted_download_resumes_without_refetching() {
         served_after + kept <= expected + header_len + 32 * names.len() as u64,
         "resumed run served {served_after} after keeping {kept}, for {expected} bytes of tensors"
     );
-    assert!(served_after < expected, "the resumed run started over ({served_after} bytes)");
+    assert!(
+        served_after < expected,
+        "the resumed run started over ({served_after} bytes)"
+    );
     assert_same_tensors(&path, &bytes, &names);
 
     let status = progress.status("tiny").unwrap();
     assert_eq!(status.state, DownloadState::Done);
     assert_eq!(status.bytes_done, status.bytes_total);
-    assert_eq!(status.bytes_done, served_after, "progress counts the bytes fetched");
+    assert_eq!(
+        status.bytes_done, served_after,
+        "progress counts the bytes fetched"
+    );
     assert_eq!(progress.snapshot().len(), 1);
 }
 
@@ -79,7 +93,10 @@ fn a_download_cut_midway_is_retried_from_where_it_stopped() {
         hub.served(),
         bytes.len()
     );
-    assert!(read_sidecar(&path).unwrap().is_none(), "a whole, checked file has no sidecar");
+    assert!(
+        read_sidecar(&path).unwrap().is_none(),
+        "a whole, checked file has no sidecar"
+    );
     assert_eq!(
         exo::catalog::presence(&entry, models.path()),
         exo::catalog::Presence::Whole
