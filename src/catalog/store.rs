@@ -51,10 +51,15 @@ pub fn resolve_model(spec: &str, models_dir: &Path) -> anyhow::Result<ResolvedMo
     if let Some(entry) = catalog.get(spec) {
         return match presence(entry, models_dir) {
             Presence::Whole => resolve_whole(entry, models_dir),
-            Presence::Layers(set) => bail!(
+            // Every tensor fetched by layer ranges and checked: as good as whole for the
+            // engine (only the padding between tensors was never fetched).
+            here @ Presence::Layers(_) if here.covers(&(0..entry.layers), entry.layers) => {
+                Ok(resolved(entry, models_dir))
+            }
+            here @ Presence::Layers(_) => bail!(
                 "only part of model '{spec}' is here ({}): a node fetched the layers it \
                  serves. Run `exo models fetch {spec}` for the whole model",
-                Presence::Layers(set).describe()
+                here.describe()
             ),
             Presence::Nothing => not_fetched(entry, models_dir),
         };

@@ -111,3 +111,50 @@ fn fetch_layers_by_hand_then_list_shows_them() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("empty"));
 }
+
+#[test]
+fn a_model_fetched_in_two_layer_ranges_answers_like_the_whole_file() {
+    let hub = FakeHub::start();
+    let entry = Catalog::builtin().require("smollm2-135m").unwrap().clone();
+    let source = entry.huggingface.clone().unwrap();
+    hub.add(
+        &source.repo,
+        &source.revision,
+        &entry.files[0].path,
+        smollm_bytes(),
+    );
+    let models = tempfile::tempdir().unwrap();
+    let hf_home = tempfile::tempdir().unwrap();
+    for layers in ["0..15", "15..30"] {
+        let output = exo(&hub.endpoint, models.path(), hf_home.path())
+            .args(["models", "fetch", "smollm2-135m", "--layers", layers])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // The engine reads the sparse file with its ordinary GGUF reader.
+    let output = exo(&hub.endpoint, models.path(), hf_home.path())
+        .args([
+            "generate",
+            "--model",
+            "smollm2-135m",
+            "--device",
+            "cpu",
+            "--max-tokens",
+            "12",
+        ])
+        .args(["--prompt", "What is the capital of France?"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("Paris"), "{stdout}");
+}
