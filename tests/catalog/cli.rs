@@ -158,3 +158,48 @@ fn a_model_fetched_in_two_layer_ranges_answers_like_the_whole_file() {
     );
     assert!(stdout.contains("Paris"), "{stdout}");
 }
+
+#[test]
+fn the_token_comes_from_hf_token_or_the_file_in_hf_home() {
+    let hub = FakeHub::start();
+    let entry = Catalog::builtin().require("smollm2-135m").unwrap().clone();
+    let source = entry.huggingface.clone().unwrap();
+    hub.add(
+        &source.repo,
+        &source.revision,
+        &entry.files[0].path,
+        smollm_bytes(),
+    );
+    hub.require_token("hf_from_the_test");
+    let hf_home = tempfile::tempdir().unwrap();
+    let fetch = |models: &std::path::Path, token: Option<&str>| {
+        let mut command = exo(&hub.endpoint, models, hf_home.path());
+        if let Some(token) = token {
+            command.env("HF_TOKEN", token);
+        }
+        command
+            .args(["models", "fetch", "smollm2-135m", "--layers", "0..1"])
+            .output()
+            .unwrap()
+    };
+
+    let models = tempfile::tempdir().unwrap();
+    let refused = fetch(models.path(), None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("HF_TOKEN"));
+    assert!(
+        fetch(models.path(), Some("hf_from_the_test"))
+            .status
+            .success()
+    );
+
+    // `huggingface-cli login` writes $HF_HOME/token.
+    std::fs::write(hf_home.path().join("token"), "hf_from_the_test\n").unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let output = fetch(models.path(), None);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
