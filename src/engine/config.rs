@@ -529,5 +529,3 @@ pub fn llama3_factors(
         })
         .collect()
 }
-
-pub fn is_supported_architecture(name: &str) -> bool { matches!(name, "llama" | "qwen2" | "qwen3" | "gemma3" | "phi3") }
