@@ -228,6 +228,28 @@ fn a_rows_result_does_not_depend_on_the_rows_beside_it() {
 }
 
 #[test]
+fn the_integer_path_gives_the_same_bits_on_every_isa() {
+    // Exact integer totals per unit, then one shared float combination: the CPU's vector
+    // width must not change a result (a ring of an AVX2 and an AVX-512 machine agrees).
+    for dtype in FORMATS {
+        let (rows, cols) = (24, 512);
+        let (_, matrix) = quantized(dtype, rows, cols, 41);
+        for m in [1, 6] {
+            let x = random(m * cols, 42 + m as u64);
+            let portable = run(Isa::Portable, ActivationPrecision::Int16, &matrix, &x, m);
+            for isa in Isa::available() {
+                let ours = run(isa, ActivationPrecision::Int16, &matrix, &x, m);
+                assert_eq!(
+                    ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{dtype:?} on {isa:?}, {m} rows"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn several_matrices_in_one_pass_match_each_run_alone() {
     let cols = 256;
     let (_, a) = quantized(GgmlDType::Q5_0, 24, cols, 31);

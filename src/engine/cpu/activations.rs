@@ -29,6 +29,9 @@ pub struct QuantizedRows {
     /// rows × cols/32: the sum of the integers of each 32 values (for formats with a
     /// minimum).
     pub sums: Vec<i32>,
+    /// With 256-value groups: the same sums sub-block-major within each row
+    /// (`[s · groups + g]`), as the K-quant kernels read them.
+    pub sums_by_sub: Vec<i32>,
 }
 
 impl QuantizedRows {
@@ -57,10 +60,20 @@ impl QuantizedRows {
                 *q = (v * inverse).round() as i16;
             }
         }
-        let sums = values
+        let sums: Vec<i32> = values
             .chunks_exact(BLOCK)
             .map(|b| b.iter().map(|&v| i32::from(v)).sum())
             .collect();
+        let mut sums_by_sub = Vec::new();
+        if group == 8 * BLOCK {
+            let groups = cols / group;
+            sums_by_sub = vec![0; sums.len()];
+            for (row, out) in sums.chunks_exact(cols / BLOCK).zip(sums_by_sub.chunks_exact_mut(cols / BLOCK)) {
+                for (i, &v) in row.iter().enumerate() {
+                    out[(i % 8) * groups + i / 8] = v;
+                }
+            }
+        }
         QuantizedRows {
             rows,
             cols,
@@ -68,6 +81,7 @@ impl QuantizedRows {
             values,
             scales,
             sums,
+            sums_by_sub,
         }
     }
 
@@ -83,6 +97,12 @@ impl QuantizedRows {
     pub fn row_sums(&self, j: usize) -> &[i32] {
         let n = self.cols / BLOCK;
         &self.sums[j * n..(j + 1) * n]
+    }
+
+    /// Row `j`'s sums sub-block-major (256-value groups only).
+    pub fn row_sums_by_sub(&self, j: usize) -> &[i32] {
+        let n = self.cols / BLOCK;
+        &self.sums_by_sub[j * n..(j + 1) * n]
     }
 }
 

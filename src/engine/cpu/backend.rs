@@ -4,7 +4,7 @@
 use anyhow::{Context, bail};
 
 use super::activations::Activations;
-use super::attention::{AttentionShape, KvLayer, attend_row};
+use super::attention::{AttentionShape, KvLayer, ROWS, Scratch, attend};
 use super::isa::Isa;
 use super::matrix::{ActivationPrecision, CpuMatrix, MatmulJob, Weights, matmul};
 use super::ops::{self, Activation};
@@ -41,6 +41,10 @@ impl CpuBackend {
             precision,
         }
     }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// A pointer to an output buffer that parallel workers fill, each its own part.
@@ -299,45 +303,45 @@ impl Backend for CpuBackend {
             let rows = seq.start * width..(seq.start + seq.len) * width;
             cache.append(&k.data[rows.clone()], &v.data[rows]);
         }
-        // One work item per (row, key/value head).
-        let mut items = Vec::with_capacity(q.rows * shape.n_kv_heads);
+        // One work item per (sequence, key/value head, block of up to ROWS rows).
+        let mut items = Vec::new();
         for (s, seq) in seqs.iter().enumerate() {
-            for i in 0..seq.len {
+            for first in (0..seq.len).step_by(ROWS) {
+                let count = ROWS.min(seq.len - first);
                 for g in 0..shape.n_kv_heads {
-                    items.push((s, seq.start + i, seq.position + i, g));
+                    items.push((s, first, count, g));
                 }
             }
         }
         let mut out = vec![0f32; q.rows * q.cols];
         let shared = Shared(out.as_mut_ptr());
         let caches: Vec<&KvLayer> = caches.iter().map(|c| &**c).collect();
-        let group = shape.n_heads / shape.n_kv_heads;
-        let d = shape.head_dim;
+        let cols = q.cols;
+        let isa = self.isa;
         let run = |range: std::ops::Range<usize>| {
             let shared = shared;
-            let mut scores = Vec::new();
-            let mut head_out = vec![0f32; q.cols];
-            for &(s, row, position, g) in &items[range] {
-                attend_row(
-                    shape,
-                    q.row(row),
-                    caches[s],
-                    position,
-                    g,
-                    &mut head_out,
-                    &mut scores,
-                );
-                let from = g * group * d;
-                let to = (g + 1) * group * d;
-                for (i, &value) in head_out[from..to].iter().enumerate() {
-                    // SAFETY: (row, g) owns these output elements alone.
-                    unsafe { *shared.0.add(row * q.cols + from + i) = value };
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                for &(s, first, count, g) in &items[range] {
+                    let seq = &seqs[s];
+                    let rows: Vec<usize> = (seq.start + first..seq.start + first + count).collect();
+                    let positions: Vec<usize> = (0..count).map(|i| seq.position + first + i).collect();
+                    let qs: Vec<&[f32]> = rows.iter().map(|&r| q.row(r)).collect();
+                    let width = cols / shape.n_kv_heads;
+                    // SAFETY: the columns of kv head g's query heads in these rows belong
+                    // to this work item alone.
+                    let mut outs: Vec<&mut [f32]> = rows
+                        .iter()
+                        .map(|&r| unsafe {
+                            std::slice::from_raw_parts_mut(shared.0.add(r * cols + g * width), width)
+                        })
+                        .collect();
+                    attend(isa, shape, &qs, &positions, caches[s], g, &mut outs, &mut scratch);
                 }
-            }
+            });
         };
-        if items.len() > 1
-            && seqs.iter().map(|s| s.position + s.len).max().unwrap_or(0) * items.len() > 256
-        {
+        let work: usize = seqs.iter().map(|s| s.len * (s.position + s.len)).sum::<usize>() * shape.n_heads;
+        if items.len() > 1 && work > 1 << 14 {
             candle_core::utils::barrier_pool().execute_chunked(items.len(), run);
         } else {
             run(0..items.len());

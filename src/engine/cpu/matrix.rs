@@ -14,7 +14,8 @@ use half::{bf16, f16};
 
 use super::activations::Activations;
 use super::decode::{DecodedRow, decode_row};
-use super::dot::{TILE, dot_f32, dot_int};
+use super::dot::dot_f32;
+use super::int_dot::{self, TILE};
 use super::formats::QuantFormat;
 use super::isa::Isa;
 
@@ -368,6 +369,14 @@ fn run_rows(
         };
         let mut tile = [0f32; TILE];
         match (matrix.quant(), precision) {
+            (Some((format, data)), ActivationPrecision::Int16) if x.rows == 1 => {
+                // One token: decode and multiply in one pass, row by row.
+                let q = x.quantized(format.unit_len());
+                for r in rows {
+                    let value = int_dot::dot_raw_row(isa, format, matrix.quant_row(format, data, r), q, 0, decoded);
+                    write(0, r, value);
+                }
+            }
             (Some((format, data)), ActivationPrecision::Int16) => {
                 let q = x.quantized(format.unit_len());
                 for block in (0..x.rows).step_by(ROW_BLOCK) {
@@ -377,7 +386,7 @@ fn run_rows(
                         let mut j = block;
                         while j < block_end {
                             let count = TILE.min(block_end - j);
-                            dot_int(isa, decoded, q, j, &mut tile[..count]);
+                            int_dot::dot_rows(isa, decoded, q, j, &mut tile[..count]);
                             for (c, &v) in tile[..count].iter().enumerate() {
                                 write(j + c, r, v);
                             }

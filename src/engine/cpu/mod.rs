@@ -3,7 +3,9 @@
 //! - [`formats`]: the quantized weight formats and how a unit of each decodes;
 //! - [`activations`]: activation rows, and their 16-bit integer form;
 //! - [`decode`]: quantized weight rows to 16-bit integers, per ISA;
-//! - [`dot`]: dot products of a decoded weight row with a few activation rows, per ISA;
+//! - [`int_dot`]: quantized weight rows · 16-bit activations: exact integer totals per unit,
+//!   then one shared float combination (so results never depend on the batch or the ISA);
+//! - [`dot`]: f32 dot products (dense weights, the f32 reference path), per ISA;
 //! - [`isa`]: which SIMD path the CPU offers (chosen at run time);
 //! - [`matrix`]: weight matrices and batched matmuls on the worker pool;
 //! - [`ops`], [`rope`], [`attention`]: the row-wise parts of a layer;
@@ -19,6 +21,7 @@ pub mod backend;
 pub mod decode;
 pub mod dot;
 pub mod formats;
+pub mod int_dot;
 pub mod isa;
 pub mod matrix;
 pub mod ops;
