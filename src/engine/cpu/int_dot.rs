@@ -72,23 +72,39 @@ macro_rules! by_shape {
 }
 use by_shape;
 
-/// `row · x[j]` for one raw weight row: decoding and multiplying in one pass where the
-/// ISA has a fused kernel (what decoding one token at a time runs).
-pub fn dot_raw_row(isa: Isa, format: QuantFormat, row: &[u8], x: &QuantizedRows, j: usize, scratch: &mut DecodedRow) -> f32 {
+/// `row · x[j]` for each raw weight row `r` of `rows` (`row_bytes` each, in `data`),
+/// handed to `out(r, value)`: decoding and multiplying in one pass where the ISA has a
+/// fused kernel (what decoding one token at a time runs).
+#[allow(clippy::too_many_arguments)]
+pub fn dot_raw_rows(
+    isa: Isa,
+    format: QuantFormat,
+    data: &[u8],
+    row_bytes: usize,
+    rows: std::ops::Range<usize>,
+    x: &QuantizedRows,
+    j: usize,
+    scratch: &mut DecodedRow,
+    mut out: impl FnMut(usize, f32),
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
-            let units = row.len() / format.unit_bytes();
-            scratch.prepare(format, units);
-            // SAFETY: chosen only on CPUs with AVX-512 F/BW/VL/VNNI and F16C; `scratch`
-            // was sized for the row's units just above.
-            unsafe { avx512::fused(format, row, x, j, scratch) }
+            scratch.prepare(format, row_bytes / format.unit_bytes());
+            for r in rows {
+                let row = &data[r * row_bytes..(r + 1) * row_bytes];
+                // SAFETY: chosen only on CPUs with AVX-512 F/BW/VL/VNNI and F16C;
+                // `scratch` was sized for a row's units just above.
+                out(r, unsafe { avx512::fused(format, row, x, j, scratch) });
+            }
         }
         _ => {
-            decode_row(isa, format, row, scratch);
-            let mut out = [0f32];
-            dot_rows(isa, scratch, x, j, &mut out);
-            out[0]
+            for r in rows {
+                decode_row(isa, format, &data[r * row_bytes..(r + 1) * row_bytes], scratch);
+                let mut value = [0f32];
+                dot_rows(isa, scratch, x, j, &mut value);
+                out(r, value[0]);
+            }
         }
     }
 }
@@ -253,32 +269,47 @@ mod avx512 {
         _mm_cvtss_f32(v)
     }
 
-    /// `C` activation rows against a decoded row.
+    /// `C` activation rows against a decoded row. Coefficients (scale · dx) are made
+    /// sixteen units at a time; each is then broadcast straight from memory into its
+    /// fused multiply-add.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn tile<const C: usize, const MIN: u8>(w: &DecodedRow, x: &QuantizedRows, j0: usize, out: &mut [f32]) {
         let units = w.scales.len();
         let n = w.unit_len;
         let xs: [*const i16; C] = std::array::from_fn(|c| x.row(j0 + c).as_ptr());
-        let dx: [&[f32]; C] = std::array::from_fn(|c| x.row_scales(j0 + c));
+        let dx: [*const f32; C] = std::array::from_fn(|c| x.row_scales(j0 + c).as_ptr());
         let wp = w.w.as_ptr();
         let mut acc = [[_mm512_setzero_ps(); 2]; C];
-        // SAFETY: `w` and each row of `x` hold `units` whole units.
+        let mut coefficients = [[0f32; LANES]; C];
+        // SAFETY: `w` and each row of `x` hold `units` whole units; loads of scales are
+        // masked to the units that exist.
         unsafe {
-            for u in 0..units {
-                let mut ints = [_mm512_setzero_si512(); C];
-                let mut at = u * n;
-                while at < (u + 1) * n {
-                    let wv = _mm512_loadu_si512(wp.add(at) as *const __m512i);
-                    for c in 0..C {
-                        ints[c] = _mm512_dpwssd_epi32(ints[c], wv, _mm512_loadu_si512(xs[c].add(at) as *const __m512i));
-                    }
-                    at += 32;
-                }
-                let scale = *w.scales.get_unchecked(u);
+            let mut base = 0;
+            while base < units {
+                let count = (units - base).min(LANES);
+                let mask = first(count);
+                let scales = _mm512_maskz_loadu_ps(mask, w.scales.as_ptr().add(base));
                 for c in 0..C {
-                    let k = _mm512_set1_ps(scale * *dx[c].get_unchecked(u));
-                    acc[c][u % 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints[c]), k, acc[c][u % 2]);
+                    let v = _mm512_mul_ps(scales, _mm512_maskz_loadu_ps(mask, dx[c].add(base)));
+                    _mm512_storeu_ps(coefficients[c].as_mut_ptr(), v);
                 }
+                for k in 0..count {
+                    let u = base + k;
+                    let mut ints = [_mm512_setzero_si512(); C];
+                    let mut at = u * n;
+                    while at < (u + 1) * n {
+                        let wv = _mm512_loadu_si512(wp.add(at) as *const __m512i);
+                        for c in 0..C {
+                            ints[c] = _mm512_dpwssd_epi32(ints[c], wv, _mm512_loadu_si512(xs[c].add(at) as *const __m512i));
+                        }
+                        at += 32;
+                    }
+                    for c in 0..C {
+                        let a = &mut acc[c][k % 2];
+                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints[c]), _mm512_set1_ps(coefficients[c][k]), *a);
+                    }
+                }
+                base += LANES;
             }
             for c in 0..C {
                 out[c] = finish(acc[c][0], acc[c][1], min_lanes::<MIN>(w, x, j0 + c));

@@ -372,10 +372,8 @@ fn run_rows(
             (Some((format, data)), ActivationPrecision::Int16) if x.rows == 1 => {
                 // One token: decode and multiply in one pass, row by row.
                 let q = x.quantized(format.unit_len());
-                for r in rows {
-                    let value = int_dot::dot_raw_row(isa, format, matrix.quant_row(format, data, r), q, 0, decoded);
-                    write(0, r, value);
-                }
+                let row_bytes = matrix.cols / format.unit_len() * format.unit_bytes();
+                int_dot::dot_raw_rows(isa, format, data, row_bytes, rows, q, 0, decoded, |r, value| write(0, r, value));
             }
             (Some((format, data)), ActivationPrecision::Int16) => {
                 let q = x.quantized(format.unit_len());
