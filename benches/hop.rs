@@ -31,20 +31,20 @@ impl NodeHandler for Receiver {
     fn node_id(&self) -> String {
         "receiver".into()
     }
-    async fn run_step(&self, _: ValidatedContext, input: StepInput) -> Result<(), Status> {
-        if let StepInput::Hidden(tensor) = input {
-            std::hint::black_box(tensor);
-            let _ = self.0.send(Instant::now());
-        }
-        Ok(())
+    async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>) -> Vec<Result<(), Status>> {
+        steps
+            .into_iter()
+            .map(|(_, input)| {
+                if let StepInput::Hidden(tensor) = input {
+                    std::hint::black_box(tensor);
+                    let _ = self.0.send(Instant::now());
+                }
+                Ok(())
+            })
+            .collect()
     }
-    async fn step_result(
-        &self,
-        _: ValidatedContext,
-        _: String,
-        _: StepOutcome,
-    ) -> Result<(), Status> {
-        Ok(())
+    async fn step_results(&self, results: Vec<(ValidatedContext, String, StepOutcome)>) -> Vec<Result<(), Status>> {
+        results.iter().map(|_| Ok(())).collect()
     }
     async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
         Ok(pb::TopologyResponse::default())
@@ -84,6 +84,9 @@ fn context() -> pb::RequestContext {
         sampling: SamplingParams::greedy(),
         position: 1,
         step: 1,
+        sample: true,
+        reserve_positions: 0,
+        token_index: 0,
     })
 }
 
@@ -114,14 +117,14 @@ async fn main() {
         let mut samples = Vec::new();
         for i in 0..1100 {
             let started = Instant::now();
-            let message = pb::TensorRequest {
-                context: Some(context()),
-                tensor: Some(encode_tensor(&tensor).unwrap()),
+            let message = pb::StepBatch {
+                items: vec![pb::StepItem {
+                    context: Some(context()),
+                    input: Some(pb::step_item::Input::Tensor(encode_tensor(&tensor).unwrap())),
+                }],
             };
             handle
-                .with_connection("SendTensor", |peer| {
-                    peer.send_tensor(message.clone()).boxed()
-                })
+                .with_connection("SendSteps", |peer| peer.send_steps(message.clone()).boxed())
                 .await
                 .unwrap();
             let arrived = received.recv().await.unwrap();

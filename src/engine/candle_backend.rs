@@ -32,6 +32,11 @@ impl CandleBackend {
     pub fn device(&self) -> &Device {
         &self.device
     }
+
+    /// The dtype of activations (and of the KV caches).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
 }
 
 /// A matrix: candle's quantized matmul, or a dense weight.

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
+use super::batcher::{BatchLimits, Batcher, CachePosition, StepDone, StepJob};
 use super::candle_backend::CandleBackend;
 use super::config::ModelConfig;
 use super::cpu::CpuBackend;
@@ -32,6 +33,8 @@ pub struct EngineConfig {
     pub max_loaded_shards: usize,
     /// Which kernels run quantized matmuls on the CPU.
     pub cpu_matmul: CpuMatmul,
+    /// How steps of different requests are batched.
+    pub batch_limits: BatchLimits,
 }
 
 impl EngineConfig {
@@ -42,6 +45,7 @@ impl EngineConfig {
             cache_limits: CacheLimits::default(),
             max_loaded_shards: 2,
             cpu_matmul: CpuMatmul::default(),
+            batch_limits: BatchLimits::default(),
         }
     }
 }
@@ -113,6 +117,16 @@ impl LoadedShard {
         }
     }
 
+    /// Bytes one more position of a sequence takes in this shard's KV caches.
+    pub fn kv_bytes_per_position(&self) -> usize {
+        let (config, layers, element) = match self {
+            // Our CPU caches hold f16; candle's hold the activation dtype.
+            LoadedShard::Cpu(m) => (m.config(), m.shard().len(), 2),
+            LoadedShard::Candle(m) => (m.config(), m.shard().len(), m.backend().dtype().size_in_bytes()),
+        };
+        layers * 2 * config.n_kv_heads * config.head_dim * element
+    }
+
     /// One sequence's input, in prompt chunks.
     pub fn forward(
         &self,
@@ -160,6 +174,13 @@ pub struct LoadedModel {
     caches: Mutex<KvCacheStore>,
     max_loaded_shards: usize,
     cpu_matmul: CpuMatmul,
+    batcher: Arc<Batcher>,
+}
+
+impl Drop for LoadedModel {
+    fn drop(&mut self) {
+        self.batcher.stop();
+    }
 }
 
 impl LoadedModel {
@@ -191,6 +212,7 @@ impl LoadedModel {
             caches: Mutex::new(KvCacheStore::new(config.cache_limits)),
             max_loaded_shards: config.max_loaded_shards.max(1),
             cpu_matmul: config.cpu_matmul,
+            batcher: Arc::new(Batcher::new(config.batch_limits)),
         })
     }
 
@@ -292,7 +314,7 @@ impl LoadedModel {
         let shard = self.shard(start, end)?;
         let mut cache = {
             let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-            caches.checkout(&cache_key(request_id, start, end), position, || {
+            caches.checkout(&cache_key(request_id, start, end), position, 0, || {
                 shard.new_cache()
             })?
         };
@@ -311,6 +333,122 @@ impl LoadedModel {
                 Err(error)
             }
         }
+    }
+
+    /// The batcher that runs this model's steps for the node.
+    pub fn batcher(&self) -> &Arc<Batcher> {
+        &self.batcher
+    }
+
+    /// Queues a step for the batcher (see [`super::batcher`]).
+    pub fn submit(self: &Arc<Self>, job: StepJob) {
+        self.batcher.submit(self, job);
+    }
+
+    /// Where `request_id` stands on the shard `[start, end)`.
+    pub fn cache_position(&self, request_id: &str, start: usize, end: usize) -> CachePosition {
+        self.caches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .position(&cache_key(request_id, start, end))
+    }
+
+    /// Runs a batch of steps on one layer range (the batcher's worker calls this): each
+    /// step's cache is taken out (a new request reserving its positions in the budget),
+    /// the inputs that fit run in one forward pass, and each step gets its outcome. A step
+    /// that fails leaves its request without a cache here.
+    pub fn run_batch(&self, jobs: Vec<StepJob>) -> Vec<(StepDone, tokio::sync::mpsc::UnboundedSender<Vec<StepDone>>)> {
+        let mut done = Vec::with_capacity(jobs.len());
+        let Some(first) = jobs.first() else {
+            return done;
+        };
+        let (start, end) = (first.start, first.end);
+        let shard = match self.shard(start, end) {
+            Ok(shard) => shard,
+            Err(error) => {
+                let message = format!("{error:#}");
+                for job in jobs {
+                    done.push((
+                        StepDone {
+                            tag: job.tag,
+                            request_id: job.request_id,
+                            output: Err(anyhow::anyhow!("{message}")),
+                        },
+                        job.sink,
+                    ));
+                }
+                return done;
+            }
+        };
+        let per_position = shard.kv_bytes_per_position();
+        let mut runnable = Vec::with_capacity(jobs.len());
+        {
+            let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            for job in jobs {
+                let key = cache_key(&job.request_id, start, end);
+                let checked = shard.check_input(&job.input, job.position).and_then(|_| {
+                    caches.checkout(&key, job.position, job.reserve_positions * per_position, || {
+                        shard.new_cache()
+                    })
+                });
+                match checked {
+                    Ok(cache) => runnable.push((job, key, cache)),
+                    Err(error) => done.push((
+                        StepDone {
+                            tag: job.tag,
+                            request_id: job.request_id,
+                            output: Err(error),
+                        },
+                        job.sink,
+                    )),
+                }
+            }
+        }
+        if runnable.is_empty() {
+            return done;
+        }
+        let mut inputs = Vec::with_capacity(runnable.len());
+        let mut caches_out = Vec::with_capacity(runnable.len());
+        let mut meta = Vec::with_capacity(runnable.len());
+        for (job, key, cache) in runnable {
+            let StepJob { request_id, input, tag, sink, .. } = job;
+            inputs.push(input);
+            caches_out.push(cache);
+            meta.push((request_id, key, tag, sink));
+        }
+        let result = shard.forward_batch(inputs.into_iter().zip(caches_out.iter_mut()).collect());
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(outputs) => {
+                for ((request_id, key, tag, sink), (cache, output)) in meta.into_iter().zip(caches_out.into_iter().zip(outputs)) {
+                    caches.checkin(&key, cache);
+                    done.push((
+                        StepDone {
+                            tag,
+                            request_id,
+                            output: Ok(output),
+                        },
+                        sink,
+                    ));
+                }
+                *self.last_good_step.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                for (request_id, key, tag, sink) in meta {
+                    caches.remove(&key);
+                    done.push((
+                        StepDone {
+                            tag,
+                            request_id,
+                            output: Err(anyhow::anyhow!("{message}")),
+                        },
+                        sink,
+                    ));
+                }
+            }
+        }
+        done
     }
 
     /// Whether `request_id` has a cache for the shard `[start, end)`.

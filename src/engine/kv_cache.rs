@@ -1,4 +1,11 @@
-//! Per-request key/value caches, bounded by count and bytes.
+//! Per-request key/value caches, within a memory budget.
+//!
+//! A request that tells its size (prompt + the tokens it may generate) *reserves* that
+//! much of the budget when it starts on a shard, and is refused when the budget cannot
+//! hold it: an admitted request is never evicted midway. Requests that do not tell their
+//! size (local generation, tests) reserve nothing and, past the bounds, the least recently
+//! used of them is evicted; it then gets a clear error on its next step rather than
+//! silently starting over.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -11,13 +18,14 @@ pub use super::model::SequenceCache;
 #[derive(Debug, Clone, Copy)]
 pub struct CacheLimits {
     pub max_requests: usize,
+    /// The KV cache budget, in bytes.
     pub max_bytes: usize,
 }
 
 impl Default for CacheLimits {
     fn default() -> Self {
         CacheLimits {
-            max_requests: 64,
+            max_requests: 256,
             max_bytes: 2 << 30,
         }
     }
@@ -26,17 +34,25 @@ impl Default for CacheLimits {
 struct Entry {
     cache: Option<SequenceCache>,
     last_used: Instant,
+    /// Bytes held for the request whatever its cache holds yet (0: not reserved).
+    reserved: usize,
+    /// The size of its cache when last checked in.
+    bytes: usize,
+}
+
+impl Entry {
+    /// What the entry counts against the budget.
+    fn charge(&self) -> usize {
+        self.reserved.max(self.bytes)
+    }
 }
 
 /// The caches of every request a shard is serving, keyed by request id.
-///
-/// Bounded by count and bytes: past either bound, the least recently used idle request
-/// is evicted. A request whose cache was evicted gets a clear error on its next step
-/// rather than silently starting over (its position no longer matches).
 pub struct KvCacheStore {
     limits: CacheLimits,
     entries: HashMap<String, Entry>,
     evictions: u64,
+    refusals: u64,
 }
 
 impl KvCacheStore {
@@ -45,15 +61,22 @@ impl KvCacheStore {
             limits,
             entries: HashMap::new(),
             evictions: 0,
+            refusals: 0,
         }
     }
 
+    pub fn limits(&self) -> CacheLimits {
+        self.limits
+    }
+
     /// Takes the cache of `request_id` out for a step at `position`: a new request starts
-    /// at 0; a continuing one must find its cache at exactly that position.
+    /// at 0 (reserving `reserve` bytes of the budget, refused when they are not free); a
+    /// continuing one must find its cache at exactly that position.
     pub fn checkout(
         &mut self,
         request_id: &str,
         position: usize,
+        reserve: usize,
         new_cache: impl FnOnce() -> SequenceCache,
     ) -> anyhow::Result<SequenceCache> {
         match self.entries.get_mut(request_id) {
@@ -72,13 +95,30 @@ impl KvCacheStore {
                 Ok(cache)
             }
             None if position == 0 => {
+                if reserve > 0 {
+                    let committed = self.reserved();
+                    if committed + reserve > self.limits.max_bytes {
+                        self.refusals += 1;
+                        bail!(
+                            "the KV cache budget is full: request {request_id} needs {:.1} MB, \
+                             {:.1} MB of {:.1} MB are free",
+                            reserve as f64 / 1e6,
+                            self.limits.max_bytes.saturating_sub(committed) as f64 / 1e6,
+                            self.limits.max_bytes as f64 / 1e6
+                        );
+                    }
+                }
                 self.entries.insert(
                     request_id.to_string(),
                     Entry {
                         cache: None,
                         last_used: Instant::now(),
+                        reserved: reserve,
+                        bytes: 0,
                     },
                 );
+                // Unreserved requests may have to make room.
+                self.enforce_limits(request_id);
                 Ok(new_cache())
             }
             None => bail!(
@@ -91,6 +131,7 @@ impl KvCacheStore {
     /// Returns a cache after its step, then enforces the bounds.
     pub fn checkin(&mut self, request_id: &str, cache: SequenceCache) {
         if let Some(entry) = self.entries.get_mut(request_id) {
+            entry.bytes = cache.bytes;
             entry.cache = Some(cache);
             entry.last_used = Instant::now();
         }
@@ -125,31 +166,47 @@ impl KvCacheStore {
         self.entries.is_empty()
     }
 
+    /// Bytes the caches hold now.
     pub fn bytes(&self) -> usize {
-        self.entries
-            .values()
-            .filter_map(|e| e.cache.as_ref())
-            .map(|c| c.bytes)
-            .sum()
+        self.entries.values().map(|e| e.bytes).sum()
+    }
+
+    /// Bytes counted against the budget (reservations, or what is held beyond them).
+    pub fn reserved(&self) -> usize {
+        self.entries.values().map(Entry::charge).sum()
     }
 
     pub fn evictions(&self) -> u64 {
         self.evictions
     }
 
+    /// Requests refused because the budget could not hold them.
+    pub fn refusals(&self) -> u64 {
+        self.refusals
+    }
+
     pub fn contains(&self, request_id: &str) -> bool {
         self.entries.contains_key(request_id)
     }
 
-    /// Evicts least recently used idle caches (never `keep`, never one checked out)
-    /// until both bounds hold.
+    /// Where a request stands: no cache, its cache's length, or a step running.
+    pub fn position(&self, request_id: &str) -> super::batcher::CachePosition {
+        use super::batcher::CachePosition;
+        match self.entries.get(request_id) {
+            None => CachePosition::Absent,
+            Some(Entry { cache: Some(c), .. }) => CachePosition::At(c.len),
+            Some(_) => CachePosition::Busy,
+        }
+    }
+
+    /// Evicts least recently used idle caches that reserved nothing (never `keep`, never
+    /// one checked out) until both bounds hold.
     fn enforce_limits(&mut self, keep: &str) {
-        while self.entries.len() > self.limits.max_requests || self.bytes() > self.limits.max_bytes
-        {
+        while self.entries.len() > self.limits.max_requests || self.reserved() > self.limits.max_bytes {
             let victim = self
                 .entries
                 .iter()
-                .filter(|(id, e)| id.as_str() != keep && e.cache.is_some())
+                .filter(|(id, e)| id.as_str() != keep && e.cache.is_some() && e.reserved == 0)
                 .min_by_key(|(_, e)| e.last_used)
                 .map(|(id, _)| id.clone());
             match victim {

@@ -9,10 +9,12 @@
 //! - [`kv_cache`]: per-request caches, bounded; [`sampling`]: picking tokens;
 //! - [`tokenizer`] (built by [`gguf_vocab`] and [`spm`] from GGUF metadata), [`chat_template`],
 //!   [`text_stream`]: text in and out;
+//! - [`batcher`]: continuous batching of the steps ready on a node;
 //! - [`generation`]: the decoding loop's bookkeeping; [`local`]: generation with
 //!   in-process shards; [`inference_engine`]: the engine as a lifecycle-managed resource.
 
 pub mod backend;
+pub mod batcher;
 pub mod candle_backend;
 pub mod chat_template;
 pub mod config;

@@ -130,28 +130,24 @@ impl GrpcPeerHandle {
         Ok(())
     }
 
-    pub async fn send_prompt(&self, message: pb::PromptRequest) -> anyhow::Result<()> {
-        self.client()?
-            .send_prompt(Self::request(message, self.timeouts.call))
+    /// Sends steps for the peer's shards; per step, the peer's refusal (empty: accepted).
+    pub async fn send_steps(&self, message: pb::StepBatch) -> anyhow::Result<Vec<String>> {
+        let reply = self
+            .client()?
+            .send_steps(Self::request(message, self.timeouts.call))
             .await
-            .map_err(|s| self.call_error("SendPrompt", s))?;
-        Ok(())
+            .map_err(|s| self.call_error("SendSteps", s))?;
+        Ok(reply.into_inner().errors)
     }
 
-    pub async fn send_tensor(&self, message: pb::TensorRequest) -> anyhow::Result<()> {
-        self.client()?
-            .send_tensor(Self::request(message, self.timeouts.call))
+    /// Sends step outcomes to their origin; per outcome, the refusal (empty: accepted).
+    pub async fn send_results(&self, message: pb::ResultBatch) -> anyhow::Result<Vec<String>> {
+        let reply = self
+            .client()?
+            .send_results(Self::request(message, self.timeouts.call))
             .await
-            .map_err(|s| self.call_error("SendTensor", s))?;
-        Ok(())
-    }
-
-    pub async fn send_result(&self, message: pb::ResultRequest) -> anyhow::Result<()> {
-        self.client()?
-            .send_result(Self::request(message, self.timeouts.call))
-            .await
-            .map_err(|s| self.call_error("SendResult", s))?;
-        Ok(())
+            .map_err(|s| self.call_error("SendResults", s))?;
+        Ok(reply.into_inner().errors)
     }
 
     pub async fn collect_topology(&self) -> anyhow::Result<pb::TopologyResponse> {

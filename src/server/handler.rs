@@ -19,6 +19,12 @@ pub struct ValidatedContext {
     pub sampling: SamplingParams,
     pub position: usize,
     pub step: u64,
+    /// Whether the last shard samples a token after this step.
+    pub sample: bool,
+    /// Positions the request may reach (reserved in KV budgets when it starts).
+    pub reserve_positions: usize,
+    /// The index of the token this step samples among the generated ones.
+    pub token_index: u64,
 }
 
 /// What arrives for a shard to run.
@@ -32,6 +38,8 @@ pub enum StepInput {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepOutcome {
     Token(u32),
+    /// A prompt chunk went through the whole ring (nothing is sampled for it).
+    Done,
     Error(String),
 }
 
@@ -48,16 +56,13 @@ pub trait NodeHandler: Send + Sync + 'static {
         true
     }
 
-    /// Tokens (SendPrompt) or a hidden state (SendTensor) for this node's shard.
-    async fn run_step(&self, context: ValidatedContext, input: StepInput) -> Result<(), Status>;
+    /// Steps for this node's shards (tokens for the first, hidden states for the others);
+    /// one answer per step, in order.
+    async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>) -> Vec<Result<(), Status>>;
 
-    /// The outcome of a step of a request this node originated.
-    async fn step_result(
-        &self,
-        context: ValidatedContext,
-        node_id: String,
-        outcome: StepOutcome,
-    ) -> Result<(), Status>;
+    /// Outcomes of steps of requests this node originated (with the node that produced
+    /// each); one answer per outcome, in order.
+    async fn step_results(&self, results: Vec<(ValidatedContext, String, StepOutcome)>) -> Vec<Result<(), Status>>;
 
     /// This node's view of the cluster.
     async fn topology(&self) -> Result<pb::TopologyResponse, Status>;

@@ -7,4 +7,4 @@ mod service;
 
 pub use grpc_server::GrpcServer;
 pub use handler::{NodeHandler, StepInput, StepOutcome, ValidatedContext};
-pub use service::NodeService;
+pub use service::{MAX_BATCH_ITEMS, NodeService};

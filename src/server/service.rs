@@ -106,75 +106,123 @@ impl NodeService {
             sampling,
             position: context.position as usize,
             step: context.step,
+            sample: context.sample,
+            reserve_positions: context.reserve_positions as usize,
+            token_index: context.token_index,
         })
     }
 }
 
+impl NodeService {
+    /// A batch of more items than a node would ever send is refused whole.
+    fn check_batch_size(&self, items: usize) -> Result<(), Status> {
+        if items == 0 || items > MAX_BATCH_ITEMS {
+            return Err(self.reject(Status::invalid_argument(format!(
+                "a batch holds 1 to {MAX_BATCH_ITEMS} items, not {items}"
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Checks one step: its context, and tokens for the first shard of its plan or a
+    /// hidden state for the others.
+    fn check_step(&self, item: pb::StepItem) -> Result<(ValidatedContext, StepInput), Status> {
+        let context = self.validate(item.context, false)?;
+        match item.input {
+            Some(pb::step_item::Input::Tokens(list)) => {
+                if context.index != 0 {
+                    return Err(self.reject(Status::invalid_argument(format!(
+                        "tokens for request {} went to shard {} of the plan; only the first shard takes tokens",
+                        context.request_id, context.index
+                    ))));
+                }
+                if list.tokens.is_empty() {
+                    return Err(self.reject(Status::invalid_argument("the step has no tokens")));
+                }
+                Ok((context, StepInput::Tokens(list.tokens)))
+            }
+            Some(pb::step_item::Input::Tensor(wire)) => {
+                if context.index == 0 {
+                    return Err(self.reject(Status::invalid_argument(format!(
+                        "a hidden state for request {} went to the first shard of the plan, which takes tokens",
+                        context.request_id
+                    ))));
+                }
+                let hidden = decode_hidden(&wire)
+                    .map_err(|e| self.reject(Status::invalid_argument(format!("bad tensor: {e}"))))?;
+                Ok((context, StepInput::Hidden(hidden)))
+            }
+            None => Err(self.reject(Status::invalid_argument("the step has neither tokens nor a tensor"))),
+        }
+    }
+}
+
+/// Items a batch may hold.
+pub const MAX_BATCH_ITEMS: usize = 1024;
+
 #[tonic::async_trait]
 impl Node for NodeService {
-    async fn send_prompt(
-        &self,
-        request: Request<pb::PromptRequest>,
-    ) -> Result<Response<pb::Ack>, Status> {
-        let message = request.into_inner();
-        let context = self.validate(message.context, false)?;
-        if context.index != 0 {
-            return Err(self.reject(Status::invalid_argument(format!(
-                "tokens for request {} went to shard {} of the plan; only the first shard takes tokens",
-                context.request_id, context.index
-            ))));
-        }
-        if message.tokens.is_empty() {
-            return Err(self.reject(Status::invalid_argument("the prompt has no tokens")));
-        }
-        self.handler
-            .run_step(context, StepInput::Tokens(message.tokens))
-            .await?;
-        Ok(Response::new(pb::Ack {}))
-    }
-
-    async fn send_tensor(
-        &self,
-        request: Request<pb::TensorRequest>,
-    ) -> Result<Response<pb::Ack>, Status> {
-        let message = request.into_inner();
-        let context = self.validate(message.context, false)?;
-        if context.index == 0 {
-            return Err(self.reject(Status::invalid_argument(format!(
-                "a hidden state for request {} went to the first shard of the plan, which takes tokens",
-                context.request_id
-            ))));
-        }
-        let wire = message
-            .tensor
-            .ok_or_else(|| self.reject(Status::invalid_argument("the message has no tensor")))?;
-        let tensor = decode_hidden(&wire)
-            .map_err(|e| self.reject(Status::invalid_argument(format!("bad tensor: {e}"))))?;
-        self.handler
-            .run_step(context, StepInput::Hidden(tensor))
-            .await?;
-        Ok(Response::new(pb::Ack {}))
-    }
-
-    async fn send_result(
-        &self,
-        request: Request<pb::ResultRequest>,
-    ) -> Result<Response<pb::Ack>, Status> {
-        let message = request.into_inner();
-        let context = self.validate(message.context, true)?;
-        let outcome = match message.outcome {
-            Some(pb::result_request::Outcome::Token(token)) => StepOutcome::Token(token),
-            Some(pb::result_request::Outcome::Error(error)) => StepOutcome::Error(error),
-            None => {
-                return Err(self.reject(Status::invalid_argument(
-                    "the result has neither a token nor an error",
-                )));
+    async fn send_steps(&self, request: Request<pb::StepBatch>) -> Result<Response<pb::BatchAck>, Status> {
+        let items = request.into_inner().items;
+        self.check_batch_size(items.len())?;
+        let mut errors = vec![String::new(); items.len()];
+        let mut accepted = Vec::with_capacity(items.len());
+        let mut slots = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            match self.check_step(item) {
+                Ok(step) => {
+                    accepted.push(step);
+                    slots.push(i);
+                }
+                Err(status) => errors[i] = status.message().to_string(),
             }
-        };
-        self.handler
-            .step_result(context, message.node_id, outcome)
-            .await?;
-        Ok(Response::new(pb::Ack {}))
+        }
+        if !accepted.is_empty() {
+            for (slot, outcome) in slots.into_iter().zip(self.handler.run_steps(accepted).await) {
+                if let Err(status) = outcome {
+                    errors[slot] = status.message().to_string();
+                }
+            }
+        }
+        Ok(Response::new(pb::BatchAck { errors }))
+    }
+
+    async fn send_results(&self, request: Request<pb::ResultBatch>) -> Result<Response<pb::BatchAck>, Status> {
+        let items = request.into_inner().items;
+        self.check_batch_size(items.len())?;
+        let mut errors = vec![String::new(); items.len()];
+        let mut accepted = Vec::with_capacity(items.len());
+        let mut slots = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let checked = self.validate(item.context, true).and_then(|context| {
+                let outcome = match item.outcome {
+                    Some(pb::result_item::Outcome::Token(token)) => StepOutcome::Token(token),
+                    Some(pb::result_item::Outcome::Done(_)) => StepOutcome::Done,
+                    Some(pb::result_item::Outcome::Error(error)) => StepOutcome::Error(error),
+                    None => {
+                        return Err(self.reject(Status::invalid_argument(
+                            "the result has neither a token nor an error",
+                        )));
+                    }
+                };
+                Ok((context, item.node_id, outcome))
+            });
+            match checked {
+                Ok(result) => {
+                    accepted.push(result);
+                    slots.push(i);
+                }
+                Err(status) => errors[i] = status.message().to_string(),
+            }
+        }
+        if !accepted.is_empty() {
+            for (slot, outcome) in slots.into_iter().zip(self.handler.step_results(accepted).await) {
+                if let Err(status) = outcome {
+                    errors[slot] = status.message().to_string();
+                }
+            }
+        }
+        Ok(Response::new(pb::BatchAck { errors }))
     }
 
     async fn collect_topology(

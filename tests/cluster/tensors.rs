@@ -26,22 +26,22 @@ impl NodeHandler for Capture {
     fn node_id(&self) -> String {
         "sink".into()
     }
-    async fn run_step(&self, _context: ValidatedContext, input: StepInput) -> Result<(), Status> {
-        if let StepInput::Hidden(tensor) = input {
-            let _ = self.received.send(tensor);
-        }
-        Ok(())
+    async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>) -> Vec<Result<(), Status>> {
+        steps
+            .into_iter()
+            .map(|(_, input)| {
+                if let StepInput::Hidden(tensor) = input {
+                    let _ = self.received.send(tensor);
+                }
+                Ok(())
+            })
+            .collect()
     }
-    async fn step_result(
-        &self,
-        context: ValidatedContext,
-        _: String,
-        _: StepOutcome,
-    ) -> Result<(), Status> {
-        Err(Status::not_found(format!(
-            "unknown request id {}",
-            context.request_id
-        )))
+    async fn step_results(&self, results: Vec<(ValidatedContext, String, StepOutcome)>) -> Vec<Result<(), Status>> {
+        results
+            .into_iter()
+            .map(|(context, _, _)| Err(Status::not_found(format!("unknown request id {}", context.request_id))))
+            .collect()
     }
     async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
         Ok(pb::TopologyResponse::default())
@@ -86,6 +86,9 @@ pub fn context(request_id: &str, nodes: &[&str], index: usize) -> pb::RequestCon
         sampling: SamplingParams::greedy(),
         position: 0,
         step: 0,
+        sample: true,
+        reserve_positions: 0,
+        token_index: 0,
     })
 }
 
@@ -136,16 +139,17 @@ async fn hidden_states_round_trip_exactly_in_f32_f16_and_bf16_up_to_64_mib() {
                 .unwrap()
                 .reshape((1, tokens, hidden))
                 .unwrap();
-            let message = pb::TensorRequest {
-                context: Some(context("r", &["origin", "sink"], 1)),
-                tensor: Some(encode_tensor(&tensor).unwrap()),
+            let message = pb::StepBatch {
+                items: vec![pb::StepItem {
+                    context: Some(context("r", &["origin", "sink"], 1)),
+                    input: Some(pb::step_item::Input::Tensor(encode_tensor(&tensor).unwrap())),
+                }],
             };
-            handle
-                .with_connection("SendTensor", |peer| {
-                    peer.send_tensor(message.clone()).boxed()
-                })
+            let refused = handle
+                .with_connection("SendSteps", |peer| peer.send_steps(message.clone()).boxed())
                 .await
                 .unwrap();
+            assert_eq!(refused, vec![String::new()]);
             let back = received.recv().await.unwrap();
             assert_eq!((back.rows, back.cols), (tokens, hidden));
             let sent: Vec<f32> = tensor
@@ -165,15 +169,55 @@ async fn hidden_states_round_trip_exactly_in_f32_f16_and_bf16_up_to_64_mib() {
 }
 
 #[tokio::test]
-async fn bad_tensors_and_plans_are_refused_with_invalid_argument_and_the_server_keeps_serving() {
-    let (server, handle, _received) = sink().await;
+async fn bad_tensors_and_plans_are_refused_item_by_item_and_the_server_keeps_serving() {
+    let (server, handle, mut received) = sink().await;
     let peer = handle.ensure_ready().await.unwrap();
-    let good =
-        encode_tensor(&Tensor::zeros((1, 2, 576), DType::F32, &Device::Cpu).unwrap()).unwrap();
-    let send = |tensor: pb::Tensor, nodes: &[&str], index: usize| pb::TensorRequest {
+    let good = encode_tensor(&Tensor::zeros((1, 2, 576), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let step = |tensor: Option<pb::Tensor>, nodes: &[&str], index: usize| pb::StepItem {
         context: Some(context("r", nodes, index)),
-        tensor: Some(tensor),
+        input: tensor.map(pb::step_item::Input::Tensor),
     };
+    let mut short = good.clone();
+    short.data = short.data.slice(..100);
+    let mut unknown = good.clone();
+    unknown.dtype = 42;
+    let mut overflow = good.clone();
+    overflow.shape = vec![u64::MAX, u64::MAX];
+    let mut broken_plan = step(Some(good.clone()), &["origin", "sink"], 1);
+    broken_plan.context.as_mut().unwrap().plan.as_mut().unwrap().entries[0].end_layer = 12;
+    let items = vec![
+        step(Some(short), &["origin", "sink"], 1),
+        step(Some(unknown), &["origin", "sink"], 1),
+        step(Some(overflow), &["origin", "sink"], 1),
+        step(Some(good.clone()), &["a", "b"], 1),
+        broken_plan,
+        pb::StepItem {
+            context: None,
+            input: Some(pb::step_item::Input::Tensor(good.clone())),
+        },
+        step(None, &["origin", "sink"], 1),
+        step(Some(good.clone()), &["sink"], 0),
+        // The one good item among them goes through.
+        step(Some(good.clone()), &["origin", "sink"], 1),
+    ];
+    let errors = peer.send_steps(pb::StepBatch { items }).await.unwrap();
+    let expected = [
+        "needs 4608 bytes, but 100 arrived",
+        "unknown tensor dtype 42",
+        "shape",
+        "does not include node sink",
+        "partition plan",
+        "no request context",
+        "neither tokens nor a tensor",
+        "first shard",
+    ];
+    assert_eq!(errors.len(), 9);
+    for (error, wanted) in errors.iter().zip(expected) {
+        assert!(error.contains(wanted), "{error:?} should say {wanted:?}");
+    }
+    assert_eq!(errors[8], "", "the good item is accepted");
+    assert_eq!((received.recv().await.unwrap().rows), 2);
+
     let code = |error: anyhow::Error| {
         error
             .chain()
@@ -181,96 +225,24 @@ async fn bad_tensors_and_plans_are_refused_with_invalid_argument_and_the_server_
             .map(|s| (s.code(), s.message().to_string()))
             .unwrap()
     };
-
-    let mut short = good.clone();
-    short.data = short.data.slice(..100);
-    let (status, message) = code(
-        peer.send_tensor(send(short, &["origin", "sink"], 1))
-            .await
-            .unwrap_err(),
-    );
+    // An empty batch, and one past the cap, are refused whole.
+    let (status, _) = code(peer.send_steps(pb::StepBatch { items: vec![] }).await.unwrap_err());
     assert_eq!(status, tonic::Code::InvalidArgument);
-    assert!(
-        message.contains("needs 4608 bytes, but 100 arrived"),
-        "{message}"
-    );
-
-    let mut unknown = good.clone();
-    unknown.dtype = 42;
-    let (status, message) = code(
-        peer.send_tensor(send(unknown, &["origin", "sink"], 1))
-            .await
-            .unwrap_err(),
-    );
+    let many = vec![step(Some(good.clone()), &["origin", "sink"], 1); exo::server::MAX_BATCH_ITEMS + 1];
+    let (status, message) = code(peer.send_steps(pb::StepBatch { items: many }).await.unwrap_err());
     assert_eq!(status, tonic::Code::InvalidArgument);
-    assert!(message.contains("unknown tensor dtype 42"), "{message}");
+    assert!(message.contains("batch"), "{message}");
 
-    let mut overflow = good.clone();
-    overflow.shape = vec![u64::MAX, u64::MAX];
-    let (status, message) = code(
-        peer.send_tensor(send(overflow, &["origin", "sink"], 1))
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(status, tonic::Code::InvalidArgument);
-    assert!(message.contains("shape"), "{message}");
-
-    let (status, message) = code(
-        peer.send_tensor(send(good.clone(), &["a", "b"], 1))
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(status, tonic::Code::InvalidArgument);
-    assert!(message.contains("does not include node sink"), "{message}");
-
-    let mut broken_plan = send(good.clone(), &["origin", "sink"], 1);
-    broken_plan
-        .context
-        .as_mut()
-        .unwrap()
-        .plan
-        .as_mut()
-        .unwrap()
-        .entries[0]
-        .end_layer = 12;
-    let (status, message) = code(peer.send_tensor(broken_plan).await.unwrap_err());
-    assert_eq!(status, tonic::Code::InvalidArgument);
-    assert!(message.contains("partition plan"), "{message}");
-
-    let missing = pb::TensorRequest {
-        context: None,
-        tensor: Some(good.clone()),
-    };
-    let (status, _) = code(peer.send_tensor(missing).await.unwrap_err());
-    assert_eq!(status, tonic::Code::InvalidArgument);
-
-    let result = pb::ResultRequest {
+    let result = pb::ResultItem {
         context: Some(context("nobody-waits", &["sink"], 0)),
         node_id: "x".into(),
-        outcome: Some(pb::result_request::Outcome::Token(3)),
+        outcome: Some(pb::result_item::Outcome::Token(3)),
     };
-    let (status, message) = code(peer.send_result(result).await.unwrap_err());
-    assert_eq!(status, tonic::Code::NotFound);
-    assert!(
-        message.contains("unknown request id nobody-waits"),
-        "{message}"
-    );
+    let errors = peer.send_results(pb::ResultBatch { items: vec![result] }).await.unwrap();
+    assert!(errors[0].contains("unknown request id nobody-waits"), "{errors:?}");
 
     // Still serving, and it counted what it refused.
-    peer.send_tensor(send(good.clone(), &["origin", "sink"], 1))
-        .await
-        .unwrap();
-    let (status, message) = code(
-        peer.send_tensor(send(good, &["sink"], 0))
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(status, tonic::Code::InvalidArgument);
-    assert!(message.contains("first shard"), "{message}");
-    assert_eq!(
-        handle.check_health().await.state,
-        exo::resource::ResourceState::Ready
-    );
-    assert!(server.ensure_ready().await.unwrap().rejected_messages() >= 6);
+    assert_eq!(handle.check_health().await.state, exo::resource::ResourceState::Ready);
+    assert!(server.ensure_ready().await.unwrap().rejected_messages() >= 10);
     server.cleanup().await.unwrap();
 }

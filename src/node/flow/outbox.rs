@@ -1,0 +1,120 @@
+//! Messages to peers, one queue per peer: items go out in the order they were queued,
+//! one message in flight per peer, and everything queued while a message travels leaves
+//! together in the next one (so a hop carries a whole batch's outputs, and a request's
+//! prompt chunks arrive in order).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use tokio::sync::mpsc;
+
+use crate::peer::GrpcPeerHandle;
+use crate::proto::pb;
+use crate::resource::Managed;
+
+/// What can be sent to a peer.
+pub enum Item {
+    Step(pb::StepItem),
+    Result(pb::ResultItem),
+}
+
+/// Called with items the destination refused or that could not be delivered, and why.
+pub type OnFailure = Arc<dyn Fn(Vec<(Item, String)>) + Send + Sync>;
+
+/// Largest number of items in one message (the receiving service's cap).
+const MAX_ITEMS: usize = crate::server::MAX_BATCH_ITEMS;
+
+/// The per-peer queues of a node.
+pub struct Outbox {
+    queues: Mutex<HashMap<String, Queue>>,
+    on_failure: OnFailure,
+}
+
+/// A peer's queue and the handle its task sends through.
+struct Queue {
+    sender: mpsc::UnboundedSender<Item>,
+    handle: Arc<Managed<GrpcPeerHandle>>,
+}
+
+impl Outbox {
+    pub fn new(on_failure: OnFailure) -> Self {
+        Outbox {
+            queues: Mutex::new(HashMap::new()),
+            on_failure,
+        }
+    }
+
+    /// Queues `item` for `peer`, through `handle`. A peer that came back under the same
+    /// id has a new handle: its queue starts afresh (the old one drains and ends).
+    pub fn send(&self, peer: &str, handle: Arc<Managed<GrpcPeerHandle>>, item: Item) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = queues
+            .get(peer)
+            .is_none_or(|q| !Arc::ptr_eq(&q.handle, &handle) || q.sender.is_closed());
+        if fresh {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(drain(receiver, handle.clone(), self.on_failure.clone()));
+            queues.insert(peer.to_string(), Queue { sender, handle });
+        }
+        let queue = queues.get(peer).expect("inserted above");
+        if let Err(mpsc::error::SendError(item)) = queue.sender.send(item) {
+            drop(queues);
+            (self.on_failure)(vec![(item, format!("the queue to {peer} was closed"))]);
+        }
+    }
+}
+
+/// One peer's sender: takes everything queued, sends steps and results (one message each
+/// kind), reports refusals, repeats.
+async fn drain(mut receiver: mpsc::UnboundedReceiver<Item>, handle: Arc<Managed<GrpcPeerHandle>>, on_failure: OnFailure) {
+    while let Some(first) = receiver.recv().await {
+        let mut items = vec![first];
+        while items.len() < MAX_ITEMS {
+            match receiver.try_recv() {
+                Ok(item) => items.push(item),
+                Err(_) => break,
+            }
+        }
+        let (mut steps, mut results) = (Vec::new(), Vec::new());
+        for item in items {
+            match item {
+                Item::Step(step) => steps.push(step),
+                Item::Result(result) => results.push(result),
+            }
+        }
+        // Results first: they end steps the origin waits for.
+        if !results.is_empty() {
+            let message = pb::ResultBatch { items: results };
+            let sent = handle
+                .with_connection("SendResults", |peer| peer.send_results(message.clone()).boxed())
+                .await;
+            report(sent, message.items.into_iter().map(Item::Result).collect(), &on_failure);
+        }
+        if !steps.is_empty() {
+            let message = pb::StepBatch { items: steps };
+            let sent = handle
+                .with_connection("SendSteps", |peer| peer.send_steps(message.clone()).boxed())
+                .await;
+            report(sent, message.items.into_iter().map(Item::Step).collect(), &on_failure);
+        }
+    }
+}
+
+/// Hands refused or undelivered items to the failure handler.
+fn report(sent: anyhow::Result<Vec<String>>, items: Vec<Item>, on_failure: &OnFailure) {
+    let failed: Vec<(Item, String)> = match sent {
+        Ok(errors) => items
+            .into_iter()
+            .zip(errors.into_iter().chain(std::iter::repeat(String::new())))
+            .filter(|(_, error)| !error.is_empty())
+            .collect(),
+        Err(error) => {
+            let message = format!("{error:#}");
+            items.into_iter().map(|item| (item, message.clone())).collect()
+        }
+    };
+    if !failed.is_empty() {
+        on_failure(failed);
+    }
+}

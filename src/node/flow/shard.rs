@@ -1,0 +1,225 @@
+//! A node's side of other requests' steps: check what arrives, queue it on the engine's
+//! batcher, and send each finished batch's outputs on — hidden states to the next node,
+//! tokens (or the end of a prompt chunk, or an error) to the request's origin.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::outbox::Item;
+use super::{RequestFlow, to_wire};
+use crate::engine::batcher::{StepDone, StepJob};
+use crate::engine::model::{ShardInput, ShardOutput};
+use crate::engine::sampling::sample;
+use crate::proto::{encode_hidden, pb};
+use crate::server::{StepInput, StepOutcome, ValidatedContext};
+
+impl RequestFlow {
+    /// Checks steps for this node's shard and queues them on the batcher; each caller gets
+    /// its answer at once, the outcome travels on through the ring.
+    pub(super) async fn accept_steps(&self, steps: Vec<(ValidatedContext, StepInput)>) -> Vec<Result<(), Status>> {
+        let model = match self.model().await {
+            Ok(model) => model,
+            Err(error) => {
+                let message = format!("node {}: {error:#}", self.node_id);
+                return steps.iter().map(|_| Err(Status::unavailable(message.clone()))).collect();
+            }
+        };
+        let mut answers = Vec::with_capacity(steps.len());
+        for (context, input) in steps {
+            answers.push(self.accept_step(&model, context, input));
+        }
+        answers
+    }
+
+    fn accept_step(
+        &self,
+        model: &Arc<crate::engine::LoadedModel>,
+        context: ValidatedContext,
+        input: StepInput,
+    ) -> Result<(), Status> {
+        if context.plan.model_id != model.model_id() || context.plan.n_layers != model.config().n_layers {
+            return Err(Status::invalid_argument(format!(
+                "request {} is for model {} ({} layers); node {} serves {} ({} layers)",
+                context.request_id,
+                context.plan.model_id,
+                context.plan.n_layers,
+                self.node_id,
+                model.model_id(),
+                model.config().n_layers
+            )));
+        }
+        if self.is_finished(&context.request_id) {
+            return Err(Status::not_found(format!(
+                "request {} has already finished",
+                context.request_id
+            )));
+        }
+        let is_new = self
+            .accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .accept(&context.request_id, context.step);
+        if !is_new {
+            tracing::debug!(
+                "step {} of {} arrived again (a retried send): already queued",
+                context.step,
+                context.request_id
+            );
+            return Ok(());
+        }
+        let entry = &context.plan.entries[context.index];
+        let job = StepJob {
+            request_id: context.request_id.clone(),
+            start: entry.start_layer,
+            end: entry.end_layer,
+            input: match input {
+                StepInput::Tokens(tokens) => ShardInput::Tokens(tokens),
+                StepInput::Hidden(hidden) => ShardInput::Hidden(hidden),
+            },
+            position: context.position,
+            reserve_positions: context.reserve_positions,
+            tag: self.next_tag.fetch_add(1, Ordering::Relaxed),
+            sink: self.completions.clone(),
+        };
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.tag, context);
+        self.count(|s| s.steps_run += 1);
+        model.submit(job);
+        Ok(())
+    }
+
+    /// Sends each output of a finished batch where it goes next.
+    fn batch_finished(&self, done: Vec<StepDone>) {
+        for step in done {
+            let Some(context) = self
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&step.tag)
+            else {
+                continue;
+            };
+            match step.output {
+                Ok(ShardOutput::Logits(logits)) => {
+                    let outcome = if !context.sample {
+                        StepOutcome::Done
+                    } else {
+                        match sample(&logits, &context.sampling, context.token_index) {
+                            Ok(token) => StepOutcome::Token(token),
+                            Err(error) => StepOutcome::Error(format!("node {}: {error:#}", self.node_id)),
+                        }
+                    };
+                    self.deliver(&context, outcome);
+                }
+                Ok(ShardOutput::Hidden(hidden)) => match context.plan.next(context.index) {
+                    Some(next) => {
+                        let next = next.clone();
+                        let mut next_context = context.clone();
+                        next_context.index += 1;
+                        let item = pb::StepItem {
+                            context: Some(to_wire(&next_context)),
+                            input: Some(pb::step_item::Input::Tensor(encode_hidden(&hidden))),
+                        };
+                        let handle = self.peer(&next.node_id, &next.address);
+                        self.outbox.send(&next.node_id, handle, Item::Step(item));
+                    }
+                    None => self.fail_step(&context, "the last shard of the plan produced no logits".into()),
+                },
+                Err(error) => self.fail_step(&context, format!("node {}: {error:#}", self.node_id)),
+            }
+        }
+    }
+
+    /// Reports a failed step to its origin and drops what the request holds here.
+    fn fail_step(&self, context: &ValidatedContext, message: String) {
+        self.count(|s| s.step_errors += 1);
+        tracing::warn!("step {} of {} failed: {message}", context.step, context.request_id);
+        if let Some(this) = self.this.upgrade() {
+            let request_id = context.request_id.clone();
+            tokio::spawn(async move { this.drop_caches(&request_id).await });
+        }
+        self.deliver(context, StepOutcome::Error(message));
+    }
+
+    /// Sends a step's outcome to the request's origin.
+    fn deliver(&self, context: &ValidatedContext, outcome: StepOutcome) {
+        if context.origin_node_id == self.node_id {
+            if let Err(status) = self.route_result(&context.request_id, context.step, outcome) {
+                // The request ended while this step ran (its client went away): its cache
+                // was made after the request was finished here, so drop it now.
+                tracing::debug!("{}", status.message());
+                if let Some(this) = self.this.upgrade() {
+                    let request_id = context.request_id.clone();
+                    tokio::spawn(async move { this.drop_caches(&request_id).await });
+                }
+            }
+            return;
+        }
+        let item = pb::ResultItem {
+            context: Some(to_wire(context)),
+            node_id: self.node_id.clone(),
+            outcome: Some(match outcome {
+                StepOutcome::Token(token) => pb::result_item::Outcome::Token(token),
+                StepOutcome::Done => pb::result_item::Outcome::Done(true),
+                StepOutcome::Error(error) => pb::result_item::Outcome::Error(error),
+            }),
+        };
+        let handle = self.peer(&context.origin_node_id, &context.origin_address);
+        self.outbox.send(&context.origin_node_id, handle, Item::Result(item));
+    }
+
+    /// Items a peer refused or that could not reach it: a step becomes an error result to
+    /// its origin; a result whose origin is gone leaves nobody to finish the request, so
+    /// its caches here are dropped.
+    pub(super) fn undelivered(&self, failed: Vec<(Item, String)>) {
+        for (item, reason) in failed {
+            match item {
+                Item::Step(step) => {
+                    let Some(context) = step.context else { continue };
+                    self.count(|s| s.step_errors += 1);
+                    let message = format!("a step of {} could not be handed on: {reason}", context.request_id);
+                    tracing::warn!("{message}");
+                    if let Some(this) = self.this.upgrade() {
+                        let request_id = context.request_id.clone();
+                        tokio::spawn(async move { this.drop_caches(&request_id).await });
+                    }
+                    if context.origin_node_id == self.node_id {
+                        let _ = self.route_result(&context.request_id, context.step, StepOutcome::Error(message));
+                    } else {
+                        let origin = (context.origin_node_id.clone(), context.origin_address.clone());
+                        let item = pb::ResultItem {
+                            context: Some(context),
+                            node_id: self.node_id.clone(),
+                            outcome: Some(pb::result_item::Outcome::Error(message)),
+                        };
+                        let handle = self.peer(&origin.0, &origin.1);
+                        self.outbox.send(&origin.0, handle, Item::Result(item));
+                    }
+                }
+                Item::Result(result) => {
+                    let Some(context) = result.context else { continue };
+                    tracing::warn!(
+                        "cannot return a result of {} to its origin: {reason}",
+                        context.request_id
+                    );
+                    if let Some(this) = self.this.upgrade() {
+                        tokio::spawn(async move { this.drop_caches(&context.request_id).await });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The flow's task that takes the batches the engine finished.
+pub(super) async fn take_finished_batches(flow: Weak<RequestFlow>, mut batches: mpsc::UnboundedReceiver<Vec<StepDone>>) {
+    while let Some(done) = batches.recv().await {
+        let Some(flow) = flow.upgrade() else { return };
+        flow.batch_finished(done);
+    }
+}
