@@ -211,6 +211,15 @@ fn a_rows_result_does_not_depend_on_the_rows_beside_it() {
         for isa in Isa::available() {
             for precision in [ActivationPrecision::Int16, ActivationPrecision::F32] {
                 let batch = run(isa, precision, &matrix, &x, m);
+                // Small batches (weights decoded in registers per tile) too.
+                for small in [3, 7] {
+                    let few = run(isa, precision, &matrix, &x[..small * cols], small);
+                    assert_eq!(
+                        few.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        batch[..small * rows].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{dtype:?} {isa:?} {precision:?}: a batch of {small} differs"
+                    );
+                }
                 for j in [0, 1, 3, 4, 63, 64, 65, 127, 149] {
                     let alone = run(isa, precision, &matrix, &x[j * cols..(j + 1) * cols], 1);
                     assert_eq!(

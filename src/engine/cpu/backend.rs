@@ -342,7 +342,7 @@ impl Backend for CpuBackend {
         };
         let work: usize = seqs.iter().map(|s| s.len * (s.position + s.len)).sum::<usize>() * shape.n_heads;
         if items.len() > 1 && work > 1 << 14 {
-            candle_core::utils::barrier_pool().execute_chunked(items.len(), run);
+            super::pool::pool().chunked(items.len(), &run);
         } else {
             run(0..items.len());
         }

@@ -72,9 +72,10 @@ macro_rules! by_shape {
 }
 use by_shape;
 
-/// `row · x[j]` for each raw weight row `r` of `rows` (`row_bytes` each, in `data`),
-/// handed to `out(r, value)`: decoding and multiplying in one pass where the ISA has a
-/// fused kernel (what decoding one token at a time runs).
+/// For each raw weight row `r` of `rows` (`row_bytes` each, in `data`), its products with
+/// activation rows `j0..j0 + count` (`count` ≤ [`TILE`]), handed to `out(r, c, value)`:
+/// decoding and multiplying in one pass where the ISA has a fused kernel (what a few
+/// tokens at a time — decoding — run).
 #[allow(clippy::too_many_arguments)]
 pub fn dot_raw_rows(
     isa: Isa,
@@ -83,27 +84,42 @@ pub fn dot_raw_rows(
     row_bytes: usize,
     rows: std::ops::Range<usize>,
     x: &QuantizedRows,
-    j: usize,
+    j0: usize,
+    count: usize,
     scratch: &mut DecodedRow,
-    mut out: impl FnMut(usize, f32),
+    mut out: impl FnMut(usize, usize, f32),
 ) {
+    debug_assert!(count >= 1 && count <= TILE && j0 + count <= x.rows);
+    let mut values = [0f32; TILE];
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
             scratch.prepare(format, row_bytes / format.unit_bytes());
             for r in rows {
                 let row = &data[r * row_bytes..(r + 1) * row_bytes];
+                let v = &mut values[..count];
                 // SAFETY: chosen only on CPUs with AVX-512 F/BW/VL/VNNI and F16C;
                 // `scratch` was sized for a row's units just above.
-                out(r, unsafe { avx512::fused(format, row, x, j, scratch) });
+                unsafe {
+                    match count {
+                        1 => avx512::fused::<1>(format, row, x, j0, scratch, v),
+                        2 => avx512::fused::<2>(format, row, x, j0, scratch, v),
+                        3 => avx512::fused::<3>(format, row, x, j0, scratch, v),
+                        _ => avx512::fused::<4>(format, row, x, j0, scratch, v),
+                    }
+                }
+                for (c, &value) in v.iter().enumerate() {
+                    out(r, c, value);
+                }
             }
         }
         _ => {
             for r in rows {
                 decode_row(isa, format, &data[r * row_bytes..(r + 1) * row_bytes], scratch);
-                let mut value = [0f32];
-                dot_rows(isa, scratch, x, j, &mut value);
-                out(r, value[0]);
+                dot_rows(isa, scratch, x, j0, &mut values[..count]);
+                for (c, &value) in values[..count].iter().enumerate() {
+                    out(r, c, value);
+                }
             }
         }
     }
@@ -317,21 +333,29 @@ mod avx512 {
         }
     }
 
-    /// One raw weight row against activation row `j`, decoding as it goes. `d` (sized by
-    /// the caller) receives the K-quants' minimums.
+    /// One raw weight row against activation rows `j0..j0 + C`, decoding as it goes: the
+    /// weights are decoded once for all the rows. `d` (sized by the caller) receives the
+    /// K-quants' minimums.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    pub unsafe fn fused(format: QuantFormat, row: &[u8], x: &QuantizedRows, j: usize, d: &mut DecodedRow) -> f32 {
+    pub unsafe fn fused<const C: usize>(
+        format: QuantFormat,
+        row: &[u8],
+        x: &QuantizedRows,
+        j0: usize,
+        d: &mut DecodedRow,
+        out: &mut [f32],
+    ) {
         // SAFETY: forwarded to functions with the same contract.
         unsafe {
             match dec::code(format) {
-                Q4_0 => fused32::<Q4_0, 0>(row, x, j),
-                Q4_1 => fused32::<Q4_1, 1>(row, x, j),
-                Q5_0 => fused32::<Q5_0, 0>(row, x, j),
-                Q5_1 => fused32::<Q5_1, 1>(row, x, j),
-                Q8_0 => fused32::<Q8_0, 0>(row, x, j),
-                Q4K => fused256::<Q4K, 2>(row, x, j, d),
-                Q5K => fused256::<Q5K, 2>(row, x, j, d),
-                _ => fused256::<Q6K, 0>(row, x, j, d),
+                Q4_0 => fused32::<Q4_0, 0, C>(row, x, j0, out),
+                Q4_1 => fused32::<Q4_1, 1, C>(row, x, j0, out),
+                Q5_0 => fused32::<Q5_0, 0, C>(row, x, j0, out),
+                Q5_1 => fused32::<Q5_1, 1, C>(row, x, j0, out),
+                Q8_0 => fused32::<Q8_0, 0, C>(row, x, j0, out),
+                Q4K => fused256::<Q4K, 2, C>(row, x, j0, d, out),
+                Q5K => fused256::<Q5K, 2, C>(row, x, j0, d, out),
+                _ => fused256::<Q6K, 0, C>(row, x, j0, d, out),
             }
         }
     }
@@ -342,18 +366,19 @@ mod avx512 {
     /// The 32-value formats: sixteen blocks at a time, their scales (and minimums) read
     /// with one gather.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn fused32<const F: u8, const MIN: u8>(row: &[u8], x: &QuantizedRows, j: usize) -> f32 {
+    unsafe fn fused32<const F: u8, const MIN: u8, const C: usize>(row: &[u8], x: &QuantizedRows, j0: usize, out: &mut [f32]) {
         let unit_bytes = [18, 20, 22, 24, 34][F as usize];
         let units = row.len() / unit_bytes;
-        let xs = x.row(j).as_ptr();
-        let dx = x.row_scales(j).as_ptr();
-        let sums = x.row_sums(j).as_ptr();
+        let xs: [*const i16; C] = std::array::from_fn(|c| x.row(j0 + c).as_ptr());
+        let dx: [*const f32; C] = std::array::from_fn(|c| x.row_scales(j0 + c).as_ptr());
+        let sums: [*const i32; C] = std::array::from_fn(|c| x.row_sums(j0 + c).as_ptr());
         let offsets = _mm512_mullo_epi32(
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32(unit_bytes as i32),
         );
-        let (mut a0, mut a1, mut m) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
-        // SAFETY: `row` holds `units` whole blocks and `x`'s row their values; gathers
+        let mut acc = [[_mm512_setzero_ps(); 2]; C];
+        let mut m = [_mm512_setzero_ps(); C];
+        // SAFETY: `row` holds `units` whole blocks and `x`'s rows their values; gathers
         // and loads are masked to the blocks that exist (a block's first four bytes are
         // its scale and, for Q4_1/Q5_1, its minimum).
         unsafe {
@@ -363,61 +388,77 @@ mod avx512 {
                 let mask = first(n);
                 let p = row.as_ptr().add(base * unit_bytes);
                 let heads = _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, offsets, p as *const i32);
-                let dxs = _mm512_maskz_loadu_ps(mask, dx.add(base));
                 let scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(heads));
-                let coefficients = _mm512_mul_ps(scales, dxs);
-                if MIN == 1 {
-                    let mins = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(heads, 16)));
-                    let s = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, sums.add(base)));
-                    m = _mm512_mask3_fmadd_ps(_mm512_mul_ps(mins, dxs), s, m, mask);
+                let mins = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(heads, 16)));
+                let mut coefficients = [_mm512_setzero_ps(); C];
+                for c in 0..C {
+                    let dxs = _mm512_maskz_loadu_ps(mask, dx[c].add(base));
+                    coefficients[c] = _mm512_mul_ps(scales, dxs);
+                    if MIN == 1 {
+                        let s = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, sums[c].add(base)));
+                        m[c] = _mm512_mask3_fmadd_ps(_mm512_mul_ps(mins, dxs), s, m[c], mask);
+                    }
                 }
                 let mut k = 0;
                 while k < n {
                     let unit = p.add(k * unit_bytes);
                     _mm_prefetch::<_MM_HINT_T0>(unit.add(PREFETCH_AHEAD) as *const i8);
-                    let ints = _mm512_madd_epi16(
-                        dec::block32::<F>(unit),
-                        _mm512_loadu_si512(xs.add((base + k) * 32) as *const __m512i),
-                    );
-                    let c = _mm512_permutexvar_ps(_mm512_set1_epi32(k as i32), coefficients);
-                    if k % 2 == 0 {
-                        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), c, a0);
-                    } else {
-                        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), c, a1);
+                    let wv = dec::block32::<F>(unit);
+                    let lane = _mm512_set1_epi32(k as i32);
+                    for c in 0..C {
+                        let ints = _mm512_madd_epi16(wv, _mm512_loadu_si512(xs[c].add((base + k) * 32) as *const __m512i));
+                        let coefficient = _mm512_permutexvar_ps(lane, coefficients[c]);
+                        let a = &mut acc[c][k % 2];
+                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), coefficient, *a);
                     }
                     k += 1;
                 }
                 base += LANES;
             }
         }
-        finish(a0, a1, m)
+        for c in 0..C {
+            out[c] = finish(acc[c][0], acc[c][1], m[c]);
+        }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn fused256<const F: u8, const MIN: u8>(row: &[u8], x: &QuantizedRows, j: usize, d: &mut DecodedRow) -> f32 {
+    unsafe fn fused256<const F: u8, const MIN: u8, const C: usize>(
+        row: &[u8],
+        x: &QuantizedRows,
+        j0: usize,
+        d: &mut DecodedRow,
+        out: &mut [f32],
+    ) {
         let unit_bytes = [144, 176, 210][(F - Q4K) as usize];
         let units = row.len() / unit_bytes;
-        let xs = x.row(j).as_ptr();
-        let dx = x.row_scales(j);
-        let mut acc = [_mm512_setzero_ps(); 2];
-        // SAFETY: `row` holds `units` whole units, `x`'s row their values, and `d` was
+        let xs: [*const i16; C] = std::array::from_fn(|c| x.row(j0 + c).as_ptr());
+        let dx: [&[f32]; C] = std::array::from_fn(|c| x.row_scales(j0 + c));
+        let mut acc = [[_mm512_setzero_ps(); 2]; C];
+        // SAFETY: `row` holds `units` whole units, `x`'s rows their values, and `d` was
         // sized for `units` by the caller.
         unsafe {
             for u in 0..units {
                 let unit = row.get_unchecked(u * unit_bytes..(u + 1) * unit_bytes);
                 _mm_prefetch::<_MM_HINT_T0>(unit.as_ptr().add(PREFETCH_AHEAD) as *const i8);
                 let chunks = dec::unit256::<F>(unit);
-                let mut ints = _mm512_setzero_si512();
+                let mut ints = [_mm512_setzero_si512(); C];
                 for (k, chunk) in chunks.into_iter().enumerate() {
-                    ints = _mm512_dpwssd_epi32(ints, chunk, _mm512_loadu_si512(xs.add(u * 256 + 32 * k) as *const __m512i));
+                    for c in 0..C {
+                        ints[c] = _mm512_dpwssd_epi32(ints[c], chunk, _mm512_loadu_si512(xs[c].add(u * 256 + 32 * k) as *const __m512i));
+                    }
                 }
                 let scale = dec::half(unit.as_ptr().add(if F == Q6K { 208 } else { 0 }));
                 if MIN != 0 {
                     dec::store_scales::<F>(unit, u, d);
                 }
-                acc[u % 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), _mm512_set1_ps(scale * dx[u]), acc[u % 2]);
+                for c in 0..C {
+                    let a = &mut acc[c][u % 2];
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints[c]), _mm512_set1_ps(scale * dx[c][u]), *a);
+                }
             }
-            finish(acc[0], acc[1], min_lanes::<MIN>(d, x, j))
+            for c in 0..C {
+                out[c] = finish(acc[c][0], acc[c][1], min_lanes::<MIN>(d, x, j0 + c));
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Weight matrices on the CPU and their matmuls: `y = x · Wᵀ` for many rows of `x` at once.
 //!
 //! Weights stay as they are in the file (quantized blocks, or f32/f16/bf16). A matmul runs
-//! on candle's CPU worker pool, split by weight rows; each worker decodes one weight row at
+//! on the kernels' worker pool, split by weight rows; each worker decodes one weight row at
 //! a time and takes it through a block of activation rows, a few at a time, so that a
 //! weight is read from memory once per block of rows, not once per row. Several matrices
 //! that share an input (q, k, v; gate, up) run in one pass over the pool.
@@ -32,6 +32,10 @@ pub enum ActivationPrecision {
 
 /// Activation rows a worker takes through one decoded weight row before the next row.
 const ROW_BLOCK: usize = 64;
+
+/// Up to this many activation rows, weights are decoded in registers for each tile of
+/// rows (no decoded copy in memory); more rows share one decoded copy per block.
+const FUSED_ROWS: usize = 8;
 
 /// How the weights are held.
 pub enum Weights {
@@ -343,7 +347,7 @@ pub fn matmul(
         // Too small to be worth waking the workers.
         run(0..total_rows);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(total_rows, run);
+        super::pool::pool().chunked(total_rows, &run);
     }
     Ok(())
 }
@@ -369,11 +373,19 @@ fn run_rows(
         };
         let mut tile = [0f32; TILE];
         match (matrix.quant(), precision) {
-            (Some((format, data)), ActivationPrecision::Int16) if x.rows == 1 => {
-                // One token: decode and multiply in one pass, row by row.
+            (Some((format, data)), ActivationPrecision::Int16) if x.rows <= FUSED_ROWS => {
+                // A few tokens (decoding): decode each weight row in registers for one
+                // tile of activation rows, and multiply at once.
                 let q = x.quantized(format.unit_len());
                 let row_bytes = matrix.cols / format.unit_len() * format.unit_bytes();
-                int_dot::dot_raw_rows(isa, format, data, row_bytes, rows, q, 0, decoded, |r, value| write(0, r, value));
+                let mut j = 0;
+                while j < x.rows {
+                    let count = TILE.min(x.rows - j);
+                    int_dot::dot_raw_rows(isa, format, data, row_bytes, rows.clone(), q, j, count, decoded, |r, c, value| {
+                        write(j + c, r, value)
+                    });
+                    j += count;
+                }
             }
             (Some((format, data)), ActivationPrecision::Int16) => {
                 let q = x.quantized(format.unit_len());
