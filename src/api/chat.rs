@@ -34,6 +34,10 @@ struct ChatRequest {
     stream: bool,
     stream_options: Option<StreamOptions>,
     n: Option<u32>,
+    /// Go on past end-of-sequence tokens to exactly max_tokens (as llama.cpp's server and
+    /// vLLM allow; for benchmarks).
+    #[serde(default)]
+    ignore_eos: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +242,7 @@ async fn prepare(state: &ApiState, body: &[u8]) -> Result<Prepared, ApiError> {
                 seed: request.seed.map(|s| s as u64),
             },
             stop,
+            ignore_eos: request.ignore_eos,
         },
         model: request.model,
         stream: request.stream,

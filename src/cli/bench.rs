@@ -32,9 +32,32 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Many users at once: N concurrent streaming requests through a node's HTTP API
+    /// (each answer exactly --tokens long; prompts of about --prompt-tokens words).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// With --concurrency: the server to load (an exo node, or any OpenAI-compatible
+    /// server); without it the bench starts --nodes exo nodes on loopback.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// With --concurrency and no --node: how many nodes to start (a ring of them).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Pin started node i to CPU core i, with one compute thread each.
+    #[arg(long)]
+    pub pin: bool,
+    /// With --node: the model name to ask for (default: the --model id).
+    #[arg(long)]
+    pub served_model: Option<String>,
+    /// With --concurrency: the API key to send.
+    #[arg(long, env = "EXO_API_KEY")]
+    pub api_key: Option<String>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(concurrency) = args.concurrency {
+        return tokio::task::spawn_blocking(move || load(args, concurrency)).await?;
+    }
     anyhow::ensure!(args.prompt_tokens > 0, "--prompt-tokens must be at least 1");
     anyhow::ensure!(args.tokens > 1, "--tokens must be at least 2");
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
@@ -107,4 +130,55 @@ fn median(mut values: Vec<f64>) -> f64 {
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
+}
+
+/// `exo bench --concurrency N`.
+fn load(args: BenchArgs, concurrency: usize) -> anyhow::Result<()> {
+    use super::load_bench::{LoadSpec, run_load, start_ring};
+    anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(args.tokens > 1, "--tokens must be at least 2");
+    let spec = LoadSpec {
+        concurrency,
+        tokens: args.tokens,
+        prompt_words: args.prompt_tokens,
+        rounds: args.runs,
+        model: args.served_model.clone().unwrap_or_else(|| args.model.model.clone()),
+        api_key: args.api_key.clone(),
+    };
+    let (report, target) = match &args.node {
+        Some(url) => (run_load(url.trim_end_matches('/'), &spec)?, url.clone()),
+        None => {
+            let mut model_args = vec![
+                "--model".to_string(),
+                args.model.model.clone(),
+                "--device".into(),
+                args.model.device.to_string(),
+                "--cpu-matmul".into(),
+                args.model.cpu_matmul.to_string(),
+            ];
+            if let Some(dir) = &args.model.models_dir {
+                model_args.push("--models-dir".into());
+                model_args.push(dir.display().to_string());
+            }
+            let ring = start_ring(args.nodes, args.pin, &model_args)?;
+            let report = run_load(&ring.api, &spec)?;
+            (report, format!("{} local node(s){}", args.nodes, if args.pin { ", pinned" } else { "" }))
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&json!({ "target": target, "model": spec.model, "report": report }))?);
+    } else {
+        println!(
+            "{} streams × {} tokens against {target}: aggregate {:.1} tokens/s, per stream {:.1} tokens/s, \
+             time to first token p50 {:.3} s, p99 {:.3} s (median of {} rounds)",
+            report.concurrency,
+            report.tokens_per_stream,
+            report.aggregate_tok_s,
+            report.per_stream_decode_tok_s,
+            report.ttft_p50_s,
+            report.ttft_p99_s,
+            args.runs
+        );
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod generate;
+mod load_bench;
 mod models;
 mod node;
 mod resources;

@@ -77,6 +77,7 @@ async fn answer(node: &Node, args: &RunArgs) -> anyhow::Result<()> {
         max_tokens: args.max_tokens,
         sampling,
         stop: Vec::new(),
+        ignore_eos: false,
     });
     let mut stdout = std::io::stdout();
     while let Some(event) = events.recv().await {

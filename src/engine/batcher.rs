@@ -289,7 +289,13 @@ fn run(batcher: Arc<Batcher>, model: Weak<LoadedModel>) {
         use std::sync::atomic::Ordering::Relaxed;
         batcher.batches.fetch_add(1, Relaxed);
         batcher.batched_steps.fetch_add(batch.len() as u64, Relaxed);
+        let (steps, rows) = (batch.len(), batch.iter().map(|j| j.input.len()).sum::<usize>());
+        let started = Instant::now();
         let done = strong.run_batch(batch);
+        tracing::debug!(
+            "batch of {steps} steps ({rows} rows) in {:.2} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
         drop(strong);
         deliver(done);
     }

@@ -41,6 +41,8 @@ pub struct Decoding {
     generated: Vec<u32>,
     text: TextStream,
     stops: StopMatcher,
+    /// Go on past end-of-sequence tokens (benchmarks want a fixed length).
+    ignore_eos: bool,
 }
 
 impl Decoding {
@@ -50,7 +52,15 @@ impl Decoding {
             generated: Vec::new(),
             text: TextStream::new(),
             stops: StopMatcher::new(stop_strings),
+            ignore_eos: false,
         }
+    }
+
+    /// Treats end-of-sequence tokens as any other (only the token limit and stop strings
+    /// end the generation).
+    pub fn ignoring_eos(mut self, ignore: bool) -> Self {
+        self.ignore_eos = ignore;
+        self
     }
 
     pub fn generated(&self) -> &[u32] {
@@ -59,7 +69,7 @@ impl Decoding {
 
     /// Feeds one sampled token.
     pub fn push(&mut self, tokenizer: &TextTokenizer, token: u32) -> anyhow::Result<TokenOutcome> {
-        if tokenizer.is_eos(token) {
+        if !self.ignore_eos && tokenizer.is_eos(token) {
             let tail = self.text.finish(tokenizer)?;
             let shown = self.stop_check(&tail);
             return Ok(match shown {

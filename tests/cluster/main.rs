@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_input;
+mod batching;
 mod cli;
 mod discovery;
 mod e2e;

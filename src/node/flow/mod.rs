@@ -71,6 +71,8 @@ pub struct GenerateRequest {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// Go on past end-of-sequence tokens, to exactly `max_tokens` (benchmarks).
+    pub ignore_eos: bool,
 }
 
 /// Timings and counts of a finished generation.

@@ -102,7 +102,7 @@ impl RequestFlow {
         // No more tokens than the context holds after the prompt.
         let max_tokens = request.max_tokens.min(context_length - request.prompt.len());
         let reserve_positions = request.prompt.len() + max_tokens;
-        let mut decoding = Decoding::new(max_tokens, request.stop.clone());
+        let mut decoding = Decoding::new(max_tokens, request.stop.clone()).ignoring_eos(request.ignore_eos);
         let mut joined = self.peers.subscribe();
         let started = Instant::now();
         let mut first_token_at = None;
