@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 
 use super::backend::{Backend, SeqRows};
 use super::candle_backend::{CandleBackend, CandleKv};
-use super::config::ModelConfig;
+use super::config::{Architecture, ModelConfig};
 use super::cpu::CpuBackend;
 use super::cpu::attention::{AttentionShape, KvLayer};
 use super::shard::Shard;
@@ -188,26 +188,36 @@ impl<B: KvSlot> ShardModel<B> {
             shard.n_layers,
         )?;
         let counter = LoadCounter::default();
-        let matrix = |name: &str, is_layer: bool| -> anyhow::Result<B::Matrix> {
+        // Every tensor's shape is checked against the config before it is read: a file
+        // that does not fit its own metadata is refused here, naming the tensor, on every
+        // backend (a mismatch found later would surface deep in a matmul, or not at all).
+        let matrix = |name: &str, is_layer: bool, shape: [usize; 2]| -> anyhow::Result<B::Matrix> {
+            expect_shape(source, name, &shape)?;
             let tensor = source.read(name, &counter, is_layer)?;
             backend.matrix(tensor)
         };
-        let vector = |name: &str, is_layer: bool, offset: f32| -> anyhow::Result<B::Vector> {
-            let mut values = source.read(name, &counter, is_layer)?.to_f32()?;
-            if offset != 0.0 {
-                for v in &mut values {
-                    *v += offset;
-                }
-            }
-            backend.vector(values)
+        let values = |name: &str, is_layer: bool, len: usize| -> anyhow::Result<Vec<f32>> {
+            expect_shape(source, name, &[len])?;
+            source.read(name, &counter, is_layer)?.to_f32()
         };
+        let vector =
+            |name: &str, is_layer: bool, len: usize, offset: f32| -> anyhow::Result<B::Vector> {
+                let mut values = values(name, is_layer, len)?;
+                if offset != 0.0 {
+                    for v in &mut values {
+                        *v += offset;
+                    }
+                }
+                backend.vector(values)
+            };
         let c = &config;
-        let norm = |name: &str| vector(name, true, c.norm_offset);
+        let hidden = c.hidden_size;
+        let norm = |name: &str, len: usize| vector(name, true, len, c.norm_offset);
         let embedding_name = source.global_name(GlobalTensor::Embedding);
         let head_name = source.global_name(GlobalTensor::Head);
         let tied = !source.has(head_name);
         let embedding = if shard.is_first() || (shard.is_last() && tied) {
-            Some(matrix(embedding_name, false)?)
+            Some(matrix(embedding_name, false, [c.vocab_size, hidden])?)
         } else {
             None
         };
@@ -216,35 +226,27 @@ impl<B: KvSlot> ShardModel<B> {
         let kv_width = c.n_kv_heads * c.head_dim;
         for layer in shard.start_layer..shard.end_layer {
             let name = |t: LayerTensor| source.layer_name(layer, t);
-            let qkv = if source.has(&name(LayerTensor::Qkv)) {
-                let matrix = matrix(&name(LayerTensor::Qkv), true)?;
-                check_rows(
-                    &backend,
-                    &matrix,
-                    q_width + 2 * kv_width,
+            // Phi-3 files hold q, k and v stacked, and gate and up stacked; the other
+            // families' hold them apart (a file missing one is told which).
+            let phi3 = c.architecture == Architecture::Phi3;
+            let qkv = if phi3 || source.has(&name(LayerTensor::Qkv)) {
+                let matrix = matrix(
                     &name(LayerTensor::Qkv),
+                    true,
+                    [q_width + 2 * kv_width, hidden],
                 )?;
                 Qkv::Fused { matrix, bias: None }
             } else {
                 let (q, k, v) = (
-                    matrix(&name(LayerTensor::Q), true)?,
-                    matrix(&name(LayerTensor::K), true)?,
-                    matrix(&name(LayerTensor::V), true)?,
+                    matrix(&name(LayerTensor::Q), true, [q_width, hidden])?,
+                    matrix(&name(LayerTensor::K), true, [kv_width, hidden])?,
+                    matrix(&name(LayerTensor::V), true, [kv_width, hidden])?,
                 );
-                check_rows(&backend, &q, q_width, &name(LayerTensor::Q))?;
-                check_rows(&backend, &k, kv_width, &name(LayerTensor::K))?;
-                check_rows(&backend, &v, kv_width, &name(LayerTensor::V))?;
                 let biases = if c.qkv_bias {
                     Some([
-                        source
-                            .read(&name(LayerTensor::QBias), &counter, true)?
-                            .to_f32()?,
-                        source
-                            .read(&name(LayerTensor::KBias), &counter, true)?
-                            .to_f32()?,
-                        source
-                            .read(&name(LayerTensor::VBias), &counter, true)?
-                            .to_f32()?,
+                        values(&name(LayerTensor::QBias), true, q_width)?,
+                        values(&name(LayerTensor::KBias), true, kv_width)?,
+                        values(&name(LayerTensor::VBias), true, kv_width)?,
                     ])
                 } else {
                     None
@@ -268,56 +270,42 @@ impl<B: KvSlot> ShardModel<B> {
                     },
                 }
             };
-            let gate_up = if source.has(&name(LayerTensor::Gate)) {
-                let gate = matrix(&name(LayerTensor::Gate), true)?;
-                let up = matrix(&name(LayerTensor::Up), true)?;
-                check_rows(
-                    &backend,
-                    &gate,
-                    c.intermediate_size,
-                    &name(LayerTensor::Gate),
-                )?;
-                check_rows(&backend, &up, c.intermediate_size, &name(LayerTensor::Up))?;
+            let ffn = c.intermediate_size;
+            let gate_up = if phi3 && !source.has(&name(LayerTensor::Gate)) {
+                GateUp::Fused(matrix(&name(LayerTensor::GateUp), true, [2 * ffn, hidden])?)
+            } else {
+                let gate = matrix(&name(LayerTensor::Gate), true, [ffn, hidden])?;
+                let up = matrix(&name(LayerTensor::Up), true, [ffn, hidden])?;
                 match backend.stack(&[&gate, &up])? {
                     Some(fused) => GateUp::Fused(fused),
                     None => GateUp::Separate(gate, up),
                 }
-            } else {
-                let fused = matrix(&name(LayerTensor::GateUp), true)?;
-                check_rows(
-                    &backend,
-                    &fused,
-                    2 * c.intermediate_size,
-                    &name(LayerTensor::GateUp),
-                )?;
-                GateUp::Fused(fused)
             };
-            let o = matrix(&name(LayerTensor::Output), true)?;
-            check_rows(&backend, &o, c.hidden_size, &name(LayerTensor::Output))?;
-            let down = matrix(&name(LayerTensor::Down), true)?;
-            check_rows(&backend, &down, c.hidden_size, &name(LayerTensor::Down))?;
+            let o = matrix(&name(LayerTensor::Output), true, [hidden, q_width])?;
+            let down = matrix(&name(LayerTensor::Down), true, [hidden, ffn])?;
+            let head_norm = |t: LayerTensor| norm(&name(t), c.head_dim);
             layers.push(Layer {
-                attn_norm: norm(&name(LayerTensor::AttnNorm))?,
+                attn_norm: norm(&name(LayerTensor::AttnNorm), hidden)?,
                 qkv,
                 q_norm: c
                     .qk_norm
-                    .then(|| norm(&name(LayerTensor::QNorm)))
+                    .then(|| head_norm(LayerTensor::QNorm))
                     .transpose()?,
                 k_norm: c
                     .qk_norm
-                    .then(|| norm(&name(LayerTensor::KNorm)))
+                    .then(|| head_norm(LayerTensor::KNorm))
                     .transpose()?,
                 o,
                 post_attn_norm: c
                     .post_norms
-                    .then(|| norm(&name(LayerTensor::PostAttnNorm)))
+                    .then(|| norm(&name(LayerTensor::PostAttnNorm), hidden))
                     .transpose()?,
-                ffn_norm: norm(&name(LayerTensor::FfnNorm))?,
+                ffn_norm: norm(&name(LayerTensor::FfnNorm), hidden)?,
                 gate_up,
                 down,
                 post_ffn_norm: c
                     .post_norms
-                    .then(|| norm(&name(LayerTensor::PostFfnNorm)))
+                    .then(|| norm(&name(LayerTensor::PostFfnNorm), hidden))
                     .transpose()?,
                 attention: AttentionShape {
                     n_heads: c.n_heads,
@@ -334,20 +322,18 @@ impl<B: KvSlot> ShardModel<B> {
             let norm = vector(
                 source.global_name(GlobalTensor::FinalNorm),
                 false,
+                hidden,
                 c.norm_offset,
             )?;
             let head = if tied {
                 None
             } else {
-                Some(matrix(head_name, false)?)
+                Some(matrix(head_name, false, [c.vocab_size, hidden])?)
             };
             (Some(norm), head)
         } else {
             (None, None)
         };
-        if let Some(e) = &embedding {
-            check_rows(&backend, e, c.vocab_size, embedding_name)?;
-        }
         let rope = backend.rope(&c.rope, c.context_length)?;
         let rope_local = c
             .rope_local
@@ -690,15 +676,13 @@ impl<B: KvSlot> ShardModel<B> {
     }
 }
 
-fn check_rows<B: Backend>(
-    backend: &B,
-    matrix: &B::Matrix,
-    rows: usize,
-    name: &str,
-) -> anyhow::Result<()> {
-    let have = backend.rows_of(matrix);
-    if have != rows {
-        bail!("tensor {name} has {have} rows; the model config needs {rows}");
+/// Checks that the file holds tensor `name` with the shape the config needs (rows first).
+fn expect_shape(source: &WeightSource, name: &str, expected: &[usize]) -> anyhow::Result<()> {
+    match source.shape(name) {
+        None => bail!("tensor {name} is missing from {}", source.path().display()),
+        Some(shape) if shape != expected => {
+            bail!("tensor {name} has shape {shape:?}; the model config needs {expected:?}")
+        }
+        Some(_) => Ok(()),
     }
-    Ok(())
 }
