@@ -235,6 +235,11 @@ fn take_ready(
             continue;
         }
         let at = model.cache_position(&job.request_id, job.start, job.end);
+        let runnable = match at {
+            CachePosition::At(len) => job.position == len,
+            CachePosition::Absent => job.position == 0,
+            CachePosition::Busy => false,
+        };
         let problem = match at {
             CachePosition::At(len) if job.position < len => Some(format!(
                 "step at position {} of request {} arrived after the request reached {len}",
@@ -245,7 +250,9 @@ fn take_ready(
                  on this shard",
                 job.request_id, job.position
             )),
-            _ if q.since.elapsed() > limits.max_wait => Some(format!(
+            // Only a step held back by its own request's earlier steps can wait too long:
+            // one that could run but waits its turn behind other requests is just queued.
+            CachePosition::At(_) if !runnable && q.since.elapsed() > limits.max_wait => Some(format!(
                 "step at position {} of request {} waited {:?} for the steps before it",
                 job.position, job.request_id, limits.max_wait
             )),
@@ -256,11 +263,6 @@ fn take_ready(
             failed.push((job, reason));
             continue;
         }
-        let runnable = match at {
-            CachePosition::At(len) => job.position == len,
-            CachePosition::Absent => job.position == 0,
-            CachePosition::Busy => false,
-        };
         if !runnable || range.is_some_and(|r| r != (job.start, job.end)) {
             i += 1;
             continue;

@@ -19,13 +19,14 @@ struct Case {
     max_tokens: usize,
 }
 
-/// Sixteen requests with prompts from ~20 to ~1,000 tokens and different lengths.
+/// Sixteen requests with prompts from ~20 to ~570 tokens (two prompt chunks and more) and
+/// different lengths.
 fn cases() -> Vec<Case> {
     let sentence = "Rivers carve valleys over thousands of years, and the towns along them grow with the trade they carry. ";
     (0..16)
         .map(|i| {
-            // 1 to ~48 sentences of ~21 tokens: 20 to 1,000 prompt tokens.
-            let repeats = [1, 2, 3, 5, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 46, 47][i];
+            // 1 to 27 sentences of ~21 tokens: 20 to ~570 prompt tokens.
+            let repeats = [1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 27][i];
             let mut prompt = format!("Question {i}: summarise this text. ");
             prompt.push_str(&sentence.repeat(repeats));
             Case {
@@ -105,12 +106,16 @@ fn sixteen_concurrent_requests_through_a_ring_each_get_what_they_get_alone() {
             let url = format!("{}/v1/chat/completions", urls[i % urls.len()]);
             let body = body(case, false);
             std::thread::spawn(move || {
-                let response: serde_json::Value = ureq::post(&url)
+                let response: serde_json::Value = match ureq::post(&url)
                     .timeout(Duration::from_secs(600))
                     .send_json(body)
-                    .unwrap()
-                    .into_json()
-                    .unwrap();
+                {
+                    Ok(response) => response.into_json().unwrap(),
+                    Err(ureq::Error::Status(code, response)) => {
+                        panic!("request {i}: {code} {}", response.into_string().unwrap_or_default())
+                    }
+                    Err(error) => panic!("request {i}: {error}"),
+                };
                 response["choices"][0]["message"]["content"].as_str().unwrap().to_string()
             })
         })

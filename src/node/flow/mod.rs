@@ -16,6 +16,7 @@ mod ledger;
 mod origin;
 mod outbox;
 mod plan;
+mod progress;
 mod shard;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ use crate::topology::{DeviceCapabilities, Partition};
 
 use ledger::{Finished, StepLedger};
 use outbox::Outbox;
+use progress::ProgressClock;
 
 /// Deadlines of the request flow.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +50,9 @@ pub struct FlowConfig {
     /// its shard's weights (one after another). A node that dies meanwhile still ends the
     /// request at once: it leaves the peer view.
     pub load_allowance: Duration,
+    /// The longest a step may wait while the ring keeps working on other requests (see
+    /// `progress`): a ring that moves but never serves this request still fails it.
+    pub busy_cap: Duration,
     /// Prompt tokens per step: longer prompts go through the ring in chunks, which the
     /// shards interleave with other requests' decoding.
     pub prefill_chunk: usize,
@@ -59,6 +64,7 @@ impl Default for FlowConfig {
             step_timeout: Duration::from_secs(4),
             prefill_time_per_token: Duration::from_millis(20),
             load_allowance: Duration::from_secs(60),
+            busy_cap: Duration::from_secs(300),
             prefill_chunk: 256,
         }
     }
@@ -137,7 +143,7 @@ pub struct RequestFlow {
     /// Requests this node originated, waiting for step results.
     pending: Mutex<HashMap<String, ResultSender>>,
     /// Steps queued on the engine's batcher, by the tag they were queued with.
-    running: Mutex<HashMap<u64, ValidatedContext>>,
+    running: Mutex<HashMap<u64, (ValidatedContext, std::time::Instant)>>,
     next_tag: AtomicU64,
     /// Where the batcher hands finished batches (a task of this flow takes them).
     completions: mpsc::UnboundedSender<Vec<crate::engine::batcher::StepDone>>,
@@ -148,6 +154,8 @@ pub struct RequestFlow {
     accepted: Mutex<StepLedger>,
     finished: Mutex<Finished>,
     stats: Mutex<FlowStats>,
+    /// When the ring last did work this node saw (step deadlines wait on it).
+    progress: ProgressClock,
     /// Steps run as tasks of their own, which need an owned reference.
     this: Weak<Self>,
 }
@@ -190,6 +198,7 @@ impl RequestFlow {
                 accepted: Mutex::new(StepLedger::default()),
                 finished: Mutex::new(Finished::default()),
                 stats: Mutex::new(FlowStats::default()),
+                progress: ProgressClock::default(),
             }
         });
         tokio::spawn(shard::take_finished_batches(Arc::downgrade(&flow), finished_batches));
@@ -250,6 +259,7 @@ impl RequestFlow {
 
     /// Hands a step's outcome to the origin's waiting loop.
     fn route_result(&self, request_id: &str, step: u64, outcome: StepOutcome) -> Result<(), Status> {
+        self.progress.mark();
         let pending = self.lock_pending();
         let sender = pending.get(request_id).ok_or_else(|| {
             Status::not_found(format!(

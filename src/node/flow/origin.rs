@@ -135,21 +135,37 @@ impl RequestFlow {
         let mut awaited = step - 1;
         loop {
             let step_started = Instant::now();
-            let deadline = if first_token_at.is_none() {
-                self.config.step_timeout
-                    + self.config.load_allowance
-                    + self.config.prefill_time_per_token * request.prompt.len() as u32
-            } else {
-                self.config.step_timeout
+            // The deadline runs from the ring's last progress, and grows with how long
+            // steps take here lately: a busy ring working through other requests' steps
+            // is not a ring that stopped answering (see `progress`).
+            let first = first_token_at.is_none();
+            let deadline = || {
+                let patience = self.progress.patience(self.config.step_timeout, plan.entries.len());
+                if first {
+                    patience
+                        + self.config.load_allowance
+                        + self.config.prefill_time_per_token * request.prompt.len() as u32
+                } else {
+                    patience
+                }
             };
-            let expires = tokio::time::Instant::now() + deadline;
+            let armed = Instant::now();
+            let cap = deadline() + self.config.busy_cap;
             let outcome = loop {
+                let expires = self.progress.expiry(armed, deadline(), cap);
                 let (for_step, outcome) = tokio::select! {
                     outcome = results.recv() => outcome.context("the request's result channel closed")?,
-                    _ = tokio::time::sleep_until(expires) => bail!(
-                        "no result for step {awaited} within {deadline:?}: a node of the ring ({}) is not answering",
-                        describe(&plan)
-                    ),
+                    _ = tokio::time::sleep_until(expires.into()) => {
+                        let deadline = deadline();
+                        if self.progress.expiry(armed, deadline, cap) > expires {
+                            continue;
+                        }
+                        bail!(
+                            "no result for step {awaited} within {:.1?} ({deadline:.1?} without progress): a node of the ring ({}) is not answering",
+                            armed.elapsed(),
+                            describe(&plan)
+                        )
+                    }
                     _ = events.closed() => return Ok(None),
                     gone = member_lost(&mut joined, &plan, &self.node_id) => bail!(
                         "node {gone} left the cluster during the request"

@@ -87,7 +87,7 @@ impl RequestFlow {
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(job.tag, context);
+            .insert(job.tag, (context, std::time::Instant::now()));
         self.count(|s| s.steps_run += 1);
         model.submit(job);
         Ok(())
@@ -95,8 +95,9 @@ impl RequestFlow {
 
     /// Sends each output of a finished batch where it goes next.
     fn batch_finished(&self, done: Vec<StepDone>) {
+        self.progress.mark();
         for step in done {
-            let Some(context) = self
+            let Some((context, submitted)) = self
                 .running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -104,6 +105,7 @@ impl RequestFlow {
             else {
                 continue;
             };
+            self.progress.step_took(submitted.elapsed());
             match step.output {
                 Ok(ShardOutput::Logits(logits)) => {
                     let outcome = if !context.sample {
