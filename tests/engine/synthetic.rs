@@ -31,7 +31,7 @@ const THETA: f32 = 10_000.0;
 const EPS: f64 = 1e-5;
 
 /// The byte-level alphabet plus two special tokens: the vocabulary of every tiny model.
-fn vocabulary() -> Vec<String> {
+pub fn vocabulary() -> Vec<String> {
     let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
         .into_iter()
         .collect();
@@ -157,7 +157,7 @@ pub fn write_safetensors(dir: &Path, tiny: Tiny, weights: &HashMap<String, Tenso
     write_tokenizer_json(&dir.join("tokenizer.json"));
 }
 
-fn write_tokenizer_json(path: &Path) {
+pub fn write_tokenizer_json(path: &Path) {
     use tokenizers::models::bpe::{BPE, Vocab};
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     let tokens = vocabulary();
@@ -184,7 +184,7 @@ fn write_tokenizer_json(path: &Path) {
 
 /// llama.cpp's layout of a llama q/k weight: each head's rows reordered from Hugging
 /// Face's halves to interleaved pairs.
-fn permute_for_gguf(w: &Tensor, heads: usize) -> Tensor {
+pub fn permute_for_gguf(w: &Tensor, heads: usize) -> Tensor {
     let (out, inp) = w.dims2().unwrap();
     w.reshape((heads, 2, out / heads / 2, inp))
         .unwrap()
