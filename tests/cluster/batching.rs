@@ -19,14 +19,14 @@ struct Case {
     max_tokens: usize,
 }
 
-/// Sixteen requests with prompts from ~20 to ~570 tokens (two prompt chunks and more) and
-/// different lengths.
+/// Sixteen requests with prompts from ~20 to ~1,000 tokens (up to four prompt chunks) and
+/// different lengths; most are short, to keep the test's time.
 fn cases() -> Vec<Case> {
     let sentence = "Rivers carve valleys over thousands of years, and the towns along them grow with the trade they carry. ";
     (0..16)
         .map(|i| {
-            // 1 to 27 sentences of ~21 tokens: 20 to ~570 prompt tokens.
-            let repeats = [1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 27][i];
+            // 1 to 47 sentences of ~21 tokens: 20 to ~1,000 prompt tokens.
+            let repeats = [1, 1, 2, 2, 3, 3, 4, 5, 6, 8, 10, 12, 16, 20, 30, 47][i];
             let mut prompt = format!("Question {i}: summarise this text. ");
             prompt.push_str(&sentence.repeat(repeats));
             Case {
@@ -44,7 +44,8 @@ fn answers_alone(cases: &[Case]) -> Vec<String> {
         path: default_model().to_path_buf(),
         format: ModelFormat::Gguf,
     };
-    let model = Arc::new(LoadedModel::open(&EngineConfig::new(resolved, DeviceChoice::Cpu)).unwrap());
+    let model =
+        Arc::new(LoadedModel::open(&EngineConfig::new(resolved, DeviceChoice::Cpu)).unwrap());
     let ranges = model.even_ranges(1).unwrap();
     cases
         .iter()
@@ -112,28 +113,46 @@ fn sixteen_concurrent_requests_through_a_ring_each_get_what_they_get_alone() {
                 {
                     Ok(response) => response.into_json().unwrap(),
                     Err(ureq::Error::Status(code, response)) => {
-                        panic!("request {i}: {code} {}", response.into_string().unwrap_or_default())
+                        panic!(
+                            "request {i}: {code} {}",
+                            response.into_string().unwrap_or_default()
+                        )
                     }
                     Err(error) => panic!("request {i}: {error}"),
                 };
-                response["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+                response["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
             })
         })
         .collect();
     for (i, handle) in handles.into_iter().enumerate() {
         let text = handle.join().unwrap();
-        assert_eq!(text, expected[i], "request {i} changed when batched with the others");
+        assert_eq!(
+            text, expected[i],
+            "request {i} changed when batched with the others"
+        );
     }
     // The shards did batch: some steps ran together.
-    let batched = nodes.iter().any(|n| n.log_text().lines().any(|l| {
-        l.contains("batch of") && !l.contains("batch of 1 steps")
-    }));
+    let batched = nodes.iter().any(|n| {
+        n.log_text()
+            .lines()
+            .any(|l| l.contains("batch of") && !l.contains("batch of 1 steps"))
+    });
     assert!(batched, "no node ever ran two steps in one batch");
 }
 
 #[test]
 fn a_request_cancelled_mid_batch_frees_its_caches_and_the_others_finish_unchanged() {
-    let cases: Vec<Case> = cases().into_iter().take(4).map(|c| Case { max_tokens: 40, ..c }).collect();
+    let cases: Vec<Case> = cases()
+        .into_iter()
+        .take(4)
+        .map(|c| Case {
+            max_tokens: 40,
+            ..c
+        })
+        .collect();
     let expected = answers_alone(&cases);
     let dir = tempfile::tempdir().unwrap();
     let nodes = three_node_ring(dir.path());
@@ -152,7 +171,9 @@ fn a_request_cancelled_mid_batch_frees_its_caches_and_the_others_finish_unchange
                 let mut text = String::new();
                 for line in BufReader::new(response.into_reader()).lines() {
                     let line = line.unwrap();
-                    let Some(data) = line.strip_prefix("data: ") else { continue };
+                    let Some(data) = line.strip_prefix("data: ") else {
+                        continue;
+                    };
                     if data == "[DONE]" {
                         break;
                     }
@@ -172,7 +193,10 @@ fn a_request_cancelled_mid_batch_frees_its_caches_and_the_others_finish_unchange
     for (i, handle) in handles.into_iter().enumerate() {
         match handle.join().unwrap() {
             None => assert_eq!(i, 0),
-            Some(text) => assert_eq!(text, expected[i], "request {i} changed when another was cancelled"),
+            Some(text) => assert_eq!(
+                text, expected[i],
+                "request {i} changed when another was cancelled"
+            ),
         }
     }
     // Every node drops every cache: the cancelled request's as well as the finished ones'.
