@@ -16,3 +16,4 @@ pub mod proto;
 pub mod resource;
 pub mod server;
 pub mod topology;
+pub mod trust;

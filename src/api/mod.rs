@@ -3,11 +3,13 @@
 
 mod admin;
 mod chat;
+mod config;
 mod error;
 mod info;
 mod server;
 mod state;
 
+pub use config::ApiConfig;
 pub use error::ApiError;
 pub use server::ApiServer;
 pub use state::ApiState;

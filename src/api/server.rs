@@ -10,8 +10,10 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::config::ApiConfig;
 use super::state::ApiState;
 use crate::resource::Resource;
+use crate::trust::SecurityStatus;
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -27,12 +29,16 @@ pub struct ApiServer {
     shutting_down: watch::Sender<bool>,
     running: Mutex<Option<Running>>,
     port: Arc<AtomicU16>,
+    config: ApiConfig,
+    security: SecurityStatus,
 }
 
 impl ApiServer {
     /// `state` may be given later with [`set_state`](Self::set_state), before initialize.
-    pub fn new(listen: SocketAddr) -> Self {
+    pub fn new(listen: SocketAddr, config: ApiConfig, security: SecurityStatus) -> Self {
         ApiServer {
+            config,
+            security,
             listen: Mutex::new(listen),
             state: Mutex::new(None),
             shutting_down: watch::channel(false).0,
@@ -132,6 +138,10 @@ impl Resource for ApiServer {
     }
 
     fn info(&self) -> serde_json::Value {
-        json!({ "listen": self.local_addr().map(|a| a.to_string()) })
+        json!({
+            "listen": self.local_addr().map(|a| a.to_string()),
+            "security": self.security,
+            "limits": self.config.to_json(),
+        })
     }
 }

@@ -142,7 +142,10 @@ fn load(args: BenchArgs, concurrency: usize) -> anyhow::Result<()> {
         tokens: args.tokens,
         prompt_words: args.prompt_tokens,
         rounds: args.runs,
-        model: args.served_model.clone().unwrap_or_else(|| args.model.model.clone()),
+        model: args
+            .served_model
+            .clone()
+            .unwrap_or_else(|| args.model.model.clone()),
         api_key: args.api_key.clone(),
     };
     let (report, target) = match &args.node {
@@ -162,11 +165,23 @@ fn load(args: BenchArgs, concurrency: usize) -> anyhow::Result<()> {
             }
             let ring = start_ring(args.nodes, args.pin, &model_args)?;
             let report = run_load(&ring.api, &spec)?;
-            (report, format!("{} local node(s){}", args.nodes, if args.pin { ", pinned" } else { "" }))
+            (
+                report,
+                format!(
+                    "{} local node(s){}",
+                    args.nodes,
+                    if args.pin { ", pinned" } else { "" }
+                ),
+            )
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string(&json!({ "target": target, "model": spec.model, "report": report }))?);
+        println!(
+            "{}",
+            serde_json::to_string(
+                &json!({ "target": target, "model": spec.model, "report": report })
+            )?
+        );
     } else {
         println!(
             "{} streams × {} tokens against {target}: aggregate {:.1} tokens/s, per stream {:.1} tokens/s, \

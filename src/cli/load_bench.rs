@@ -82,15 +82,25 @@ pub fn run_load(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
             .collect();
         let mut streams = Vec::new();
         for handle in handles {
-            streams.push(handle.join().map_err(|_| anyhow::anyhow!("a stream panicked"))??);
+            streams.push(
+                handle
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a stream panicked"))??,
+            );
         }
         let wall = streams.iter().map(|s| s.finished).max().unwrap_or(started) - started;
         let total: usize = streams.iter().map(|s| s.tokens).sum();
-        let mut ttft: Vec<f64> = streams.iter().map(|s| (s.first_token - s.started).as_secs_f64()).collect();
+        let mut ttft: Vec<f64> = streams
+            .iter()
+            .map(|s| (s.first_token - s.started).as_secs_f64())
+            .collect();
         ttft.sort_by(f64::total_cmp);
         let mut decode: Vec<f64> = streams
             .iter()
-            .map(|s| s.tokens.saturating_sub(1) as f64 / (s.finished - s.first_token).as_secs_f64().max(1e-9))
+            .map(|s| {
+                s.tokens.saturating_sub(1) as f64
+                    / (s.finished - s.first_token).as_secs_f64().max(1e-9)
+            })
             .collect();
         decode.sort_by(f64::total_cmp);
         let pick = |v: &[f64], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
@@ -134,15 +144,21 @@ fn one_stream(base: &str, spec: &LoadSpec, index: usize, tokens: usize) -> anyho
     let mut usage = None;
     for line in BufReader::new(response.into_reader()).lines() {
         let line = line?;
-        let Some(data) = line.strip_prefix("data: ") else { continue };
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
         if data.trim() == "[DONE]" {
             break;
         }
-        let value: serde_json::Value = serde_json::from_str(data).context("a malformed stream chunk")?;
+        let value: serde_json::Value =
+            serde_json::from_str(data).context("a malformed stream chunk")?;
         if let Some(error) = value.get("error") {
             bail!("the server reported an error: {error}");
         }
-        if let Some(n) = value.pointer("/usage/completion_tokens").and_then(|v| v.as_u64()) {
+        if let Some(n) = value
+            .pointer("/usage/completion_tokens")
+            .and_then(|v| v.as_u64())
+        {
             usage = Some(n as usize);
         }
         let has_text = value
@@ -200,17 +216,26 @@ pub fn start_ring(nodes: usize, pin: bool, model_args: &[String]) -> anyhow::Res
             .arg("node")
             .args(model_args)
             .args(["--listen", "127.0.0.1", "--discovery-interfaces", "lo"])
-            .args(["--api-port", &api.to_string(), "--discovery-port", &discovery.to_string()])
+            .args([
+                "--api-port",
+                &api.to_string(),
+                "--discovery-port",
+                &discovery.to_string(),
+            ])
             .arg("--data-dir")
             .arg(dir.path().join(format!("node-{i}")))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join(format!("node-{i}.log")))?);
+            .stderr(std::fs::File::create(
+                dir.path().join(format!("node-{i}.log")),
+            )?);
         if nodes == 1 {
             command.args(["--discovery", "none"]);
         }
         if pin {
             // One core each: one compute thread each.
-            command.env("CANDLE_NUM_THREADS", "1").env("RAYON_NUM_THREADS", "1");
+            command
+                .env("CANDLE_NUM_THREADS", "1")
+                .env("RAYON_NUM_THREADS", "1");
         }
         children.push(command.spawn().context("cannot start a node")?);
     }
@@ -227,12 +252,18 @@ pub fn start_ring(nodes: usize, pin: bool, model_args: &[String]) -> anyhow::Res
             .call()
             .ok()
             .and_then(|r| r.into_json::<serde_json::Value>().ok())
-            .and_then(|t| t.pointer("/partition/entries").and_then(|e| e.as_array()).map(|e| e.len()));
+            .and_then(|t| {
+                t.pointer("/partition/entries")
+                    .and_then(|e| e.as_array())
+                    .map(|e| e.len())
+            });
         if planned == Some(nodes) {
             return Ok(ring);
         }
         if Instant::now() > deadline {
-            bail!("the {nodes} nodes did not form a ring within 2 minutes (logs in the node data dirs)");
+            bail!(
+                "the {nodes} nodes did not form a ring within 2 minutes (logs in the node data dirs)"
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -246,7 +277,11 @@ mod tempfile_dir {
 
     impl TempDir {
         pub fn new() -> std::io::Result<Self> {
-            let path = std::env::temp_dir().join(format!("exo-bench-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+            let path = std::env::temp_dir().join(format!(
+                "exo-bench-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ));
             std::fs::create_dir_all(&path)?;
             Ok(TempDir(path))
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde::Serialize;
 use tokio::sync::watch;
+use tonic::transport::ClientTlsConfig;
 
 use crate::peer::{GrpcPeerHandle, PeerTimeouts};
 use crate::resource::{Managed, ResourceConfig, ResourceRegistry, ResourceState};
@@ -26,6 +27,8 @@ pub struct PeerTableConfig {
     pub timeouts: PeerTimeouts,
     /// Lifecycle settings of each peer handle.
     pub handle_config: ResourceConfig,
+    /// With a cluster key: TLS to every peer, and no peer taken on from a plan alone.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Default for PeerTableConfig {
@@ -43,6 +46,7 @@ impl Default for PeerTableConfig {
                 ..ResourceConfig::default()
             },
             timeouts,
+            tls: None,
         }
     }
 }
@@ -193,19 +197,24 @@ impl PeerTable {
     }
 
     /// The handle on `node_id`, taking the peer on at `address` if the table does not
-    /// know it yet. Plans carry every node's address for this: a node may be asked to
-    /// forward to a peer whose announcement has not reached it yet (they go out twice a
-    /// second), and the request must not fail for that.
+    /// know it yet. Plans carry every node's address for this: in an open cluster a node
+    /// may be asked to forward to a peer whose announcement has not reached it yet (they
+    /// go out twice a second), and the request must not fail for that. In a keyed cluster
+    /// a plan alone never makes a peer: None unless the node proved the key to this one
+    /// (an authenticated datagram, or the operator's peers file).
     pub fn adopt(
         self: &Arc<Self>,
         node_id: &str,
         address: &str,
         model_id: &str,
-    ) -> Arc<Managed<GrpcPeerHandle>> {
+    ) -> Option<Arc<Managed<GrpcPeerHandle>>> {
         if let Some(entry) = self.lock().get_mut(node_id) {
             // In use: not to be retired as silent while a request needs it.
             entry.last_seen = Instant::now();
-            return entry.handle.clone();
+            return Some(entry.handle.clone());
+        }
+        if self.is_keyed() {
+            return None;
         }
         self.observe(Sighting {
             node_id: node_id.to_string(),
@@ -214,7 +223,7 @@ impl PeerTable {
             model_id: model_id.to_string(),
             capabilities: None,
         });
-        match self.handle(node_id) {
+        Some(match self.handle(node_id) {
             Some(handle) => handle,
             // Only our own id is never taken on; a plan naming us as a peer is a bug of the
             // sender's, and a handle that fails on use says so.
@@ -225,7 +234,18 @@ impl PeerTable {
                 model_id: model_id.to_string(),
                 capabilities: None,
             }),
-        }
+        })
+    }
+
+    /// Whether the cluster has a key (peers must prove it).
+    pub fn is_keyed(&self) -> bool {
+        self.config.tls.is_some()
+    }
+
+    /// Whether a plan may name `node_id`: always in an open cluster; in a keyed one, only
+    /// this node and peers that proved the key (they are in the table).
+    pub fn vouches_for(&self, node_id: &str) -> bool {
+        !self.is_keyed() || node_id == self.self_id || self.lock().contains_key(node_id)
     }
 
     /// A peer said it is leaving (or left the peers file): retire it now.
@@ -357,7 +377,8 @@ impl PeerTable {
     fn new_handle(&self, sighting: &Sighting) -> Arc<Managed<GrpcPeerHandle>> {
         Managed::builder(
             format!("peer:{}", sighting.node_id),
-            GrpcPeerHandle::new(&sighting.node_id, &sighting.address, self.config.timeouts),
+            GrpcPeerHandle::new(&sighting.node_id, &sighting.address, self.config.timeouts)
+                .with_tls(self.config.tls.clone()),
         )
         .name(format!("peer {} at {}", sighting.node_id, sighting.address))
         .config(self.config.handle_config.clone())

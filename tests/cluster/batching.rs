@@ -43,7 +43,8 @@ fn answers_alone(cases: &[Case]) -> Vec<String> {
         path: default_model().to_path_buf(),
         format: ModelFormat::Gguf,
     };
-    let model = Arc::new(LoadedModel::open(&EngineConfig::new(resolved, DeviceChoice::Cpu)).unwrap());
+    let model =
+        Arc::new(LoadedModel::open(&EngineConfig::new(resolved, DeviceChoice::Cpu)).unwrap());
     let ranges = model.even_ranges(1).unwrap();
     cases
         .iter()
@@ -111,24 +112,39 @@ fn sixteen_concurrent_requests_through_a_ring_each_get_what_they_get_alone() {
                     .unwrap()
                     .into_json()
                     .unwrap();
-                response["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+                response["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
             })
         })
         .collect();
     for (i, handle) in handles.into_iter().enumerate() {
         let text = handle.join().unwrap();
-        assert_eq!(text, expected[i], "request {i} changed when batched with the others");
+        assert_eq!(
+            text, expected[i],
+            "request {i} changed when batched with the others"
+        );
     }
     // The shards did batch: some steps ran together.
-    let batched = nodes.iter().any(|n| n.log_text().lines().any(|l| {
-        l.contains("batch of") && !l.contains("batch of 1 steps")
-    }));
+    let batched = nodes.iter().any(|n| {
+        n.log_text()
+            .lines()
+            .any(|l| l.contains("batch of") && !l.contains("batch of 1 steps"))
+    });
     assert!(batched, "no node ever ran two steps in one batch");
 }
 
 #[test]
 fn a_request_cancelled_mid_batch_frees_its_caches_and_the_others_finish_unchanged() {
-    let cases: Vec<Case> = cases().into_iter().take(4).map(|c| Case { max_tokens: 40, ..c }).collect();
+    let cases: Vec<Case> = cases()
+        .into_iter()
+        .take(4)
+        .map(|c| Case {
+            max_tokens: 40,
+            ..c
+        })
+        .collect();
     let expected = answers_alone(&cases);
     let dir = tempfile::tempdir().unwrap();
     let nodes = three_node_ring(dir.path());
@@ -147,7 +163,9 @@ fn a_request_cancelled_mid_batch_frees_its_caches_and_the_others_finish_unchange
                 let mut text = String::new();
                 for line in BufReader::new(response.into_reader()).lines() {
                     let line = line.unwrap();
-                    let Some(data) = line.strip_prefix("data: ") else { continue };
+                    let Some(data) = line.strip_prefix("data: ") else {
+                        continue;
+                    };
                     if data == "[DONE]" {
                         break;
                     }
@@ -167,7 +185,10 @@ fn a_request_cancelled_mid_batch_frees_its_caches_and_the_others_finish_unchange
     for (i, handle) in handles.into_iter().enumerate() {
         match handle.join().unwrap() {
             None => assert_eq!(i, 0),
-            Some(text) => assert_eq!(text, expected[i], "request {i} changed when another was cancelled"),
+            Some(text) => assert_eq!(
+                text, expected[i],
+                "request {i} changed when another was cancelled"
+            ),
         }
     }
     // Every node drops every cache: the cancelled request's as well as the finished ones'.

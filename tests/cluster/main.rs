@@ -14,3 +14,4 @@ mod netns;
 mod openai_client;
 mod peers_file;
 mod tensors;
+mod trust;

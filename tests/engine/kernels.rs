@@ -216,7 +216,10 @@ fn a_rows_result_does_not_depend_on_the_rows_beside_it() {
                     let few = run(isa, precision, &matrix, &x[..small * cols], small);
                     assert_eq!(
                         few.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                        batch[..small * rows].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        batch[..small * rows]
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>(),
                         "{dtype:?} {isa:?} {precision:?}: a batch of {small} differs"
                     );
                 }

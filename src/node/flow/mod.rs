@@ -116,6 +116,8 @@ pub struct FlowStats {
     pub requests_cancelled: u64,
     pub steps_run: u64,
     pub step_errors: u64,
+    /// Steps and results refused for naming a node that has not proven the cluster key.
+    pub plans_refused: u64,
 }
 
 /// What a request's origin receives: (step, outcome).
@@ -192,7 +194,10 @@ impl RequestFlow {
                 stats: Mutex::new(FlowStats::default()),
             }
         });
-        tokio::spawn(shard::take_finished_batches(Arc::downgrade(&flow), finished_batches));
+        tokio::spawn(shard::take_finished_batches(
+            Arc::downgrade(&flow),
+            finished_batches,
+        ));
         flow
     }
 
@@ -249,7 +254,12 @@ impl RequestFlow {
     }
 
     /// Hands a step's outcome to the origin's waiting loop.
-    fn route_result(&self, request_id: &str, step: u64, outcome: StepOutcome) -> Result<(), Status> {
+    fn route_result(
+        &self,
+        request_id: &str,
+        step: u64,
+        outcome: StepOutcome,
+    ) -> Result<(), Status> {
         let pending = self.lock_pending();
         let sender = pending.get(request_id).ok_or_else(|| {
             Status::not_found(format!(
@@ -328,16 +338,25 @@ impl NodeHandler for RequestFlow {
         )
     }
 
-    async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>) -> Vec<Result<(), Status>> {
+    async fn run_steps(
+        &self,
+        steps: Vec<(ValidatedContext, StepInput)>,
+    ) -> Vec<Result<(), Status>> {
         self.accept_steps(steps).await
     }
 
-    async fn step_results(&self, results: Vec<(ValidatedContext, String, StepOutcome)>) -> Vec<Result<(), Status>> {
+    async fn step_results(
+        &self,
+        results: Vec<(ValidatedContext, String, StepOutcome)>,
+    ) -> Vec<Result<(), Status>> {
         results
             .into_iter()
             .map(|(context, node_id, outcome)| {
                 if let StepOutcome::Error(error) = &outcome {
-                    tracing::debug!("node {node_id} reports a failed step of {}: {error}", context.request_id);
+                    tracing::debug!(
+                        "node {node_id} reports a failed step of {}: {error}",
+                        context.request_id
+                    );
                 }
                 self.route_result(&context.request_id, context.step, outcome)
             })
