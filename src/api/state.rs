@@ -21,4 +21,7 @@ pub struct ApiState {
     pub shutting_down: watch::Receiver<bool>,
     /// The node's cluster security, shown in /v1/topology.
     pub security: SecurityStatus,
+    /// Keys, CORS and limits of the API.
+    pub config: Arc<super::ApiConfig>,
+    pub limiter: Arc<super::RequestLimiter>,
 }

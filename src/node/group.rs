@@ -207,6 +207,7 @@ impl Node {
         .build();
         let api_server = ApiServer::new(config.api_listen, config.api.clone(), security.clone());
         let api_port = api_server.port_handle();
+        let (api_config, limiter) = api_server.access();
         api_server.set_state(ApiState {
             flow: flow.clone(),
             engine: engine.clone(),
@@ -214,6 +215,8 @@ impl Node {
             monitor: Some(monitor.clone()),
             shutting_down: api_server.shutdown_signal(),
             security,
+            config: api_config,
+            limiter,
         });
         let api = Managed::builder("api_server", api_server)
             .name("HTTP API")

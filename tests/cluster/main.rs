@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod api_access;
 mod bad_input;
 mod batching;
 mod cli;
