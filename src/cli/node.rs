@@ -9,7 +9,9 @@ use clap::{Args, ValueEnum};
 
 use super::shared::ModelArgs;
 use crate::api::ApiConfig;
-use crate::discovery::{DEFAULT_DISCOVERY_PORT, InterfaceFilter, UdpDiscoveryConfig};
+use crate::discovery::{
+    DEFAULT_DISCOVERY_PORT, DEFAULT_MAX_PEERS, InterfaceFilter, UdpDiscoveryConfig,
+};
 use crate::node::{DiscoveryMode, FlowConfig, Node, NodeConfig};
 use crate::trust::{ClusterKey, ClusterTrust};
 
@@ -91,6 +93,9 @@ pub struct NodeArgs {
     /// Chat requests this node serves at once.
     #[arg(long, env = "EXO_MAX_CONCURRENT_REQUESTS", default_value_t = ApiConfig::default().max_concurrent)]
     pub max_concurrent_requests: usize,
+    /// The most peers a node keeps (newcomers past it are refused).
+    #[arg(long, env = "EXO_MAX_PEERS", default_value_t = DEFAULT_MAX_PEERS)]
+    pub max_peers: usize,
     /// Chat requests that may wait for a slot; past them the API answers 429.
     #[arg(long, env = "EXO_MAX_QUEUED_REQUESTS", default_value_t = ApiConfig::default().max_queued)]
     pub max_queued_requests: usize,
@@ -129,6 +134,7 @@ impl NodeArgs {
             None => None,
         };
         config.insecure = self.insecure;
+        config.peers.max_peers = self.max_peers;
         if self.max_concurrent_requests == 0 {
             bail!("--max-concurrent-requests must be at least 1");
         }

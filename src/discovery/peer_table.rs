@@ -14,6 +14,9 @@ use crate::peer::{GrpcPeerHandle, PeerTimeouts};
 use crate::resource::{Managed, ResourceConfig, ResourceRegistry, ResourceState};
 use crate::topology::DeviceCapabilities;
 
+/// The default of [`PeerTableConfig::max_peers`].
+pub const DEFAULT_MAX_PEERS: usize = 256;
+
 /// Timing of the peer table. The defaults make a killed node leave its peers' view
 /// within 3 seconds.
 #[derive(Debug, Clone)]
@@ -29,6 +32,9 @@ pub struct PeerTableConfig {
     pub handle_config: ResourceConfig,
     /// With a cluster key: TLS to every peer, and no peer taken on from a plan alone.
     pub tls: Option<ClientTlsConfig>,
+    /// The most peers the table keeps; sightings of new ones past it are refused (an open
+    /// cluster's neighbours could otherwise make it hold any number of handles).
+    pub max_peers: usize,
 }
 
 impl Default for PeerTableConfig {
@@ -47,6 +53,7 @@ impl Default for PeerTableConfig {
             },
             timeouts,
             tls: None,
+            max_peers: DEFAULT_MAX_PEERS,
         }
     }
 }
@@ -98,6 +105,8 @@ pub struct PeerTable {
     registry: Arc<ResourceRegistry>,
     entries: Mutex<HashMap<String, Entry>>,
     joined: watch::Sender<Vec<PeerInfo>>,
+    /// Sightings of new peers refused because the table was full.
+    refused_full: std::sync::atomic::AtomicU64,
 }
 
 impl PeerTable {
@@ -112,6 +121,7 @@ impl PeerTable {
             registry,
             entries: Mutex::new(HashMap::new()),
             joined: watch::channel(Vec::new()).0,
+            refused_full: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -131,6 +141,7 @@ impl PeerTable {
         let mut is_new = false;
         let fresh_handle = {
             let mut entries = self.lock();
+            let full = entries.len() >= self.config.max_peers;
             match entries.get_mut(&sighting.node_id) {
                 Some(entry) => {
                     // Another address for the same node: move only to a better-ranked link,
@@ -160,6 +171,19 @@ impl PeerTable {
                         }
                         None
                     }
+                }
+                None if full => {
+                    let refused = self
+                        .refused_full
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if refused == 0 {
+                        tracing::warn!(
+                            "the peer table is full ({} peers): {} and later newcomers are refused",
+                            self.config.max_peers,
+                            sighting.node_id
+                        );
+                    }
+                    return false;
                 }
                 None => {
                     let handle = self.new_handle(&sighting);
@@ -235,6 +259,11 @@ impl PeerTable {
                 capabilities: None,
             }),
         })
+    }
+
+    /// Sightings of new peers refused because the table was full.
+    pub fn refused_full(&self) -> u64 {
+        self.refused_full.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the cluster has a key (peers must prove it).

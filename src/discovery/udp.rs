@@ -316,6 +316,8 @@ impl Resource for UdpDiscovery {
             "remembered_nonces": self.config.seal.as_ref().map(|s| s.remembered()),
             "datagrams": self.stats.to_json(),
             "peers": self.peers.peers(),
+            "max_peers": self.peers.config().max_peers,
+            "refused_table_full": self.peers.refused_full(),
         })
     }
 }

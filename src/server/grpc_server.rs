@@ -165,6 +165,8 @@ impl Resource for GrpcServer {
         json!({
             "listen": running.as_ref().map(|r| r.local_addr.to_string()),
             "tls": self.tls.is_some(),
+            "max_message_bytes": MAX_MESSAGE_BYTES,
+            "max_plan_entries": crate::topology::MAX_PLAN_ENTRIES,
             "rejected_messages": running.as_ref().map_or(0, |r| r.service.rejected()),
         })
     }

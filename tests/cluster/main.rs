@@ -7,6 +7,7 @@ mod support;
 mod api_access;
 mod bad_input;
 mod batching;
+mod bounds;
 mod cli;
 mod discovery;
 mod e2e;
