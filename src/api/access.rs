@@ -91,7 +91,7 @@ pub async fn guard(
     }
     if path != "/healthz" {
         if let Err(response) = authorize(&config, peer, &path, request.headers()) {
-            return response;
+            return *response;
         }
         if request.method() == Method::POST && path == "/v1/chat/completions" {
             let json = request
@@ -130,32 +130,32 @@ fn authorize(
     peer: SocketAddr,
     path: &str,
     headers: &HeaderMap,
-) -> Result<(), Response> {
+) -> Result<(), Box<Response>> {
     let token = bearer(headers);
     if is_admin(path) {
         if !config.admin_keys.is_empty() {
             return if one_of(token, &config.admin_keys) {
                 Ok(())
             } else {
-                Err(forbidden(
+                Err(Box::new(forbidden(
                     "the admin endpoints need the admin key (--admin-key)",
-                ))
+                )))
             };
         }
         if !peer.ip().is_loopback() {
-            return Err(forbidden(
+            return Err(Box::new(forbidden(
                 "the admin endpoints answer only on loopback unless the node has --admin-key",
-            ));
+            )));
         }
     }
     if config.api_keys.is_empty() || one_of(token, &config.api_keys) {
         return Ok(());
     }
-    Err(unauthorized(if token.is_none() {
+    Err(Box::new(unauthorized(if token.is_none() {
         "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
     } else {
         "Incorrect API key provided."
-    }))
+    })))
 }
 
 fn preflight(origin: &HeaderValue) -> Response {
