@@ -16,7 +16,6 @@ use exo::topology::DeviceCapabilities;
 use exo::trust::{
     ClusterKey, ClusterTrust, DatagramSeal, NodeTls, TLS_SERVER_NAME, new_nonce, now_ms,
 };
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::e2e::{PROMPT, chat_body, generate_locally};
@@ -79,25 +78,11 @@ fn forged(node_id: &str) -> Announcement {
     }
 }
 
-/// A socket that hears the broadcasts on `port` too (as an eavesdropper on the LAN would).
-fn listener_on(port: u16) -> tokio::net::UdpSocket {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-    socket.set_reuse_address(true).unwrap();
-    socket.set_reuse_port(true).unwrap();
-    socket.set_broadcast(true).unwrap();
-    socket.set_nonblocking(true).unwrap();
-    socket
-        .bind(&SockAddr::from(SocketAddr::from(([0, 0, 0, 0], port))))
-        .unwrap();
-    tokio::net::UdpSocket::from_std(socket.into()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refused_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
     let key = ClusterKey::generate();
-    let eavesdropper = listener_on(port);
     let k1 = start(dir.path(), "k1", port, Some(&key)).await;
     let k2 = start(dir.path(), "k2", port, Some(&key)).await;
     // A node with another key and an open node share the port: neither may join.
@@ -115,7 +100,11 @@ async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refus
     goodbye.departing = true;
     let mut stale = forged("stale-visitor");
     stale.sent_at_ms = now_ms() - 120_000;
+    // Sent to loopback's broadcast address: every node on the port hears it (a unicast
+    // datagram would reach only one of the sockets sharing the port).
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.set_broadcast(true).unwrap();
+    let everyone = ("127.255.255.255", port);
     let discovery = discovery(&k1);
     let stats = discovery.ensure_ready().await.unwrap().stats().clone();
     let before = stats.unauthenticated.load(Ordering::Relaxed);
@@ -136,31 +125,26 @@ async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refus
     .await;
     // A stale one, even with the right key (a recording played back later).
     socket
-        .send_to(&stale.encode_sealed(Some(&right_seal)), ("127.0.0.1", port))
+        .send_to(&stale.encode_sealed(Some(&right_seal)), everyone)
         .await
         .unwrap();
     wait_for_count(&k1, 1, |s| s.stale.load(Ordering::Relaxed)).await;
-    // A replay: a real member's datagram, recorded off the port and sent again.
-    let mut buffer = vec![0u8; 9000];
-    let recorded = loop {
-        let (n, _) = tokio::time::timeout(WAIT, eavesdropper.recv_from(&mut buffer))
-            .await
-            .unwrap()
-            .unwrap();
-        let body = right_seal.open(&buffer[..n]).map(|b| b.to_vec());
-        if let Ok(body) = body
-            && serde_json::from_slice::<Announcement>(&body).is_ok_and(|a| a.node_id == "k2")
-        {
-            break buffer[..n].to_vec();
-        }
-    };
-    // Sent after k1 has surely seen the original (it arrives at every listener at once).
-    wait_for_count(&k1, 1, |s| s.accepted.load(Ordering::Relaxed)).await;
-    socket
-        .send_to(&recorded, ("127.0.0.1", port))
-        .await
-        .unwrap();
-    wait_for_count(&k1, 1, |s| s.replayed.load(Ordering::Relaxed)).await;
+    // A replay: a datagram with the right key (what k2 would say of itself), sent twice.
+    // The first copy is news; the second is refused. (scripts/netns-trust.sh replays
+    // datagrams recorded off the wire.)
+    let k2_port = grpc_address(&k2).await.port();
+    let mut genuine = forged("k2");
+    genuine.grpc_port = k2_port;
+    genuine.interface_priority = 0;
+    genuine.capabilities = k2.flow.capabilities().clone();
+    let sealed = genuine.encode_sealed(Some(&right_seal));
+    let replayed_before = stats.replayed.load(Ordering::Relaxed);
+    socket.send_to(&sealed, everyone).await.unwrap();
+    socket.send_to(&sealed, everyone).await.unwrap();
+    wait_for_count(&k1, replayed_before + 1, |s| {
+        s.replayed.load(Ordering::Relaxed)
+    })
+    .await;
 
     for node in [&k1, &k2] {
         let listed: Vec<String> = node.peers.peers().into_iter().map(|p| p.node_id).collect();
@@ -181,7 +165,13 @@ async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refus
     // The forged goodbye did not drop k2, and the outsiders see no one either.
     assert!(k1.peers.handle("k2").is_some());
     assert!(wrong.peers.peers().is_empty(), "{:?}", wrong.peers.peers());
-    assert!(open.peers.peers().is_empty(), "{:?}", open.peers.peers());
+    // The open node takes on anyone who asks (mallory, unsealed) but cannot read the
+    // keyed nodes' datagrams.
+    let open_peers: Vec<String> = open.peers.peers().into_iter().map(|p| p.node_id).collect();
+    assert!(
+        !open_peers.iter().any(|id| id == "k1" || id == "k2"),
+        "{open_peers:?}"
+    );
 
     // The status says what the node is.
     let topology: serde_json::Value = tokio::task::spawn_blocking({
