@@ -31,7 +31,10 @@ impl NodeHandler for Receiver {
     fn node_id(&self) -> String {
         "receiver".into()
     }
-    async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>) -> Vec<Result<(), Status>> {
+    async fn run_steps(
+        &self,
+        steps: Vec<(ValidatedContext, StepInput)>,
+    ) -> Vec<Result<(), Status>> {
         steps
             .into_iter()
             .map(|(_, input)| {
@@ -43,7 +46,10 @@ impl NodeHandler for Receiver {
             })
             .collect()
     }
-    async fn step_results(&self, results: Vec<(ValidatedContext, String, StepOutcome)>) -> Vec<Result<(), Status>> {
+    async fn step_results(
+        &self,
+        results: Vec<(ValidatedContext, String, StepOutcome)>,
+    ) -> Vec<Result<(), Status>> {
         results.iter().map(|_| Ok(())).collect()
     }
     async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
@@ -120,7 +126,9 @@ async fn main() {
             let message = pb::StepBatch {
                 items: vec![pb::StepItem {
                     context: Some(context()),
-                    input: Some(pb::step_item::Input::Tensor(encode_tensor(&tensor).unwrap())),
+                    input: Some(pb::step_item::Input::Tensor(
+                        encode_tensor(&tensor).unwrap(),
+                    )),
                 }],
             };
             handle

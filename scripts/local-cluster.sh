@@ -54,12 +54,18 @@ for port in [int(sys.argv[1]), 0]:
 PY
 }
 
+# One cluster key for the three: discovery is authenticated and the nodes talk over
+# mutual TLS (docs/SECURITY.md).
+"$exo" keygen >"$work/cluster.key" 2>/dev/null
+chmod 600 "$work/cluster.key"
+
 ports=()
-echo "== starting three nodes"
+echo "== starting three nodes (cluster key $work/cluster.key)"
 for i in 1 2 3; do
     port="$(free_port $((52414 + i)))"
     ports+=("$port")
     "$exo" node --listen 127.0.0.1 --api-port "$port" --data-dir "$work/node$i" \
+        --cluster-key "$work/cluster.key" \
         >"$work/node$i.log" 2>&1 &
     pids+=($!)
     echo "node $i: API http://127.0.0.1:$port (log $work/node$i.log)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Three exo nodes in three network namespaces joined by a bridge, each started with
-# default flags: checks that each sees the other two, kills one (SIGKILL) and checks that
+# default flags and one shared cluster key (an open cluster keeps to loopback): checks that each sees the other two, kills one (SIGKILL) and checks that
 # the other two drop it within 3 seconds. Needs root (ip netns). Everything it makes (the
 # namespaces, the bridge, the veth pairs, the processes, a temporary directory) is removed
 # on exit, success or not. Its traffic never leaves those namespaces: the bridge lives in a
@@ -30,6 +30,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+"$exo" keygen >"$work/cluster.key" 2>/dev/null
+chmod 600 "$work/cluster.key"
 ip netns add "$switch"
 ip -n "$switch" link add "br$tag" type bridge
 ip -n "$switch" link set "br$tag" up
@@ -46,6 +48,7 @@ for i in 1 2 3; do
     # Default flags: default ports, UDP discovery on every interface. Only the data
     # directory's home is ours, so that nothing is written to the caller's.
     XDG_DATA_HOME="$work/data$i" RUST_LOG=info ip netns exec "$ns" "$exo" node --device cpu \
+        --cluster-key "$work/cluster.key" \
         >"$work/node$i.log" 2>&1 &
     pids+=($!)
 done

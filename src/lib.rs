@@ -5,6 +5,7 @@
 //!   knows nothing of models or networking.
 //! - [`catalog`]: known models, where their files come from, checksums.
 //! - [`engine`]: the sharded inference engine on candle (a resource).
+//! - [`trust`]: the cluster key, sealed discovery datagrams, key-derived mutual TLS.
 pub mod api;
 pub mod catalog;
 pub mod cli;
@@ -16,3 +17,4 @@ pub mod proto;
 pub mod resource;
 pub mod server;
 pub mod topology;
+pub mod trust;

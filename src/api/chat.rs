@@ -75,6 +75,8 @@ struct ContentPart {
 
 /// Most stop strings OpenAI accepts.
 const MAX_STOP_STRINGS: usize = 4;
+/// The longest stop string accepted: each is matched against the text of every token.
+pub const MAX_STOP_STRING_BYTES: usize = 256;
 
 /// A checked request, ready to run.
 struct Prepared {
@@ -185,6 +187,12 @@ async fn prepare(state: &ApiState, body: &[u8]) -> Result<Prepared, ApiError> {
         return Err(ApiError::invalid_param(
             "stop",
             format!("at most {MAX_STOP_STRINGS} stop strings"),
+        ));
+    }
+    if stop.iter().any(|s| s.len() > MAX_STOP_STRING_BYTES) {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!("stop strings have at most {MAX_STOP_STRING_BYTES} bytes"),
         ));
     }
     let messages = messages(request.messages)?;

@@ -60,6 +60,7 @@ pub async fn topology(State(state): State<ApiState>) -> Result<Json<serde_json::
         "node_id": state.flow.node_id(),
         "nodes": nodes,
         "partition": partition,
+        "security": state.security,
     })))
 }
 

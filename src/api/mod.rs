@@ -1,14 +1,19 @@
 //! The HTTP API of a node: OpenAI-compatible chat completions, models, topology, health,
 //! and the admin endpoints over the node's resources.
 
+mod access;
 mod admin;
 mod chat;
+mod config;
 mod error;
 mod info;
+mod limit;
 mod server;
 mod state;
 
+pub use config::ApiConfig;
 pub use error::ApiError;
+pub use limit::RequestLimiter;
 pub use server::ApiServer;
 pub use state::ApiState;
 
@@ -27,5 +32,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/resources/report", get(admin::report))
         .route("/v1/resources/{id}/reset", post(admin::reset))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.limiter.clone(),
+            limit::limit,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.max_body_bytes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.clone(),
+            access::guard,
+        ))
         .with_state(state)
 }

@@ -10,8 +10,11 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::config::ApiConfig;
+use super::limit::RequestLimiter;
 use super::state::ApiState;
 use crate::resource::Resource;
+use crate::trust::SecurityStatus;
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -27,12 +30,22 @@ pub struct ApiServer {
     shutting_down: watch::Sender<bool>,
     running: Mutex<Option<Running>>,
     port: Arc<AtomicU16>,
+    config: Arc<ApiConfig>,
+    limiter: Arc<RequestLimiter>,
+    security: SecurityStatus,
 }
 
 impl ApiServer {
     /// `state` may be given later with [`set_state`](Self::set_state), before initialize.
-    pub fn new(listen: SocketAddr) -> Self {
+    pub fn new(listen: SocketAddr, config: ApiConfig, security: SecurityStatus) -> Self {
         ApiServer {
+            limiter: Arc::new(RequestLimiter::new(
+                config.max_concurrent,
+                config.max_queued,
+                config.retry_after,
+            )),
+            config: Arc::new(config),
+            security,
             listen: Mutex::new(listen),
             state: Mutex::new(None),
             shutting_down: watch::channel(false).0,
@@ -49,6 +62,11 @@ impl ApiServer {
     /// A receiver that turns true when the server shuts down (for `ApiState`).
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutting_down.subscribe()
+    }
+
+    /// The API's access rules and its request limiter (for `ApiState`).
+    pub fn access(&self) -> (Arc<ApiConfig>, Arc<RequestLimiter>) {
+        (self.config.clone(), self.limiter.clone())
     }
 
     pub fn set_state(&self, state: ApiState) {
@@ -87,11 +105,14 @@ impl Resource for ApiServer {
         let mut stop = self.shutting_down.subscribe();
         let app = super::router(state);
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|down| *down).await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|down| *down).await;
+            })
+            .await
         });
         tracing::info!("API listening on http://{local_addr}");
         self.port.store(local_addr.port(), Ordering::Relaxed);
@@ -132,6 +153,11 @@ impl Resource for ApiServer {
     }
 
     fn info(&self) -> serde_json::Value {
-        json!({ "listen": self.local_addr().map(|a| a.to_string()) })
+        json!({
+            "listen": self.local_addr().map(|a| a.to_string()),
+            "security": self.security,
+            "access": self.config.to_json(),
+            "limits": self.limiter.to_json(),
+        })
     }
 }

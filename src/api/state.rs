@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use crate::engine::InferenceEngine;
 use crate::node::RequestFlow;
 use crate::resource::{Managed, ResourceMonitor, ResourceRegistry};
+use crate::trust::SecurityStatus;
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -18,4 +19,9 @@ pub struct ApiState {
     pub monitor: Option<Arc<Managed<Arc<ResourceMonitor>>>>,
     /// Turns true when the server shuts down, so that open streams end.
     pub shutting_down: watch::Receiver<bool>,
+    /// The node's cluster security, shown in /v1/topology.
+    pub security: SecurityStatus,
+    /// Keys, CORS and limits of the API.
+    pub config: Arc<super::ApiConfig>,
+    pub limiter: Arc<super::RequestLimiter>,
 }

@@ -25,6 +25,10 @@ pub struct ChatArgs {
     /// Print the whole JSON response instead of the answer.
     #[arg(long)]
     pub json: bool,
+    /// The node's API key, sent as `Authorization: Bearer` (the first, if the environment
+    /// holds a comma-separated list).
+    #[arg(long, env = "EXO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
@@ -37,16 +41,28 @@ fn run_blocking(args: ChatArgs) -> anyhow::Result<()> {
         .timeout_connect(Duration::from_secs(3))
         .timeout(Duration::from_secs(600))
         .build();
+    let authorization = super::shared::bearer(args.api_key.as_deref());
+    let with_key = |request: ureq::Request| match &authorization {
+        Some(value) => request.set("authorization", value),
+        None => request,
+    };
     let unreachable =
         |error: ureq::Error| anyhow::anyhow!("cannot reach the node at {base}: {error}");
     let model = match args.model {
         Some(model) => model,
         None => {
-            let models: serde_json::Value = agent
-                .get(&format!("{base}/v1/models"))
-                .call()
-                .map_err(unreachable)?
-                .into_json()?;
+            let models: serde_json::Value =
+                match with_key(agent.get(&format!("{base}/v1/models"))).call() {
+                    Ok(response) => response.into_json()?,
+                    Err(ureq::Error::Status(code, response)) => {
+                        let body: serde_json::Value = response.into_json().unwrap_or_default();
+                        bail!(
+                            "the node answered {code}: {}",
+                            body["error"]["message"].as_str().unwrap_or("no message")
+                        );
+                    }
+                    Err(error) => return Err(unreachable(error)),
+                };
             models["data"][0]["id"]
                 .as_str()
                 .context("the node lists no model")?
@@ -59,20 +75,18 @@ fn run_blocking(args: ChatArgs) -> anyhow::Result<()> {
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
     });
-    let response: serde_json::Value = match agent
-        .post(&format!("{base}/v1/chat/completions"))
-        .send_json(&body)
-    {
-        Ok(response) => response.into_json()?,
-        Err(ureq::Error::Status(code, response)) => {
-            let body: serde_json::Value = response.into_json().unwrap_or_default();
-            bail!(
-                "the node answered {code}: {}",
-                body["error"]["message"].as_str().unwrap_or("no message")
-            );
-        }
-        Err(error) => return Err(unreachable(error)),
-    };
+    let response: serde_json::Value =
+        match with_key(agent.post(&format!("{base}/v1/chat/completions"))).send_json(&body) {
+            Ok(response) => response.into_json()?,
+            Err(ureq::Error::Status(code, response)) => {
+                let body: serde_json::Value = response.into_json().unwrap_or_default();
+                bail!(
+                    "the node answered {code}: {}",
+                    body["error"]["message"].as_str().unwrap_or("no message")
+                );
+            }
+            Err(error) => return Err(unreachable(error)),
+        };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(());

@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod generate;
+mod keygen;
 mod load_bench;
 mod models;
 mod node;
@@ -38,6 +39,9 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode tokens/s.
     Bench(bench::BenchArgs),
+    /// Print a new cluster key (`exo keygen > cluster.key`; give it to every node with
+    /// --cluster-key).
+    Keygen,
     /// List or fetch models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -54,6 +58,7 @@ impl Cli {
             Command::Generate(args) => generate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Models(command) => models::run(command).await,
+            Command::Keygen => keygen::run(),
         }
     }
 

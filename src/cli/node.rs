@@ -8,8 +8,12 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 
 use super::shared::ModelArgs;
-use crate::discovery::{DEFAULT_DISCOVERY_PORT, InterfaceFilter, UdpDiscoveryConfig};
+use crate::api::ApiConfig;
+use crate::discovery::{
+    DEFAULT_DISCOVERY_PORT, DEFAULT_MAX_PEERS, InterfaceFilter, UdpDiscoveryConfig,
+};
 use crate::node::{DiscoveryMode, FlowConfig, Node, NodeConfig};
+use crate::trust::{ClusterKey, ClusterTrust};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DiscoveryKind {
@@ -58,6 +62,43 @@ pub struct NodeArgs {
     /// How long the node that received a request waits for each token (milliseconds).
     #[arg(long, env = "EXO_STEP_TIMEOUT_MS", default_value_t = 4000)]
     pub step_timeout_ms: u64,
+    /// The cluster key file (`exo keygen > cluster.key`): only nodes with the same key
+    /// join, and nodes talk over mutual TLS. Without one the cluster is open.
+    #[arg(long, env = "EXO_CLUSTER_KEY_FILE")]
+    pub cluster_key: Option<PathBuf>,
+    /// Run an open cluster (no key) beyond loopback anyway: anyone on the network can join.
+    #[arg(long, env = "EXO_INSECURE")]
+    pub insecure: bool,
+    /// Bearer token required on every /v1 endpoint (repeat, or comma-separate in the
+    /// environment, for several). None: the API is open.
+    #[arg(
+        long = "api-key",
+        env = "EXO_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// Bearer token for the admin endpoints (/v1/resources/...). None: admin only from
+    /// loopback.
+    #[arg(
+        long = "admin-key",
+        env = "EXO_ADMIN_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_keys: Vec<String>,
+    /// An origin allowed cross-site API requests (CORS); none by default.
+    #[arg(long = "cors-origin", env = "EXO_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Chat requests this node serves at once.
+    #[arg(long, env = "EXO_MAX_CONCURRENT_REQUESTS", default_value_t = ApiConfig::default().max_concurrent)]
+    pub max_concurrent_requests: usize,
+    /// The most peers a node keeps (newcomers past it are refused).
+    #[arg(long, env = "EXO_MAX_PEERS", default_value_t = DEFAULT_MAX_PEERS)]
+    pub max_peers: usize,
+    /// Chat requests that may wait for a slot; past them the API answers 429.
+    #[arg(long, env = "EXO_MAX_QUEUED_REQUESTS", default_value_t = ApiConfig::default().max_queued)]
+    pub max_queued_requests: usize,
 }
 
 impl NodeArgs {
@@ -87,6 +128,33 @@ impl NodeArgs {
         config.flow = FlowConfig {
             step_timeout: Duration::from_millis(self.step_timeout_ms),
             ..FlowConfig::default()
+        };
+        config.trust = match &self.cluster_key {
+            Some(path) => Some(ClusterTrust::new(ClusterKey::load(path)?)?),
+            None => None,
+        };
+        config.insecure = self.insecure;
+        config.peers.max_peers = self.max_peers;
+        if self.max_concurrent_requests == 0 {
+            bail!("--max-concurrent-requests must be at least 1");
+        }
+        let clean = |keys: &[String], flag: &str| -> anyhow::Result<Vec<String>> {
+            let keys: Vec<String> = keys.iter().map(|k| k.trim().to_string()).collect();
+            if keys
+                .iter()
+                .any(|k| k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                bail!("{flag} must not be empty or hold whitespace");
+            }
+            Ok(keys)
+        };
+        config.api = ApiConfig {
+            api_keys: clean(&self.api_keys, "--api-key")?,
+            admin_keys: clean(&self.admin_keys, "--admin-key")?,
+            cors_origins: self.cors_origins.clone(),
+            max_concurrent: self.max_concurrent_requests,
+            max_queued: self.max_queued_requests,
+            ..ApiConfig::default()
         };
         Ok(config)
     }

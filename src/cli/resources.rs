@@ -21,6 +21,13 @@ pub struct ResourcesArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The node's API key (Bearer), for a node started with --api-key.
+    #[arg(long, env = "EXO_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The node's admin key (Bearer; sent instead of --api-key), for a node started with
+    /// --admin-key.
+    #[arg(long, env = "EXO_ADMIN_KEY", global = true, hide_env_values = true)]
+    pub admin_key: Option<String>,
     #[command(subcommand)]
     pub command: ResourcesCommand,
 }
@@ -72,6 +79,12 @@ pub async fn run(args: ResourcesArgs) -> anyhow::Result<()> {
 fn run_blocking(args: ResourcesArgs) -> anyhow::Result<()> {
     let base = args.node.trim_end_matches('/').to_string();
     let agent = agent();
+    let authorization =
+        super::shared::bearer(args.admin_key.as_deref().or(args.api_key.as_deref()));
+    let call = |request: ureq::Request, node: &str| match &authorization {
+        Some(value) => call(request.set("authorization", value), node),
+        None => call(request, node),
+    };
     match &args.command {
         ResourcesCommand::List => {
             let (code, body) = call(agent.get(&format!("{base}/v1/resources")), &base)?;

@@ -56,3 +56,10 @@ impl ModelArgs {
         Ok(builder.build())
     }
 }
+
+/// The `Authorization` header value for a key given on the command line or in the
+/// environment (where several may be comma-separated: the first is used).
+pub fn bearer(key: Option<&str>) -> Option<String> {
+    let key = key?.split(',').next()?.trim();
+    (!key.is_empty()).then(|| format!("Bearer {key}"))
+}

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::topology::DeviceCapabilities;
+use crate::trust::{DatagramSeal, SealError};
 
 /// Identifies exo-rs datagrams among whatever else shares the port.
 pub const PROTOCOL: &str = "exo-rs";
@@ -29,6 +30,12 @@ pub struct Announcement {
     /// Sent once on the way out, so that peers drop the node at once.
     #[serde(default)]
     pub departing: bool,
+    /// The sender's clock (ms since the Unix epoch) and a random nonce: with a cluster key
+    /// they are under the datagram's MAC, so that stale copies and replays are refused.
+    #[serde(default)]
+    pub sent_at_ms: u64,
+    #[serde(default)]
+    pub nonce: String,
 }
 
 /// Why a datagram was ignored.
@@ -44,11 +51,42 @@ pub enum DatagramError {
     WrongVersion(u32),
     #[error("invalid announcement: {0}")]
     Invalid(&'static str),
+    /// Refused by the cluster key: no valid MAC, stale, or replayed.
+    #[error("refused: {0}")]
+    Refused(SealError),
 }
 
 impl Announcement {
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Seals the encoded announcement with the cluster key, or leaves it open without one.
+    pub fn encode_sealed(&self, seal: Option<&DatagramSeal>) -> Vec<u8> {
+        match seal {
+            Some(seal) => seal.seal(&self.encode()),
+            None => self.encode(),
+        }
+    }
+
+    /// Opens a datagram: with a cluster key, it must carry a valid MAC, be fresh and not a
+    /// replay; then it is decoded and checked as [`decode`](Self::decode) does. Never panics.
+    pub fn open(
+        bytes: &[u8],
+        seal: Option<&DatagramSeal>,
+        now_ms: u64,
+    ) -> Result<Self, DatagramError> {
+        let Some(seal) = seal else {
+            return Self::decode(bytes);
+        };
+        if bytes.len() > MAX_DATAGRAM_BYTES {
+            return Err(DatagramError::TooLarge(bytes.len()));
+        }
+        let body = seal.open(bytes).map_err(DatagramError::Refused)?;
+        let announcement = Self::decode(body)?;
+        seal.check_fresh(announcement.sent_at_ms, &announcement.nonce, now_ms)
+            .map_err(DatagramError::Refused)?;
+        Ok(announcement)
     }
 
     /// Decodes and checks a datagram. Never panics, whatever the bytes.
@@ -109,6 +147,10 @@ pub struct DatagramStats {
     pub foreign: AtomicU64,
     pub wrong_version: AtomicU64,
     pub invalid: AtomicU64,
+    /// Refused by the cluster key, by reason.
+    pub unauthenticated: AtomicU64,
+    pub stale: AtomicU64,
+    pub replayed: AtomicU64,
     pub sent: AtomicU64,
     pub send_errors: AtomicU64,
 }
@@ -125,6 +167,9 @@ impl Default for DatagramStats {
             foreign: AtomicU64::new(0),
             wrong_version: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
+            unauthenticated: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
         }
@@ -149,8 +194,19 @@ impl DatagramStats {
             DatagramError::Foreign(_) => &self.foreign,
             DatagramError::WrongVersion(_) => &self.wrong_version,
             DatagramError::Invalid(_) => &self.invalid,
+            DatagramError::Refused(SealError::Unauthenticated) => &self.unauthenticated,
+            DatagramError::Refused(SealError::Stale(_)) => &self.stale,
+            DatagramError::Refused(SealError::Replayed | SealError::BadNonce) => &self.replayed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Datagrams refused by the cluster key (no valid MAC, stale, replayed).
+    pub fn refused(&self) -> u64 {
+        [&self.unauthenticated, &self.stale, &self.replayed]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Datagrams ignored for any reason but being our own.
@@ -161,6 +217,9 @@ impl DatagramStats {
             &self.foreign,
             &self.wrong_version,
             &self.invalid,
+            &self.unauthenticated,
+            &self.stale,
+            &self.replayed,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
@@ -179,6 +238,11 @@ impl DatagramStats {
                 "foreign": get(&self.foreign),
                 "wrong_version": get(&self.wrong_version),
                 "invalid": get(&self.invalid),
+            },
+            "refused": {
+                "unauthenticated": get(&self.unauthenticated),
+                "stale": get(&self.stale),
+                "replayed": get(&self.replayed),
             },
             "sent": get(&self.sent),
             "send_errors": get(&self.send_errors),

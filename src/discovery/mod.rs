@@ -12,5 +12,5 @@ pub use announcement::{
 };
 pub use interfaces::{BroadcastTarget, InterfaceFilter, broadcast_targets};
 pub use manual::{ManualDiscovery, read_peers_file};
-pub use peer_table::{PeerInfo, PeerTable, PeerTableConfig, Sighting};
+pub use peer_table::{DEFAULT_MAX_PEERS, PeerInfo, PeerTable, PeerTableConfig, Sighting};
 pub use udp::{AnnouncementSource, DEFAULT_DISCOVERY_PORT, UdpDiscovery, UdpDiscoveryConfig};

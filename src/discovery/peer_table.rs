@@ -8,10 +8,14 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde::Serialize;
 use tokio::sync::watch;
+use tonic::transport::ClientTlsConfig;
 
 use crate::peer::{GrpcPeerHandle, PeerTimeouts};
 use crate::resource::{Managed, ResourceConfig, ResourceRegistry, ResourceState};
 use crate::topology::DeviceCapabilities;
+
+/// The default of [`PeerTableConfig::max_peers`].
+pub const DEFAULT_MAX_PEERS: usize = 256;
 
 /// Timing of the peer table. The defaults make a killed node leave its peers' view
 /// within 3 seconds.
@@ -26,6 +30,11 @@ pub struct PeerTableConfig {
     pub timeouts: PeerTimeouts,
     /// Lifecycle settings of each peer handle.
     pub handle_config: ResourceConfig,
+    /// With a cluster key: TLS to every peer, and no peer taken on from a plan alone.
+    pub tls: Option<ClientTlsConfig>,
+    /// The most peers the table keeps; sightings of new ones past it are refused (an open
+    /// cluster's neighbours could otherwise make it hold any number of handles).
+    pub max_peers: usize,
 }
 
 impl Default for PeerTableConfig {
@@ -43,6 +52,8 @@ impl Default for PeerTableConfig {
                 ..ResourceConfig::default()
             },
             timeouts,
+            tls: None,
+            max_peers: DEFAULT_MAX_PEERS,
         }
     }
 }
@@ -94,6 +105,8 @@ pub struct PeerTable {
     registry: Arc<ResourceRegistry>,
     entries: Mutex<HashMap<String, Entry>>,
     joined: watch::Sender<Vec<PeerInfo>>,
+    /// Sightings of new peers refused because the table was full.
+    refused_full: std::sync::atomic::AtomicU64,
 }
 
 impl PeerTable {
@@ -108,6 +121,7 @@ impl PeerTable {
             registry,
             entries: Mutex::new(HashMap::new()),
             joined: watch::channel(Vec::new()).0,
+            refused_full: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -127,6 +141,7 @@ impl PeerTable {
         let mut is_new = false;
         let fresh_handle = {
             let mut entries = self.lock();
+            let full = entries.len() >= self.config.max_peers;
             match entries.get_mut(&sighting.node_id) {
                 Some(entry) => {
                     // Another address for the same node: move only to a better-ranked link,
@@ -156,6 +171,19 @@ impl PeerTable {
                         }
                         None
                     }
+                }
+                None if full => {
+                    let refused = self
+                        .refused_full
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if refused == 0 {
+                        tracing::warn!(
+                            "the peer table is full ({} peers): {} and later newcomers are refused",
+                            self.config.max_peers,
+                            sighting.node_id
+                        );
+                    }
+                    return false;
                 }
                 None => {
                     let handle = self.new_handle(&sighting);
@@ -193,19 +221,24 @@ impl PeerTable {
     }
 
     /// The handle on `node_id`, taking the peer on at `address` if the table does not
-    /// know it yet. Plans carry every node's address for this: a node may be asked to
-    /// forward to a peer whose announcement has not reached it yet (they go out twice a
-    /// second), and the request must not fail for that.
+    /// know it yet. Plans carry every node's address for this: in an open cluster a node
+    /// may be asked to forward to a peer whose announcement has not reached it yet (they
+    /// go out twice a second), and the request must not fail for that. In a keyed cluster
+    /// a plan alone never makes a peer: None unless the node proved the key to this one
+    /// (an authenticated datagram, or the operator's peers file).
     pub fn adopt(
         self: &Arc<Self>,
         node_id: &str,
         address: &str,
         model_id: &str,
-    ) -> Arc<Managed<GrpcPeerHandle>> {
+    ) -> Option<Arc<Managed<GrpcPeerHandle>>> {
         if let Some(entry) = self.lock().get_mut(node_id) {
             // In use: not to be retired as silent while a request needs it.
             entry.last_seen = Instant::now();
-            return entry.handle.clone();
+            return Some(entry.handle.clone());
+        }
+        if self.is_keyed() {
+            return None;
         }
         self.observe(Sighting {
             node_id: node_id.to_string(),
@@ -214,7 +247,7 @@ impl PeerTable {
             model_id: model_id.to_string(),
             capabilities: None,
         });
-        match self.handle(node_id) {
+        Some(match self.handle(node_id) {
             Some(handle) => handle,
             // Only our own id is never taken on; a plan naming us as a peer is a bug of the
             // sender's, and a handle that fails on use says so.
@@ -225,7 +258,23 @@ impl PeerTable {
                 model_id: model_id.to_string(),
                 capabilities: None,
             }),
-        }
+        })
+    }
+
+    /// Sightings of new peers refused because the table was full.
+    pub fn refused_full(&self) -> u64 {
+        self.refused_full.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the cluster has a key (peers must prove it).
+    pub fn is_keyed(&self) -> bool {
+        self.config.tls.is_some()
+    }
+
+    /// Whether a plan may name `node_id`: always in an open cluster; in a keyed one, only
+    /// this node and peers that proved the key (they are in the table).
+    pub fn vouches_for(&self, node_id: &str) -> bool {
+        !self.is_keyed() || node_id == self.self_id || self.lock().contains_key(node_id)
     }
 
     /// A peer said it is leaving (or left the peers file): retire it now.
@@ -357,7 +406,8 @@ impl PeerTable {
     fn new_handle(&self, sighting: &Sighting) -> Arc<Managed<GrpcPeerHandle>> {
         Managed::builder(
             format!("peer:{}", sighting.node_id),
-            GrpcPeerHandle::new(&sighting.node_id, &sighting.address, self.config.timeouts),
+            GrpcPeerHandle::new(&sighting.node_id, &sighting.address, self.config.timeouts)
+                .with_tls(self.config.tls.clone()),
         )
         .name(format!("peer {} at {}", sighting.node_id, sighting.address))
         .config(self.config.handle_config.clone())

@@ -17,6 +17,7 @@ use super::announcement::{Announcement, DatagramStats, MAX_DATAGRAM_BYTES};
 use super::interfaces::{InterfaceFilter, broadcast_targets};
 use super::peer_table::{PeerTable, Sighting};
 use crate::resource::Resource;
+use crate::trust::{DatagramSeal, new_nonce, now_ms};
 
 /// The port every node announces on and listens to, unless told otherwise. All nodes of
 /// a host share it (SO_REUSEADDR/SO_REUSEPORT; broadcasts reach every listener), so
@@ -28,6 +29,10 @@ pub struct UdpDiscoveryConfig {
     pub port: u16,
     pub announce_interval: Duration,
     pub filter: InterfaceFilter,
+    /// With a cluster key: datagrams are sealed and only sealed ones are accepted.
+    pub seal: Option<Arc<DatagramSeal>>,
+    /// Announce on loopback interfaces only (an open cluster not told `--insecure`).
+    pub loopback_only: bool,
 }
 
 impl Default for UdpDiscoveryConfig {
@@ -36,6 +41,8 @@ impl Default for UdpDiscoveryConfig {
             port: DEFAULT_DISCOVERY_PORT,
             announce_interval: Duration::from_millis(500),
             filter: InterfaceFilter::default(),
+            seal: None,
+            loopback_only: false,
         }
     }
 }
@@ -119,8 +126,14 @@ async fn announce_once(
         }
     };
     for target in targets {
+        if config.loopback_only && !target.address.is_loopback() {
+            continue;
+        }
         announcement.interface_priority = target.priority;
-        let bytes = announcement.encode();
+        // Every copy is fresh: a receiver refuses a nonce it has seen.
+        announcement.sent_at_ms = now_ms();
+        announcement.nonce = new_nonce();
+        let bytes = announcement.encode_sealed(config.seal.as_deref());
         match socket
             .send_to(&bytes, (target.broadcast, config.port))
             .await
@@ -144,6 +157,7 @@ async fn listen(
     stats: Arc<DatagramStats>,
     peers: Arc<PeerTable>,
     newcomer: Arc<Notify>,
+    seal: Option<Arc<DatagramSeal>>,
 ) {
     // One byte more than the limit, so that an oversized datagram shows as such.
     let mut buffer = vec![0u8; MAX_DATAGRAM_BYTES + 1];
@@ -157,7 +171,14 @@ async fn listen(
             }
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
-        if handle_datagram(&buffer[..length], source, &self_id, &stats, &peers) {
+        if handle_datagram(
+            &buffer[..length],
+            source,
+            &self_id,
+            &stats,
+            &peers,
+            seal.as_deref(),
+        ) {
             newcomer.notify_one();
         }
         stats.handled();
@@ -172,11 +193,16 @@ fn handle_datagram(
     self_id: &str,
     stats: &DatagramStats,
     peers: &Arc<PeerTable>,
+    seal: Option<&DatagramSeal>,
 ) -> bool {
-    let announcement = match Announcement::decode(bytes) {
+    let announcement = match Announcement::open(bytes, seal, now_ms()) {
         Ok(announcement) => announcement,
         Err(error) => {
-            tracing::debug!("ignored a datagram from {source}: {error}");
+            if matches!(error, super::DatagramError::Refused(_)) {
+                tracing::debug!("refused a datagram from {source}: {error}");
+            } else {
+                tracing::debug!("ignored a datagram from {source}: {error}");
+            }
             stats.count_error(&error);
             return false;
         }
@@ -212,6 +238,7 @@ impl Resource for UdpDiscovery {
             self.stats.clone(),
             self.peers.clone(),
             newcomer.clone(),
+            self.config.seal.clone(),
         )));
         tasks.push(tokio::spawn({
             let (socket, config, stats, announce, newcomer) = (
@@ -284,8 +311,13 @@ impl Resource for UdpDiscovery {
         json!({
             "port": self.config.port,
             "announce_interval_ms": self.config.announce_interval.as_millis() as u64,
+            "authenticated": self.config.seal.is_some(),
+            "loopback_only": self.config.loopback_only,
+            "remembered_nonces": self.config.seal.as_ref().map(|s| s.remembered()),
             "datagrams": self.stats.to_json(),
             "peers": self.peers.peers(),
+            "max_peers": self.peers.config().max_peers,
+            "refused_table_full": self.peers.refused_full(),
         })
     }
 }

@@ -98,7 +98,10 @@ impl Batcher {
     /// Queues a step; the worker starts on first use and lives as long as the model.
     pub fn submit(self: &Arc<Self>, model: &Arc<LoadedModel>, job: StepJob) {
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
-            fail_all(vec![(job, "the inference engine is shutting down".to_string())]);
+            fail_all(vec![(
+                job,
+                "the inference engine is shutting down".to_string(),
+            )]);
             return;
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -120,7 +123,11 @@ impl Batcher {
 
     /// Steps waiting to run.
     pub fn queued(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).queue.len()
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queue
+            .len()
     }
 
     /// Batches run and steps they held (their ratio is the mean batch size).
@@ -132,7 +139,8 @@ impl Batcher {
     /// Stops the worker after the batch it is running; queued steps fail. Takes no lock
     /// (the model's drop calls it, possibly on the worker itself).
     pub fn stop(&self) {
-        self.stopping.store(true, std::sync::atomic::Ordering::Release);
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         self.ready.notify_all();
     }
 
@@ -143,7 +151,10 @@ impl Batcher {
     /// Waits for ready steps and takes a batch of them, with the steps that can never run
     /// (None: stop; the queued steps are failed).
     #[allow(clippy::type_complexity)]
-    fn next_batch(&self, model: &Weak<LoadedModel>) -> Option<(Arc<LoadedModel>, Vec<StepJob>, Vec<(StepJob, String)>)> {
+    fn next_batch(
+        &self,
+        model: &Weak<LoadedModel>,
+    ) -> Option<(Arc<LoadedModel>, Vec<StepJob>, Vec<(StepJob, String)>)> {
         loop {
             let strong = model.upgrade().filter(|_| !self.is_stopping());
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -291,7 +302,10 @@ fn run(batcher: Arc<Batcher>, model: Weak<LoadedModel>) {
         use std::sync::atomic::Ordering::Relaxed;
         batcher.batches.fetch_add(1, Relaxed);
         batcher.batched_steps.fetch_add(batch.len() as u64, Relaxed);
-        let (steps, rows) = (batch.len(), batch.iter().map(|j| j.input.len()).sum::<usize>());
+        let (steps, rows) = (
+            batch.len(),
+            batch.iter().map(|j| j.input.len()).sum::<usize>(),
+        );
         let started = Instant::now();
         let done = strong.run_batch(batch);
         tracing::debug!(

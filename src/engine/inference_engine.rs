@@ -122,7 +122,11 @@ impl LoadedShard {
         let (config, layers, element) = match self {
             // Our CPU caches hold f16; candle's hold the activation dtype.
             LoadedShard::Cpu(m) => (m.config(), m.shard().len(), 2),
-            LoadedShard::Candle(m) => (m.config(), m.shard().len(), m.backend().dtype().size_in_bytes()),
+            LoadedShard::Candle(m) => (
+                m.config(),
+                m.shard().len(),
+                m.backend().dtype().size_in_bytes(),
+            ),
         };
         layers * 2 * config.n_kv_heads * config.head_dim * element
     }
@@ -357,7 +361,10 @@ impl LoadedModel {
     /// step's cache is taken out (a new request reserving its positions in the budget),
     /// the inputs that fit run in one forward pass, and each step gets its outcome. A step
     /// that fails leaves its request without a cache here.
-    pub fn run_batch(&self, jobs: Vec<StepJob>) -> Vec<(StepDone, tokio::sync::mpsc::UnboundedSender<Vec<StepDone>>)> {
+    pub fn run_batch(
+        &self,
+        jobs: Vec<StepJob>,
+    ) -> Vec<(StepDone, tokio::sync::mpsc::UnboundedSender<Vec<StepDone>>)> {
         let mut done = Vec::with_capacity(jobs.len());
         let Some(first) = jobs.first() else {
             return done;
@@ -387,9 +394,12 @@ impl LoadedModel {
             for job in jobs {
                 let key = cache_key(&job.request_id, start, end);
                 let checked = shard.check_input(&job.input, job.position).and_then(|_| {
-                    caches.checkout(&key, job.position, job.reserve_positions * per_position, || {
-                        shard.new_cache()
-                    })
+                    caches.checkout(
+                        &key,
+                        job.position,
+                        job.reserve_positions * per_position,
+                        || shard.new_cache(),
+                    )
                 });
                 match checked {
                     Ok(cache) => runnable.push((job, key, cache)),
@@ -411,7 +421,13 @@ impl LoadedModel {
         let mut caches_out = Vec::with_capacity(runnable.len());
         let mut meta = Vec::with_capacity(runnable.len());
         for (job, key, cache) in runnable {
-            let StepJob { request_id, input, tag, sink, .. } = job;
+            let StepJob {
+                request_id,
+                input,
+                tag,
+                sink,
+                ..
+            } = job;
             inputs.push(input);
             caches_out.push(cache);
             meta.push((request_id, key, tag, sink));
@@ -420,7 +436,9 @@ impl LoadedModel {
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(outputs) => {
-                for ((request_id, key, tag, sink), (cache, output)) in meta.into_iter().zip(caches_out.into_iter().zip(outputs)) {
+                for ((request_id, key, tag, sink), (cache, output)) in
+                    meta.into_iter().zip(caches_out.into_iter().zip(outputs))
+                {
                     caches.checkin(&key, cache);
                     done.push((
                         StepDone {
@@ -431,7 +449,10 @@ impl LoadedModel {
                         sink,
                     ));
                 }
-                *self.last_good_step.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                *self
+                    .last_good_step
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             }
             Err(error) => {
                 let message = format!("{error:#}");

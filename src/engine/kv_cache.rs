@@ -202,7 +202,9 @@ impl KvCacheStore {
     /// Evicts least recently used idle caches that reserved nothing (never `keep`, never
     /// one checked out) until both bounds hold.
     fn enforce_limits(&mut self, keep: &str) {
-        while self.entries.len() > self.limits.max_requests || self.reserved() > self.limits.max_bytes {
+        while self.entries.len() > self.limits.max_requests
+            || self.reserved() > self.limits.max_bytes
+        {
             let victim = self
                 .entries
                 .iter()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use crate::api::{ApiServer, ApiState};
+use crate::api::{ApiConfig, ApiServer, ApiState};
 use crate::catalog::ResolvedModel;
 use crate::discovery::{
     Announcement, ManualDiscovery, PROTOCOL, PROTOCOL_VERSION, PeerTable, PeerTableConfig,
@@ -19,6 +19,7 @@ use crate::engine::{CpuMatmul, DeviceChoice, EngineConfig, InferenceEngine};
 use crate::resource::{Managed, Resource, ResourceGroup, ResourceMonitor, ResourceRegistry};
 use crate::server::GrpcServer;
 use crate::topology::DeviceCapabilities;
+use crate::trust::{ClusterTrust, OPEN_CLUSTER_WARNING, SecurityStatus};
 
 use super::flow::{FlowConfig, RequestFlow};
 use super::identity::{NodeIdentity, default_data_home};
@@ -50,6 +51,12 @@ pub struct NodeConfig {
     pub peers: PeerTableConfig,
     pub flow: FlowConfig,
     pub monitor_interval: Duration,
+    /// The cluster key's derived secrets; None: an open cluster (see `crate::trust`).
+    pub trust: Option<Arc<ClusterTrust>>,
+    /// Lets an open cluster listen and announce beyond loopback.
+    pub insecure: bool,
+    /// Who may use the HTTP API, and how much at once.
+    pub api: ApiConfig,
 }
 
 impl NodeConfig {
@@ -66,6 +73,9 @@ impl NodeConfig {
             peers: PeerTableConfig::default(),
             flow: FlowConfig::default(),
             monitor_interval: Duration::from_secs(5),
+            trust: None,
+            insecure: false,
+            api: ApiConfig::default(),
         }
     }
 }
@@ -104,7 +114,9 @@ impl Node {
         Ok(node)
     }
 
-    async fn build(config: NodeConfig) -> anyhow::Result<Node> {
+    async fn build(mut config: NodeConfig) -> anyhow::Result<Node> {
+        apply_trust(&mut config)?;
+        let security = SecurityStatus::of(config.trust.as_deref(), config.insecure);
         let identity = match &config.data_dir {
             Some(dir) => NodeIdentity::open(dir, config.node_id.as_deref())?,
             None => NodeIdentity::open_slot(&default_data_home(), config.node_id.as_deref())?,
@@ -136,7 +148,8 @@ impl Node {
             peers.clone(),
             config.flow,
         );
-        let server = GrpcServer::new(config.grpc_listen, flow.clone(), grpc_port.clone());
+        let server = GrpcServer::new(config.grpc_listen, flow.clone(), grpc_port.clone())
+            .with_tls(config.trust.as_ref().map(|t| t.tls.server_config()));
         let grpc = Managed::builder("grpc_server", server)
             .name("gRPC server")
             .register_in(&registry)
@@ -161,6 +174,8 @@ impl Node {
                         interface_priority: 0,
                         capabilities: capabilities.clone(),
                         departing: false,
+                        sent_at_ms: 0,
+                        nonce: String::new(),
                     })
                 });
                 Managed::builder(
@@ -190,14 +205,18 @@ impl Node {
         .name("resource monitor")
         .register_in(&registry)
         .build();
-        let api_server = ApiServer::new(config.api_listen);
+        let api_server = ApiServer::new(config.api_listen, config.api.clone(), security.clone());
         let api_port = api_server.port_handle();
+        let (api_config, limiter) = api_server.access();
         api_server.set_state(ApiState {
             flow: flow.clone(),
             engine: engine.clone(),
             registry: registry.clone(),
             monitor: Some(monitor.clone()),
             shutting_down: api_server.shutdown_signal(),
+            security,
+            config: api_config,
+            limiter,
         });
         let api = Managed::builder("api_server", api_server)
             .name("HTTP API")
@@ -242,6 +261,50 @@ impl Node {
         self.group.cleanup().await?;
         Ok(())
     }
+}
+
+/// Makes the node's transport follow its trust: with a key, TLS to and from peers and
+/// sealed datagrams; without one, loopback only unless `insecure` (an open cluster on a
+/// shared network is anyone's), and a loud warning either way.
+fn apply_trust(config: &mut NodeConfig) -> anyhow::Result<()> {
+    match &config.trust {
+        Some(trust) => {
+            tracing::info!(
+                "cluster key {}: discovery datagrams are authenticated, node-to-node gRPC uses mutual TLS",
+                trust.key.key_id()
+            );
+            config.peers.tls = Some(trust.tls.client_config());
+            if let DiscoveryMode::Udp(udp) = &mut config.discovery {
+                udp.seal = Some(trust.seal.clone());
+            }
+        }
+        None => {
+            tracing::warn!("{OPEN_CLUSTER_WARNING}");
+            config.peers.tls = None;
+            if !config.insecure {
+                let ip = config.grpc_listen.ip();
+                if ip.is_unspecified() {
+                    // Listening everywhere would let any host call the node.
+                    config.grpc_listen.set_ip(IpAddr::from([127, 0, 0, 1]));
+                    tracing::warn!(
+                        "open cluster: gRPC listens on loopback only (give --cluster-key, or --insecure to listen on every interface)"
+                    );
+                } else if !ip.is_loopback() {
+                    anyhow::bail!(
+                        "gRPC would listen on {ip} without a cluster key: any host could join and read this cluster; give --cluster-key FILE, or --insecure to run open anyway"
+                    );
+                }
+                if let DiscoveryMode::Udp(udp) = &mut config.discovery {
+                    udp.loopback_only = true;
+                }
+            } else {
+                tracing::warn!(
+                    "--insecure: an open cluster announced and reachable beyond loopback"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The discovery member of a node that looks for no one.

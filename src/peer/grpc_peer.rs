@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::proto::MAX_MESSAGE_BYTES;
@@ -41,6 +41,8 @@ pub struct GrpcPeerHandle {
     node_id: String,
     address: String,
     timeouts: PeerTimeouts,
+    /// With a cluster key: mutually authenticated TLS (see `crate::trust`).
+    tls: Option<ClientTlsConfig>,
     client: RwLock<Option<NodeClient<Channel>>>,
 }
 
@@ -54,8 +56,16 @@ impl GrpcPeerHandle {
             node_id: node_id.into(),
             address: address.into(),
             timeouts,
+            tls: None,
             client: RwLock::new(None),
         }
+    }
+
+    /// Speaks TLS to the peer (a keyed cluster): the peer must present a certificate of
+    /// the cluster's CA, and gets ours.
+    pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn node_id(&self) -> &str {
@@ -82,8 +92,15 @@ impl GrpcPeerHandle {
     }
 
     async fn connect(&self) -> anyhow::Result<()> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))
-            .with_context(|| format!("bad peer address {}", self.address))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.address))
+            .with_context(|| format!("bad peer address {}", self.address))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .context("cannot set up TLS to the peer")?;
+        }
+        let endpoint = endpoint
             .connect_timeout(self.timeouts.connect)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
@@ -234,6 +251,6 @@ impl Resource for GrpcPeerHandle {
     }
 
     fn info(&self) -> serde_json::Value {
-        json!({ "node_id": self.node_id, "address": self.address })
+        json!({ "node_id": self.node_id, "address": self.address, "tls": self.tls.is_some() })
     }
 }

@@ -10,8 +10,8 @@ use anyhow::Context;
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 
 use super::handler::NodeHandler;
 use super::service::NodeService;
@@ -38,6 +38,8 @@ pub struct GrpcServer {
     running: Mutex<Option<Running>>,
     /// The bound port, shared with those that announce it (0 while not serving).
     port: Arc<AtomicU16>,
+    /// With a cluster key: TLS that requires a client certificate of the cluster's CA.
+    tls: Option<ServerTlsConfig>,
 }
 
 impl GrpcServer {
@@ -49,7 +51,15 @@ impl GrpcServer {
             handler,
             running: Mutex::new(None),
             port,
+            tls: None,
         }
+    }
+
+    /// Serves over mutually authenticated TLS (a keyed cluster): a caller without a
+    /// certificate of the cluster's CA fails the handshake before any call is read.
+    pub fn with_tls(mut self, tls: Option<ServerTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The port the server listens on, readable without going through the resource
@@ -97,8 +107,14 @@ impl Resource for GrpcServer {
             .await;
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let mut builder = Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = builder
+                .tls_config(tls.clone())
+                .context("cannot set up the gRPC server's TLS")?;
+        }
         let task = tokio::spawn(
-            Server::builder()
+            builder
                 .add_service(health_service)
                 .add_service(node_server)
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -148,6 +164,9 @@ impl Resource for GrpcServer {
         let running = self.lock();
         json!({
             "listen": running.as_ref().map(|r| r.local_addr.to_string()),
+            "tls": self.tls.is_some(),
+            "max_message_bytes": MAX_MESSAGE_BYTES,
+            "max_plan_entries": crate::topology::MAX_PLAN_ENTRIES,
             "rejected_messages": running.as_ref().map_or(0, |r| r.service.rejected()),
         })
     }

@@ -58,11 +58,15 @@ pub trait NodeHandler: Send + Sync + 'static {
 
     /// Steps for this node's shards (tokens for the first, hidden states for the others);
     /// one answer per step, in order.
-    async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>) -> Vec<Result<(), Status>>;
+    async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>)
+    -> Vec<Result<(), Status>>;
 
     /// Outcomes of steps of requests this node originated (with the node that produced
     /// each); one answer per outcome, in order.
-    async fn step_results(&self, results: Vec<(ValidatedContext, String, StepOutcome)>) -> Vec<Result<(), Status>>;
+    async fn step_results(
+        &self,
+        results: Vec<(ValidatedContext, String, StepOutcome)>,
+    ) -> Vec<Result<(), Status>>;
 
     /// This node's view of the cluster.
     async fn topology(&self) -> Result<pb::TopologyResponse, Status>;

@@ -148,11 +148,14 @@ impl NodeService {
                         context.request_id
                     ))));
                 }
-                let hidden = decode_hidden(&wire)
-                    .map_err(|e| self.reject(Status::invalid_argument(format!("bad tensor: {e}"))))?;
+                let hidden = decode_hidden(&wire).map_err(|e| {
+                    self.reject(Status::invalid_argument(format!("bad tensor: {e}")))
+                })?;
                 Ok((context, StepInput::Hidden(hidden)))
             }
-            None => Err(self.reject(Status::invalid_argument("the step has neither tokens nor a tensor"))),
+            None => Err(self.reject(Status::invalid_argument(
+                "the step has neither tokens nor a tensor",
+            ))),
         }
     }
 }
@@ -162,7 +165,10 @@ pub const MAX_BATCH_ITEMS: usize = 1024;
 
 #[tonic::async_trait]
 impl Node for NodeService {
-    async fn send_steps(&self, request: Request<pb::StepBatch>) -> Result<Response<pb::BatchAck>, Status> {
+    async fn send_steps(
+        &self,
+        request: Request<pb::StepBatch>,
+    ) -> Result<Response<pb::BatchAck>, Status> {
         let items = request.into_inner().items;
         self.check_batch_size(items.len())?;
         let mut errors = vec![String::new(); items.len()];
@@ -178,7 +184,10 @@ impl Node for NodeService {
             }
         }
         if !accepted.is_empty() {
-            for (slot, outcome) in slots.into_iter().zip(self.handler.run_steps(accepted).await) {
+            for (slot, outcome) in slots
+                .into_iter()
+                .zip(self.handler.run_steps(accepted).await)
+            {
                 if let Err(status) = outcome {
                     errors[slot] = status.message().to_string();
                 }
@@ -187,7 +196,10 @@ impl Node for NodeService {
         Ok(Response::new(pb::BatchAck { errors }))
     }
 
-    async fn send_results(&self, request: Request<pb::ResultBatch>) -> Result<Response<pb::BatchAck>, Status> {
+    async fn send_results(
+        &self,
+        request: Request<pb::ResultBatch>,
+    ) -> Result<Response<pb::BatchAck>, Status> {
         let items = request.into_inner().items;
         self.check_batch_size(items.len())?;
         let mut errors = vec![String::new(); items.len()];
@@ -216,7 +228,10 @@ impl Node for NodeService {
             }
         }
         if !accepted.is_empty() {
-            for (slot, outcome) in slots.into_iter().zip(self.handler.step_results(accepted).await) {
+            for (slot, outcome) in slots
+                .into_iter()
+                .zip(self.handler.step_results(accepted).await)
+            {
                 if let Err(status) = outcome {
                     errors[slot] = status.message().to_string();
                 }

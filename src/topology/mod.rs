@@ -5,4 +5,4 @@ mod capabilities;
 mod partition;
 
 pub use capabilities::DeviceCapabilities;
-pub use partition::{NodeWeight, Partition, PartitionEntry, plan_partition};
+pub use partition::{MAX_PLAN_ENTRIES, NodeWeight, Partition, PartitionEntry, plan_partition};

@@ -102,6 +102,12 @@ impl Partition {
     }
 
     pub fn from_wire(wire: &crate::proto::pb::PartitionPlan) -> anyhow::Result<Self> {
+        if wire.entries.len() > MAX_PLAN_ENTRIES {
+            anyhow::bail!(
+                "the plan has {} entries; at most {MAX_PLAN_ENTRIES} are accepted",
+                wire.entries.len()
+            );
+        }
         let plan = Partition {
             model_id: wire.model_id.clone(),
             n_layers: wire.n_layers as usize,
@@ -120,6 +126,10 @@ impl Partition {
         Ok(plan)
     }
 }
+
+/// The most entries (nodes) a plan from the wire may have: far above any real ring, and
+/// a bound on what one message can make a node check and keep.
+pub const MAX_PLAN_ENTRIES: usize = 256;
 
 /// Plans a partition of `n_layers` over `nodes`.
 ///

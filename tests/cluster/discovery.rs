@@ -159,6 +159,8 @@ async fn bad_datagrams_are_ignored_and_counted_and_discovery_keeps_working() {
         interface_priority: 0,
         capabilities: DeviceCapabilities::default(),
         departing: false,
+        sent_at_ms: 0,
+        nonce: String::new(),
     };
     let mut wrong_version = serde_json::to_value(&valid).unwrap();
     wrong_version["version"] = 99.into();

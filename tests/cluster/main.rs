@@ -4,8 +4,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod api_access;
 mod bad_input;
 mod batching;
+mod bounds;
 mod cli;
 mod discovery;
 mod e2e;
@@ -14,3 +16,4 @@ mod netns;
 mod openai_client;
 mod peers_file;
 mod tensors;
+mod trust;

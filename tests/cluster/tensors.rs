@@ -26,7 +26,10 @@ impl NodeHandler for Capture {
     fn node_id(&self) -> String {
         "sink".into()
     }
-    async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>) -> Vec<Result<(), Status>> {
+    async fn run_steps(
+        &self,
+        steps: Vec<(ValidatedContext, StepInput)>,
+    ) -> Vec<Result<(), Status>> {
         steps
             .into_iter()
             .map(|(_, input)| {
@@ -37,10 +40,18 @@ impl NodeHandler for Capture {
             })
             .collect()
     }
-    async fn step_results(&self, results: Vec<(ValidatedContext, String, StepOutcome)>) -> Vec<Result<(), Status>> {
+    async fn step_results(
+        &self,
+        results: Vec<(ValidatedContext, String, StepOutcome)>,
+    ) -> Vec<Result<(), Status>> {
         results
             .into_iter()
-            .map(|(context, _, _)| Err(Status::not_found(format!("unknown request id {}", context.request_id))))
+            .map(|(context, _, _)| {
+                Err(Status::not_found(format!(
+                    "unknown request id {}",
+                    context.request_id
+                )))
+            })
             .collect()
     }
     async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
@@ -142,7 +153,9 @@ async fn hidden_states_round_trip_exactly_in_f32_f16_and_bf16_up_to_64_mib() {
             let message = pb::StepBatch {
                 items: vec![pb::StepItem {
                     context: Some(context("r", &["origin", "sink"], 1)),
-                    input: Some(pb::step_item::Input::Tensor(encode_tensor(&tensor).unwrap())),
+                    input: Some(pb::step_item::Input::Tensor(
+                        encode_tensor(&tensor).unwrap(),
+                    )),
                 }],
             };
             let refused = handle
@@ -172,7 +185,8 @@ async fn hidden_states_round_trip_exactly_in_f32_f16_and_bf16_up_to_64_mib() {
 async fn bad_tensors_and_plans_are_refused_item_by_item_and_the_server_keeps_serving() {
     let (server, handle, mut received) = sink().await;
     let peer = handle.ensure_ready().await.unwrap();
-    let good = encode_tensor(&Tensor::zeros((1, 2, 576), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let good =
+        encode_tensor(&Tensor::zeros((1, 2, 576), DType::F32, &Device::Cpu).unwrap()).unwrap();
     let step = |tensor: Option<pb::Tensor>, nodes: &[&str], index: usize| pb::StepItem {
         context: Some(context("r", nodes, index)),
         input: tensor.map(pb::step_item::Input::Tensor),
@@ -184,7 +198,15 @@ async fn bad_tensors_and_plans_are_refused_item_by_item_and_the_server_keeps_ser
     let mut overflow = good.clone();
     overflow.shape = vec![u64::MAX, u64::MAX];
     let mut broken_plan = step(Some(good.clone()), &["origin", "sink"], 1);
-    broken_plan.context.as_mut().unwrap().plan.as_mut().unwrap().entries[0].end_layer = 12;
+    broken_plan
+        .context
+        .as_mut()
+        .unwrap()
+        .plan
+        .as_mut()
+        .unwrap()
+        .entries[0]
+        .end_layer = 12;
     let items = vec![
         step(Some(short), &["origin", "sink"], 1),
         step(Some(unknown), &["origin", "sink"], 1),
@@ -226,10 +248,19 @@ async fn bad_tensors_and_plans_are_refused_item_by_item_and_the_server_keeps_ser
             .unwrap()
     };
     // An empty batch, and one past the cap, are refused whole.
-    let (status, _) = code(peer.send_steps(pb::StepBatch { items: vec![] }).await.unwrap_err());
+    let (status, _) = code(
+        peer.send_steps(pb::StepBatch { items: vec![] })
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(status, tonic::Code::InvalidArgument);
-    let many = vec![step(Some(good.clone()), &["origin", "sink"], 1); exo::server::MAX_BATCH_ITEMS + 1];
-    let (status, message) = code(peer.send_steps(pb::StepBatch { items: many }).await.unwrap_err());
+    let many =
+        vec![step(Some(good.clone()), &["origin", "sink"], 1); exo::server::MAX_BATCH_ITEMS + 1];
+    let (status, message) = code(
+        peer.send_steps(pb::StepBatch { items: many })
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(status, tonic::Code::InvalidArgument);
     assert!(message.contains("batch"), "{message}");
 
@@ -238,11 +269,22 @@ async fn bad_tensors_and_plans_are_refused_item_by_item_and_the_server_keeps_ser
         node_id: "x".into(),
         outcome: Some(pb::result_item::Outcome::Token(3)),
     };
-    let errors = peer.send_results(pb::ResultBatch { items: vec![result] }).await.unwrap();
-    assert!(errors[0].contains("unknown request id nobody-waits"), "{errors:?}");
+    let errors = peer
+        .send_results(pb::ResultBatch {
+            items: vec![result],
+        })
+        .await
+        .unwrap();
+    assert!(
+        errors[0].contains("unknown request id nobody-waits"),
+        "{errors:?}"
+    );
 
     // Still serving, and it counted what it refused.
-    assert_eq!(handle.check_health().await.state, exo::resource::ResourceState::Ready);
+    assert_eq!(
+        handle.check_health().await.state,
+        exo::resource::ResourceState::Ready
+    );
     assert!(server.ensure_ready().await.unwrap().rejected_messages() >= 10);
     server.cleanup().await.unwrap();
 }

@@ -68,7 +68,10 @@ impl QuantizedRows {
         if group == 8 * BLOCK {
             let groups = cols / group;
             sums_by_sub = vec![0; sums.len()];
-            for (row, out) in sums.chunks_exact(cols / BLOCK).zip(sums_by_sub.chunks_exact_mut(cols / BLOCK)) {
+            for (row, out) in sums
+                .chunks_exact(cols / BLOCK)
+                .zip(sums_by_sub.chunks_exact_mut(cols / BLOCK))
+            {
                 for (i, &v) in row.iter().enumerate() {
                     out[(i % 8) * groups + i / 8] = v;
                 }

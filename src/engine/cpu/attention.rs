@@ -101,12 +101,18 @@ pub fn attend(
     let group = shape.n_heads / shape.n_kv_heads;
     let heads = kv_head * group..(kv_head + 1) * group;
     let rows = q.len();
-    let first = positions.iter().map(|&p| shape.first_visible(p)).min().unwrap_or(0);
+    let first = positions
+        .iter()
+        .map(|&p| shape.first_visible(p))
+        .min()
+        .unwrap_or(0);
     let last = positions.iter().copied().max().unwrap_or(0);
     let span = last + 1 - first;
     // scores[(i · group + h) · span + (t − first)] for row i, head h, key t.
     scratch.scores.clear();
-    scratch.scores.resize(rows * group * span, f32::NEG_INFINITY);
+    scratch
+        .scores
+        .resize(rows * group * span, f32::NEG_INFINITY);
     scratch.key.resize(d, 0.0);
     let span_of = |t: usize| t * width + kv_head * d..t * width + (kv_head + 1) * d;
     for t in first..=last {
@@ -240,7 +246,11 @@ mod simd {
         while i + 16 <= n {
             // SAFETY: i + 16 <= n for both slices.
             unsafe {
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i)), _mm512_loadu_ps(b.as_ptr().add(i)), acc);
+                acc = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(a.as_ptr().add(i)),
+                    _mm512_loadu_ps(b.as_ptr().add(i)),
+                    acc,
+                );
             }
             i += 16;
         }
@@ -260,7 +270,11 @@ mod simd {
         while i + 8 <= n {
             // SAFETY: i + 8 <= n for both slices.
             unsafe {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc);
+                acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                    acc,
+                );
             }
             i += 8;
         }
@@ -286,7 +300,10 @@ mod simd {
             // SAFETY: i + 8 <= n for both slices.
             unsafe {
                 let o = out.as_mut_ptr().add(i);
-                _mm256_storeu_ps(o, _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.as_ptr().add(i)), _mm256_loadu_ps(o)));
+                _mm256_storeu_ps(
+                    o,
+                    _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.as_ptr().add(i)), _mm256_loadu_ps(o)),
+                );
             }
             i += 8;
         }

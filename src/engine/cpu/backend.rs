@@ -325,7 +325,8 @@ impl Backend for CpuBackend {
                 for &(s, first, count, g) in &items[range] {
                     let seq = &seqs[s];
                     let rows: Vec<usize> = (seq.start + first..seq.start + first + count).collect();
-                    let positions: Vec<usize> = (0..count).map(|i| seq.position + first + i).collect();
+                    let positions: Vec<usize> =
+                        (0..count).map(|i| seq.position + first + i).collect();
                     let qs: Vec<&[f32]> = rows.iter().map(|&r| q.row(r)).collect();
                     let width = cols / shape.n_kv_heads;
                     // SAFETY: the columns of kv head g's query heads in these rows belong
@@ -333,14 +334,30 @@ impl Backend for CpuBackend {
                     let mut outs: Vec<&mut [f32]> = rows
                         .iter()
                         .map(|&r| unsafe {
-                            std::slice::from_raw_parts_mut(shared.0.add(r * cols + g * width), width)
+                            std::slice::from_raw_parts_mut(
+                                shared.0.add(r * cols + g * width),
+                                width,
+                            )
                         })
                         .collect();
-                    attend(isa, shape, &qs, &positions, caches[s], g, &mut outs, &mut scratch);
+                    attend(
+                        isa,
+                        shape,
+                        &qs,
+                        &positions,
+                        caches[s],
+                        g,
+                        &mut outs,
+                        &mut scratch,
+                    );
                 }
             });
         };
-        let work: usize = seqs.iter().map(|s| s.len * (s.position + s.len)).sum::<usize>() * shape.n_heads;
+        let work: usize = seqs
+            .iter()
+            .map(|s| s.len * (s.position + s.len))
+            .sum::<usize>()
+            * shape.n_heads;
         if items.len() > 1 && work > 1 << 14 {
             super::pool::pool().chunked(items.len(), &run);
         } else {

@@ -52,8 +52,14 @@ impl DecodedRow {
         self.scales.resize(units, 0.0);
         self.mins
             .resize(if self.kind == MinKind::None { 0 } else { units }, 0.0);
-        self.sub_mins
-            .resize(if self.kind == MinKind::Sub { 8 * units } else { 0 }, 0);
+        self.sub_mins.resize(
+            if self.kind == MinKind::Sub {
+                8 * units
+            } else {
+                0
+            },
+            0,
+        );
     }
 }
 
@@ -146,7 +152,9 @@ pub(super) mod avx512 {
     pub unsafe fn half(p: *const u8) -> f32 {
         // SAFETY: the caller points at two readable bytes.
         let bits = unsafe { (p as *const u16).read_unaligned() };
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le(bits)))))
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le(
+            bits,
+        )))))
     }
 
     /// 32 bytes widened to 32 u16 lanes.
@@ -208,7 +216,10 @@ pub(super) mod avx512 {
                     let qh = bytes32(p.add(128 + 32 * h));
                     let sc = p.add(192 + 8 * h) as *const i8;
                     let high = |shift: i32| {
-                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srl_epi16(qh, _mm_cvtsi32_si128(shift)), three), 4)
+                        _mm512_slli_epi16(
+                            _mm512_and_si512(_mm512_srl_epi16(qh, _mm_cvtsi32_si128(shift)), three),
+                            4,
+                        )
                     };
                     let q = [
                         _mm512_or_si512(_mm512_and_si512(ql_a, nibble), high(0)),
@@ -229,20 +240,31 @@ pub(super) mod avx512 {
             let q5 = F == Q5K;
             let (scales, _) = k_scales(unit);
             let qs_at = if q5 { 48 } else { 16 };
-            let qh = if q5 { bytes32(p.add(16)) } else { _mm512_setzero_si512() };
+            let qh = if q5 {
+                bytes32(p.add(16))
+            } else {
+                _mm512_setzero_si512()
+            };
             let one = _mm512_set1_epi16(1);
             for g in 0..4 {
                 let b = bytes32(p.add(qs_at + 32 * g));
                 let mut lo = _mm512_and_si512(b, nibble);
                 let mut hi = _mm512_srli_epi16(b, 4);
                 if q5 {
-                    let bit_lo = _mm512_and_si512(_mm512_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32)), one);
-                    let bit_hi = _mm512_and_si512(_mm512_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32 + 1)), one);
+                    let bit_lo = _mm512_and_si512(
+                        _mm512_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32)),
+                        one,
+                    );
+                    let bit_hi = _mm512_and_si512(
+                        _mm512_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32 + 1)),
+                        one,
+                    );
                     lo = _mm512_or_si512(lo, _mm512_slli_epi16(bit_lo, 4));
                     hi = _mm512_or_si512(hi, _mm512_slli_epi16(bit_hi, 4));
                 }
                 out[2 * g] = _mm512_mullo_epi16(lo, _mm512_set1_epi16(i16::from(scales[2 * g])));
-                out[2 * g + 1] = _mm512_mullo_epi16(hi, _mm512_set1_epi16(i16::from(scales[2 * g + 1])));
+                out[2 * g + 1] =
+                    _mm512_mullo_epi16(hi, _mm512_set1_epi16(i16::from(scales[2 * g + 1])));
             }
         }
         out

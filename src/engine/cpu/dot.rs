@@ -61,7 +61,6 @@ pub fn portable_dot_f32(w: &[f32], x: &[f32]) -> f32 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn dot_f32<const C: usize>(w: &[f32], x: &[&[f32]], out: &mut [f32]) {
         let n = w.len();
@@ -90,7 +89,6 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
-
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]

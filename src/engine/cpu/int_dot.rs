@@ -115,7 +115,12 @@ pub fn dot_raw_rows(
         }
         _ => {
             for r in rows {
-                decode_row(isa, format, &data[r * row_bytes..(r + 1) * row_bytes], scratch);
+                decode_row(
+                    isa,
+                    format,
+                    &data[r * row_bytes..(r + 1) * row_bytes],
+                    scratch,
+                );
                 dot_rows(isa, scratch, x, j0, &mut values[..count]);
                 for (c, &value) in values[..count].iter().enumerate() {
                     out(r, c, value);
@@ -127,7 +132,13 @@ pub fn dot_raw_rows(
 
 /// Unit u's minimum term's coefficient and value (step 2), the same on every path.
 #[inline(always)]
-fn min_term<const MIN: u8>(w: &DecodedRow, u: usize, dx: f32, sums: &[i32], by_sub: &[i32]) -> (f32, f32) {
+fn min_term<const MIN: u8>(
+    w: &DecodedRow,
+    u: usize,
+    dx: f32,
+    sums: &[i32],
+    by_sub: &[i32],
+) -> (f32, f32) {
     let units = w.scales.len();
     match MIN {
         1 => (w.mins[u] * dx, sums[u] as f32),
@@ -147,7 +158,11 @@ fn min_lanes(w: &DecodedRow, x: &QuantizedRows, j: usize) -> [f32; LANES] {
     let mut m = [0f32; LANES];
     let dx = x.row_scales(j);
     let sums = x.row_sums(j);
-    let by_sub = if w.kind == MinKind::Sub { x.row_sums_by_sub(j) } else { &[] };
+    let by_sub = if w.kind == MinKind::Sub {
+        x.row_sums_by_sub(j)
+    } else {
+        &[]
+    };
     for u in 0..w.scales.len() {
         let (coefficient, value) = match w.kind {
             MinKind::None => return m,
@@ -189,7 +204,8 @@ pub fn portable_dot(w: &DecodedRow, x: &QuantizedRows, j: usize) -> f32 {
         for chunk in (u * n..(u + 1) * n).step_by(32) {
             for (l, int) in ints.iter_mut().enumerate() {
                 let i = chunk + 2 * l;
-                *int += i32::from(w.w[i]) * i32::from(xs[i]) + i32::from(w.w[i + 1]) * i32::from(xs[i + 1]);
+                *int += i32::from(w.w[i]) * i32::from(xs[i])
+                    + i32::from(w.w[i + 1]) * i32::from(xs[i + 1]);
             }
         }
         let c = w.scales[u] * dx[u];
@@ -218,13 +234,23 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn negate(v: __m512) -> __m512 {
-        _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN)))
+        _mm512_castsi512_ps(_mm512_xor_si512(
+            _mm512_castps_si512(v),
+            _mm512_set1_epi32(i32::MIN),
+        ))
     }
 
     /// Step 2 for units `base..base + n` of one activation row, into `m`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn min_block<const MIN: u8>(m: __m512, w: &DecodedRow, x: &QuantizedRows, j: usize, base: usize, n: usize) -> __m512 {
+    unsafe fn min_block<const MIN: u8>(
+        m: __m512,
+        w: &DecodedRow,
+        x: &QuantizedRows,
+        j: usize,
+        base: usize,
+        n: usize,
+    ) -> __m512 {
         let units = w.scales.len();
         let mask = first(n);
         // SAFETY: the mask keeps every load within the `units` (or 8 · units) values of
@@ -278,7 +304,10 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     fn finish(a0: __m512, a1: __m512, m: __m512) -> f32 {
         let s = _mm512_add_ps(_mm512_add_ps(a0, a1), m);
-        let v = _mm256_add_ps(_mm512_castps512_ps256(s), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+        let v = _mm256_add_ps(
+            _mm512_castps512_ps256(s),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)),
+        );
         let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
         let v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));
@@ -289,7 +318,12 @@ mod avx512 {
     /// sixteen units at a time; each is then broadcast straight from memory into its
     /// fused multiply-add.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn tile<const C: usize, const MIN: u8>(w: &DecodedRow, x: &QuantizedRows, j0: usize, out: &mut [f32]) {
+    pub unsafe fn tile<const C: usize, const MIN: u8>(
+        w: &DecodedRow,
+        x: &QuantizedRows,
+        j0: usize,
+        out: &mut [f32],
+    ) {
         let units = w.scales.len();
         let n = w.unit_len;
         let xs: [*const i16; C] = std::array::from_fn(|c| x.row(j0 + c).as_ptr());
@@ -316,13 +350,21 @@ mod avx512 {
                     while at < (u + 1) * n {
                         let wv = _mm512_loadu_si512(wp.add(at) as *const __m512i);
                         for c in 0..C {
-                            ints[c] = _mm512_dpwssd_epi32(ints[c], wv, _mm512_loadu_si512(xs[c].add(at) as *const __m512i));
+                            ints[c] = _mm512_dpwssd_epi32(
+                                ints[c],
+                                wv,
+                                _mm512_loadu_si512(xs[c].add(at) as *const __m512i),
+                            );
                         }
                         at += 32;
                     }
                     for c in 0..C {
                         let a = &mut acc[c][k % 2];
-                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints[c]), _mm512_set1_ps(coefficients[c][k]), *a);
+                        *a = _mm512_fmadd_ps(
+                            _mm512_cvtepi32_ps(ints[c]),
+                            _mm512_set1_ps(coefficients[c][k]),
+                            *a,
+                        );
                     }
                 }
                 base += LANES;
@@ -366,7 +408,12 @@ mod avx512 {
     /// The 32-value formats: sixteen blocks at a time, their scales (and minimums) read
     /// with one gather.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn fused32<const F: u8, const MIN: u8, const C: usize>(row: &[u8], x: &QuantizedRows, j0: usize, out: &mut [f32]) {
+    unsafe fn fused32<const F: u8, const MIN: u8, const C: usize>(
+        row: &[u8],
+        x: &QuantizedRows,
+        j0: usize,
+        out: &mut [f32],
+    ) {
         let unit_bytes = [18, 20, 22, 24, 34][F as usize];
         let units = row.len() / unit_bytes;
         let xs: [*const i16; C] = std::array::from_fn(|c| x.row(j0 + c).as_ptr());
@@ -387,7 +434,12 @@ mod avx512 {
                 let n = (units - base).min(LANES);
                 let mask = first(n);
                 let p = row.as_ptr().add(base * unit_bytes);
-                let heads = _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, offsets, p as *const i32);
+                let heads = _mm512_mask_i32gather_epi32::<1>(
+                    _mm512_setzero_si512(),
+                    mask,
+                    offsets,
+                    p as *const i32,
+                );
                 let scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(heads));
                 let mins = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(heads, 16)));
                 let mut coefficients = [_mm512_setzero_ps(); C];
@@ -395,7 +447,8 @@ mod avx512 {
                     let dxs = _mm512_maskz_loadu_ps(mask, dx[c].add(base));
                     coefficients[c] = _mm512_mul_ps(scales, dxs);
                     if MIN == 1 {
-                        let s = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, sums[c].add(base)));
+                        let s =
+                            _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, sums[c].add(base)));
                         m[c] = _mm512_mask3_fmadd_ps(_mm512_mul_ps(mins, dxs), s, m[c], mask);
                     }
                 }
@@ -406,7 +459,10 @@ mod avx512 {
                     let wv = dec::block32::<F>(unit);
                     let lane = _mm512_set1_epi32(k as i32);
                     for c in 0..C {
-                        let ints = _mm512_madd_epi16(wv, _mm512_loadu_si512(xs[c].add((base + k) * 32) as *const __m512i));
+                        let ints = _mm512_madd_epi16(
+                            wv,
+                            _mm512_loadu_si512(xs[c].add((base + k) * 32) as *const __m512i),
+                        );
                         let coefficient = _mm512_permutexvar_ps(lane, coefficients[c]);
                         let a = &mut acc[c][k % 2];
                         *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), coefficient, *a);
@@ -444,7 +500,11 @@ mod avx512 {
                 let mut ints = [_mm512_setzero_si512(); C];
                 for (k, chunk) in chunks.into_iter().enumerate() {
                     for c in 0..C {
-                        ints[c] = _mm512_dpwssd_epi32(ints[c], chunk, _mm512_loadu_si512(xs[c].add(u * 256 + 32 * k) as *const __m512i));
+                        ints[c] = _mm512_dpwssd_epi32(
+                            ints[c],
+                            chunk,
+                            _mm512_loadu_si512(xs[c].add(u * 256 + 32 * k) as *const __m512i),
+                        );
                     }
                 }
                 let scale = dec::half(unit.as_ptr().add(if F == Q6K { 208 } else { 0 }));
@@ -453,7 +513,11 @@ mod avx512 {
                 }
                 for c in 0..C {
                     let a = &mut acc[c][u % 2];
-                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints[c]), _mm512_set1_ps(scale * dx[c][u]), *a);
+                    *a = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(ints[c]),
+                        _mm512_set1_ps(scale * dx[c][u]),
+                        *a,
+                    );
                 }
             }
             for c in 0..C {
@@ -472,7 +536,12 @@ mod avx2 {
     /// `C` activation rows against a decoded row; lanes 0–7 in one register, 8–15 in
     /// another, for each of the two accumulators.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const C: usize, const MIN: u8>(w: &DecodedRow, x: &QuantizedRows, j0: usize, out: &mut [f32]) {
+    pub unsafe fn tile<const C: usize, const MIN: u8>(
+        w: &DecodedRow,
+        x: &QuantizedRows,
+        j0: usize,
+        out: &mut [f32],
+    ) {
         let units = w.scales.len();
         let n = w.unit_len;
         let xs: [*const i16; C] = std::array::from_fn(|c| x.row(j0 + c).as_ptr());

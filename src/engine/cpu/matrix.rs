@@ -15,8 +15,8 @@ use half::{bf16, f16};
 use super::activations::Activations;
 use super::decode::{DecodedRow, decode_row};
 use super::dot::dot_f32;
-use super::int_dot::{self, TILE};
 use super::formats::QuantFormat;
+use super::int_dot::{self, TILE};
 use super::isa::Isa;
 
 /// How quantized weights meet their activations.
@@ -381,9 +381,18 @@ fn run_rows(
                 let mut j = 0;
                 while j < x.rows {
                     let count = TILE.min(x.rows - j);
-                    int_dot::dot_raw_rows(isa, format, data, row_bytes, rows.clone(), q, j, count, decoded, |r, c, value| {
-                        write(j + c, r, value)
-                    });
+                    int_dot::dot_raw_rows(
+                        isa,
+                        format,
+                        data,
+                        row_bytes,
+                        rows.clone(),
+                        q,
+                        j,
+                        count,
+                        decoded,
+                        |r, c, value| write(j + c, r, value),
+                    );
                     j += count;
                 }
             }

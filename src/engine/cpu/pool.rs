@@ -193,7 +193,8 @@ fn worker(id: usize, shared: &Shared) {
         // until `running` reaches zero.
         let task = unsafe { *shared.task.get() };
         if let Some(task) = task {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { (*task)(id) }));
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { (*task)(id) }));
             if result.is_err() {
                 shared.panicked.store(true, Ordering::Release);
             }
@@ -212,7 +213,13 @@ pub fn pool() -> &'static Pool {
 pub fn configured_threads() -> usize {
     ["EXO_THREADS", "CANDLE_NUM_THREADS"]
         .iter()
-        .find_map(|name| std::env::var(name).ok()?.parse::<usize>().ok().filter(|&n| n > 0))
+        .find_map(|name| {
+            std::env::var(name)
+                .ok()?
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+        })
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 

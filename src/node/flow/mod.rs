@@ -122,6 +122,8 @@ pub struct FlowStats {
     pub requests_cancelled: u64,
     pub steps_run: u64,
     pub step_errors: u64,
+    /// Steps and results refused for naming a node that has not proven the cluster key.
+    pub plans_refused: u64,
 }
 
 /// What a request's origin receives: (step, outcome).
@@ -201,7 +203,10 @@ impl RequestFlow {
                 progress: ProgressClock::default(),
             }
         });
-        tokio::spawn(shard::take_finished_batches(Arc::downgrade(&flow), finished_batches));
+        tokio::spawn(shard::take_finished_batches(
+            Arc::downgrade(&flow),
+            finished_batches,
+        ));
         flow
     }
 
@@ -338,16 +343,25 @@ impl NodeHandler for RequestFlow {
         )
     }
 
-    async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>) -> Vec<Result<(), Status>> {
+    async fn run_steps(
+        &self,
+        steps: Vec<(ValidatedContext, StepInput)>,
+    ) -> Vec<Result<(), Status>> {
         self.accept_steps(steps).await
     }
 
-    async fn step_results(&self, results: Vec<(ValidatedContext, String, StepOutcome)>) -> Vec<Result<(), Status>> {
+    async fn step_results(
+        &self,
+        results: Vec<(ValidatedContext, String, StepOutcome)>,
+    ) -> Vec<Result<(), Status>> {
         results
             .into_iter()
             .map(|(context, node_id, outcome)| {
                 if let StepOutcome::Error(error) = &outcome {
-                    tracing::debug!("node {node_id} reports a failed step of {}: {error}", context.request_id);
+                    tracing::debug!(
+                        "node {node_id} reports a failed step of {}: {error}",
+                        context.request_id
+                    );
                 }
                 self.route_result(&context.request_id, context.step, outcome)
             })

@@ -25,7 +25,11 @@ impl RequestFlow {
         receiver
     }
 
-    async fn run_generation(self: Arc<Self>, request: GenerateRequest, events: mpsc::Sender<GenerationEvent>) {
+    async fn run_generation(
+        self: Arc<Self>,
+        request: GenerateRequest,
+        events: mpsc::Sender<GenerationEvent>,
+    ) {
         let request_id = format!("req-{}", uuid::Uuid::new_v4().simple());
         let (results_tx, mut results) = mpsc::unbounded_channel();
         self.lock_pending().insert(request_id.clone(), results_tx);
@@ -100,25 +104,29 @@ impl RequestFlow {
             return Ok(None);
         }
         // No more tokens than the context holds after the prompt.
-        let max_tokens = request.max_tokens.min(context_length - request.prompt.len());
+        let max_tokens = request
+            .max_tokens
+            .min(context_length - request.prompt.len());
         let reserve_positions = request.prompt.len() + max_tokens;
-        let mut decoding = Decoding::new(max_tokens, request.stop.clone()).ignoring_eos(request.ignore_eos);
+        let mut decoding =
+            Decoding::new(max_tokens, request.stop.clone()).ignoring_eos(request.ignore_eos);
         let mut joined = self.peers.subscribe();
         let started = Instant::now();
         let mut first_token_at = None;
-        let context = |step: u64, position: usize, sample: bool, token_index: u64| ValidatedContext {
-            request_id: request_id.to_string(),
-            origin_node_id: self.node_id.clone(),
-            origin_address: self.address(),
-            plan: plan.clone(),
-            index: 0,
-            sampling: request.sampling,
-            position,
-            step,
-            sample,
-            reserve_positions,
-            token_index,
-        };
+        let context =
+            |step: u64, position: usize, sample: bool, token_index: u64| ValidatedContext {
+                request_id: request_id.to_string(),
+                origin_node_id: self.node_id.clone(),
+                origin_address: self.address(),
+                plan: plan.clone(),
+                index: 0,
+                sampling: request.sampling,
+                position,
+                step,
+                sample,
+                reserve_positions,
+                token_index,
+            };
         // The prompt, in chunks the shards can interleave with other requests' steps;
         // only the last chunk's logits are sampled.
         let chunk = self.config.prefill_chunk.max(1);
@@ -176,7 +184,9 @@ impl RequestFlow {
                     // A prompt chunk made it through, or a late duplicate of a retried
                     // message: nothing to do but wait on.
                     _ if for_step != awaited => {
-                        tracing::debug!("{request_id}: result of step {for_step} while awaiting {awaited}");
+                        tracing::debug!(
+                            "{request_id}: result of step {for_step} while awaiting {awaited}"
+                        );
                     }
                     StepOutcome::Done => {}
                     StepOutcome::Token(token) => break token,
@@ -217,21 +227,26 @@ impl RequestFlow {
     }
 
     /// A step for the plan's first shard: run here, or queued for that node.
-    async fn send_to_first_shard(&self, context: ValidatedContext, tokens: Vec<u32>) -> anyhow::Result<()> {
+    async fn send_to_first_shard(
+        &self,
+        context: ValidatedContext,
+        tokens: Vec<u32>,
+    ) -> anyhow::Result<()> {
         let first = context.plan.entries[0].clone();
         if first.node_id == self.node_id {
-            let mut answers = self.accept_steps(vec![(context, StepInput::Tokens(tokens))]).await;
+            let mut answers = self
+                .accept_steps(vec![(context, StepInput::Tokens(tokens))])
+                .await;
             if let Some(Err(status)) = answers.pop() {
                 bail!("{}", status.message());
             }
             return Ok(());
         }
-        let handle = self.peer(&first.node_id, &first.address);
         let item = pb::StepItem {
             context: Some(to_wire(&context)),
             input: Some(pb::step_item::Input::Tokens(pb::TokenList { tokens })),
         };
-        self.outbox.send(&first.node_id, handle, Item::Step(item));
+        self.send_to(&first.node_id, &first.address, Item::Step(item));
         Ok(())
     }
 
@@ -249,7 +264,10 @@ impl RequestFlow {
                 if let Ok(peer) = handle.ensure_ready().await
                     && let Err(error) = peer.finish_request(request_id, reason).await
                 {
-                    tracing::debug!("could not tell {} to drop {request_id}: {error:#}", entry.node_id);
+                    tracing::debug!(
+                        "could not tell {} to drop {request_id}: {error:#}",
+                        entry.node_id
+                    );
                 }
             }
         });

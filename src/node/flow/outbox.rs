@@ -67,7 +67,11 @@ impl Outbox {
 
 /// One peer's sender: takes everything queued, sends steps and results (one message each
 /// kind), reports refusals, repeats.
-async fn drain(mut receiver: mpsc::UnboundedReceiver<Item>, handle: Arc<Managed<GrpcPeerHandle>>, on_failure: OnFailure) {
+async fn drain(
+    mut receiver: mpsc::UnboundedReceiver<Item>,
+    handle: Arc<Managed<GrpcPeerHandle>>,
+    on_failure: OnFailure,
+) {
     while let Some(first) = receiver.recv().await {
         let mut items = vec![first];
         while items.len() < MAX_ITEMS {
@@ -87,16 +91,26 @@ async fn drain(mut receiver: mpsc::UnboundedReceiver<Item>, handle: Arc<Managed<
         if !results.is_empty() {
             let message = pb::ResultBatch { items: results };
             let sent = handle
-                .with_connection("SendResults", |peer| peer.send_results(message.clone()).boxed())
+                .with_connection("SendResults", |peer| {
+                    peer.send_results(message.clone()).boxed()
+                })
                 .await;
-            report(sent, message.items.into_iter().map(Item::Result).collect(), &on_failure);
+            report(
+                sent,
+                message.items.into_iter().map(Item::Result).collect(),
+                &on_failure,
+            );
         }
         if !steps.is_empty() {
             let message = pb::StepBatch { items: steps };
             let sent = handle
                 .with_connection("SendSteps", |peer| peer.send_steps(message.clone()).boxed())
                 .await;
-            report(sent, message.items.into_iter().map(Item::Step).collect(), &on_failure);
+            report(
+                sent,
+                message.items.into_iter().map(Item::Step).collect(),
+                &on_failure,
+            );
         }
     }
 }
@@ -111,7 +125,10 @@ fn report(sent: anyhow::Result<Vec<String>>, items: Vec<Item>, on_failure: &OnFa
             .collect(),
         Err(error) => {
             let message = format!("{error:#}");
-            items.into_iter().map(|item| (item, message.clone())).collect()
+            items
+                .into_iter()
+                .map(|item| (item, message.clone()))
+                .collect()
         }
     };
     if !failed.is_empty() {

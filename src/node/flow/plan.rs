@@ -1,13 +1,14 @@
 //! Which nodes a request runs on: the peers a plan may use, the partition, and the handle
 //! on a node of a plan.
 
-use std::sync::Arc;
+use tonic::Status;
 
 use super::RequestFlow;
+use super::outbox::Item;
 use crate::discovery::PeerInfo;
 use crate::engine::LoadedModel;
-use crate::peer::GrpcPeerHandle;
-use crate::resource::{Managed, ResourceState};
+use crate::resource::ResourceState;
+use crate::server::ValidatedContext;
 use crate::topology::{DeviceCapabilities, NodeWeight, Partition, plan_partition};
 
 impl RequestFlow {
@@ -17,7 +18,9 @@ impl RequestFlow {
             .joined()
             .into_iter()
             .filter(|p| {
-                p.state == ResourceState::Ready && p.model_id == model_id && p.capabilities.is_some()
+                p.state == ResourceState::Ready
+                    && p.model_id == model_id
+                    && p.capabilities.is_some()
             })
             .collect()
     }
@@ -47,9 +50,37 @@ impl RequestFlow {
         plan_partition(model.model_id(), model.config().n_layers, &nodes)
     }
 
-    /// The handle on a node of a plan: from the peer table, or taken on at the address
-    /// the plan gives when this node has not heard of it yet.
-    pub(super) fn peer(&self, node_id: &str, address: &str) -> Arc<Managed<GrpcPeerHandle>> {
-        self.peers.adopt(node_id, address, &self.model_id)
+    /// Queues `item` for a node of a plan. A node this one may not take on (a keyed
+    /// cluster's node that has not proven the key here) gets nothing: the item fails as
+    /// undeliverable, as if the node were unreachable.
+    pub(super) fn send_to(&self, node_id: &str, address: &str, item: Item) {
+        match self.peers.adopt(node_id, address, &self.model_id) {
+            Some(handle) => self.outbox.send(node_id, handle, item),
+            None => self.undelivered(vec![(
+                item,
+                format!(
+                    "node {node_id} has not proven the cluster key to node {}",
+                    self.node_id
+                ),
+            )]),
+        }
+    }
+
+    /// Refuses a plan (or origin) naming a node this one has not authenticated: in a keyed
+    /// cluster a plan must not steer hidden states or tokens to a stranger.
+    pub(super) fn check_plan_nodes(&self, context: &ValidatedContext) -> Result<(), Status> {
+        let stranger = std::iter::once(context.origin_node_id.as_str())
+            .chain(context.plan.entries.iter().map(|e| e.node_id.as_str()))
+            .find(|id| !self.peers.vouches_for(id));
+        match stranger {
+            None => Ok(()),
+            Some(id) => {
+                self.count(|s| s.plans_refused += 1);
+                Err(Status::permission_denied(format!(
+                    "request {} names node {id}, which has not proven the cluster key to node {}",
+                    context.request_id, self.node_id
+                )))
+            }
+        }
     }
 }

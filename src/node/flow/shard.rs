@@ -19,12 +19,18 @@ use crate::server::{StepInput, StepOutcome, ValidatedContext};
 impl RequestFlow {
     /// Checks steps for this node's shard and queues them on the batcher; each caller gets
     /// its answer at once, the outcome travels on through the ring.
-    pub(super) async fn accept_steps(&self, steps: Vec<(ValidatedContext, StepInput)>) -> Vec<Result<(), Status>> {
+    pub(super) async fn accept_steps(
+        &self,
+        steps: Vec<(ValidatedContext, StepInput)>,
+    ) -> Vec<Result<(), Status>> {
         let model = match self.model().await {
             Ok(model) => model,
             Err(error) => {
                 let message = format!("node {}: {error:#}", self.node_id);
-                return steps.iter().map(|_| Err(Status::unavailable(message.clone()))).collect();
+                return steps
+                    .iter()
+                    .map(|_| Err(Status::unavailable(message.clone())))
+                    .collect();
             }
         };
         let mut answers = Vec::with_capacity(steps.len());
@@ -40,7 +46,9 @@ impl RequestFlow {
         context: ValidatedContext,
         input: StepInput,
     ) -> Result<(), Status> {
-        if context.plan.model_id != model.model_id() || context.plan.n_layers != model.config().n_layers {
+        if context.plan.model_id != model.model_id()
+            || context.plan.n_layers != model.config().n_layers
+        {
             return Err(Status::invalid_argument(format!(
                 "request {} is for model {} ({} layers); node {} serves {} ({} layers)",
                 context.request_id,
@@ -51,6 +59,7 @@ impl RequestFlow {
                 model.config().n_layers
             )));
         }
+        self.check_plan_nodes(&context)?;
         if self.is_finished(&context.request_id) {
             return Err(Status::not_found(format!(
                 "request {} has already finished",
@@ -113,7 +122,9 @@ impl RequestFlow {
                     } else {
                         match sample(&logits, &context.sampling, context.token_index) {
                             Ok(token) => StepOutcome::Token(token),
-                            Err(error) => StepOutcome::Error(format!("node {}: {error:#}", self.node_id)),
+                            Err(error) => {
+                                StepOutcome::Error(format!("node {}: {error:#}", self.node_id))
+                            }
                         }
                     };
                     self.deliver(&context, outcome);
@@ -127,10 +138,12 @@ impl RequestFlow {
                             context: Some(to_wire(&next_context)),
                             input: Some(pb::step_item::Input::Tensor(encode_hidden(&hidden))),
                         };
-                        let handle = self.peer(&next.node_id, &next.address);
-                        self.outbox.send(&next.node_id, handle, Item::Step(item));
+                        self.send_to(&next.node_id, &next.address, Item::Step(item));
                     }
-                    None => self.fail_step(&context, "the last shard of the plan produced no logits".into()),
+                    None => self.fail_step(
+                        &context,
+                        "the last shard of the plan produced no logits".into(),
+                    ),
                 },
                 Err(error) => self.fail_step(&context, format!("node {}: {error:#}", self.node_id)),
             }
@@ -140,7 +153,11 @@ impl RequestFlow {
     /// Reports a failed step to its origin and drops what the request holds here.
     fn fail_step(&self, context: &ValidatedContext, message: String) {
         self.count(|s| s.step_errors += 1);
-        tracing::warn!("step {} of {} failed: {message}", context.step, context.request_id);
+        tracing::warn!(
+            "step {} of {} failed: {message}",
+            context.step,
+            context.request_id
+        );
         if let Some(this) = self.this.upgrade() {
             let request_id = context.request_id.clone();
             tokio::spawn(async move { this.drop_caches(&request_id).await });
@@ -171,8 +188,11 @@ impl RequestFlow {
                 StepOutcome::Error(error) => pb::result_item::Outcome::Error(error),
             }),
         };
-        let handle = self.peer(&context.origin_node_id, &context.origin_address);
-        self.outbox.send(&context.origin_node_id, handle, Item::Result(item));
+        self.send_to(
+            &context.origin_node_id,
+            &context.origin_address,
+            Item::Result(item),
+        );
     }
 
     /// Items a peer refused or that could not reach it: a step becomes an error result to
@@ -182,29 +202,42 @@ impl RequestFlow {
         for (item, reason) in failed {
             match item {
                 Item::Step(step) => {
-                    let Some(context) = step.context else { continue };
+                    let Some(context) = step.context else {
+                        continue;
+                    };
                     self.count(|s| s.step_errors += 1);
-                    let message = format!("a step of {} could not be handed on: {reason}", context.request_id);
+                    let message = format!(
+                        "a step of {} could not be handed on: {reason}",
+                        context.request_id
+                    );
                     tracing::warn!("{message}");
                     if let Some(this) = self.this.upgrade() {
                         let request_id = context.request_id.clone();
                         tokio::spawn(async move { this.drop_caches(&request_id).await });
                     }
                     if context.origin_node_id == self.node_id {
-                        let _ = self.route_result(&context.request_id, context.step, StepOutcome::Error(message));
+                        let _ = self.route_result(
+                            &context.request_id,
+                            context.step,
+                            StepOutcome::Error(message),
+                        );
                     } else {
-                        let origin = (context.origin_node_id.clone(), context.origin_address.clone());
+                        let origin = (
+                            context.origin_node_id.clone(),
+                            context.origin_address.clone(),
+                        );
                         let item = pb::ResultItem {
                             context: Some(context),
                             node_id: self.node_id.clone(),
                             outcome: Some(pb::result_item::Outcome::Error(message)),
                         };
-                        let handle = self.peer(&origin.0, &origin.1);
-                        self.outbox.send(&origin.0, handle, Item::Result(item));
+                        self.send_to(&origin.0, &origin.1, Item::Result(item));
                     }
                 }
                 Item::Result(result) => {
-                    let Some(context) = result.context else { continue };
+                    let Some(context) = result.context else {
+                        continue;
+                    };
                     tracing::warn!(
                         "cannot return a result of {} to its origin: {reason}",
                         context.request_id
@@ -219,7 +252,10 @@ impl RequestFlow {
 }
 
 /// The flow's task that takes the batches the engine finished.
-pub(super) async fn take_finished_batches(flow: Weak<RequestFlow>, mut batches: mpsc::UnboundedReceiver<Vec<StepDone>>) {
+pub(super) async fn take_finished_batches(
+    flow: Weak<RequestFlow>,
+    mut batches: mpsc::UnboundedReceiver<Vec<StepDone>>,
+) {
     while let Some(done) = batches.recv().await {
         let Some(flow) = flow.upgrade() else { return };
         flow.batch_finished(done);

@@ -1,0 +1,248 @@
+//! Who may call the API: bearer keys on /v1, admin endpoints for the admin key (or
+//! loopback when there is none), no cross-site use unless an origin is allowed, and chat
+//! requests only as JSON (a cross-site form post cannot be JSON without a CORS preflight).
+//! /healthz stays open for load balancers and probes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use super::config::ApiConfig;
+use super::error::ApiError;
+
+/// Paths of the admin API (the node's resources: list, health, report, reset).
+fn is_admin(path: &str) -> bool {
+    path == "/v1/resources" || path.starts_with("/v1/resources/")
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether `token` is one of `keys`, comparing in constant time (no timing oracle).
+fn one_of(token: Option<&str>, keys: &[String]) -> bool {
+    let Some(token) = token else { return false };
+    keys.iter().fold(false, |found, key| {
+        found | bool::from(key.as_bytes().ct_eq(token.as_bytes()))
+    })
+}
+
+fn unauthorized(message: &str) -> Response {
+    let error = ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        kind: "invalid_request_error",
+        message: message.to_string(),
+        param: None,
+        code: Some("invalid_api_key"),
+    };
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn forbidden(message: impl Into<String>) -> Response {
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        kind: "invalid_request_error",
+        message: message.into(),
+        param: None,
+        code: Some("forbidden"),
+    }
+    .into_response()
+}
+
+/// The access check in front of every route.
+pub async fn guard(
+    State(config): State<Arc<ApiConfig>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path().to_string();
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    // Browsers send Origin on cross-site requests; tools and SDKs do not. An origin not
+    // named by --cors-origin gets nothing, not even a preflight.
+    let allowed_origin = match &origin {
+        None => None,
+        Some(origin) => {
+            let text = origin.to_str().unwrap_or("");
+            if !config.cors_origins.iter().any(|o| o == text) {
+                return forbidden(format!(
+                    "cross-origin requests from {text:?} are not allowed (see --cors-origin)"
+                ));
+            }
+            Some(origin.clone())
+        }
+    };
+    if request.method() == Method::OPTIONS
+        && let Some(origin) = &allowed_origin
+    {
+        return preflight(origin);
+    }
+    if path != "/healthz" {
+        if let Err(response) = authorize(&config, peer, &path, request.headers()) {
+            return *response;
+        }
+        if request.method() == Method::POST && path == "/v1/chat/completions" {
+            let json = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+            if !json {
+                return ApiError {
+                    status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    ..ApiError::bad_request(
+                        "chat requests must have Content-Type: application/json",
+                    )
+                }
+                .into_response();
+            }
+        }
+    }
+    let mut response = next.run(request).await;
+    if let Some(origin) = allowed_origin {
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// API keys on every /v1 path; the admin key (or loopback, when there is none) on the
+/// admin paths.
+fn authorize(
+    config: &ApiConfig,
+    peer: SocketAddr,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<(), Box<Response>> {
+    let token = bearer(headers);
+    if is_admin(path) {
+        if !config.admin_keys.is_empty() {
+            return if one_of(token, &config.admin_keys) {
+                Ok(())
+            } else {
+                Err(Box::new(forbidden(
+                    "the admin endpoints need the admin key (--admin-key)",
+                )))
+            };
+        }
+        if !peer.ip().is_loopback() {
+            return Err(Box::new(forbidden(
+                "the admin endpoints answer only on loopback unless the node has --admin-key",
+            )));
+        }
+    }
+    if config.api_keys.is_empty() || one_of(token, &config.api_keys) {
+        return Ok(());
+    }
+    Err(Box::new(unauthorized(if token.is_none() {
+        "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
+    } else {
+        "Incorrect API key provided."
+    })))
+}
+
+fn preflight(origin: &HeaderValue) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_and_compared_exactly() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk-1"),
+        );
+        assert_eq!(bearer(&headers), Some("sk-1"));
+        let keys = vec!["sk-0".to_string(), "sk-1".to_string()];
+        assert!(one_of(Some("sk-1"), &keys));
+        assert!(!one_of(Some("sk-"), &keys));
+        assert!(!one_of(Some("sk-10"), &keys));
+        assert!(!one_of(None, &keys));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic sk-1"),
+        );
+        assert_eq!(bearer(&headers), None);
+    }
+
+    fn status(config: &ApiConfig, from: [u8; 4], path: &str, token: Option<&str>) -> u16 {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = token {
+            headers.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            );
+        }
+        match authorize(config, SocketAddr::from((from, 5000)), path, &headers) {
+            Ok(()) => 200,
+            Err(response) => response.status().as_u16(),
+        }
+    }
+
+    #[test]
+    fn admin_endpoints_need_loopback_or_the_admin_key() {
+        let lan = [10, 0, 0, 7];
+        let local = [127, 0, 0, 1];
+        let open = ApiConfig::default();
+        assert_eq!(status(&open, lan, "/v1/resources/report", None), 403);
+        assert_eq!(status(&open, lan, "/v1/resources/engine/reset", None), 403);
+        assert_eq!(status(&open, local, "/v1/resources/report", None), 200);
+        assert_eq!(status(&open, lan, "/v1/models", None), 200);
+        let keyed = ApiConfig {
+            api_keys: vec!["user".into()],
+            admin_keys: vec!["root".into()],
+            ..ApiConfig::default()
+        };
+        assert_eq!(status(&keyed, lan, "/v1/resources", Some("root")), 200);
+        assert_eq!(status(&keyed, local, "/v1/resources", Some("user")), 403);
+        assert_eq!(status(&keyed, local, "/v1/resources", None), 403);
+        assert_eq!(status(&keyed, lan, "/v1/models", None), 401);
+        assert_eq!(status(&keyed, lan, "/v1/models", Some("nope")), 401);
+        assert_eq!(status(&keyed, lan, "/v1/models", Some("user")), 200);
+        // No admin key: loopback, and the API key as for any /v1 path.
+        let api_only = ApiConfig {
+            api_keys: vec!["user".into()],
+            ..ApiConfig::default()
+        };
+        assert_eq!(status(&api_only, local, "/v1/resources", None), 401);
+        assert_eq!(status(&api_only, local, "/v1/resources", Some("user")), 200);
+        assert_eq!(status(&api_only, lan, "/v1/resources", Some("user")), 403);
+    }
+}

@@ -1,0 +1,53 @@
+//! Who may use the HTTP API and how much of it at once.
+
+use std::time::Duration;
+
+/// The API's access rules and limits (flags of `exo node`).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Bearer tokens accepted on every /v1 endpoint; empty: the API is open.
+    pub api_keys: Vec<String>,
+    /// Bearer tokens for the admin endpoints; empty: admin only from loopback.
+    pub admin_keys: Vec<String>,
+    /// Origins allowed cross-site requests (CORS); empty: none.
+    pub cors_origins: Vec<String>,
+    /// Chat requests served at once.
+    pub max_concurrent: usize,
+    /// Chat requests waiting for a slot; past them, 429.
+    pub max_queued: usize,
+    /// What a 429 tells the client to wait.
+    pub retry_after: Duration,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            api_keys: Vec::new(),
+            admin_keys: Vec::new(),
+            cors_origins: Vec::new(),
+            max_concurrent: 16,
+            max_queued: 64,
+            retry_after: Duration::from_secs(1),
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// What the resource report shows (never the keys themselves).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "api_keys": self.api_keys.len(),
+            "admin_keys": self.admin_keys.len(),
+            "admin_from": if self.admin_keys.is_empty() { "loopback" } else { "admin key" },
+            "cors_origins": self.cors_origins,
+            "max_concurrent_requests": self.max_concurrent,
+            "max_queued_requests": self.max_queued,
+            "retry_after_s": self.retry_after.as_secs(),
+            "max_body_bytes": self.max_body_bytes,
+            "max_stop_string_bytes": super::chat::MAX_STOP_STRING_BYTES,
+        })
+    }
+}

@@ -1,0 +1,120 @@
+//! A cap on the chat requests a node serves at once, with a bounded queue behind it: a
+//! request past both gets 429 and Retry-After at once, and every queued request is served
+//! in turn. A slot is held until the response body (a stream, perhaps) is finished.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use super::error::ApiError;
+
+/// The limiter of one node's API.
+pub struct RequestLimiter {
+    slots: Arc<Semaphore>,
+    max_concurrent: usize,
+    max_queued: usize,
+    retry_after: Duration,
+    queued: AtomicUsize,
+    rejected: AtomicU64,
+    served: AtomicU64,
+}
+
+/// Counts one queued request for as long as it waits (also when its client gives up).
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl RequestLimiter {
+    pub fn new(max_concurrent: usize, max_queued: usize, retry_after: Duration) -> Self {
+        let max_concurrent = max_concurrent.max(1);
+        RequestLimiter {
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            max_queued,
+            retry_after,
+            queued: AtomicUsize::new(0),
+            rejected: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+        }
+    }
+
+    fn too_many(&self) -> Response {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        let mut response = ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "rate_limit_error",
+            message: format!(
+                "this node is serving {} requests and {} more are waiting; try again shortly",
+                self.max_concurrent, self.max_queued
+            ),
+            param: None,
+            code: Some("rate_limit_exceeded"),
+        }
+        .into_response();
+        let seconds = self.retry_after.as_secs().max(1).to_string();
+        if let Ok(value) = HeaderValue::from_str(&seconds) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "max_concurrent_requests": self.max_concurrent,
+            "max_queued_requests": self.max_queued,
+            "in_flight": self.max_concurrent - self.slots.available_permits(),
+            "queued": self.queued.load(Ordering::Relaxed),
+            "served": self.served.load(Ordering::Relaxed),
+            "rejected_429": self.rejected.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// The middleware: chat requests take a slot (waiting in the queue when there is room).
+pub async fn limit(
+    State(limiter): State<Arc<RequestLimiter>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !(request.method() == Method::POST && request.uri().path() == "/v1/chat/completions") {
+        return next.run(request).await;
+    }
+    let permit = match limiter.slots.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            if limiter.queued.fetch_add(1, Ordering::AcqRel) >= limiter.max_queued {
+                limiter.queued.fetch_sub(1, Ordering::AcqRel);
+                return limiter.too_many();
+            }
+            let _place = QueuePlace(&limiter.queued);
+            match limiter.slots.clone().acquire_owned().await {
+                Ok(permit) => permit,
+                // Closed only if the semaphore is dropped: not while the node serves.
+                Err(_) => {
+                    return ApiError::unavailable("the node is shutting down").into_response();
+                }
+            }
+        }
+    };
+    limiter.served.fetch_add(1, Ordering::Relaxed);
+    let response = next.run(request).await;
+    // Keep the slot until the body is done (or dropped, when the client leaves).
+    let (parts, body) = response.into_parts();
+    let stream = body.into_data_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
+}

@@ -1,0 +1,315 @@
+//! The HTTP API's access rules and limits: bearer keys (401 in OpenAI's shape), /healthz
+//! open, admin keys, no cross-site use unless allowed, JSON-only chat, and a burst past
+//! the concurrency cap answered 429 + Retry-After while every queued request is served.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use exo::api::{ApiConfig, ApiServer};
+use exo::node::{DiscoveryMode, Node};
+use exo::resource::Managed;
+
+use crate::e2e::chat_body;
+use crate::harness::{WAIT, loopback_config};
+
+async fn lone_node(dir: &std::path::Path, api: ApiConfig) -> Node {
+    let mut config = loopback_config(dir, "solo", 0);
+    config.discovery = DiscoveryMode::None;
+    config.api = api;
+    // The burst keeps requests waiting behind one another on a shared machine: the test
+    // is about the limiter, not the per-token deadline.
+    config.flow.step_timeout = Duration::from_secs(60);
+    Node::start(config).await.unwrap()
+}
+
+/// One request: (status, headers we care about, JSON body or Null).
+fn call(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, Option<String>, Option<String>, serde_json::Value) {
+    let mut request = ureq::request(method, url).timeout(Duration::from_secs(120));
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let result = match body {
+        Some(body) => request.send_string(body),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{method} {url}: {error}"),
+    };
+    let status = response.status();
+    let retry_after = response.header("retry-after").map(String::from);
+    let allow_origin = response
+        .header("access-control-allow-origin")
+        .map(String::from);
+    let json = response.into_json().unwrap_or(serde_json::Value::Null);
+    (status, retry_after, allow_origin, json)
+}
+
+async fn call_async(
+    method: &'static str,
+    url: String,
+    headers: Vec<(&'static str, String)>,
+    body: Option<String>,
+) -> (u16, Option<String>, Option<String>, serde_json::Value) {
+    tokio::task::spawn_blocking(move || {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        call(method, &url, &headers, body.as_deref())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_admin_keys_cors_and_json_only_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(
+        dir.path(),
+        ApiConfig {
+            api_keys: vec!["sk-one".into(), "sk-two".into()],
+            admin_keys: vec!["adm".into()],
+            cors_origins: vec!["https://app.example".into()],
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}", node.api_port());
+    let models = format!("{base}/v1/models");
+    let json = ("content-type", "application/json".to_string());
+    let auth = |k: &str| ("authorization", format!("Bearer {k}"));
+
+    // No key, a wrong key: 401 with OpenAI's error body.
+    for headers in [vec![], vec![auth("sk-three")]] {
+        let (status, _, _, body) = call_async("GET", models.clone(), headers, None).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    }
+    let (status, ..) = call_async(
+        "POST",
+        format!("{base}/v1/chat/completions"),
+        vec![json.clone()],
+        Some(chat_body("hi", 1, false).to_string()),
+    )
+    .await;
+    assert_eq!(status, 401);
+    // Either key works; /healthz needs none.
+    for key in ["sk-one", "sk-two"] {
+        let (status, ..) = call_async("GET", models.clone(), vec![auth(key)], None).await;
+        assert_eq!(status, 200);
+    }
+    let (status, ..) = call_async("GET", format!("{base}/healthz"), vec![], None).await;
+    assert_eq!(status, 200);
+
+    // Admin: the API key is not enough, the admin key is.
+    let report = format!("{base}/v1/resources/report");
+    let (status, _, _, body) = call_async("GET", report.clone(), vec![auth("sk-one")], None).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, _, body) = call_async(
+        "POST",
+        format!("{base}/v1/resources/engine/reset"),
+        vec![],
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, _, body) = call_async("GET", report, vec![auth("adm")], None).await;
+    assert_eq!(status, 200);
+    let api = &body["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "api_server")
+        .unwrap()["info"];
+    assert_eq!(api["access"]["api_keys"], 2, "{api}");
+    assert_eq!(api["limits"]["max_concurrent_requests"], 16, "{api}");
+    assert_eq!(api["security"]["cluster"], "open", "{api}");
+    assert!(
+        !body.to_string().contains("sk-one"),
+        "a key leaked into the report"
+    );
+
+    // Cross-site: an unknown origin gets nothing; the allowed one gets CORS headers.
+    let (status, _, allow, _) = call_async(
+        "GET",
+        models.clone(),
+        vec![auth("sk-one"), ("origin", "https://evil.example".into())],
+        None,
+    )
+    .await;
+    assert_eq!((status, allow), (403, None));
+    let (status, _, allow, _) = call_async(
+        "GET",
+        models.clone(),
+        vec![auth("sk-one"), ("origin", "https://app.example".into())],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, allow.as_deref()),
+        (200, Some("https://app.example"))
+    );
+    let (status, _, allow, _) = call_async(
+        "OPTIONS",
+        format!("{base}/v1/chat/completions"),
+        vec![("origin", "https://app.example".into())],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, allow.as_deref()),
+        (204, Some("https://app.example"))
+    );
+
+    // A chat request that is not JSON (what a cross-site form could send): 415.
+    let (status, _, _, body) = call_async(
+        "POST",
+        format!("{base}/v1/chat/completions"),
+        vec![
+            auth("sk-one"),
+            ("content-type", "application/x-www-form-urlencoded".into()),
+        ],
+        Some(chat_body("hi", 1, false).to_string()),
+    )
+    .await;
+    assert_eq!(status, 415, "{body}");
+    let (status, _, _, body) = call_async(
+        "POST",
+        format!("{base}/v1/chat/completions"),
+        vec![auth("sk-one"), json],
+        Some(chat_body("Say hi.", 2, false).to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The CLI clients send the keys they are given.
+    let exo = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(crate::support::exo_bin())
+                .args(args)
+                .env_remove("EXO_API_KEY")
+                .env_remove("EXO_ADMIN_KEY")
+                .output()
+                .unwrap()
+        })
+    };
+    let chat = |key: Option<&str>| {
+        let mut args: Vec<String> = [
+            "chat",
+            "--node",
+            &base,
+            "--prompt",
+            "Say hi.",
+            "--max-tokens",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(key) = key {
+            args.extend(["--api-key".to_string(), key.to_string()]);
+        }
+        exo(args)
+    };
+    let refused = chat(None).await.unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{refused:?}"
+    );
+    let answered = chat(Some("sk-two")).await.unwrap();
+    assert!(answered.status.success(), "{answered:?}");
+    let listed = exo([
+        "resources",
+        "--node",
+        &base,
+        "--admin-key",
+        "adm",
+        "--json",
+        "list",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect())
+    .await
+    .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let refused = exo(
+        ["resources", "--node", &base, "--api-key", "sk-one", "list"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    )
+    .await
+    .unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    node.shutdown().await.unwrap();
+}
+
+/// The node's limiter figures, waited on until `ready` holds.
+async fn wait_for_limits(
+    api: &Arc<Managed<ApiServer>>,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) {
+    let limiter = api.ensure_ready().await.unwrap().access().1;
+    tokio::time::timeout(WAIT, async {
+        while !ready(&limiter.to_json()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("limits never got there: {}", limiter.to_json()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_the_cap_gets_429_and_every_queued_request_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(
+        dir.path(),
+        ApiConfig {
+            max_concurrent: 1,
+            max_queued: 2,
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", node.api_port());
+    let mut long = chat_body("Count to one hundred.", 48, false);
+    long["ignore_eos"] = true.into();
+    let send = |body: &serde_json::Value| {
+        tokio::spawn(call_async(
+            "POST",
+            url.clone(),
+            vec![("content-type", "application/json".into())],
+            Some(body.to_string()),
+        ))
+    };
+    // One served, two queued: the state itself is waited on, then the rest are refused.
+    let mut admitted = vec![send(&long)];
+    wait_for_limits(&node.api, |l| l["in_flight"] == 1).await;
+    admitted.push(send(&long));
+    admitted.push(send(&long));
+    wait_for_limits(&node.api, |l| l["queued"] == 2).await;
+    let refused: Vec<_> = (0..4).map(|_| send(&long)).collect();
+    for request in refused {
+        let (status, retry_after, _, body) = request.await.unwrap();
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    }
+    for request in admitted {
+        let (status, _, _, body) = request.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["usage"]["completion_tokens"], 48, "{body}");
+    }
+    wait_for_limits(&node.api, |l| {
+        l["in_flight"] == 0 && l["queued"] == 0 && l["served"] == 3 && l["rejected_429"] == 4
+    })
+    .await;
+    node.shutdown().await.unwrap();
+}

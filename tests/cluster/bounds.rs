@@ -1,0 +1,68 @@
+//! Caps where outside input arrives: the peer table's size, a plan's entries, a stop
+//! string's length.
+
+use exo::discovery::{PeerTable, PeerTableConfig, Sighting};
+use exo::proto::pb;
+use exo::resource::ResourceRegistry;
+use exo::topology::{MAX_PLAN_ENTRIES, Partition};
+
+#[tokio::test]
+async fn a_full_peer_table_refuses_newcomers_and_counts_them() {
+    let table = PeerTable::new(
+        "me",
+        PeerTableConfig {
+            max_peers: 2,
+            ..PeerTableConfig::default()
+        },
+        ResourceRegistry::new(),
+    );
+    for i in 0..5 {
+        table.observe(Sighting {
+            node_id: format!("p{i}"),
+            address: "127.0.0.1:1".into(),
+            priority: 0,
+            model_id: "m".into(),
+            capabilities: None,
+        });
+    }
+    let ids: Vec<String> = table.peers().into_iter().map(|p| p.node_id).collect();
+    assert_eq!(ids, vec!["p0", "p1"]);
+    assert_eq!(table.refused_full(), 3);
+    table.clear().await;
+}
+
+#[test]
+fn a_plan_with_too_many_entries_is_refused_before_it_is_checked() {
+    let entry = |i: usize| pb::PartitionEntry {
+        node_id: format!("n{i}"),
+        address: "127.0.0.1:1".into(),
+        start_layer: i as u32,
+        end_layer: i as u32 + 1,
+    };
+    let plan = |n: usize| pb::PartitionPlan {
+        model_id: "m".into(),
+        n_layers: n as u32,
+        entries: (0..n).map(entry).collect(),
+    };
+    assert!(Partition::from_wire(&plan(MAX_PLAN_ENTRIES)).is_ok());
+    let error = Partition::from_wire(&plan(MAX_PLAN_ENTRIES + 1)).unwrap_err();
+    assert!(error.to_string().contains("at most 256"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_string_past_the_cap_gets_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::harness::loopback_config(dir.path(), "solo", 0);
+    config.discovery = exo::node::DiscoveryMode::None;
+    let node = exo::node::Node::start(config).await.unwrap();
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", node.api_port());
+    let mut body = crate::e2e::chat_body("hi", 1, false);
+    body["stop"] = serde_json::json!(["x".repeat(257)]);
+    let (status, reply) =
+        tokio::task::spawn_blocking(move || crate::harness::post_json(&url, &body))
+            .await
+            .unwrap();
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["param"], "stop", "{reply}");
+    node.shutdown().await.unwrap();
+}
