@@ -15,4 +15,5 @@ pub mod peer;
 pub mod proto;
 pub mod resource;
 pub mod server;
+pub mod supply;
 pub mod topology;

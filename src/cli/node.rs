@@ -8,6 +8,7 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 
 use super::shared::ModelArgs;
+use crate::catalog::resolve_node_model;
 use crate::discovery::{DEFAULT_DISCOVERY_PORT, InterfaceFilter, UdpDiscoveryConfig};
 use crate::node::{DiscoveryMode, FlowConfig, Node, NodeConfig};
 
@@ -58,11 +59,19 @@ pub struct NodeArgs {
     /// How long the node that received a request waits for each token (milliseconds).
     #[arg(long, env = "EXO_STEP_TIMEOUT_MS", default_value_t = 4000)]
     pub step_timeout_ms: u64,
+    /// How long a node that has nothing of its model waits for a peer that holds it
+    /// before it tries the Hub (milliseconds).
+    #[arg(long, env = "EXO_PEER_WAIT_MS", default_value_t = 10_000)]
+    pub peer_wait_ms: u64,
 }
 
 impl NodeArgs {
     pub fn config(&self) -> anyhow::Result<NodeConfig> {
-        let mut config = NodeConfig::new(self.model.resolve()?);
+        let (model, registered) = resolve_node_model(&self.model.model, &self.model.models_dir())?;
+        let mut config = NodeConfig::new(model);
+        if registered {
+            config.models_dir = Some(self.model.models_dir());
+        }
         config.device = self.model.device;
         config.cpu_matmul = self.model.cpu_matmul;
         config.api_listen = SocketAddr::new(self.listen, self.api_port);
@@ -81,6 +90,7 @@ impl NodeArgs {
             },
             DiscoveryKind::None => DiscoveryMode::None,
         };
+        config.supply.peer_wait = Duration::from_millis(self.peer_wait_ms);
         if self.step_timeout_ms == 0 {
             bail!("--step-timeout-ms must be at least 1");
         }

@@ -35,6 +35,9 @@ pub struct EngineConfig {
     pub cpu_matmul: CpuMatmul,
     /// How steps of different requests are batched.
     pub batch_limits: BatchLimits,
+    /// Where the model's header comes from when it is not on this disk yet (a node whose
+    /// weights come from its peers or the Hub); `None`: the files must be here.
+    pub supply: Option<Arc<crate::supply::WeightSupply>>,
 }
 
 impl EngineConfig {
@@ -46,6 +49,7 @@ impl EngineConfig {
             max_loaded_shards: 2,
             cpu_matmul: CpuMatmul::default(),
             batch_limits: BatchLimits::default(),
+            supply: None,
         }
     }
 }
@@ -122,7 +126,11 @@ impl LoadedShard {
         let (config, layers, element) = match self {
             // Our CPU caches hold f16; candle's hold the activation dtype.
             LoadedShard::Cpu(m) => (m.config(), m.shard().len(), 2),
-            LoadedShard::Candle(m) => (m.config(), m.shard().len(), m.backend().dtype().size_in_bytes()),
+            LoadedShard::Candle(m) => (
+                m.config(),
+                m.shard().len(),
+                m.backend().dtype().size_in_bytes(),
+            ),
         };
         layers * 2 * config.n_kv_heads * config.head_dim * element
     }
@@ -357,7 +365,10 @@ impl LoadedModel {
     /// step's cache is taken out (a new request reserving its positions in the budget),
     /// the inputs that fit run in one forward pass, and each step gets its outcome. A step
     /// that fails leaves its request without a cache here.
-    pub fn run_batch(&self, jobs: Vec<StepJob>) -> Vec<(StepDone, tokio::sync::mpsc::UnboundedSender<Vec<StepDone>>)> {
+    pub fn run_batch(
+        &self,
+        jobs: Vec<StepJob>,
+    ) -> Vec<(StepDone, tokio::sync::mpsc::UnboundedSender<Vec<StepDone>>)> {
         let mut done = Vec::with_capacity(jobs.len());
         let Some(first) = jobs.first() else {
             return done;
@@ -387,9 +398,12 @@ impl LoadedModel {
             for job in jobs {
                 let key = cache_key(&job.request_id, start, end);
                 let checked = shard.check_input(&job.input, job.position).and_then(|_| {
-                    caches.checkout(&key, job.position, job.reserve_positions * per_position, || {
-                        shard.new_cache()
-                    })
+                    caches.checkout(
+                        &key,
+                        job.position,
+                        job.reserve_positions * per_position,
+                        || shard.new_cache(),
+                    )
                 });
                 match checked {
                     Ok(cache) => runnable.push((job, key, cache)),
@@ -411,7 +425,13 @@ impl LoadedModel {
         let mut caches_out = Vec::with_capacity(runnable.len());
         let mut meta = Vec::with_capacity(runnable.len());
         for (job, key, cache) in runnable {
-            let StepJob { request_id, input, tag, sink, .. } = job;
+            let StepJob {
+                request_id,
+                input,
+                tag,
+                sink,
+                ..
+            } = job;
             inputs.push(input);
             caches_out.push(cache);
             meta.push((request_id, key, tag, sink));
@@ -420,7 +440,9 @@ impl LoadedModel {
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(outputs) => {
-                for ((request_id, key, tag, sink), (cache, output)) in meta.into_iter().zip(caches_out.into_iter().zip(outputs)) {
+                for ((request_id, key, tag, sink), (cache, output)) in
+                    meta.into_iter().zip(caches_out.into_iter().zip(outputs))
+                {
                     caches.checkin(&key, cache);
                     done.push((
                         StepDone {
@@ -431,7 +453,10 @@ impl LoadedModel {
                         sink,
                     ));
                 }
-                *self.last_good_step.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                *self
+                    .last_good_step
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             }
             Err(error) => {
                 let message = format!("{error:#}");
@@ -619,6 +644,11 @@ impl Resource for InferenceEngine {
 
     async fn initialize(&self) -> anyhow::Result<()> {
         let config = self.config.clone();
+        // Opening needs the header (config, tokenizer); a node without the file gets it
+        // (and nothing more) from a peer or the Hub.
+        if let Some(supply) = &config.supply {
+            supply.ensure_header().await?;
+        }
         // A shard's weights load on the first request that names its range: a node only
         // learns its range from the plans it is sent.
         let model = tokio::task::spawn_blocking(move || LoadedModel::open(&config))
@@ -649,6 +679,16 @@ impl Resource for InferenceEngine {
     }
 
     fn info(&self) -> serde_json::Value {
+        let mut info = self.model_info();
+        if let (Some(supply), Some(object)) = (&self.config.supply, info.as_object_mut()) {
+            object.insert("weights".into(), supply.info());
+        }
+        info
+    }
+}
+
+impl InferenceEngine {
+    fn model_info(&self) -> serde_json::Value {
         let loaded = self
             .loaded
             .read()

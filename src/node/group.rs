@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use crate::api::{ApiServer, ApiState};
+use crate::catalog::Catalog;
 use crate::catalog::ResolvedModel;
 use crate::discovery::{
     Announcement, ManualDiscovery, PROTOCOL, PROTOCOL_VERSION, PeerTable, PeerTableConfig,
@@ -18,6 +19,7 @@ use crate::engine::device::{CUDA_BUILT, METAL_BUILT};
 use crate::engine::{CpuMatmul, DeviceChoice, EngineConfig, InferenceEngine};
 use crate::resource::{Managed, Resource, ResourceGroup, ResourceMonitor, ResourceRegistry};
 use crate::server::GrpcServer;
+use crate::supply::{SupplyConfig, WeightSupply};
 use crate::topology::DeviceCapabilities;
 
 use super::flow::{FlowConfig, RequestFlow};
@@ -50,6 +52,10 @@ pub struct NodeConfig {
     pub peers: PeerTableConfig,
     pub flow: FlowConfig,
     pub monitor_interval: Duration,
+    /// Where a registry model's files live; `Some` gives the node a weight supply: it
+    /// fetches the tensors its plans need from peers or the Hub, and serves what it holds.
+    pub models_dir: Option<PathBuf>,
+    pub supply: SupplyConfig,
 }
 
 impl NodeConfig {
@@ -66,6 +72,8 @@ impl NodeConfig {
             peers: PeerTableConfig::default(),
             flow: FlowConfig::default(),
             monitor_interval: Duration::from_secs(5),
+            models_dir: None,
+            supply: SupplyConfig::default(),
         }
     }
 }
@@ -115,14 +123,25 @@ impl Node {
         let capabilities =
             tokio::task::spawn_blocking(move || DeviceCapabilities::detect(&engine_device)).await?;
 
+        let peers = PeerTable::new(&node_id, config.peers.clone(), registry.clone());
+        let supply = config.models_dir.as_ref().and_then(|dir| {
+            let entry = Catalog::builtin().get(&config.model.id)?.clone();
+            Some(Arc::new(WeightSupply::new(
+                &node_id,
+                entry,
+                dir.clone(),
+                peers.clone(),
+                config.supply.clone(),
+            )))
+        });
         let mut engine_config = EngineConfig::new(config.model.clone(), config.device);
         engine_config.cpu_matmul = config.cpu_matmul;
+        engine_config.supply = supply.clone();
         let engine = Managed::builder("engine", InferenceEngine::new(engine_config))
             .name(format!("inference engine ({})", config.model.id))
             .config(InferenceEngine::resource_config())
             .register_in(&registry)
             .build();
-        let peers = PeerTable::new(&node_id, config.peers.clone(), registry.clone());
 
         // The server's port is known once it listens; the flow and the announcements
         // read it from the same place.
@@ -136,6 +155,9 @@ impl Node {
             peers.clone(),
             config.flow,
         );
+        if let Some(supply) = &supply {
+            flow.set_supply(supply.clone());
+        }
         let server = GrpcServer::new(config.grpc_listen, flow.clone(), grpc_port.clone());
         let grpc = Managed::builder("grpc_server", server)
             .name("gRPC server")
@@ -205,14 +227,22 @@ impl Node {
             .build();
 
         let mut group = ResourceGroup::new(format!("node {node_id}"));
-        group.add(members::ENGINE, engine.clone(), &[])?;
-        group.add(members::GRPC, grpc.clone(), &[])?;
-        group.add_dyn(
-            members::DISCOVERY,
-            discovery,
-            &[members::GRPC, members::ENGINE],
-        )?;
-        group.add(members::API, api.clone(), &[members::DISCOVERY])?;
+        if supply.is_some() {
+            // The engine may need its header from a peer: discovery runs first.
+            group.add(members::GRPC, grpc.clone(), &[])?;
+            group.add_dyn(members::DISCOVERY, discovery, &[members::GRPC])?;
+            group.add(members::ENGINE, engine.clone(), &[members::DISCOVERY])?;
+            group.add(members::API, api.clone(), &[members::ENGINE])?;
+        } else {
+            group.add(members::ENGINE, engine.clone(), &[])?;
+            group.add(members::GRPC, grpc.clone(), &[])?;
+            group.add_dyn(
+                members::DISCOVERY,
+                discovery,
+                &[members::GRPC, members::ENGINE],
+            )?;
+            group.add(members::API, api.clone(), &[members::DISCOVERY])?;
+        }
         group.add(members::MONITOR, monitor.clone(), &[members::API])?;
         Ok(Node {
             identity,

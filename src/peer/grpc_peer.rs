@@ -130,6 +130,12 @@ impl GrpcPeerHandle {
         Ok(())
     }
 
+    /// A client for a weight transfer (`FetchWeights` streams for as long as the transfer
+    /// takes, so it gets no per-call deadline; `crate::supply` bounds each chunk's wait).
+    pub fn weights_client(&self) -> anyhow::Result<NodeClient<Channel>> {
+        self.client()
+    }
+
     /// Sends steps for the peer's shards; per step, the peer's refusal (empty: accepted).
     pub async fn send_steps(&self, message: pb::StepBatch) -> anyhow::Result<Vec<String>> {
         let reply = self

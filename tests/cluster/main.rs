@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_input;
+mod bad_peer;
 mod batching;
 mod cli;
 mod discovery;
@@ -14,3 +15,4 @@ mod netns;
 mod openai_client;
 mod peers_file;
 mod tensors;
+mod weights;

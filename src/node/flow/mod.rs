@@ -150,6 +150,9 @@ pub struct RequestFlow {
     stats: Mutex<FlowStats>,
     /// Steps run as tasks of their own, which need an owned reference.
     this: Weak<Self>,
+    /// Where the weights of a planned range come from when they are not here yet (a node
+    /// serving a registry model); also serves this node's weights to its peers.
+    supply: std::sync::OnceLock<Arc<crate::supply::WeightSupply>>,
 }
 
 impl RequestFlow {
@@ -190,9 +193,13 @@ impl RequestFlow {
                 accepted: Mutex::new(StepLedger::default()),
                 finished: Mutex::new(Finished::default()),
                 stats: Mutex::new(FlowStats::default()),
+                supply: std::sync::OnceLock::new(),
             }
         });
-        tokio::spawn(shard::take_finished_batches(Arc::downgrade(&flow), finished_batches));
+        tokio::spawn(shard::take_finished_batches(
+            Arc::downgrade(&flow),
+            finished_batches,
+        ));
         flow
     }
 
@@ -222,6 +229,15 @@ impl RequestFlow {
         )
     }
 
+    /// Sets the node's weight supply (once, before the node serves).
+    pub fn set_supply(&self, supply: Arc<crate::supply::WeightSupply>) {
+        let _ = self.supply.set(supply);
+    }
+
+    pub fn supply(&self) -> Option<&Arc<crate::supply::WeightSupply>> {
+        self.supply.get()
+    }
+
     pub fn capabilities(&self) -> &DeviceCapabilities {
         &self.capabilities
     }
@@ -249,7 +265,12 @@ impl RequestFlow {
     }
 
     /// Hands a step's outcome to the origin's waiting loop.
-    fn route_result(&self, request_id: &str, step: u64, outcome: StepOutcome) -> Result<(), Status> {
+    fn route_result(
+        &self,
+        request_id: &str,
+        step: u64,
+        outcome: StepOutcome,
+    ) -> Result<(), Status> {
         let pending = self.lock_pending();
         let sender = pending.get(request_id).ok_or_else(|| {
             Status::not_found(format!(
@@ -270,6 +291,11 @@ impl RequestFlow {
             capabilities: Some(self.capabilities.to_wire()),
             model_id,
             link_state: "self".into(),
+            holdings: self
+                .supply()
+                .and_then(|s| s.holding())
+                .into_iter()
+                .collect(),
         }];
         for peer in self.peers.peers() {
             nodes.push(pb::NodeInfo {
@@ -278,6 +304,7 @@ impl RequestFlow {
                 capabilities: peer.capabilities.as_ref().map(DeviceCapabilities::to_wire),
                 model_id: peer.model_id,
                 link_state: peer.state.to_string(),
+                holdings: Vec::new(),
             });
         }
         pb::TopologyResponse { nodes }
@@ -328,16 +355,25 @@ impl NodeHandler for RequestFlow {
         )
     }
 
-    async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>) -> Vec<Result<(), Status>> {
+    async fn run_steps(
+        &self,
+        steps: Vec<(ValidatedContext, StepInput)>,
+    ) -> Vec<Result<(), Status>> {
         self.accept_steps(steps).await
     }
 
-    async fn step_results(&self, results: Vec<(ValidatedContext, String, StepOutcome)>) -> Vec<Result<(), Status>> {
+    async fn step_results(
+        &self,
+        results: Vec<(ValidatedContext, String, StepOutcome)>,
+    ) -> Vec<Result<(), Status>> {
         results
             .into_iter()
             .map(|(context, node_id, outcome)| {
                 if let StepOutcome::Error(error) = &outcome {
-                    tracing::debug!("node {node_id} reports a failed step of {}: {error}", context.request_id);
+                    tracing::debug!(
+                        "node {node_id} reports a failed step of {}: {error}",
+                        context.request_id
+                    );
                 }
                 self.route_result(&context.request_id, context.step, outcome)
             })
@@ -362,6 +398,19 @@ impl NodeHandler for RequestFlow {
         tracing::debug!("request {request_id} {reason}");
         self.finish_local(&request_id).await;
         Ok(())
+    }
+
+    async fn fetch_weights(
+        &self,
+        request: pb::WeightRequest,
+    ) -> Result<crate::server::WeightStream, Status> {
+        match self.supply() {
+            Some(supply) => supply.serve(request),
+            None => Err(Status::unimplemented(format!(
+                "node {} serves {} from a file outside the registry and shares no weights",
+                self.node_id, self.model_id
+            ))),
+        }
     }
 }
 

@@ -19,12 +19,18 @@ use crate::server::{StepInput, StepOutcome, ValidatedContext};
 impl RequestFlow {
     /// Checks steps for this node's shard and queues them on the batcher; each caller gets
     /// its answer at once, the outcome travels on through the ring.
-    pub(super) async fn accept_steps(&self, steps: Vec<(ValidatedContext, StepInput)>) -> Vec<Result<(), Status>> {
+    pub(super) async fn accept_steps(
+        &self,
+        steps: Vec<(ValidatedContext, StepInput)>,
+    ) -> Vec<Result<(), Status>> {
         let model = match self.model().await {
             Ok(model) => model,
             Err(error) => {
                 let message = format!("node {}: {error:#}", self.node_id);
-                return steps.iter().map(|_| Err(Status::unavailable(message.clone()))).collect();
+                return steps
+                    .iter()
+                    .map(|_| Err(Status::unavailable(message.clone())))
+                    .collect();
             }
         };
         let mut answers = Vec::with_capacity(steps.len());
@@ -40,7 +46,9 @@ impl RequestFlow {
         context: ValidatedContext,
         input: StepInput,
     ) -> Result<(), Status> {
-        if context.plan.model_id != model.model_id() || context.plan.n_layers != model.config().n_layers {
+        if context.plan.model_id != model.model_id()
+            || context.plan.n_layers != model.config().n_layers
+        {
             return Err(Status::invalid_argument(format!(
                 "request {} is for model {} ({} layers); node {} serves {} ({} layers)",
                 context.request_id,
@@ -89,7 +97,32 @@ impl RequestFlow {
             .unwrap_or_else(|p| p.into_inner())
             .insert(job.tag, context);
         self.count(|s| s.steps_run += 1);
-        model.submit(job);
+        let layers = job.start..job.end;
+        match self.supply() {
+            Some(supply) if !supply.ready_for(&layers) => {
+                // The first step of a new range waits for its weights (within the first
+                // step's load allowance); the caller has its answer already.
+                let (supply, model, this) = (supply.clone(), model.clone(), self.this.clone());
+                tokio::spawn(async move {
+                    let outcome = supply.ensure_layers(layers).await;
+                    let Some(flow) = this.upgrade() else { return };
+                    match outcome {
+                        Ok(()) => model.submit(job),
+                        Err(error) => {
+                            let context = flow
+                                .running
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&job.tag);
+                            if let Some(context) = context {
+                                flow.fail_step(&context, format!("{error:#}"));
+                            }
+                        }
+                    }
+                });
+            }
+            _ => model.submit(job),
+        }
         Ok(())
     }
 
@@ -111,7 +144,9 @@ impl RequestFlow {
                     } else {
                         match sample(&logits, &context.sampling, context.token_index) {
                             Ok(token) => StepOutcome::Token(token),
-                            Err(error) => StepOutcome::Error(format!("node {}: {error:#}", self.node_id)),
+                            Err(error) => {
+                                StepOutcome::Error(format!("node {}: {error:#}", self.node_id))
+                            }
                         }
                     };
                     self.deliver(&context, outcome);
@@ -128,7 +163,10 @@ impl RequestFlow {
                         let handle = self.peer(&next.node_id, &next.address);
                         self.outbox.send(&next.node_id, handle, Item::Step(item));
                     }
-                    None => self.fail_step(&context, "the last shard of the plan produced no logits".into()),
+                    None => self.fail_step(
+                        &context,
+                        "the last shard of the plan produced no logits".into(),
+                    ),
                 },
                 Err(error) => self.fail_step(&context, format!("node {}: {error:#}", self.node_id)),
             }
@@ -138,7 +176,11 @@ impl RequestFlow {
     /// Reports a failed step to its origin and drops what the request holds here.
     fn fail_step(&self, context: &ValidatedContext, message: String) {
         self.count(|s| s.step_errors += 1);
-        tracing::warn!("step {} of {} failed: {message}", context.step, context.request_id);
+        tracing::warn!(
+            "step {} of {} failed: {message}",
+            context.step,
+            context.request_id
+        );
         if let Some(this) = self.this.upgrade() {
             let request_id = context.request_id.clone();
             tokio::spawn(async move { this.drop_caches(&request_id).await });
@@ -170,7 +212,8 @@ impl RequestFlow {
             }),
         };
         let handle = self.peer(&context.origin_node_id, &context.origin_address);
-        self.outbox.send(&context.origin_node_id, handle, Item::Result(item));
+        self.outbox
+            .send(&context.origin_node_id, handle, Item::Result(item));
     }
 
     /// Items a peer refused or that could not reach it: a step becomes an error result to
@@ -180,18 +223,30 @@ impl RequestFlow {
         for (item, reason) in failed {
             match item {
                 Item::Step(step) => {
-                    let Some(context) = step.context else { continue };
+                    let Some(context) = step.context else {
+                        continue;
+                    };
                     self.count(|s| s.step_errors += 1);
-                    let message = format!("a step of {} could not be handed on: {reason}", context.request_id);
+                    let message = format!(
+                        "a step of {} could not be handed on: {reason}",
+                        context.request_id
+                    );
                     tracing::warn!("{message}");
                     if let Some(this) = self.this.upgrade() {
                         let request_id = context.request_id.clone();
                         tokio::spawn(async move { this.drop_caches(&request_id).await });
                     }
                     if context.origin_node_id == self.node_id {
-                        let _ = self.route_result(&context.request_id, context.step, StepOutcome::Error(message));
+                        let _ = self.route_result(
+                            &context.request_id,
+                            context.step,
+                            StepOutcome::Error(message),
+                        );
                     } else {
-                        let origin = (context.origin_node_id.clone(), context.origin_address.clone());
+                        let origin = (
+                            context.origin_node_id.clone(),
+                            context.origin_address.clone(),
+                        );
                         let item = pb::ResultItem {
                             context: Some(context),
                             node_id: self.node_id.clone(),
@@ -202,7 +257,9 @@ impl RequestFlow {
                     }
                 }
                 Item::Result(result) => {
-                    let Some(context) = result.context else { continue };
+                    let Some(context) = result.context else {
+                        continue;
+                    };
                     tracing::warn!(
                         "cannot return a result of {} to its origin: {reason}",
                         context.request_id
@@ -217,7 +274,10 @@ impl RequestFlow {
 }
 
 /// The flow's task that takes the batches the engine finished.
-pub(super) async fn take_finished_batches(flow: Weak<RequestFlow>, mut batches: mpsc::UnboundedReceiver<Vec<StepDone>>) {
+pub(super) async fn take_finished_batches(
+    flow: Weak<RequestFlow>,
+    mut batches: mpsc::UnboundedReceiver<Vec<StepDone>>,
+) {
     while let Some(done) = batches.recv().await {
         let Some(flow) = flow.upgrade() else { return };
         flow.batch_finished(done);
