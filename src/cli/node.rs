@@ -63,6 +63,35 @@ pub struct NodeArgs {
     /// before it tries the Hub (milliseconds).
     #[arg(long, env = "EXO_PEER_WAIT_MS", default_value_t = 10_000)]
     pub peer_wait_ms: u64,
+    /// Use at most this much memory for the model (e.g. 8GB, 512MiB, or bytes): plans
+    /// give the node no more layers than fit.
+    #[arg(long, env = "EXO_MEMORY_LIMIT", value_parser = parse_bytes)]
+    pub memory_limit: Option<u64>,
+}
+
+/// "8GB", "512MiB", "1.5G", "1000000" → bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 8GB, 512MiB)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit '{other}' in '{text}'")),
+    };
+    Ok((value * scale) as u64)
 }
 
 impl NodeArgs {
@@ -91,6 +120,7 @@ impl NodeArgs {
             DiscoveryKind::None => DiscoveryMode::None,
         };
         config.supply.peer_wait = Duration::from_millis(self.peer_wait_ms);
+        config.memory_limit = self.memory_limit;
         if self.step_timeout_ms == 0 {
             bail!("--step-timeout-ms must be at least 1");
         }

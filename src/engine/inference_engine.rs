@@ -248,6 +248,19 @@ impl LoadedModel {
         self.dtype
     }
 
+    /// What the whole model needs in memory: its tensors as stored, and a KV reserve of
+    /// [`crate::catalog::KV_RESERVE_TOKENS`] tokens (16-bit, as the catalog counts it).
+    pub fn memory_need(&self) -> crate::topology::ModelMemory {
+        let config = self.config();
+        let tokens = crate::catalog::KV_RESERVE_TOKENS.min(config.context_length.max(1));
+        let per_token = 2 * config.n_layers as u64 * config.n_kv_heads as u64 * config.head_dim as u64 * 2;
+        crate::topology::ModelMemory {
+            weights: self.source.tensor_bytes(),
+            kv_reserve: per_token * tokens as u64,
+            reserve_tokens: tokens,
+        }
+    }
+
     /// `count` consecutive ranges of (nearly) equal size over every layer: the model as
     /// `count` shards chained in one process.
     pub fn even_ranges(&self, count: usize) -> anyhow::Result<Vec<(usize, usize)>> {

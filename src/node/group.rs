@@ -56,6 +56,8 @@ pub struct NodeConfig {
     /// fetches the tensors its plans need from peers or the Hub, and serves what it holds.
     pub models_dir: Option<PathBuf>,
     pub supply: SupplyConfig,
+    /// Caps the memory the node announces (and plans are made with).
+    pub memory_limit: Option<u64>,
 }
 
 impl NodeConfig {
@@ -74,6 +76,7 @@ impl NodeConfig {
             monitor_interval: Duration::from_secs(5),
             models_dir: None,
             supply: SupplyConfig::default(),
+            memory_limit: None,
         }
     }
 }
@@ -120,8 +123,11 @@ impl Node {
         let node_id = identity.node_id.clone();
         let registry = ResourceRegistry::new();
         let engine_device = predicted_device(config.device);
-        let capabilities =
+        let mut capabilities =
             tokio::task::spawn_blocking(move || DeviceCapabilities::detect(&engine_device)).await?;
+        if let Some(limit) = config.memory_limit {
+            capabilities.limit_memory(limit);
+        }
 
         let peers = PeerTable::new(&node_id, config.peers.clone(), registry.clone());
         let supply = config.models_dir.as_ref().and_then(|dir| {

@@ -5,4 +5,6 @@ mod capabilities;
 mod partition;
 
 pub use capabilities::DeviceCapabilities;
-pub use partition::{NodeWeight, Partition, PartitionEntry, plan_partition};
+pub use partition::{
+    ModelMemory, NodeWeight, Partition, PartitionEntry, plan_partition, plan_partition_fitting,
+};

@@ -11,6 +11,7 @@ mod cli;
 mod discovery;
 mod e2e;
 mod harness;
+mod memory;
 mod netns;
 mod openai_client;
 mod peers_file;
