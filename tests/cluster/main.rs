@@ -10,7 +10,11 @@ mod batching;
 mod cli;
 mod discovery;
 mod e2e;
+#[allow(dead_code)]
+#[path = "../catalog/fake_hub.rs"]
+mod fake_hub;
 mod harness;
+mod hub_layers;
 mod memory;
 mod netns;
 mod openai_client;

@@ -18,7 +18,7 @@ use crate::support::{default_model, models_dir};
 const NO_HUB: &str = "http://127.0.0.1:9";
 
 /// The engine's report of a node: its loaded shards and its `weights` counters.
-fn engine_info(node: &NodeProcess) -> serde_json::Value {
+pub fn engine_info(node: &NodeProcess) -> serde_json::Value {
     let resources = get_json(&format!("{}/v1/resources", node.url())).unwrap();
     resources["resources"]
         .as_array()
@@ -29,7 +29,7 @@ fn engine_info(node: &NodeProcess) -> serde_json::Value {
         .clone()
 }
 
-fn layout(path: &Path) -> FileLayout {
+pub fn layout(path: &Path) -> FileLayout {
     read_local_header(
         &mut File::open(path).unwrap(),
         WeightFormat::Gguf,
@@ -40,7 +40,7 @@ fn layout(path: &Path) -> FileLayout {
 }
 
 /// The bytes a node serving `[start, end)` needs: the header and its tensors.
-fn share(file: &FileLayout, start: usize, end: usize) -> u64 {
+pub fn share(file: &FileLayout, start: usize, end: usize) -> u64 {
     let model = ModelLayout {
         format: WeightFormat::Gguf,
         files: vec![file.clone()],
@@ -55,7 +55,7 @@ fn share(file: &FileLayout, start: usize, end: usize) -> u64 {
 }
 
 /// "[10, 20)" → (10, 20).
-fn parse_shard(text: &str) -> (usize, usize) {
+pub fn parse_shard(text: &str) -> (usize, usize) {
     let inner = text.trim_start_matches('[').trim_end_matches(')');
     let (a, b) = inner.split_once(", ").unwrap();
     (a.parse().unwrap(), b.parse().unwrap())
