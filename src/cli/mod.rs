@@ -1,4 +1,5 @@
-//! The command line: `exo node | run | generate | bench | models | resources`.
+//! The command line: `exo node | run | generate | bench | bench-transfer | models |
+//! resources`.
 
 mod bench;
 mod chat;
@@ -9,6 +10,7 @@ mod node;
 mod resources;
 mod run;
 mod shared;
+mod transfer_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +43,8 @@ pub enum Command {
     /// List or fetch models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Measure a peer-to-peer weight transfer against a plain TCP copy on loopback.
+    BenchTransfer(transfer_bench::TransferBenchArgs),
 }
 
 impl Cli {
@@ -54,6 +58,7 @@ impl Cli {
             Command::Generate(args) => generate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Models(command) => models::run(command).await,
+            Command::BenchTransfer(args) => transfer_bench::run(args).await,
         }
     }
 
