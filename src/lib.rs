@@ -5,6 +5,7 @@
 //!   knows nothing of models or networking.
 //! - [`catalog`]: known models, where their files come from, checksums.
 //! - [`engine`]: the sharded inference engine on candle (a resource).
+//! - [`supply`]: how weights reach a node: from peers that hold them, else the Hub.
 pub mod api;
 pub mod catalog;
 pub mod cli;
