@@ -73,6 +73,9 @@ fn a_cluster_too_small_for_the_model_is_refused_with_the_shortfall_before_any_la
     // fall ~12 MB short.
     let dir = tempfile::tempdir().unwrap();
     let nodes = ring(dir.path(), ["60MB", "60MB", "60MB"]);
+    for node in &nodes {
+        wait_for_nodes(node, 3);
+    }
     let topology = wait_for_nodes(&nodes[1], 3);
     let error = topology["partition"]["error"]
         .as_str()
