@@ -6,6 +6,7 @@
 //! - [`catalog`]: known models, where their files come from, checksums.
 //! - [`engine`]: the sharded inference engine on candle (a resource).
 //! - [`trust`]: the cluster key, sealed discovery datagrams, key-derived mutual TLS.
+//! - [`supply`]: how weights reach a node: from peers that hold them, else the Hub.
 pub mod api;
 pub mod catalog;
 pub mod cli;
@@ -16,5 +17,6 @@ pub mod peer;
 pub mod proto;
 pub mod resource;
 pub mod server;
+pub mod supply;
 pub mod topology;
 pub mod trust;

@@ -35,6 +35,13 @@ pub async fn topology(State(state): State<ApiState>) -> Result<Json<serde_json::
                 "address": n.address,
                 "model": n.model_id,
                 "link_state": n.link_state,
+                "holdings": n.holdings.iter().map(|h| json!({
+                    "model": h.model_id,
+                    "whole": h.whole,
+                    "layers": h.layers.iter().map(|r| format!("{}..{}", r.start, r.end)).collect::<Vec<_>>(),
+                    "embedding": h.embedding,
+                    "head": h.head,
+                })).collect::<Vec<_>>(),
                 "capabilities": n.capabilities.as_ref().map(|c| json!({
                     "memory_bytes": c.memory_bytes,
                     "available_memory_bytes": c.available_memory_bytes,

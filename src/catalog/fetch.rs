@@ -35,6 +35,9 @@ pub enum Want {
     Layers(Range<usize>),
     /// Every byte, checked against the whole file's sha256.
     Whole,
+    /// The header and the small tensors every shard needs: enough to open the model
+    /// (config, tokenizer) before a node knows its layers.
+    Header,
 }
 
 /// Knobs of a fetch.
@@ -120,6 +123,11 @@ impl Fetcher {
         let satisfied = |p: &Presence| match &want {
             Want::Whole => *p == Presence::Whole,
             Want::Layers(layers) => p.covers(layers, entry.layers),
+            Want::Header => match p {
+                Presence::Whole => true,
+                Presence::Layers(set) => set.shared,
+                Presence::Nothing => false,
+            },
         };
         if satisfied(&presence(entry, models_dir)) {
             return Ok(model_path(entry, models_dir));
@@ -152,6 +160,7 @@ impl Fetcher {
         let what = match &want {
             Want::Whole => "whole".to_string(),
             Want::Layers(r) => format!("layers {}..{}", r.start, r.end),
+            Want::Header => "header".to_string(),
         };
         let handle = self.progress.start(&entry.id, &what, 0);
         match self.fetch_locked(entry, models_dir, source, &want, &handle) {
@@ -211,6 +220,20 @@ impl Fetcher {
                 }
                 per_file
             }
+            Want::Header => layout
+                .files
+                .iter()
+                .map(|f| {
+                    f.tensors
+                        .iter()
+                        .filter(|t| {
+                            super::layout::tensor_role(entry.format, &t.name)
+                                == super::layout::TensorRole::Shared
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .collect(),
         };
         // Plan every file's chunks first, for a total the progress can show.
         let mut plans = Vec::new();
@@ -222,7 +245,7 @@ impl Fetcher {
             };
             let ranges = match want {
                 Want::Whole => std::iter::once(0..sparse.state.size).collect(),
-                Want::Layers(_) => tensors
+                Want::Layers(_) | Want::Header => tensors
                     .iter()
                     .filter(|t| !sparse.state.verified.contains(&t.name))
                     .map(|t| t.start..t.end)

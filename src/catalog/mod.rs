@@ -48,5 +48,8 @@ pub use registry::{
     Catalog, HubSource, ModelEntry, ModelFile, PackagePart, PythonPackage, WeightFormat,
 };
 pub use sparse_store::TensorCheck;
-pub use store::{ModelFormat, ResolvedModel, default_models_dir, resolve_model, resolve_shard};
+pub use store::{
+    ModelFormat, ResolvedModel, default_models_dir, resolve_model, resolve_node_model,
+    resolve_shard,
+};
 pub use tensor_manifest::{TensorManifest, build_manifest, check_tensor};

@@ -89,6 +89,21 @@ pub fn resolve_model(spec: &str, models_dir: &Path) -> anyhow::Result<ResolvedMo
     bail!("model '{spec}' is neither in the registry nor a file or directory")
 }
 
+/// Resolves `spec` for a node: a registry model resolves to where its files are or will
+/// be (a node's weight supply fetches what its plans need: `crate::supply`), checked
+/// against its sha256 when it is here whole; anything else as [`resolve_model`]. The flag
+/// says whether `spec` is a registry model.
+pub fn resolve_node_model(spec: &str, models_dir: &Path) -> anyhow::Result<(ResolvedModel, bool)> {
+    let catalog = Catalog::builtin();
+    match catalog.get(spec) {
+        Some(entry) => match presence(entry, models_dir) {
+            Presence::Whole => Ok((resolve_whole(entry, models_dir)?, true)),
+            _ => Ok((resolved(entry, models_dir), true)),
+        },
+        None => Ok((resolve_model(spec, models_dir)?, false)),
+    }
+}
+
 /// Resolves catalog model `spec` for a shard of `layers`: what is here must cover them
 /// (a partial copy fetched by [`super::fetch_layers`] does). The engine must read only
 /// the tensors of those layers from it: the others are holes.

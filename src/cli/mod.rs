@@ -1,4 +1,5 @@
-//! The command line: `exo node | run | generate | bench | models | resources`.
+//! The command line: `exo node | run | generate | bench | bench-transfer | models |
+//! resources`.
 
 mod bench;
 mod chat;
@@ -10,6 +11,7 @@ mod node;
 mod resources;
 mod run;
 mod shared;
+mod transfer_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +47,8 @@ pub enum Command {
     /// List or fetch models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Measure a peer-to-peer weight transfer against a plain TCP copy on loopback.
+    BenchTransfer(transfer_bench::TransferBenchArgs),
 }
 
 impl Cli {
@@ -59,6 +63,7 @@ impl Cli {
             Command::Bench(args) => bench::run(args).await,
             Command::Models(command) => models::run(command).await,
             Command::Keygen => keygen::run(),
+            Command::BenchTransfer(args) => transfer_bench::run(args).await,
         }
     }
 

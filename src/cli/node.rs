@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 
 use super::shared::ModelArgs;
 use crate::api::ApiConfig;
+use crate::catalog::resolve_node_model;
 use crate::discovery::{
     DEFAULT_DISCOVERY_PORT, DEFAULT_MAX_PEERS, InterfaceFilter, UdpDiscoveryConfig,
 };
@@ -99,11 +100,48 @@ pub struct NodeArgs {
     /// Chat requests that may wait for a slot; past them the API answers 429.
     #[arg(long, env = "EXO_MAX_QUEUED_REQUESTS", default_value_t = ApiConfig::default().max_queued)]
     pub max_queued_requests: usize,
+    /// How long a node that has nothing of its model waits for a peer that holds it
+    /// before it tries the Hub (milliseconds).
+    #[arg(long, env = "EXO_PEER_WAIT_MS", default_value_t = 10_000)]
+    pub peer_wait_ms: u64,
+    /// Use at most this much memory for the model (e.g. 8GB, 512MiB, or bytes): plans
+    /// give the node no more layers than fit.
+    #[arg(long, env = "EXO_MEMORY_LIMIT", value_parser = parse_bytes)]
+    pub memory_limit: Option<u64>,
+}
+
+/// "8GB", "512MiB", "1.5G", "1000000" → bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 8GB, 512MiB)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit '{other}' in '{text}'")),
+    };
+    Ok((value * scale) as u64)
 }
 
 impl NodeArgs {
     pub fn config(&self) -> anyhow::Result<NodeConfig> {
-        let mut config = NodeConfig::new(self.model.resolve()?);
+        let (model, registered) = resolve_node_model(&self.model.model, &self.model.models_dir())?;
+        let mut config = NodeConfig::new(model);
+        if registered {
+            config.models_dir = Some(self.model.models_dir());
+        }
         config.device = self.model.device;
         config.cpu_matmul = self.model.cpu_matmul;
         config.api_listen = SocketAddr::new(self.listen, self.api_port);
@@ -122,6 +160,8 @@ impl NodeArgs {
             },
             DiscoveryKind::None => DiscoveryMode::None,
         };
+        config.supply.peer_wait = Duration::from_millis(self.peer_wait_ms);
+        config.memory_limit = self.memory_limit;
         if self.step_timeout_ms == 0 {
             bail!("--step-timeout-ms must be at least 1");
         }

@@ -35,6 +35,9 @@ pub struct EngineConfig {
     pub cpu_matmul: CpuMatmul,
     /// How steps of different requests are batched.
     pub batch_limits: BatchLimits,
+    /// Where the model's header comes from when it is not on this disk yet (a node whose
+    /// weights come from its peers or the Hub); `None`: the files must be here.
+    pub supply: Option<Arc<crate::supply::WeightSupply>>,
 }
 
 impl EngineConfig {
@@ -46,6 +49,7 @@ impl EngineConfig {
             max_loaded_shards: 2,
             cpu_matmul: CpuMatmul::default(),
             batch_limits: BatchLimits::default(),
+            supply: None,
         }
     }
 }
@@ -242,6 +246,19 @@ impl LoadedModel {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// What the whole model needs in memory: its tensors as stored, and a KV reserve of
+    /// [`crate::catalog::KV_RESERVE_TOKENS`] tokens (16-bit, as the catalog counts it).
+    pub fn memory_need(&self) -> crate::topology::ModelMemory {
+        let config = self.config();
+        let tokens = crate::catalog::KV_RESERVE_TOKENS.min(config.context_length.max(1));
+        let per_token = 2 * config.n_layers as u64 * config.n_kv_heads as u64 * config.head_dim as u64 * 2;
+        crate::topology::ModelMemory {
+            weights: self.source.tensor_bytes(),
+            kv_reserve: per_token * tokens as u64,
+            reserve_tokens: tokens,
+        }
     }
 
     /// `count` consecutive ranges of (nearly) equal size over every layer: the model as
@@ -640,6 +657,11 @@ impl Resource for InferenceEngine {
 
     async fn initialize(&self) -> anyhow::Result<()> {
         let config = self.config.clone();
+        // Opening needs the header (config, tokenizer); a node without the file gets it
+        // (and nothing more) from a peer or the Hub.
+        if let Some(supply) = &config.supply {
+            supply.ensure_header().await?;
+        }
         // A shard's weights load on the first request that names its range: a node only
         // learns its range from the plans it is sent.
         let model = tokio::task::spawn_blocking(move || LoadedModel::open(&config))
@@ -670,6 +692,16 @@ impl Resource for InferenceEngine {
     }
 
     fn info(&self) -> serde_json::Value {
+        let mut info = self.model_info();
+        if let (Some(supply), Some(object)) = (&self.config.supply, info.as_object_mut()) {
+            object.insert("weights".into(), supply.info());
+        }
+        info
+    }
+}
+
+impl InferenceEngine {
+    fn model_info(&self) -> serde_json::Value {
         let loaded = self
             .loaded
             .read()

@@ -276,6 +276,11 @@ impl WeightSource {
         global_name(self.style, tensor)
     }
 
+    /// The bytes of every tensor (what the whole model takes loaded as it is stored).
+    pub fn tensor_bytes(&self) -> u64 {
+        self.index.values().map(|e| e.end - e.start).sum()
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }

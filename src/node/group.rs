@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use crate::api::{ApiConfig, ApiServer, ApiState};
+use crate::catalog::Catalog;
 use crate::catalog::ResolvedModel;
 use crate::discovery::{
     Announcement, ManualDiscovery, PROTOCOL, PROTOCOL_VERSION, PeerTable, PeerTableConfig,
@@ -18,6 +19,7 @@ use crate::engine::device::{CUDA_BUILT, METAL_BUILT};
 use crate::engine::{CpuMatmul, DeviceChoice, EngineConfig, InferenceEngine};
 use crate::resource::{Managed, Resource, ResourceGroup, ResourceMonitor, ResourceRegistry};
 use crate::server::GrpcServer;
+use crate::supply::{SupplyConfig, WeightSupply};
 use crate::topology::DeviceCapabilities;
 use crate::trust::{ClusterTrust, OPEN_CLUSTER_WARNING, SecurityStatus};
 
@@ -57,6 +59,12 @@ pub struct NodeConfig {
     pub insecure: bool,
     /// Who may use the HTTP API, and how much at once.
     pub api: ApiConfig,
+    /// Where a registry model's files live; `Some` gives the node a weight supply: it
+    /// fetches the tensors its plans need from peers or the Hub, and serves what it holds.
+    pub models_dir: Option<PathBuf>,
+    pub supply: SupplyConfig,
+    /// Caps the memory the node announces (and plans are made with).
+    pub memory_limit: Option<u64>,
 }
 
 impl NodeConfig {
@@ -76,6 +84,9 @@ impl NodeConfig {
             trust: None,
             insecure: false,
             api: ApiConfig::default(),
+            models_dir: None,
+            supply: SupplyConfig::default(),
+            memory_limit: None,
         }
     }
 }
@@ -124,17 +135,31 @@ impl Node {
         let node_id = identity.node_id.clone();
         let registry = ResourceRegistry::new();
         let engine_device = predicted_device(config.device);
-        let capabilities =
+        let mut capabilities =
             tokio::task::spawn_blocking(move || DeviceCapabilities::detect(&engine_device)).await?;
+        if let Some(limit) = config.memory_limit {
+            capabilities.limit_memory(limit);
+        }
 
+        let peers = PeerTable::new(&node_id, config.peers.clone(), registry.clone());
+        let supply = config.models_dir.as_ref().and_then(|dir| {
+            let entry = Catalog::builtin().get(&config.model.id)?.clone();
+            Some(Arc::new(WeightSupply::new(
+                &node_id,
+                entry,
+                dir.clone(),
+                peers.clone(),
+                config.supply.clone(),
+            )))
+        });
         let mut engine_config = EngineConfig::new(config.model.clone(), config.device);
         engine_config.cpu_matmul = config.cpu_matmul;
+        engine_config.supply = supply.clone();
         let engine = Managed::builder("engine", InferenceEngine::new(engine_config))
             .name(format!("inference engine ({})", config.model.id))
             .config(InferenceEngine::resource_config())
             .register_in(&registry)
             .build();
-        let peers = PeerTable::new(&node_id, config.peers.clone(), registry.clone());
 
         // The server's port is known once it listens; the flow and the announcements
         // read it from the same place.
@@ -148,6 +173,9 @@ impl Node {
             peers.clone(),
             config.flow,
         );
+        if let Some(supply) = &supply {
+            flow.set_supply(supply.clone());
+        }
         let server = GrpcServer::new(config.grpc_listen, flow.clone(), grpc_port.clone())
             .with_tls(config.trust.as_ref().map(|t| t.tls.server_config()));
         let grpc = Managed::builder("grpc_server", server)
@@ -224,14 +252,22 @@ impl Node {
             .build();
 
         let mut group = ResourceGroup::new(format!("node {node_id}"));
-        group.add(members::ENGINE, engine.clone(), &[])?;
-        group.add(members::GRPC, grpc.clone(), &[])?;
-        group.add_dyn(
-            members::DISCOVERY,
-            discovery,
-            &[members::GRPC, members::ENGINE],
-        )?;
-        group.add(members::API, api.clone(), &[members::DISCOVERY])?;
+        if supply.is_some() {
+            // The engine may need its header from a peer: discovery runs first.
+            group.add(members::GRPC, grpc.clone(), &[])?;
+            group.add_dyn(members::DISCOVERY, discovery, &[members::GRPC])?;
+            group.add(members::ENGINE, engine.clone(), &[members::DISCOVERY])?;
+            group.add(members::API, api.clone(), &[members::ENGINE])?;
+        } else {
+            group.add(members::ENGINE, engine.clone(), &[])?;
+            group.add(members::GRPC, grpc.clone(), &[])?;
+            group.add_dyn(
+                members::DISCOVERY,
+                discovery,
+                &[members::GRPC, members::ENGINE],
+            )?;
+            group.add(members::API, api.clone(), &[members::DISCOVERY])?;
+        }
         group.add(members::MONITOR, monitor.clone(), &[members::API])?;
         Ok(Node {
             identity,

@@ -104,7 +104,11 @@ impl GrpcPeerHandle {
             .connect_timeout(self.timeouts.connect)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .keep_alive_timeout(Duration::from_secs(5))
+            // Weight transfers (`FetchWeights`) stream hundreds of MB from the peer: h2's
+            // default 64 KiB window would cap them at a fraction of the link.
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(16 << 20);
         let channel = endpoint.connect().await.with_context(|| {
             format!(
                 "cannot connect to peer {} at {}",
@@ -145,6 +149,12 @@ impl GrpcPeerHandle {
             bail!("peer {} says it is not serving", self.node_id);
         }
         Ok(())
+    }
+
+    /// A client for a weight transfer (`FetchWeights` streams for as long as the transfer
+    /// takes, so it gets no per-call deadline; `crate::supply` bounds each chunk's wait).
+    pub fn weights_client(&self) -> anyhow::Result<NodeClient<Channel>> {
+        self.client()
     }
 
     /// Sends steps for the peer's shards; per step, the peer's refusal (empty: accepted).

@@ -76,4 +76,18 @@ pub trait NodeHandler: Send + Sync + 'static {
 
     /// The request is over: drop what it holds here.
     async fn finish(&self, request_id: String, reason: String) -> Result<(), Status>;
+
+    /// Byte ranges of a weight file this node holds, as a stream of checksummed chunks
+    /// (see `crate::supply`). Nodes that hold no weights to share refuse.
+    async fn fetch_weights(&self, request: pb::WeightRequest) -> Result<WeightStream, Status> {
+        Err(Status::unimplemented(format!(
+            "node {} does not serve weights (asked for {} of {})",
+            self.node_id(),
+            request.file,
+            request.model_id
+        )))
+    }
 }
+
+/// The chunks of a weight transfer, as the handler produces them.
+pub type WeightStream = tokio::sync::mpsc::Receiver<Result<pb::WeightChunk, Status>>;

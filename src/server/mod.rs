@@ -6,5 +6,5 @@ mod handler;
 mod service;
 
 pub use grpc_server::GrpcServer;
-pub use handler::{NodeHandler, StepInput, StepOutcome, ValidatedContext};
+pub use handler::{NodeHandler, StepInput, StepOutcome, ValidatedContext, WeightStream};
 pub use service::{MAX_BATCH_ITEMS, NodeService};

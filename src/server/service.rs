@@ -165,10 +165,26 @@ pub const MAX_BATCH_ITEMS: usize = 1024;
 
 #[tonic::async_trait]
 impl Node for NodeService {
-    async fn send_steps(
+    type FetchWeightsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::WeightChunk, Status>>;
+
+    async fn fetch_weights(
         &self,
-        request: Request<pb::StepBatch>,
-    ) -> Result<Response<pb::BatchAck>, Status> {
+        request: Request<pb::WeightRequest>,
+    ) -> Result<Response<Self::FetchWeightsStream>, Status> {
+        let request = request.into_inner();
+        if request.model_id.is_empty() || request.file.is_empty() || request.ranges.is_empty() {
+            return Err(self.reject(Status::invalid_argument(
+                "a weight request names a model, a file and at least one byte range",
+            )));
+        }
+        let chunks = self.handler.fetch_weights(request).await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            chunks,
+        )))
+    }
+
+    async fn send_steps(&self, request: Request<pb::StepBatch>) -> Result<Response<pb::BatchAck>, Status> {
         let items = request.into_inner().items;
         self.check_batch_size(items.len())?;
         let mut errors = vec![String::new(); items.len()];

@@ -54,6 +54,29 @@ impl DeviceCapabilities {
         }
     }
 
+    /// The memory free for a model's weights and KV cache: the GPU's on a discrete GPU
+    /// (its total: free device memory is not reported yet), else the machine's available
+    /// memory (total when unknown).
+    pub fn free_model_memory_bytes(&self) -> u64 {
+        if self.engine_device.starts_with("cuda") && self.gpu_memory_bytes > 0 {
+            self.gpu_memory_bytes
+        } else if self.available_memory_bytes > 0 {
+            self.available_memory_bytes
+        } else {
+            self.memory_bytes
+        }
+    }
+
+    /// Caps every memory figure at `limit` (`--memory-limit`: a node that may use only
+    /// part of its machine, or a small machine simulated in tests).
+    pub fn limit_memory(&mut self, limit: u64) {
+        self.memory_bytes = self.memory_bytes.min(limit);
+        self.available_memory_bytes = self.available_memory_bytes.min(limit);
+        if self.gpu_memory_bytes > 0 {
+            self.gpu_memory_bytes = self.gpu_memory_bytes.min(limit);
+        }
+    }
+
     pub fn to_wire(&self) -> crate::proto::pb::DeviceCapabilities {
         crate::proto::pb::DeviceCapabilities {
             memory_bytes: self.memory_bytes,

@@ -5,4 +5,7 @@ mod capabilities;
 mod partition;
 
 pub use capabilities::DeviceCapabilities;
-pub use partition::{MAX_PLAN_ENTRIES, NodeWeight, Partition, PartitionEntry, plan_partition};
+pub use partition::{
+    MAX_PLAN_ENTRIES, ModelMemory, NodeWeight, Partition, PartitionEntry, plan_partition,
+    plan_partition_fitting,
+};

@@ -198,9 +198,139 @@ pub fn plan_partition(
     Ok(partition)
 }
 
+/// What a whole model needs in memory: its weights and the KV cache reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelMemory {
+    pub weights: u64,
+    pub kv_reserve: u64,
+    /// The tokens the reserve is for.
+    pub reserve_tokens: usize,
+}
+
+impl ModelMemory {
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_reserve
+    }
+}
+
+/// Plans a partition of `n_layers` over `nodes` whose `memory_bytes` is what each has
+/// free for the model: as [`plan_partition`], but no node is given more layers than its
+/// free memory holds (its share of the weights and of the KV reserve), and a cluster that
+/// cannot hold the model is refused with the shortfall named — before anything loads or
+/// downloads. A node too small for a single layer is left out.
+pub fn plan_partition_fitting(
+    model_id: &str,
+    n_layers: usize,
+    nodes: &[NodeWeight],
+    need: ModelMemory,
+) -> anyhow::Result<Partition> {
+    if n_layers == 0 {
+        bail!("model {model_id} has no layers to partition");
+    }
+    let per_layer = need.total().div_ceil(n_layers as u64).max(1);
+    let capacity = |n: &NodeWeight| ((n.memory_bytes / per_layer) as usize).min(n_layers);
+    let fitting: Vec<NodeWeight> = nodes.iter().filter(|n| capacity(n) > 0).cloned().collect();
+    let holds: usize = fitting.iter().map(capacity).sum();
+    if holds < n_layers {
+        let free: u64 = nodes.iter().map(|n| n.memory_bytes).sum();
+        let short = (n_layers - holds) as u64 * per_layer;
+        let each: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("{} {}", n.node_id, megabytes(n.memory_bytes)))
+            .collect();
+        bail!(
+            "the cluster is too small for model {model_id}: it needs {} (weights {} + KV reserve \
+             {} for {} tokens), and its {} node(s) have {} free ({}); short by {} — add a node \
+             or pick a smaller model (`exo models list`)",
+            megabytes(need.total()),
+            megabytes(need.weights),
+            megabytes(need.kv_reserve),
+            need.reserve_tokens,
+            nodes.len(),
+            megabytes(free),
+            each.join(", "),
+            megabytes(short.max(need.total().saturating_sub(free)))
+        );
+    }
+    let mut plan = plan_partition(model_id, n_layers, &fitting)?;
+    // Proportional shares can round a small node past what it holds: move the excess to
+    // the nodes with room, in ring order.
+    let caps: Vec<usize> = plan
+        .entries
+        .iter()
+        .map(|e| fitting.iter().find(|n| n.node_id == e.node_id).map_or(0, capacity))
+        .collect();
+    let mut counts: Vec<usize> = plan.entries.iter().map(|e| e.end_layer - e.start_layer).collect();
+    let mut excess = 0;
+    for (count, cap) in counts.iter_mut().zip(&caps) {
+        if *count > *cap {
+            excess += *count - *cap;
+            *count = *cap;
+        }
+    }
+    for (count, cap) in counts.iter_mut().zip(&caps) {
+        let room = cap.saturating_sub(*count).min(excess);
+        *count += room;
+        excess -= room;
+    }
+    let mut start = 0;
+    for (entry, count) in plan.entries.iter_mut().zip(counts) {
+        entry.start_layer = start;
+        entry.end_layer = start + count;
+        start += count;
+    }
+    plan.entries.retain(|e| e.end_layer > e.start_layer);
+    plan.validate()?;
+    Ok(plan)
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn need(total_mb: u64) -> ModelMemory {
+        ModelMemory {
+            weights: total_mb * 1_000_000 / 2,
+            kv_reserve: total_mb * 1_000_000 / 2,
+            reserve_tokens: 4096,
+        }
+    }
+
+    fn mb(id: &str, megabytes: u64) -> NodeWeight {
+        NodeWeight {
+            node_id: id.into(),
+            address: format!("{id}:1"),
+            memory_bytes: megabytes * 1_000_000,
+        }
+    }
+
+    #[test]
+    fn a_cluster_too_small_is_refused_with_the_shortfall() {
+        let error = plan_partition_fitting("m", 30, &[mb("a", 50), mb("b", 50)], need(300))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("too small for model m"), "{error}");
+        assert!(error.contains("needs 300.0 MB"), "{error}");
+        assert!(error.contains("have 100.0 MB free (a 50.0 MB, b 50.0 MB)"), "{error}");
+        assert!(error.contains("short by 200.0 MB"), "{error}");
+    }
+
+    #[test]
+    fn no_node_gets_more_layers_than_its_free_memory_holds() {
+        // 10 layers of 10 MB: proportional rounding would give "a" 2 layers; it holds 1.
+        let p = plan_partition_fitting("m", 10, &[mb("a", 19), mb("b", 95)], need(100)).unwrap();
+        assert_eq!(layers(&p), vec![("b".into(), 9), ("a".into(), 1)]);
+        // A node that cannot hold one layer is left out.
+        let p = plan_partition_fitting("m", 30, &[mb("big", 400), mb("tiny", 5)], need(300)).unwrap();
+        assert_eq!(layers(&p), vec![("big".into(), 30)]);
+        // Exactly enough, spread over three.
+        let p = plan_partition_fitting("m", 30, &[mb("a", 100), mb("b", 100), mb("c", 100)], need(300)).unwrap();
+        assert_eq!(layers(&p), vec![("a".into(), 10), ("b".into(), 10), ("c".into(), 10)]);
+    }
 
     fn node(id: &str, gib: u64) -> NodeWeight {
         NodeWeight {

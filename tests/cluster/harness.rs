@@ -95,6 +95,18 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub fn start(dir: &std::path::Path, name: &str, discovery_port: u16) -> Self {
+        Self::start_with(dir, name, discovery_port, &models_dir(), &[])
+    }
+
+    /// A node whose models directory is `models` (empty: it must get its weights from its
+    /// peers or the Hub), with extra environment.
+    pub fn start_with(
+        dir: &std::path::Path,
+        name: &str,
+        discovery_port: u16,
+        models: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let api_port = free_tcp_port();
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(exo_bin())
@@ -117,7 +129,8 @@ impl NodeProcess {
             .arg("--data-dir")
             .arg(dir.join(name))
             .args(["--node-id", name])
-            .env("EXO_MODELS_DIR", models_dir())
+            .env("EXO_MODELS_DIR", models)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "exo=debug,info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

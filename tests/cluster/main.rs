@@ -6,14 +6,21 @@ mod support;
 
 mod api_access;
 mod bad_input;
+mod bad_peer;
 mod batching;
 mod bounds;
 mod cli;
 mod discovery;
 mod e2e;
+#[allow(dead_code)]
+#[path = "../catalog/fake_hub.rs"]
+mod fake_hub;
 mod harness;
+mod hub_layers;
+mod memory;
 mod netns;
 mod openai_client;
 mod peers_file;
 mod tensors;
 mod trust;
+mod weights;

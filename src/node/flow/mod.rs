@@ -160,6 +160,9 @@ pub struct RequestFlow {
     progress: ProgressClock,
     /// Steps run as tasks of their own, which need an owned reference.
     this: Weak<Self>,
+    /// Where the weights of a planned range come from when they are not here yet (a node
+    /// serving a registry model); also serves this node's weights to its peers.
+    supply: std::sync::OnceLock<Arc<crate::supply::WeightSupply>>,
 }
 
 impl RequestFlow {
@@ -201,6 +204,7 @@ impl RequestFlow {
                 finished: Mutex::new(Finished::default()),
                 stats: Mutex::new(FlowStats::default()),
                 progress: ProgressClock::default(),
+                supply: std::sync::OnceLock::new(),
             }
         });
         tokio::spawn(shard::take_finished_batches(
@@ -234,6 +238,15 @@ impl RequestFlow {
             "{host}:{}",
             self.grpc_port.load(std::sync::atomic::Ordering::Relaxed)
         )
+    }
+
+    /// Sets the node's weight supply (once, before the node serves).
+    pub fn set_supply(&self, supply: Arc<crate::supply::WeightSupply>) {
+        let _ = self.supply.set(supply);
+    }
+
+    pub fn supply(&self) -> Option<&Arc<crate::supply::WeightSupply>> {
+        self.supply.get()
     }
 
     pub fn capabilities(&self) -> &DeviceCapabilities {
@@ -285,6 +298,11 @@ impl RequestFlow {
             capabilities: Some(self.capabilities.to_wire()),
             model_id,
             link_state: "self".into(),
+            holdings: self
+                .supply()
+                .and_then(|s| s.holding())
+                .into_iter()
+                .collect(),
         }];
         for peer in self.peers.peers() {
             nodes.push(pb::NodeInfo {
@@ -293,6 +311,7 @@ impl RequestFlow {
                 capabilities: peer.capabilities.as_ref().map(DeviceCapabilities::to_wire),
                 model_id: peer.model_id,
                 link_state: peer.state.to_string(),
+                holdings: Vec::new(),
             });
         }
         pb::TopologyResponse { nodes }
@@ -386,6 +405,19 @@ impl NodeHandler for RequestFlow {
         tracing::debug!("request {request_id} {reason}");
         self.finish_local(&request_id).await;
         Ok(())
+    }
+
+    async fn fetch_weights(
+        &self,
+        request: pb::WeightRequest,
+    ) -> Result<crate::server::WeightStream, Status> {
+        match self.supply() {
+            Some(supply) => supply.serve(request),
+            None => Err(Status::unimplemented(format!(
+                "node {} serves {} from a file outside the registry and shares no weights",
+                self.node_id, self.model_id
+            ))),
+        }
     }
 }
 

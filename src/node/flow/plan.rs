@@ -7,9 +7,10 @@ use super::RequestFlow;
 use super::outbox::Item;
 use crate::discovery::PeerInfo;
 use crate::engine::LoadedModel;
-use crate::resource::ResourceState;
+use crate::peer::GrpcPeerHandle;
+use crate::resource::{Managed, ResourceState};
 use crate::server::ValidatedContext;
-use crate::topology::{DeviceCapabilities, NodeWeight, Partition, plan_partition};
+use crate::topology::{DeviceCapabilities, NodeWeight, Partition, plan_partition_fitting};
 
 impl RequestFlow {
     /// The peers a plan may use now: Ready (not merely Degraded) and serving our model.
@@ -35,19 +36,21 @@ impl RequestFlow {
         let mut nodes = vec![NodeWeight {
             node_id: self.node_id.clone(),
             address: self.address(),
-            memory_bytes: self.capabilities.model_memory_bytes(),
+            memory_bytes: self.capabilities.free_model_memory_bytes(),
         }];
         for peer in self.usable_peers(model.model_id()) {
             nodes.push(NodeWeight {
                 memory_bytes: peer
                     .capabilities
                     .as_ref()
-                    .map_or(0, DeviceCapabilities::model_memory_bytes),
+                    .map_or(0, DeviceCapabilities::free_model_memory_bytes),
                 node_id: peer.node_id,
                 address: peer.address,
             });
         }
-        plan_partition(model.model_id(), model.config().n_layers, &nodes)
+        // Each node's share of the weights and KV reserve must fit its free memory; a
+        // cluster too small is refused here, before any node loads or downloads a byte.
+        plan_partition_fitting(model.model_id(), model.config().n_layers, &nodes, model.memory_need())
     }
 
     /// Queues `item` for a node of a plan. A node this one may not take on (a keyed

@@ -98,7 +98,32 @@ impl RequestFlow {
             .unwrap_or_else(|p| p.into_inner())
             .insert(job.tag, (context, std::time::Instant::now()));
         self.count(|s| s.steps_run += 1);
-        model.submit(job);
+        let layers = job.start..job.end;
+        match self.supply() {
+            Some(supply) if !supply.ready_for(&layers) => {
+                // The first step of a new range waits for its weights (within the first
+                // step's load allowance); the caller has its answer already.
+                let (supply, model, this) = (supply.clone(), model.clone(), self.this.clone());
+                tokio::spawn(async move {
+                    let outcome = supply.ensure_layers(layers).await;
+                    let Some(flow) = this.upgrade() else { return };
+                    match outcome {
+                        Ok(()) => model.submit(job),
+                        Err(error) => {
+                            let context = flow
+                                .running
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&job.tag);
+                            if let Some(context) = context {
+                                flow.fail_step(&context, format!("{error:#}"));
+                            }
+                        }
+                    }
+                });
+            }
+            _ => model.submit(job),
+        }
         Ok(())
     }
 

@@ -1,0 +1,84 @@
+//! A node whose layers no peer holds downloads only those layers' bytes from the Hub
+//! (here the fake Hub of the catalog tests, on loopback), and the ring answers exactly as
+//! one `exo generate` does.
+
+use exo::catalog::Catalog;
+
+use crate::e2e::{PROMPT, chat_body, generate_locally};
+use crate::fake_hub::FakeHub;
+use crate::harness::{NodeProcess, free_udp_port, post_json, wait_for_ring};
+use crate::support::default_model;
+use crate::weights::{engine_info, layout, parse_shard, share};
+
+#[test]
+fn nodes_with_nothing_fetch_only_their_layers_from_the_hub_and_answer_exactly() {
+    let expected = generate_locally(PROMPT, 16);
+    let bytes = std::fs::read(default_model()).unwrap();
+    let size = bytes.len() as u64;
+    let entry = Catalog::builtin().get("smollm2-135m").unwrap().clone();
+    let source = entry.huggingface.clone().unwrap();
+    let hub = FakeHub::start();
+    hub.add(&source.repo, &source.revision, &entry.files[0].path, bytes);
+
+    let dir = tempfile::tempdir().unwrap();
+    let hf_home = dir.path().join("hf-home");
+    let port = free_udp_port();
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2"] {
+        let empty = dir.path().join(format!("{name}-models"));
+        std::fs::create_dir_all(&empty).unwrap();
+        let env = [
+            ("HF_ENDPOINT", hub.endpoint.as_str()),
+            ("HF_HOME", hf_home.to_str().unwrap()),
+            ("EXO_PEER_WAIT_MS", "300"),
+        ];
+        nodes.push(NodeProcess::start_with(
+            dir.path(),
+            name,
+            port,
+            &empty,
+            &env,
+        ));
+    }
+    for node in &nodes {
+        wait_for_ring(node, 2);
+    }
+    let url = format!("{}/v1/chat/completions", nodes[0].url());
+    let (status, body) = post_json(&url, &chat_body(PROMPT, 16, false));
+    assert_eq!(
+        status,
+        200,
+        "{body}\n{}\n{}",
+        nodes[0].log_text(),
+        nodes[1].log_text()
+    );
+    assert_eq!(body["choices"][0]["message"]["content"], expected.as_str());
+
+    let file = layout(default_model());
+    let mut shares = 0;
+    for node in &nodes {
+        let info = engine_info(node);
+        let hub_bytes = info["weights"]["bytes_from_hub"].as_u64().unwrap() as f64;
+        let shards = info["loaded_shards"].as_array().unwrap();
+        assert_eq!(shards.len(), 1, "{info}");
+        let (start, end) = parse_shard(shards[0].as_str().unwrap());
+        let own = share(&file, start, end);
+        shares += own;
+        eprintln!(
+            "{} runs {start}..{end}: {hub_bytes} bytes from the Hub, share {own}",
+            node.name
+        );
+        assert!(
+            (hub_bytes - own as f64).abs() <= 0.05 * own as f64,
+            "{} runs layers {start}..{end}: fetched {hub_bytes} bytes from the Hub, its share is {own}\n{info}",
+            node.name
+        );
+    }
+    // The Hub sent each node its share and nothing more (header reads may run a little
+    // past the header).
+    let served = hub.served();
+    assert!(
+        served <= shares + (4 << 20),
+        "the Hub sent {served} bytes; the shares are {shares} (file {size})"
+    );
+}
