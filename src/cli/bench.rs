@@ -149,7 +149,11 @@ fn load(args: BenchArgs, concurrency: usize) -> anyhow::Result<()> {
         api_key: args.api_key.clone(),
     };
     let (report, target, model) = match &args.node {
-        Some(url) => (run_load(url.trim_end_matches('/'), &spec)?, url.clone(), spec.model.clone()),
+        Some(url) => (
+            run_load(url.trim_end_matches('/'), &spec)?,
+            url.clone(),
+            spec.model.clone(),
+        ),
         None => {
             let mut model_args = vec![
                 "--model".to_string(),
@@ -187,9 +191,7 @@ fn load(args: BenchArgs, concurrency: usize) -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string(
-                &json!({ "target": target, "model": model, "report": report })
-            )?
+            serde_json::to_string(&json!({ "target": target, "model": model, "report": report }))?
         );
     } else {
         println!(

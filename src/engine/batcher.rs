@@ -263,10 +263,12 @@ fn take_ready(
             )),
             // Only a step held back by its own request's earlier steps can wait too long:
             // one that could run but waits its turn behind other requests is just queued.
-            CachePosition::At(_) if !runnable && q.since.elapsed() > limits.max_wait => Some(format!(
-                "step at position {} of request {} waited {:?} for the steps before it",
-                job.position, job.request_id, limits.max_wait
-            )),
+            CachePosition::At(_) if !runnable && q.since.elapsed() > limits.max_wait => {
+                Some(format!(
+                    "step at position {} of request {} waited {:?} for the steps before it",
+                    job.position, job.request_id, limits.max_wait
+                ))
+            }
             _ => None,
         };
         if let Some(reason) = problem {

@@ -253,7 +253,8 @@ impl LoadedModel {
     pub fn memory_need(&self) -> crate::topology::ModelMemory {
         let config = self.config();
         let tokens = crate::catalog::KV_RESERVE_TOKENS.min(config.context_length.max(1));
-        let per_token = 2 * config.n_layers as u64 * config.n_kv_heads as u64 * config.head_dim as u64 * 2;
+        let per_token =
+            2 * config.n_layers as u64 * config.n_kv_heads as u64 * config.head_dim as u64 * 2;
         crate::topology::ModelMemory {
             weights: self.source.tensor_bytes(),
             kv_reserve: per_token * tokens as u64,

@@ -184,7 +184,10 @@ impl Node for NodeService {
         )))
     }
 
-    async fn send_steps(&self, request: Request<pb::StepBatch>) -> Result<Response<pb::BatchAck>, Status> {
+    async fn send_steps(
+        &self,
+        request: Request<pb::StepBatch>,
+    ) -> Result<Response<pb::BatchAck>, Status> {
         let items = request.into_inner().items;
         self.check_batch_size(items.len())?;
         let mut errors = vec![String::new(); items.len()];

@@ -258,9 +258,18 @@ pub fn plan_partition_fitting(
     let caps: Vec<usize> = plan
         .entries
         .iter()
-        .map(|e| fitting.iter().find(|n| n.node_id == e.node_id).map_or(0, capacity))
+        .map(|e| {
+            fitting
+                .iter()
+                .find(|n| n.node_id == e.node_id)
+                .map_or(0, capacity)
+        })
         .collect();
-    let mut counts: Vec<usize> = plan.entries.iter().map(|e| e.end_layer - e.start_layer).collect();
+    let mut counts: Vec<usize> = plan
+        .entries
+        .iter()
+        .map(|e| e.end_layer - e.start_layer)
+        .collect();
     let mut excess = 0;
     for (count, cap) in counts.iter_mut().zip(&caps) {
         if *count > *cap {
@@ -315,7 +324,10 @@ mod tests {
             .to_string();
         assert!(error.contains("too small for model m"), "{error}");
         assert!(error.contains("needs 300.0 MB"), "{error}");
-        assert!(error.contains("have 100.0 MB free (a 50.0 MB, b 50.0 MB)"), "{error}");
+        assert!(
+            error.contains("have 100.0 MB free (a 50.0 MB, b 50.0 MB)"),
+            "{error}"
+        );
         assert!(error.contains("short by 200.0 MB"), "{error}");
     }
 
@@ -325,11 +337,21 @@ mod tests {
         let p = plan_partition_fitting("m", 10, &[mb("a", 19), mb("b", 95)], need(100)).unwrap();
         assert_eq!(layers(&p), vec![("b".into(), 9), ("a".into(), 1)]);
         // A node that cannot hold one layer is left out.
-        let p = plan_partition_fitting("m", 30, &[mb("big", 400), mb("tiny", 5)], need(300)).unwrap();
+        let p =
+            plan_partition_fitting("m", 30, &[mb("big", 400), mb("tiny", 5)], need(300)).unwrap();
         assert_eq!(layers(&p), vec![("big".into(), 30)]);
         // Exactly enough, spread over three.
-        let p = plan_partition_fitting("m", 30, &[mb("a", 100), mb("b", 100), mb("c", 100)], need(300)).unwrap();
-        assert_eq!(layers(&p), vec![("a".into(), 10), ("b".into(), 10), ("c".into(), 10)]);
+        let p = plan_partition_fitting(
+            "m",
+            30,
+            &[mb("a", 100), mb("b", 100), mb("c", 100)],
+            need(300),
+        )
+        .unwrap();
+        assert_eq!(
+            layers(&p),
+            vec![("a".into(), 10), ("b".into(), 10), ("c".into(), 10)]
+        );
     }
 
     fn node(id: &str, gib: u64) -> NodeWeight {

@@ -276,7 +276,12 @@ impl RequestFlow {
     }
 
     /// Hands a step's outcome to the origin's waiting loop.
-    fn route_result(&self, request_id: &str, step: u64, outcome: StepOutcome) -> Result<(), Status> {
+    fn route_result(
+        &self,
+        request_id: &str,
+        step: u64,
+        outcome: StepOutcome,
+    ) -> Result<(), Status> {
         self.progress.mark();
         let pending = self.lock_pending();
         let sender = pending.get(request_id).ok_or_else(|| {

@@ -148,7 +148,9 @@ impl RequestFlow {
             // is not a ring that stopped answering (see `progress`).
             let first = first_token_at.is_none();
             let deadline = || {
-                let patience = self.progress.patience(self.config.step_timeout, plan.entries.len());
+                let patience = self
+                    .progress
+                    .patience(self.config.step_timeout, plan.entries.len());
                 if first {
                     patience
                         + self.config.load_allowance

@@ -7,8 +7,7 @@ use super::RequestFlow;
 use super::outbox::Item;
 use crate::discovery::PeerInfo;
 use crate::engine::LoadedModel;
-use crate::peer::GrpcPeerHandle;
-use crate::resource::{Managed, ResourceState};
+use crate::resource::ResourceState;
 use crate::server::ValidatedContext;
 use crate::topology::{DeviceCapabilities, NodeWeight, Partition, plan_partition_fitting};
 
@@ -50,7 +49,12 @@ impl RequestFlow {
         }
         // Each node's share of the weights and KV reserve must fit its free memory; a
         // cluster too small is refused here, before any node loads or downloads a byte.
-        plan_partition_fitting(model.model_id(), model.config().n_layers, &nodes, model.memory_need())
+        plan_partition_fitting(
+            model.model_id(),
+            model.config().n_layers,
+            &nodes,
+            model.memory_need(),
+        )
     }
 
     /// Queues `item` for a node of a plan. A node this one may not take on (a keyed

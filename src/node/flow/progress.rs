@@ -90,8 +90,14 @@ mod tests {
         assert_eq!(clock.expiry(armed, deadline, cap), armed + deadline);
         clock.mark();
         let last = clock.last().unwrap();
-        assert_eq!(clock.expiry(armed, deadline, cap), last.max(armed) + deadline);
-        assert_eq!(clock.expiry(armed, deadline, Duration::from_secs(1)), armed + Duration::from_secs(1));
+        assert_eq!(
+            clock.expiry(armed, deadline, cap),
+            last.max(armed) + deadline
+        );
+        assert_eq!(
+            clock.expiry(armed, deadline, Duration::from_secs(1)),
+            armed + Duration::from_secs(1)
+        );
     }
 
     #[test]

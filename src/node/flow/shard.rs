@@ -115,7 +115,7 @@ impl RequestFlow {
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .remove(&job.tag);
-                            if let Some(context) = context {
+                            if let Some((context, _)) = context {
                                 flow.fail_step(&context, format!("{error:#}"));
                             }
                         }
