@@ -19,6 +19,11 @@ use crate::proto::MAX_MESSAGE_BYTES;
 use crate::proto::pb::node_server::NodeServer;
 use crate::resource::Resource;
 
+/// HTTP/2 streams (calls) one connection may have open at once: a node's own traffic to a
+/// peer needs a handful (a batch of steps, results, health, finish), so this bounds what
+/// one connection can make a node hold without ever slowing the ring.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+
 /// How long cleanup waits for open calls to finish before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -107,7 +112,7 @@ impl Resource for GrpcServer {
             .await;
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let mut builder = Server::builder();
+        let mut builder = Server::builder().max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS));
         if let Some(tls) = &self.tls {
             builder = builder
                 .tls_config(tls.clone())
@@ -167,6 +172,7 @@ impl Resource for GrpcServer {
             "tls": self.tls.is_some(),
             "max_message_bytes": MAX_MESSAGE_BYTES,
             "max_plan_entries": crate::topology::MAX_PLAN_ENTRIES,
+            "max_concurrent_streams": MAX_CONCURRENT_STREAMS,
             "rejected_messages": running.as_ref().map_or(0, |r| r.service.rejected()),
         })
     }
