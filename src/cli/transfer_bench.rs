@@ -222,6 +222,7 @@ async fn measure(args: &TransferBenchArgs, entry: ModelEntry, dir: PathBuf) -> a
         .tcp_nodelay(true)
         .initial_stream_window_size(WINDOW_BYTES)
         .initial_connection_window_size(WINDOW_BYTES)
+        .max_frame_size(1 << 20)
         .connect()
         .await?;
     let client = NodeClient::new(channel);

@@ -108,7 +108,9 @@ impl GrpcPeerHandle {
             // Weight transfers (`FetchWeights`) stream hundreds of MB from the peer: h2's
             // default 64 KiB window would cap them at a fraction of the link.
             .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(16 << 20);
+            .initial_connection_window_size(16 << 20)
+            // and 16 KiB frames would split every 1 MiB chunk in 64.
+            .max_frame_size(1 << 20);
         let channel = endpoint.connect().await.with_context(|| {
             format!(
                 "cannot connect to peer {} at {}",
