@@ -288,6 +288,9 @@ fn usage(summary: &GenerationSummary) -> serde_json::Value {
         "prompt_tokens": summary.prompt_tokens,
         "completion_tokens": summary.completion_tokens,
         "total_tokens": summary.prompt_tokens + summary.completion_tokens,
+        // Not OpenAI's: how often the request lost a node and was planned again.
+        "exo_replans": summary.replans.len(),
+        "exo_replan_seconds": summary.replans.iter().map(|r| r.seconds).sum::<f64>(),
     })
 }
 
@@ -299,6 +302,7 @@ fn exo_details(summary: &GenerationSummary) -> serde_json::Value {
         "prefill_seconds": summary.prefill_seconds,
         "decode_seconds": summary.decode_seconds,
         "decode_tokens_per_second": summary.decode_tok_s(),
+        "replans": summary.replans,
     })
 }
 
@@ -329,6 +333,7 @@ async fn collect(
         match event {
             GenerationEvent::Started { request_id, .. } => id = request_id,
             GenerationEvent::Text(piece) => text.push_str(&piece),
+            GenerationEvent::Replanned(_) => {}
             GenerationEvent::Finished(summary) => return Ok((id, text, summary)),
             GenerationEvent::Failed(error) => return Err(failure(error)),
         }
@@ -388,15 +393,28 @@ fn stream_response(
                 Some(GenerationEvent::Finished(_)) | Some(GenerationEvent::Failed(_))
             );
             let out = match event {
-                Some(GenerationEvent::Started { request_id, .. }) => {
+                Some(GenerationEvent::Started {
+                    request_id,
+                    partition,
+                }) => {
                     id = request_id;
-                    vec![send(chunk(
+                    let mut first = chunk(
                         &id,
                         &model,
                         created,
                         json!({"role": "assistant", "content": ""}),
                         None,
-                    ))]
+                    );
+                    first["exo"] =
+                        json!({ "ring": describe(&partition), "partition": partition.entries });
+                    vec![send(first)]
+                }
+                // The request lost a node and goes on over a new plan: an empty delta
+                // with an `exo` field (clients that do not know it see nothing new).
+                Some(GenerationEvent::Replanned(replan)) => {
+                    let mut note = chunk(&id, &model, created, json!({}), None);
+                    note["exo"] = json!({ "replan": replan });
+                    vec![send(note)]
                 }
                 Some(GenerationEvent::Text(text)) => {
                     vec![send(chunk(

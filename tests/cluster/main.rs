@@ -21,6 +21,7 @@ mod memory;
 mod netns;
 mod openai_client;
 mod peers_file;
+mod survival;
 mod tensors;
 mod trust;
 mod weights;

@@ -66,6 +66,22 @@ impl RequestFlow {
                 context.request_id
             )));
         }
+        // A draining node finishes what it has but takes on no new request: its origin
+        // plans without it (this node's announcements say it is draining).
+        if self.is_draining()
+            && context.origin_node_id != self.node_id
+            && !self
+                .accepted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .knows(&context.request_id)
+        {
+            self.count(|s| s.refused_draining += 1);
+            return Err(Status::unavailable(format!(
+                "node {} is draining and takes no new requests ({})",
+                self.node_id, context.request_id
+            )));
+        }
         let is_new = self
             .accepted
             .lock()
