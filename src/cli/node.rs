@@ -64,7 +64,7 @@ pub struct NodeArgs {
     /// before it health-checks the request's nodes (milliseconds; the wait grows with the
     /// measured step times). Nodes that do not answer are lost: the request is planned
     /// again over the others.
-    #[arg(long, env = "EXO_STEP_TIMEOUT_MS", default_value_t = 1000)]
+    #[arg(long, env = "EXO_STEP_TIMEOUT_MS", default_value_t = 250)]
     pub step_timeout_ms: u64,
     /// How many times one request may be planned again after losing nodes.
     #[arg(long, env = "EXO_MAX_REPLANS", default_value_t = 3)]

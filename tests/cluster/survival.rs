@@ -130,6 +130,7 @@ fn replans(streamed: &Streamed) -> Vec<serde_json::Value> {
 /// Checks a stream that lost `victim` at the fault: no error, the reference answer, one
 /// re-plan that left the victim out, announced in the stream.
 fn assert_survived(streamed: &Streamed, expected: &str, victim: &str, logs: &[&NodeProcess]) {
+    let logs_of = logs;
     let logs = || {
         logs.iter()
             .map(|n| format!("--- {}:\n{}", n.name, n.log_text()))
@@ -164,6 +165,16 @@ fn assert_survived(streamed: &Streamed, expected: &str, victim: &str, logs: &[&N
         "lost {victim}: next token {:?} after the fault; re-plan took {} s (noticed → first token)",
         streamed.resumed_after, replans[0]["seconds"]
     );
+    // What the survivors did meanwhile (seen with --nocapture).
+    for node in logs_of {
+        for line in node.log_text().lines().filter(|l| {
+            ["loaded", "epoch", "planning again", "first token", "lost", "draining"]
+                .iter()
+                .any(|w| l.contains(w))
+        }) {
+            eprintln!("  {}: {line}", node.name);
+        }
+    }
 }
 
 fn signal(node: &NodeProcess, name: &str) {

@@ -13,12 +13,12 @@
 //! as an error result, so a request never hangs.
 
 mod continuation;
+mod deadline;
 mod drain;
 mod ledger;
 mod origin;
 mod outbox;
 mod plan;
-mod progress;
 mod shard;
 
 use std::collections::HashMap;
@@ -42,24 +42,24 @@ pub use continuation::{Flapping, Replan};
 pub use drain::DrainStatus;
 use ledger::{Finished, StepLedger};
 use outbox::Outbox;
-use progress::ProgressClock;
 
 /// Deadlines and retries of the request flow.
 #[derive(Debug, Clone, Copy)]
 pub struct FlowConfig {
-    /// How long the origin waits for the token of one decoding step before it checks the
-    /// plan's nodes (the floor: the wait grows with measured step times, see `progress`).
-    /// Nodes that do not answer are lost and the request is planned again; when all
-    /// answer, it waits on.
+    /// How long the origin waits for a step's result before it health-checks the plan's
+    /// nodes: the floor of a deadline that follows the request's measured step times (see
+    /// `deadline`). Nodes that do not answer are lost and the request is planned again;
+    /// when all answer, it waits on.
     pub step_timeout: Duration,
-    /// Extra time per prompt token for the first token (the prompt's forward pass).
+    /// Extra time per prompt token for an epoch's first token (the prefill), before the
+    /// request gives up on a ring whose nodes all answer but never serve it.
     pub prefill_time_per_token: Duration,
-    /// Extra time for the first token, in which every node of the ring may have to load
-    /// its shard's weights (one after another). A node that dies meanwhile still ends the
-    /// request at once: it leaves the peer view.
+    /// Extra time for an epoch's first token, in which every node of the ring may have to
+    /// load (or fetch) its shard's weights. Nodes that die meanwhile are still noticed at
+    /// once: only the hard cap grows.
     pub load_allowance: Duration,
-    /// The longest a step may wait while the ring keeps working on other requests (see
-    /// `progress`): a ring that moves but never serves this request still fails it.
+    /// The longest a step may wait while every node of its plan answers health checks: a
+    /// ring that is alive but never serves this request still fails it.
     pub busy_cap: Duration,
     /// Prompt tokens per step: longer prompts go through the ring in chunks, which the
     /// shards interleave with other requests' decoding.
@@ -72,7 +72,7 @@ pub struct FlowConfig {
 impl Default for FlowConfig {
     fn default() -> Self {
         FlowConfig {
-            step_timeout: Duration::from_secs(1),
+            step_timeout: Duration::from_millis(250),
             prefill_time_per_token: Duration::from_millis(20),
             load_allowance: Duration::from_secs(60),
             busy_cap: Duration::from_secs(300),
@@ -178,8 +178,6 @@ pub struct RequestFlow {
     accepted: Mutex<StepLedger>,
     finished: Mutex<Finished>,
     stats: Mutex<FlowStats>,
-    /// When the ring last did work this node saw (step deadlines wait on it).
-    progress: ProgressClock,
     /// Nodes lost recently: flapping ones are left out of new plans.
     losses: LossRecord,
     /// Set by a drain: no new plans here, no steps of new requests.
@@ -231,7 +229,6 @@ impl RequestFlow {
                 accepted: Mutex::new(StepLedger::default()),
                 finished: Mutex::new(Finished::default()),
                 stats: Mutex::new(FlowStats::default()),
-                progress: ProgressClock::default(),
                 losses: LossRecord::default(),
                 draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 drain_requested: tokio::sync::Notify::new(),
@@ -313,7 +310,6 @@ impl RequestFlow {
         step: u64,
         outcome: StepOutcome,
     ) -> Result<(), Status> {
-        self.progress.mark();
         let pending = self.lock_pending();
         let sender = pending.get(request_id).ok_or_else(|| {
             Status::not_found(format!(

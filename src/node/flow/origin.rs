@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 
 use super::continuation::{Interruption, Replan, epoch_id};
+use super::deadline::StepTimes;
 use super::outbox::Item;
 use super::{GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow, describe, to_wire};
 use crate::discovery::PeerInfo;
@@ -30,6 +31,8 @@ struct RequestState {
     /// Nodes this request has lost: no later epoch plans over them.
     excluded: HashSet<String>,
     replans: Vec<Replan>,
+    /// How long this request's decoding steps take (its deadlines follow them).
+    step_times: StepTimes,
     /// A re-plan whose epoch has not produced its first token yet, and when the loss
     /// was noticed.
     replanning: Option<(Instant, Replan)>,
@@ -148,6 +151,7 @@ impl RequestFlow {
             first_token_at: None,
             excluded: HashSet::new(),
             replans: Vec::new(),
+            step_times: StepTimes::default(),
             replanning: None,
         };
         let mut epoch = 0u32;
@@ -311,12 +315,14 @@ impl RequestFlow {
         let mut first_of_epoch = true;
         loop {
             let step_started = Instant::now();
+            let patience = state.step_times.patience(self.config.step_timeout);
             let token = match self
                 .await_token(
                     wire_id,
                     plan,
                     awaited,
                     first_of_epoch.then_some(history.len()),
+                    patience,
                     events,
                     results,
                     &mut joined,
@@ -330,6 +336,9 @@ impl RequestFlow {
                 "{wire_id} step {awaited}: token after {:.2} ms",
                 step_started.elapsed().as_secs_f64() * 1e3
             );
+            if !first_of_epoch {
+                state.step_times.record(step_started.elapsed());
+            }
             first_of_epoch = false;
             state.first_token_at.get_or_insert_with(Instant::now);
             if let Some((noticed, mut replan)) = state.replanning.take() {
@@ -371,7 +380,7 @@ impl RequestFlow {
     }
 
     /// Waits for the token of step `awaited`. `prefill`: the epoch's first token, after a
-    /// prefill of that many tokens (its deadline allows for the prefill and for loading
+    /// prefill of that many tokens (the hard cap allows for the prefill and for loading
     /// the plan's weights). Ok(Err(end)): the epoch ends without a token.
     #[allow(clippy::too_many_arguments)]
     async fn await_token(
@@ -380,47 +389,32 @@ impl RequestFlow {
         plan: &Partition,
         awaited: u64,
         prefill: Option<usize>,
+        patience: Duration,
         events: &mpsc::Sender<GenerationEvent>,
         results: &mut mpsc::UnboundedReceiver<(u64, StepOutcome)>,
         joined: &mut tokio::sync::watch::Receiver<Vec<PeerInfo>>,
     ) -> anyhow::Result<Result<u32, EpochEnd>> {
-        // The deadline runs from the ring's last progress, and grows with how long steps
-        // take here lately: a busy ring working through other requests' steps is not a
-        // ring that stopped answering (see `progress`).
-        let deadline = || {
-            let patience = self
-                .progress
-                .patience(self.config.step_timeout, plan.entries.len());
-            match prefill {
-                Some(tokens) => {
-                    patience
-                        + self.config.load_allowance
-                        + self.config.prefill_time_per_token * tokens as u32
-                }
-                None => patience,
+        let started = Instant::now();
+        let allowance = match prefill {
+            Some(tokens) => {
+                self.config.load_allowance + self.config.prefill_time_per_token * tokens as u32
             }
+            None => Duration::ZERO,
         };
-        let mut armed = Instant::now();
-        let hard_stop = armed + deadline() + self.config.busy_cap;
+        let hard_stop = started + patience + allowance + self.config.busy_cap;
+        let mut armed = started;
         loop {
-            let expires = self
-                .progress
-                .expiry(armed, deadline(), Duration::MAX / 4)
-                .min(hard_stop);
+            let expires = (armed + patience).min(hard_stop);
             let (for_step, outcome) = tokio::select! {
                 outcome = results.recv() => outcome.context("the request's result channel closed")?,
                 _ = tokio::time::sleep_until(expires.into()) => {
-                    let deadline = deadline();
-                    if self.progress.expiry(armed, deadline, Duration::MAX / 4).min(hard_stop) > expires {
-                        continue;
-                    }
                     let reason = format!(
-                        "no result for step {awaited} of {wire_id} within {:.1?} ({deadline:.1?} without progress) from the ring {}",
-                        armed.elapsed(),
+                        "no result for step {awaited} of {wire_id} after {:.1?} from the ring {}",
+                        started.elapsed(),
                         describe(plan)
                     );
-                    // A slow ring is not a dead one: only nodes that do not answer a
-                    // health check now are lost. All answering, wait on (up to the cap).
+                    // A slow ring is not a dead one (see `deadline`): only nodes that do
+                    // not answer a health check now are lost. All answering, wait on.
                     let silent = self.unresponsive(plan, &[]).await;
                     if !silent.is_empty() {
                         return Ok(Err(EpochEnd::Interrupted(Interruption {
@@ -431,7 +425,6 @@ impl RequestFlow {
                     if Instant::now() >= hard_stop {
                         bail!("{reason}: every node answers, but the ring made no progress on this request");
                     }
-                    tracing::debug!("{reason}: every node of the plan answers; waiting on");
                     armed = Instant::now();
                     continue;
                 }

@@ -145,9 +145,8 @@ impl RequestFlow {
 
     /// Sends each output of a finished batch where it goes next.
     fn batch_finished(&self, done: Vec<StepDone>) {
-        self.progress.mark();
         for step in done {
-            let Some((context, submitted)) = self
+            let Some((context, _queued_at)) = self
                 .running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -155,7 +154,6 @@ impl RequestFlow {
             else {
                 continue;
             };
-            self.progress.step_took(submitted.elapsed());
             match step.output {
                 Ok(ShardOutput::Logits(logits)) => {
                     let outcome = if !context.sample {
