@@ -168,9 +168,16 @@ fn assert_survived(streamed: &Streamed, expected: &str, victim: &str, logs: &[&N
     // What the survivors did meanwhile (seen with --nocapture).
     for node in logs_of {
         for line in node.log_text().lines().filter(|l| {
-            ["loaded", "epoch", "planning again", "first token", "lost", "draining"]
-                .iter()
-                .any(|w| l.contains(w))
+            [
+                "loaded",
+                "epoch",
+                "planning again",
+                "first token",
+                "lost",
+                "draining",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
         }) {
             eprintln!("  {}: {line}", node.name);
         }

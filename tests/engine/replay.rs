@@ -147,3 +147,25 @@ fn a_replayed_history_on_k_quants_and_local_attention_gives_the_same_bits() {
     let neighbour = tokenizer.encode("Rust is a language that").unwrap();
     replay_matches_decode(&model, prompt, neighbour, 3);
 }
+
+#[test]
+fn a_new_range_shares_the_layers_an_already_loaded_shard_holds() {
+    // After a re-plan a node often runs a range overlapping the one it ran: only the new
+    // layers are read. (That shared layers compute what fresh ones do is checked by the
+    // real-model split tests, which load many overlapping ranges on one model.)
+    let model = smollm();
+    let before = model.shard(3, 12).unwrap();
+    let wider = model.shard(3, 20).unwrap();
+    assert_eq!(wider.shared_layers(&before), 9);
+    let fresh = exo::engine::LoadedShard::load(
+        &exo::engine::weights::WeightSource::open(&crate::support::default_model().to_path_buf())
+            .unwrap(),
+        wider.shard(),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+        exo::engine::CpuMatmul::default(),
+    )
+    .unwrap();
+    assert_eq!(fresh.shared_layers(&before), 0);
+    assert_eq!(fresh.layer_bytes(), wider.layer_bytes());
+}
