@@ -89,6 +89,7 @@ pub async fn wait_for_peers(node: &Node, count: usize) {
 pub struct NodeProcess {
     pub name: String,
     pub api_port: u16,
+    pub discovery_port: u16,
     pub child: Child,
     pub log: PathBuf,
 }
@@ -139,6 +140,7 @@ impl NodeProcess {
         NodeProcess {
             name: name.to_string(),
             api_port,
+            discovery_port,
             child,
             log,
         }

@@ -296,3 +296,69 @@ fn when_the_nodes_left_cannot_hold_the_model_the_request_ends_with_a_clear_error
         "says what is missing: {message}"
     );
 }
+
+/// Waits until `node` sees `peer` with a Ready link.
+fn wait_for_peer_ready(node: &NodeProcess, peer: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(topology) = get_json(&format!("{}/v1/topology", node.url()))
+            && topology["nodes"].as_array().is_some_and(|nodes| {
+                nodes
+                    .iter()
+                    .any(|n| n["node_id"] == peer && n["link_state"] == "ready")
+            })
+        {
+            return topology;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} does not see {peer}",
+            node.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_node_that_rejoins_is_planned_again_but_one_lost_twice_in_a_minute_is_left_out() {
+    let expected = generate_locally(STORY, TOKENS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = default_ring(dir.path());
+    let url = format!("{}/v1/chat/completions", nodes[0].url());
+    let restart = |nodes: &mut Vec<NodeProcess>| {
+        nodes[1] = NodeProcess::start_with(
+            dir.path(),
+            "n2",
+            nodes[0].discovery_port,
+            &models_dir(),
+            &[("EXO_MEMORY_LIMIT", "2000MB")],
+        );
+    };
+
+    // Lost once: back in the next plans as soon as it rejoins.
+    let streamed = stream_with_fault(&url, &chat_body(STORY, TOKENS, true), || nodes[1].kill());
+    assert_survived(&streamed, &expected, "n2", &[&nodes[0], &nodes[2]]);
+    restart(&mut nodes);
+    wait_for_ring(&nodes[0], 3);
+    let (status, answer) = crate::harness::post_json(&url, &chat_body(STORY, 8, false));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["exo"]["partition"].as_array().unwrap().len(),
+        3,
+        "{answer}"
+    );
+
+    // Lost again within the minute: flapping, left out of new plans while Ready.
+    let streamed = stream_with_fault(&url, &chat_body(STORY, TOKENS, true), || nodes[1].kill());
+    assert_survived(&streamed, &expected, "n2", &[&nodes[0], &nodes[2]]);
+    restart(&mut nodes);
+    let topology = wait_for_peer_ready(&nodes[0], "n2");
+    let flapping = topology["flapping"].as_array().unwrap();
+    assert_eq!(flapping.len(), 1, "{topology}");
+    assert_eq!(flapping[0]["node_id"], "n2");
+    assert_eq!(flapping[0]["losses_last_minute"], 2);
+    let (status, answer) = crate::harness::post_json(&url, &chat_body(STORY, 8, false));
+    assert_eq!(status, 200, "{answer}");
+    let ring = answer["exo"]["ring"].as_str().unwrap();
+    assert!(!ring.contains("n2"), "a flapping node is left out: {ring}");
+}
