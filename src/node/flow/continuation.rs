@@ -77,10 +77,17 @@ const FLAP_LOSSES: usize = 2;
 /// How long a flapping node is left out of new plans, after its last loss.
 pub const FLAP_PENALTY: Duration = Duration::from_secs(120);
 
+/// Requests that lose the same node within this long lost it once (a death is seen by
+/// every request running through the node, within a deadline or two of each other).
+const SAME_LOSS: Duration = Duration::from_secs(5);
+
 /// The nodes this node has seen lost, recently.
 #[derive(Default)]
 pub struct LossRecord {
     losses: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// The peer handle (by address) each node was last lost through: a node restarted
+    /// since has a new handle, so only then is a later loss a new one.
+    incarnations: Mutex<HashMap<String, usize>>,
 }
 
 /// A node left out of new plans for flapping, as the report shows it.
@@ -92,9 +99,27 @@ pub struct Flapping {
 }
 
 impl LossRecord {
-    /// Records that requests lost `node` now (a re-plan left it out).
-    pub fn record(&self, node: &str) {
+    /// Records that a request lost `node` now (a re-plan left it out), reached through
+    /// the peer handle `incarnation` (its address; 0 when the node has no handle left).
+    /// Several requests losing the same incarnation, or losing the node within a few
+    /// seconds, are one loss.
+    pub fn record(&self, node: &str, incarnation: usize) {
         let now = Instant::now();
+        {
+            let mut incarnations = self.incarnations.lock().unwrap_or_else(|p| p.into_inner());
+            let known = incarnations.get(node).copied();
+            if incarnation != 0 {
+                incarnations.insert(node.to_string(), incarnation);
+            }
+            let recent = self
+                .lock()
+                .get(node)
+                .and_then(|t| t.back().copied())
+                .is_some_and(|last| now.duration_since(last) < SAME_LOSS);
+            if recent || (incarnation != 0 && known == Some(incarnation)) {
+                return;
+            }
+        }
         let mut losses = self.lock();
         let times = losses.entry(node.to_string()).or_default();
         times.push_back(now);
@@ -167,12 +192,31 @@ mod tests {
     }
 
     #[test]
+    fn one_loss_seen_by_many_requests_is_one_loss() {
+        let record = LossRecord::default();
+        record.record("b", 7);
+        record.record("b", 7);
+        record.record("b", 0);
+        assert!(!record.is_flapping("b"));
+    }
+
+    #[test]
     fn one_loss_is_not_flapping_two_within_a_minute_are() {
         let record = LossRecord::default();
-        record.record("b");
+        record.record("b", 1);
         assert!(!record.is_flapping("b"));
         assert!(record.flapping().is_empty());
-        record.record("b");
+        // Restarted (a new handle), lost again; backdate the first loss past the
+        // same-loss window instead of waiting.
+        {
+            let mut losses = record.lock();
+            let first = losses.get_mut("b").unwrap();
+            let Some(earlier) = first[0].checked_sub(SAME_LOSS) else {
+                return;
+            };
+            first[0] = earlier;
+        }
+        record.record("b", 2);
         assert!(record.is_flapping("b"));
         assert!(!record.is_flapping("c"));
         let report = record.flapping();

@@ -227,7 +227,11 @@ impl RequestFlow {
                 });
             }
             for node in &lost {
-                self.losses.record(node);
+                let incarnation = self
+                    .peers
+                    .handle(node)
+                    .map_or(0, |h| Arc::as_ptr(&h) as usize);
+                self.losses.record(node, incarnation);
                 state.excluded.insert(node.clone());
             }
             let model = self.model().await?;
