@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Long fuzzing run: every property of tests/fuzz (datagrams, protobuf messages and tensors,
+# plans, chat bodies, GGUF headers, peers files) for a time budget, with fresh random cases
+# each round. `cargo test --test fuzz` runs the same properties briefly.
+#
+#   scripts/fuzz.sh [minutes]        default 10, split evenly over the targets
+#
+# Environment: EXO_FUZZ_CASES   cases per round (default 1000; a round is one proptest run)
+#              EXO_FUZZ_FILTER  run only the tests whose name contains this
+#              NICE             niceness for the run (default 19)
+# Prints the cases run per target and the total; exits non-zero if any target failed (its
+# shrunk input is in the log printed above the summary: keep it as a regression test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+minutes="${1:-10}"
+nice_level="${NICE:-19}"
+export EXO_FUZZ_CASES="${EXO_FUZZ_CASES:-1000}"
+
+echo "building the fuzz targets..."
+binary=$(nice -n "$nice_level" cargo test --test fuzz --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "fuzz" and m.get("executable"):
+        print(m["executable"])' | tail -1)
+if [[ -z "$binary" ]]; then
+  echo "could not build tests/fuzz (run: cargo test --test fuzz --no-run)" >&2
+  exit 2
+fi
+
+mapfile -t tests < <("$binary" --list --format terse 2>/dev/null | sed -n 's/: test$//p' \
+  | grep -F -- "${EXO_FUZZ_FILTER:-}")
+if [[ ${#tests[@]} -eq 0 ]]; then
+  echo "no fuzz tests match '${EXO_FUZZ_FILTER:-}'" >&2
+  exit 2
+fi
+per_test=$(python3 -c "print(max(1.0, $minutes * 60 / ${#tests[@]}))")
+echo "fuzzing ${#tests[@]} targets for ${minutes} min (${per_test} s each, ${EXO_FUZZ_CASES} cases per round)"
+
+log=$(mktemp -t exo-fuzz.XXXXXX)
+failed=()
+for test in "${tests[@]}"; do
+  if ! EXO_FUZZ_SECONDS="$per_test" nice -n "$nice_level" "$binary" --exact "$test" \
+      --test-threads=1 --nocapture >>"$log" 2>&1; then
+    failed+=("$test")
+    echo "FAILED: $test"
+  fi
+done
+
+echo
+echo "cases run per target:"
+grep -a "^fuzz [^ ]*: [0-9]* cases" "$log" | sed 's/^fuzz /  /'
+total=$(grep -a "^fuzz [^ ]*: [0-9]* cases" "$log" | awk '{s += $3} END {print s + 0}')
+echo "total: $total cases, ${#failed[@]} failed targets, $(grep -ac 'panicked at' "$log" || true) panics seen"
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "failures (full log: $log):"
+  grep -a -A40 "^thread .* panicked at .*harness.rs" "$log" | head -120 || true
+  printf '  %s\n' "${failed[@]}"
+  exit 1
+fi
+rm -f "$log"
+echo "zero panics, zero failures"
