@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 minutes="${1:-10}"
 nice_level="${NICE:-19}"
 export EXO_FUZZ_CASES="${EXO_FUZZ_CASES:-1000}"
+export RUST_BACKTRACE=0
 
 echo "building the fuzz targets..."
 binary=$(nice -n "$nice_level" cargo test --test fuzz --no-run --message-format=json 2>/dev/null \
@@ -29,6 +30,12 @@ if [[ -z "$binary" ]]; then
   exit 2
 fi
 
+# Run a copy, so that a rebuild during a long run does not swap the binary under it.
+run_dir=$(mktemp -d -t exo-fuzz.XXXXXX)
+trap 'rm -rf "$run_dir"' EXIT
+cp "$binary" "$run_dir/fuzz"
+binary="$run_dir/fuzz"
+
 mapfile -t tests < <("$binary" --list --format terse 2>/dev/null | sed -n 's/: test$//p' \
   | grep -F -- "${EXO_FUZZ_FILTER:-}")
 if [[ ${#tests[@]} -eq 0 ]]; then
@@ -38,7 +45,7 @@ fi
 per_test=$(python3 -c "print(max(1.0, $minutes * 60 / ${#tests[@]}))")
 echo "fuzzing ${#tests[@]} targets for ${minutes} min (${per_test} s each, ${EXO_FUZZ_CASES} cases per round)"
 
-log=$(mktemp -t exo-fuzz.XXXXXX)
+log=$(mktemp -t exo-fuzz-log.XXXXXX)
 failed=()
 for test in "${tests[@]}"; do
   if ! EXO_FUZZ_SECONDS="$per_test" nice -n "$nice_level" "$binary" --exact "$test" \
@@ -50,12 +57,14 @@ done
 
 echo
 echo "cases run per target:"
-grep -a "^fuzz [^ ]*: [0-9]* cases" "$log" | sed 's/^fuzz /  /'
-total=$(grep -a "^fuzz [^ ]*: [0-9]* cases" "$log" | awk '{s += $3} END {print s + 0}')
-echo "total: $total cases, ${#failed[@]} failed targets, $(grep -ac 'panicked at' "$log" || true) panics seen"
+# libtest prints "test NAME ... " before a test's output, so the lines are found anywhere.
+grep -ao "fuzz [^ ]*: [0-9]* cases, 0 failures, [0-9.]* s" "$log" | sed 's/^fuzz /  /' || true
+total=$(grep -ao "fuzz [^ ]*: [0-9]* cases" "$log" | awk '{s += $3} END {print s + 0}')
+panics=$(grep -ac "panicked at" "$log" || true)
+echo "total: $total cases in ${#tests[@]} tests, ${#failed[@]} failed, $panics panics"
 if [[ ${#failed[@]} -gt 0 ]]; then
   echo "failures (full log: $log):"
-  grep -a -A40 "^thread .* panicked at .*harness.rs" "$log" | head -120 || true
+  grep -a -B2 -A30 "failed after" "$log" | head -120 || true
   printf '  %s\n' "${failed[@]}"
   exit 1
 fi

@@ -331,3 +331,29 @@ fn regression_alignment_zero_is_an_error_not_a_panic() {
         assert!(format!("{error:#}").contains("alignment"), "{error:#}");
     }
 }
+
+/// Found by `gguf/mutated` (scripts/fuzz.sh): a tensor whose element count fits in u64 but
+/// whose byte size does not (2^62 f32 values) overflowed the multiplication in
+/// `read_gguf_header` (a panic where the catalog reads a downloaded header).
+#[test]
+fn regression_tensor_byte_size_overflow_is_an_error_not_a_panic() {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes()); // version
+    bytes.extend_from_slice(&1u64.to_le_bytes()); // tensors
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // metadata entries
+    bytes.extend_from_slice(&1u64.to_le_bytes()); // name length
+    bytes.push(b't');
+    bytes.extend_from_slice(&1u32.to_le_bytes()); // dimensions
+    bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    bytes.extend_from_slice(&0u32.to_le_bytes()); // F32
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // offset
+    bytes.resize(128, 0);
+    let error = read_gguf_header(&bytes, bytes.len() as u64)
+        .err()
+        .expect("refused");
+    assert!(format!("{error:#}").contains("tensor t"), "{error:#}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(WeightSource::open(&path).is_err());
+}

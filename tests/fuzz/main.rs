@@ -1,6 +1,6 @@
 //! Property-based fuzzing of every parser of outside input: discovery datagrams (open and
 //! sealed), the node service's protobuf messages and tensors, partition plans, chat request
-//! bodies, GGUF headers (the catalog's reader and the engine's loading) and peers files.
+//! bodies, GGUF and safetensors headers (the catalog's readers and the engine's loading) and peers files.
 //!
 //! Each target feeds arbitrary bytes and structure-aware mutations of valid input (a valid
 //! message with bytes flipped, cut, spliced or fields set to edge values) through the same
@@ -19,4 +19,5 @@ mod datagram;
 mod gguf;
 mod peers_file;
 mod plan;
+mod safetensors;
 mod wire;
