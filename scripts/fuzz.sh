@@ -42,8 +42,10 @@ if [[ ${#tests[@]} -eq 0 ]]; then
   echo "no fuzz tests match '${EXO_FUZZ_FILTER:-}'" >&2
   exit 2
 fi
-per_test=$(python3 -c "print(max(1.0, $minutes * 60 / ${#tests[@]}))")
-echo "fuzzing ${#tests[@]} targets for ${minutes} min (${per_test} s each, ${EXO_FUZZ_CASES} cases per round)"
+# Regression tests (kept failing cases) run once; the budget is split over the others.
+fuzzing=$(printf '%s\n' "${tests[@]}" | grep -vc "::regression_" || true)
+per_test=$(python3 -c "print(round(max(1.0, $minutes * 60 / max(1, $fuzzing)), 1))")
+echo "fuzzing $fuzzing targets (and $((${#tests[@]} - fuzzing)) regression tests) for ${minutes} min (${per_test} s each, ${EXO_FUZZ_CASES} cases per round)"
 
 log=$(mktemp -t exo-fuzz-log.XXXXXX)
 failed=()
