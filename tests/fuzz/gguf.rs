@@ -348,9 +348,7 @@ fn regression_tensor_byte_size_overflow_is_an_error_not_a_panic() {
     bytes.extend_from_slice(&0u32.to_le_bytes()); // F32
     bytes.extend_from_slice(&0u64.to_le_bytes()); // offset
     bytes.resize(128, 0);
-    let error = read_gguf_header(&bytes, bytes.len() as u64)
-        .err()
-        .expect("refused");
+    let error = read_gguf_header(&bytes, bytes.len() as u64).expect_err("refused");
     assert!(format!("{error:#}").contains("tensor t"), "{error:#}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.gguf");

@@ -121,8 +121,6 @@ fn regression_data_offset_overflow_is_an_error_not_a_panic() {
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend(header.as_bytes());
     bytes.resize(bytes.len() + 4, 0);
-    let error = read_safetensors_header(&bytes, bytes.len() as u64)
-        .err()
-        .expect("refused");
+    let error = read_safetensors_header(&bytes, bytes.len() as u64).expect_err("refused");
     assert!(format!("{error:#}").contains("tensor t"), "{error:#}");
 }
