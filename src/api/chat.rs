@@ -148,16 +148,33 @@ fn messages(raw: Vec<MessageIn>) -> Result<Vec<ChatMessage>, ApiError> {
         .collect()
 }
 
-async fn prepare(state: &ApiState, body: &[u8]) -> Result<Prepared, ApiError> {
+/// A chat request body after every check that needs no model: what [`prepare`] then
+/// tokenizes. Public so that the fuzz tests (tests/fuzz) run the handler's own checks.
+#[derive(Debug)]
+pub struct CheckedChat {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    /// `max_completion_tokens`, else `max_tokens`: checked against the context later.
+    pub max_tokens: Option<u64>,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub ignore_eos: bool,
+}
+
+/// Parses and checks a chat request body for a cluster serving `served_model`: the JSON,
+/// the model, `n`, sampling parameters, stop strings and messages. Never panics; every
+/// refusal is a 4xx [`ApiError`] naming the parameter.
+pub fn check_chat_request(body: &[u8], served_model: &str) -> Result<CheckedChat, ApiError> {
     let request = parse(body)?;
-    if request.model != state.flow.model_id() {
+    if request.model != served_model {
         return Err(ApiError {
             code: Some("model_not_found"),
             param: Some("model"),
             ..ApiError::not_found(format!(
-                "the model '{}' does not exist here; this cluster serves '{}'",
+                "the model '{}' does not exist here; this cluster serves '{served_model}'",
                 request.model,
-                state.flow.model_id()
             ))
         });
     }
@@ -196,16 +213,46 @@ async fn prepare(state: &ApiState, body: &[u8]) -> Result<Prepared, ApiError> {
         ));
     }
     let messages = messages(request.messages)?;
+    Ok(CheckedChat {
+        model: request.model,
+        messages,
+        max_tokens: request.max_completion_tokens.or(request.max_tokens),
+        sampling: SamplingParams {
+            temperature,
+            top_p,
+            top_k: request.top_k.unwrap_or(0) as usize,
+            seed: request.seed.map(|s| s as u64),
+        },
+        stop,
+        stream: request.stream,
+        include_usage: request.stream_options.is_some_and(|o| o.include_usage),
+        ignore_eos: request.ignore_eos,
+    })
+}
+
+/// Prompts of more bytes than this are tokenized on a blocking thread, so that a few large
+/// prompts cannot stall the async workers that serve every other connection.
+const TOKENIZE_INLINE_BYTES: usize = 16 << 10;
+
+async fn prepare(state: &ApiState, body: &[u8]) -> Result<Prepared, ApiError> {
+    let request = check_chat_request(body, state.flow.model_id())?;
     let engine = state.engine.ensure_ready().await.map_err(|e| {
         ApiError::unavailable(format!("the inference engine is not available: {e}"))
     })?;
     let model = engine
         .model()
         .map_err(|e| ApiError::unavailable(format!("{e:#}")))?;
-    let prompt = model
-        .tokenizer()
-        .encode_chat(&messages)
-        .map_err(|e| ApiError::invalid_param("messages", format!("{e:#}")))?;
+    let tokenizer = model.tokenizer().clone();
+    let prompt_bytes: usize = request.messages.iter().map(|m| m.content.len()).sum();
+    let messages = request.messages;
+    let prompt = if prompt_bytes > TOKENIZE_INLINE_BYTES {
+        tokio::task::spawn_blocking(move || tokenizer.encode_chat(&messages))
+            .await
+            .map_err(|e| ApiError::unavailable(format!("tokenizing the prompt failed: {e}")))?
+    } else {
+        tokenizer.encode_chat(&messages)
+    }
+    .map_err(|e| ApiError::invalid_param("messages", format!("{e:#}")))?;
     let context = model.config().context_length;
     if prompt.len() >= context {
         return Err(ApiError {
@@ -220,7 +267,7 @@ async fn prepare(state: &ApiState, body: &[u8]) -> Result<Prepared, ApiError> {
         });
     }
     let room = (context - prompt.len()) as u64;
-    let max_tokens = match request.max_completion_tokens.or(request.max_tokens) {
+    let max_tokens = match request.max_tokens {
         None => room.min(4096),
         Some(0) => {
             return Err(ApiError::invalid_param(
@@ -243,18 +290,13 @@ async fn prepare(state: &ApiState, body: &[u8]) -> Result<Prepared, ApiError> {
         request: GenerateRequest {
             prompt,
             max_tokens: max_tokens as usize,
-            sampling: SamplingParams {
-                temperature,
-                top_p,
-                top_k: request.top_k.unwrap_or(0) as usize,
-                seed: request.seed.map(|s| s as u64),
-            },
-            stop,
+            sampling: request.sampling,
+            stop: request.stop,
             ignore_eos: request.ignore_eos,
         },
         model: request.model,
         stream: request.stream,
-        include_usage: request.stream_options.is_some_and(|o| o.include_usage),
+        include_usage: request.include_usage,
     })
 }
 

@@ -11,6 +11,7 @@ mod limit;
 mod server;
 mod state;
 
+pub use chat::{CheckedChat, check_chat_request};
 pub use config::ApiConfig;
 pub use error::ApiError;
 pub use limit::RequestLimiter;

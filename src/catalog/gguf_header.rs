@@ -238,7 +238,11 @@ impl Cursor<'_> {
                     "tensor {name}: {elements} elements are not whole blocks of {block_elements}"
                 )));
             }
-            let bytes = elements / block_elements * block_bytes;
+            // Element counts were multiplied with checks, but their byte size can still
+            // overflow (2^62 f32 values): checked too (found by tests/fuzz).
+            let bytes = (elements / block_elements)
+                .checked_mul(block_bytes)
+                .ok_or_else(|| invalid(format!("tensor {name} has too many elements")))?;
             let start = data_offset.checked_add(offset);
             let end = start.and_then(|s| s.checked_add(bytes));
             match (start, end) {

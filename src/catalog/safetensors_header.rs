@@ -52,7 +52,11 @@ pub fn read_safetensors_header(
         let entry: Entry = serde_json::from_value(value)
             .with_context(|| format!("safetensors header: tensor {name} is malformed"))?;
         let [start, end] = entry.data_offsets;
-        let (start, end) = (header_len + start, header_len.saturating_add(end));
+        // Offsets come from the file: near u64::MAX they must not overflow (tests/fuzz).
+        let (start, end) = (
+            header_len.saturating_add(start),
+            header_len.saturating_add(end),
+        );
         if end < start || end > file_size {
             bail!(
                 "safetensors header: tensor {name} spans bytes {start}..{end} of a {file_size}-byte \

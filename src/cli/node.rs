@@ -105,6 +105,14 @@ pub struct NodeArgs {
     /// Chat requests this node serves at once.
     #[arg(long, env = "EXO_MAX_CONCURRENT_REQUESTS", default_value_t = ApiConfig::default().max_concurrent)]
     pub max_concurrent_requests: usize,
+    /// The largest gRPC control message (health, topology, status, finish, weight request)
+    /// this node accepts, in bytes.
+    #[arg(long, env = "EXO_GRPC_MAX_CONTROL_BYTES", default_value_t = crate::server::DEFAULT_MAX_CONTROL_BYTES)]
+    pub grpc_max_control_bytes: usize,
+    /// The largest gRPC batch of steps or results (hidden states) this node accepts, in
+    /// bytes: the default fits the largest batch of a 16,384-wide model.
+    #[arg(long, env = "EXO_GRPC_MAX_BATCH_BYTES", default_value_t = crate::server::DEFAULT_MAX_BATCH_BYTES)]
+    pub grpc_max_batch_bytes: usize,
     /// The most peers a node keeps (newcomers past it are refused).
     #[arg(long, env = "EXO_MAX_PEERS", default_value_t = DEFAULT_MAX_PEERS)]
     pub max_peers: usize,
@@ -187,6 +195,13 @@ impl NodeArgs {
         };
         config.insecure = self.insecure;
         config.peers.max_peers = self.max_peers;
+        if self.grpc_max_control_bytes < 1024 || self.grpc_max_batch_bytes < 1024 {
+            bail!("--grpc-max-control-bytes and --grpc-max-batch-bytes must be at least 1024");
+        }
+        config.grpc_limits = crate::server::MessageLimits {
+            control_bytes: self.grpc_max_control_bytes,
+            batch_bytes: self.grpc_max_batch_bytes,
+        };
         if self.max_concurrent_requests == 0 {
             bail!("--max-concurrent-requests must be at least 1");
         }

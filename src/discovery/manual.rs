@@ -26,7 +26,13 @@ const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 pub fn read_peers_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read peers file {}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
+    parse_peers_file(&text, path)
+}
+
+/// Parses the text of a peers file (`path` only names it in errors). Never panics: every
+/// malformed file is an error that says what is wrong.
+pub fn parse_peers_file(text: &str, path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let value: serde_json::Value = serde_json::from_str(text)
         .with_context(|| format!("peers file {} is not JSON", path.display()))?;
     let peers = value
         .get("peers")

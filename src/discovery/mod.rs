@@ -11,6 +11,6 @@ pub use announcement::{
     Announcement, DatagramError, DatagramStats, MAX_DATAGRAM_BYTES, PROTOCOL, PROTOCOL_VERSION,
 };
 pub use interfaces::{BroadcastTarget, InterfaceFilter, broadcast_targets};
-pub use manual::{ManualDiscovery, read_peers_file};
+pub use manual::{ManualDiscovery, parse_peers_file, read_peers_file};
 pub use peer_table::{DEFAULT_MAX_PEERS, PeerInfo, PeerTable, PeerTableConfig, Sighting};
 pub use udp::{AnnouncementSource, DEFAULT_DISCOVERY_PORT, UdpDiscovery, UdpDiscoveryConfig};

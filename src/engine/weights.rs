@@ -153,6 +153,19 @@ impl WeightSource {
         let file = File::open(path)
             .with_context(|| format!("cannot open model file {}", path.display()))?;
         let file_len = file.metadata()?.len();
+        // Our own header reader first: it checks every count, length, alignment and tensor
+        // extent against the file before anything is allocated, and candle's reader panics
+        // on some garbage (a `general.alignment` of 0 divides by zero; found by tests/fuzz).
+        let mut file = file;
+        crate::catalog::header::read_local_header(
+            &mut file,
+            crate::catalog::WeightFormat::Gguf,
+            crate::catalog::header::HeaderLimits::default(),
+        )
+        .map_err(|error| {
+            anyhow::anyhow!("{} is not a readable GGUF file: {error:#}", path.display())
+        })?;
+        file.seek(SeekFrom::Start(0))?;
         let mut reader = BufReader::new(file);
         let content = gguf_file::Content::read(&mut reader).map_err(|error| {
             anyhow::anyhow!("{} is not a readable GGUF file: {error}", path.display())
@@ -168,8 +181,8 @@ impl WeightSource {
                 );
             }
             let size = (elems / dtype.block_size() * dtype.type_size()) as u64;
-            let start = content.tensor_data_offset + info.offset;
-            let end = start + size;
+            let start = content.tensor_data_offset.saturating_add(info.offset);
+            let end = start.saturating_add(size);
             if end > file_len {
                 bail!(
                     "{} is truncated: tensor {name} ends at byte {end} but the file has {file_len} bytes",

@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub trust: Option<Arc<ClusterTrust>>,
     /// Lets an open cluster listen and announce beyond loopback.
     pub insecure: bool,
+    /// Per-kind caps on the gRPC messages this node receives.
+    pub grpc_limits: crate::server::MessageLimits,
     /// Who may use the HTTP API, and how much at once.
     pub api: ApiConfig,
     /// Where a registry model's files live; `Some` gives the node a weight supply: it
@@ -83,6 +85,7 @@ impl NodeConfig {
             monitor_interval: Duration::from_secs(5),
             trust: None,
             insecure: false,
+            grpc_limits: crate::server::MessageLimits::default(),
             api: ApiConfig::default(),
             models_dir: None,
             supply: SupplyConfig::default(),
@@ -177,7 +180,8 @@ impl Node {
             flow.set_supply(supply.clone());
         }
         let server = GrpcServer::new(config.grpc_listen, flow.clone(), grpc_port.clone())
-            .with_tls(config.trust.as_ref().map(|t| t.tls.server_config()));
+            .with_tls(config.trust.as_ref().map(|t| t.tls.server_config()))
+            .with_limits(config.grpc_limits);
         let grpc = Managed::builder("grpc_server", server)
             .name("gRPC server")
             .register_in(&registry)

@@ -11,6 +11,8 @@ pub mod pb {
     tonic::include_proto!("exo.node.v1");
 }
 
-/// The largest gRPC message a node sends or accepts: far above a real hidden state (a
-/// 2,048-token prompt of a 4,096-wide model in f32 is 32 MiB), well below memory trouble.
+/// The largest gRPC message a node sends, and accepts as a client (acks, topology, weight
+/// chunks): far above a real hidden state (a 2,048-token prompt of a 4,096-wide model in
+/// f32 is 32 MiB), well below memory trouble. What a node's server accepts is capped per
+/// kind, lower (`crate::server::MessageLimits`).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;

@@ -14,8 +14,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
 use super::handler::NodeHandler;
+use super::limits::MessageLimits;
 use super::service::NodeService;
-use crate::proto::MAX_MESSAGE_BYTES;
 use crate::proto::pb::node_server::NodeServer;
 use crate::resource::Resource;
 
@@ -45,6 +45,8 @@ pub struct GrpcServer {
     port: Arc<AtomicU16>,
     /// With a cluster key: TLS that requires a client certificate of the cluster's CA.
     tls: Option<ServerTlsConfig>,
+    /// Per-kind caps on received messages.
+    limits: MessageLimits,
 }
 
 impl GrpcServer {
@@ -57,7 +59,15 @@ impl GrpcServer {
             running: Mutex::new(None),
             port,
             tls: None,
+            limits: MessageLimits::default(),
         }
+    }
+
+    /// Caps received messages per kind: control messages small, batches of hidden states
+    /// larger (see [`MessageLimits`]).
+    pub fn with_limits(mut self, limits: MessageLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Serves over mutually authenticated TLS (a keyed cluster): a caller without a
@@ -103,10 +113,11 @@ impl Resource for GrpcServer {
             .set_port(local_addr.port());
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let service = Arc::new(NodeService::new(self.handler.clone()));
+        let service = Arc::new(NodeService::new(self.handler.clone()).with_limits(self.limits));
+        // tonic caps per service: the largest kind's cap here, each kind's in the handlers.
         let node_server = NodeServer::from_arc(service.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(self.limits.transport_bytes())
+            .max_encoding_message_size(crate::proto::MAX_MESSAGE_BYTES);
         health_reporter
             .set_serving::<NodeServer<NodeService>>()
             .await;
@@ -170,10 +181,11 @@ impl Resource for GrpcServer {
         json!({
             "listen": running.as_ref().map(|r| r.local_addr.to_string()),
             "tls": self.tls.is_some(),
-            "max_message_bytes": MAX_MESSAGE_BYTES,
+            "max_message_bytes": self.limits.to_json(),
             "max_plan_entries": crate::topology::MAX_PLAN_ENTRIES,
             "max_concurrent_streams": MAX_CONCURRENT_STREAMS,
             "rejected_messages": running.as_ref().map_or(0, |r| r.service.rejected()),
+            "oversize_messages": running.as_ref().map_or(0, |r| r.service.oversize()),
             "flow": self.handler.report(),
         })
     }

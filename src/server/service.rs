@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tonic::{Request, Response, Status};
 
+use prost::Message;
+
 use super::handler::{NodeHandler, StepInput, StepOutcome, ValidatedContext};
+use super::limits::{MessageKind, MessageLimits};
 use crate::engine::SamplingParams;
 use crate::proto::pb::node_server::Node;
 use crate::proto::{decode_hidden, pb};
@@ -16,6 +19,9 @@ use crate::topology::Partition;
 pub struct NodeService {
     handler: Arc<dyn NodeHandler>,
     rejected: AtomicU64,
+    limits: MessageLimits,
+    /// Messages refused for their size (also counted in `rejected`).
+    oversize: AtomicU64,
 }
 
 impl NodeService {
@@ -23,7 +29,30 @@ impl NodeService {
         NodeService {
             handler,
             rejected: AtomicU64::new(0),
+            limits: MessageLimits::default(),
+            oversize: AtomicU64::new(0),
         }
+    }
+
+    /// Caps received messages per kind (see [`MessageLimits`]).
+    pub fn with_limits(mut self, limits: MessageLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Messages refused for their size so far.
+    pub fn oversize(&self) -> u64 {
+        self.oversize.load(Ordering::Relaxed)
+    }
+
+    /// Refuses a decoded message over its kind's cap (counted).
+    fn check_size(&self, kind: MessageKind, message: &impl Message) -> Result<(), Status> {
+        self.limits
+            .check(kind, message.encoded_len())
+            .map_err(|status| {
+                self.oversize.fetch_add(1, Ordering::Relaxed);
+                self.reject(status)
+            })
     }
 
     /// Messages refused as bad input so far.
@@ -173,6 +202,7 @@ impl Node for NodeService {
         request: Request<pb::WeightRequest>,
     ) -> Result<Response<Self::FetchWeightsStream>, Status> {
         let request = request.into_inner();
+        self.check_size(MessageKind::Control, &request)?;
         if request.model_id.is_empty() || request.file.is_empty() || request.ranges.is_empty() {
             return Err(self.reject(Status::invalid_argument(
                 "a weight request names a model, a file and at least one byte range",
@@ -188,7 +218,9 @@ impl Node for NodeService {
         &self,
         request: Request<pb::StepBatch>,
     ) -> Result<Response<pb::BatchAck>, Status> {
-        let items = request.into_inner().items;
+        let batch = request.into_inner();
+        self.check_size(MessageKind::Batch, &batch)?;
+        let items = batch.items;
         self.check_batch_size(items.len())?;
         let mut errors = vec![String::new(); items.len()];
         let mut accepted = Vec::with_capacity(items.len());
@@ -219,7 +251,9 @@ impl Node for NodeService {
         &self,
         request: Request<pb::ResultBatch>,
     ) -> Result<Response<pb::BatchAck>, Status> {
-        let items = request.into_inner().items;
+        let batch = request.into_inner();
+        self.check_size(MessageKind::Batch, &batch)?;
+        let items = batch.items;
         self.check_batch_size(items.len())?;
         let mut errors = vec![String::new(); items.len()];
         let mut accepted = Vec::with_capacity(items.len());
@@ -261,15 +295,17 @@ impl Node for NodeService {
 
     async fn collect_topology(
         &self,
-        _request: Request<pb::TopologyRequest>,
+        request: Request<pb::TopologyRequest>,
     ) -> Result<Response<pb::TopologyResponse>, Status> {
+        self.check_size(MessageKind::Control, request.get_ref())?;
         Ok(Response::new(self.handler.topology().await?))
     }
 
     async fn health_check(
         &self,
-        _request: Request<pb::HealthCheckRequest>,
+        request: Request<pb::HealthCheckRequest>,
     ) -> Result<Response<pb::HealthCheckResponse>, Status> {
+        self.check_size(MessageKind::Control, request.get_ref())?;
         Ok(Response::new(pb::HealthCheckResponse {
             node_id: self.handler.node_id(),
             serving: self.handler.is_serving(),
@@ -281,6 +317,7 @@ impl Node for NodeService {
         request: Request<pb::StatusMessage>,
     ) -> Result<Response<pb::Ack>, Status> {
         let message = request.into_inner();
+        self.check_size(MessageKind::Control, &message)?;
         if message.payload.len() > 64 << 10 {
             return Err(self.reject(Status::invalid_argument(
                 "status payloads are limited to 64 KiB",
@@ -295,6 +332,7 @@ impl Node for NodeService {
         request: Request<pb::FinishRequestMessage>,
     ) -> Result<Response<pb::Ack>, Status> {
         let message = request.into_inner();
+        self.check_size(MessageKind::Control, &message)?;
         if message.request_id.is_empty() {
             return Err(self.reject(Status::invalid_argument("no request id to finish")));
         }

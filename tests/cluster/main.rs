@@ -18,6 +18,7 @@ mod fake_hub;
 mod harness;
 mod hub_layers;
 mod memory;
+mod message_caps;
 mod netns;
 mod openai_client;
 mod peers_file;
