@@ -362,3 +362,33 @@ fn a_node_that_rejoins_is_planned_again_but_one_lost_twice_in_a_minute_is_left_o
     let ring = answer["exo"]["ring"].as_str().unwrap();
     assert!(!ring.contains("n2"), "a flapping node is left out: {ring}");
 }
+
+#[test]
+fn re_plans_are_bounded_by_max_replans() {
+    // With --max-replans 0 a lost node ends the request, with an error that names it.
+    default_model();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let mut nodes: Vec<NodeProcess> = [("n1", "3000MB"), ("n2", "2000MB"), ("n3", "1000MB")]
+        .iter()
+        .map(|(name, limit)| {
+            NodeProcess::start_with(
+                dir.path(),
+                name,
+                port,
+                &models_dir(),
+                &[("EXO_MEMORY_LIMIT", limit), ("EXO_MAX_REPLANS", "0")],
+            )
+        })
+        .collect();
+    for node in &nodes {
+        wait_for_ring(node, 3);
+    }
+    let url = format!("{}/v1/chat/completions", nodes[0].url());
+    let mut victim = nodes.remove(2);
+    let streamed = stream_with_fault(&url, &chat_body(STORY, TOKENS, true), || victim.kill());
+    let error = streamed.error.expect("no re-plan is allowed");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("n3"), "{message}");
+    assert!(message.contains("planned again 0 time(s)"), "{message}");
+}

@@ -190,9 +190,12 @@ impl RequestFlow {
                 EpochEnd::Interrupted(why) => why,
             };
             let noticed = Instant::now();
-            if state.replans.len() + usize::from(state.replanning.is_some())
-                >= self.config.max_replans
-            {
+            // A re-plan whose epoch failed before its first token is reported as it is.
+            if let Some((earlier, mut replan)) = state.replanning.take() {
+                replan.seconds = earlier.elapsed().as_secs_f64();
+                state.replans.push(replan);
+            }
+            if state.replans.len() >= self.config.max_replans {
                 bail!(
                     "{} (the request was planned again {} time(s), the most allowed)",
                     why.reason,
