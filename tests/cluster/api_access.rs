@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use exo::api::{ApiConfig, ApiServer};
-use exo::node::{DiscoveryMode, Node};
+use exo::app::{DiscoveryMode, Node};
 use exo::resource::Managed;
 
 use crate::e2e::chat_body;
