@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod cli;
 pub mod discovery;
 pub mod engine;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod proto;

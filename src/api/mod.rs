@@ -8,14 +8,17 @@ mod config;
 mod error;
 mod info;
 mod limit;
+mod metrics;
 mod server;
 mod state;
+mod timing;
 
 pub use config::ApiConfig;
 pub use error::ApiError;
 pub use limit::RequestLimiter;
 pub use server::ApiServer;
 pub use state::ApiState;
+pub use timing::TokenTiming;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -27,6 +30,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/models", get(info::models))
         .route("/v1/topology", get(info::topology))
         .route("/healthz", get(info::healthz))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/resources", get(admin::list))
         .route("/v1/resources/health", get(admin::health))
         .route("/v1/resources/report", get(admin::report))

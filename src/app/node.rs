@@ -174,6 +174,8 @@ impl Node {
             security,
             config: api_config,
             limiter,
+            peers: peers.clone(),
+            timing: Default::default(),
         });
         let api = Managed::builder("api_server", api_server)
             .name("HTTP API")
