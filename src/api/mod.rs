@@ -6,12 +6,14 @@ mod admin;
 mod chat;
 mod config;
 mod error;
+mod events;
 mod info;
 mod limit;
 mod metrics;
 mod server;
 mod state;
 mod timing;
+mod ui;
 
 pub use config::ApiConfig;
 pub use error::ApiError;
@@ -26,6 +28,10 @@ use axum::routing::{get, post};
 /// Every route of the API.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/style.css", get(ui::style))
+        .route("/v1/events", get(events::events))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(info::models))
         .route("/v1/topology", get(info::topology))
