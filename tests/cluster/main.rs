@@ -23,4 +23,5 @@ mod openai_client;
 mod peers_file;
 mod tensors;
 mod trust;
+mod web_ui;
 mod weights;
