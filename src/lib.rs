@@ -7,11 +7,16 @@
 //! - [`engine`]: the sharded inference engine on candle (a resource).
 //! - [`trust`]: the cluster key, sealed discovery datagrams, key-derived mutual TLS.
 //! - [`supply`]: how weights reach a node: from peers that hold them, else the Hub.
+//! - [`node`]: a node's identity and the request flow across the ring.
+//! - [`api`]: the HTTP API (OpenAI-compatible, admin, metrics, web UI); uses `node`.
+//! - [`app`]: the assembly of a whole node, above every other part.
 pub mod api;
+pub mod app;
 pub mod catalog;
 pub mod cli;
 pub mod discovery;
 pub mod engine;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod proto;

@@ -20,6 +20,24 @@ fn is_admin(path: &str) -> bool {
     path == "/v1/resources" || path.starts_with("/v1/resources/") || path.starts_with("/v1/admin/")
 }
 
+/// The web UI's page and assets: static text with no data in it, open like /healthz (the
+/// page asks for an API key and sends it with the calls it makes).
+pub fn is_static(path: &str) -> bool {
+    path == "/" || path.starts_with("/ui/")
+}
+
+/// Whether `origin` is the origin the request was sent to (the node's own web UI: a
+/// browser sends Origin on a same-origin POST). Only an exact `scheme://host[:port]`
+/// equal to the Host header counts, so no other site is let in.
+fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    ["http://", "https://"]
+        .iter()
+        .any(|scheme| origin.strip_prefix(scheme) == Some(host))
+}
+
 /// The bearer token of a request, if it has one.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -70,10 +88,12 @@ pub async fn guard(
 ) -> Response {
     let path = request.uri().path().to_string();
     let origin = request.headers().get(header::ORIGIN).cloned();
-    // Browsers send Origin on cross-site requests; tools and SDKs do not. An origin not
-    // named by --cors-origin gets nothing, not even a preflight.
+    // Browsers send Origin on cross-site requests (and on the node's own page's POSTs);
+    // tools and SDKs do not. An origin that is neither this node's own nor named by
+    // --cors-origin gets nothing, not even a preflight.
     let allowed_origin = match &origin {
         None => None,
+        Some(origin) if same_origin(origin.to_str().unwrap_or(""), request.headers()) => None,
         Some(origin) => {
             let text = origin.to_str().unwrap_or("");
             if !config.cors_origins.iter().any(|o| o == text) {
@@ -89,7 +109,7 @@ pub async fn guard(
     {
         return preflight(origin);
     }
-    if path != "/healthz" {
+    if path != "/healthz" && !is_static(&path) {
         if let Err(response) = authorize(&config, peer, &path, request.headers()) {
             return *response;
         }
@@ -214,6 +234,23 @@ mod tests {
             Ok(()) => 200,
             Err(response) => response.status().as_u16(),
         }
+    }
+
+    #[test]
+    fn only_the_exact_own_origin_is_same_origin() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:52415"));
+        assert!(same_origin("http://127.0.0.1:52415", &headers));
+        assert!(same_origin("https://127.0.0.1:52415", &headers));
+        assert!(!same_origin("http://127.0.0.1:52416", &headers));
+        assert!(!same_origin(
+            "http://127.0.0.1:52415.evil.example",
+            &headers
+        ));
+        assert!(!same_origin("http://evil.example", &headers));
+        assert!(!same_origin("null", &headers));
+        assert!(!same_origin("127.0.0.1:52415", &headers));
+        assert!(!same_origin("http://127.0.0.1:52415", &HeaderMap::new()));
     }
 
     #[test]

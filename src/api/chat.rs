@@ -305,7 +305,9 @@ pub async fn chat_completions(State(state): State<ApiState>, body: Bytes) -> Res
         Ok(prepared) => prepared,
         Err(error) => return error.into_response(),
     };
-    let events = state.flow.generate(prepared.request.clone());
+    let events = state
+        .timing
+        .observe(state.flow.generate(prepared.request.clone()));
     if prepared.stream {
         stream_response(state, prepared, events).into_response()
     } else {

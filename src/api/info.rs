@@ -25,6 +25,11 @@ pub async fn models(State(state): State<ApiState>) -> Json<serde_json::Value> {
 /// The nodes this node knows (itself first), their capabilities and link states, and the
 /// partition a request arriving now would get.
 pub async fn topology(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(topology_json(&state).await))
+}
+
+/// The body of `/v1/topology` (the web UI's cluster view starts from it too).
+pub async fn topology_json(state: &ApiState) -> serde_json::Value {
     let topology = state.flow.topology().await;
     let nodes: Vec<serde_json::Value> = topology
         .nodes
@@ -63,14 +68,14 @@ pub async fn topology(State(state): State<ApiState>) -> Result<Json<serde_json::
         }),
         Err(error) => json!({ "error": format!("{error:#}") }),
     };
-    Ok(Json(json!({
+    json!({
         "node_id": state.flow.node_id(),
         "nodes": nodes,
         "partition": partition,
         "security": state.security,
         "flapping": state.flow.flapping(),
         "draining": state.flow.is_draining(),
-    })))
+    })
 }
 
 /// 200 when the engine and the servers are usable, 503 otherwise; the body says which.

@@ -70,6 +70,21 @@ impl RequestLimiter {
         response
     }
 
+    /// Requests waiting for a slot now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Requests holding a slot now.
+    pub fn in_flight(&self) -> usize {
+        self.max_concurrent - self.slots.available_permits()
+    }
+
+    /// Requests refused with 429 so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "max_concurrent_requests": self.max_concurrent,

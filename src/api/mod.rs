@@ -6,10 +6,14 @@ mod admin;
 mod chat;
 mod config;
 mod error;
+mod events;
 mod info;
 mod limit;
+mod metrics;
 mod server;
 mod state;
+mod timing;
+mod ui;
 
 pub use chat::{CheckedChat, check_chat_request};
 pub use config::ApiConfig;
@@ -17,6 +21,7 @@ pub use error::ApiError;
 pub use limit::RequestLimiter;
 pub use server::ApiServer;
 pub use state::ApiState;
+pub use timing::TokenTiming;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -24,10 +29,15 @@ use axum::routing::{get, post};
 /// Every route of the API.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/style.css", get(ui::style))
+        .route("/v1/events", get(events::events))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(info::models))
         .route("/v1/topology", get(info::topology))
         .route("/healthz", get(info::healthz))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/resources", get(admin::list))
         .route("/v1/resources/health", get(admin::health))
         .route("/v1/resources/report", get(admin::report))

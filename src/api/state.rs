@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::discovery::PeerTable;
 use crate::engine::InferenceEngine;
 use crate::node::RequestFlow;
 use crate::resource::{Managed, ResourceMonitor, ResourceRegistry};
@@ -24,4 +25,8 @@ pub struct ApiState {
     /// Keys, CORS and limits of the API.
     pub config: Arc<super::ApiConfig>,
     pub limiter: Arc<super::RequestLimiter>,
+    /// The peer table (the cluster view of the web UI).
+    pub peers: Arc<PeerTable>,
+    /// Token timings of the generations served here (`/metrics`).
+    pub timing: Arc<super::TokenTiming>,
 }

@@ -9,11 +9,12 @@ use clap::{Args, ValueEnum};
 
 use super::shared::ModelArgs;
 use crate::api::ApiConfig;
+use crate::app::{DiscoveryMode, Node, NodeConfig};
 use crate::catalog::resolve_node_model;
 use crate::discovery::{
     DEFAULT_DISCOVERY_PORT, DEFAULT_MAX_PEERS, InterfaceFilter, UdpDiscoveryConfig,
 };
-use crate::node::{DiscoveryMode, FlowConfig, Node, NodeConfig};
+use crate::node::FlowConfig;
 use crate::trust::{ClusterKey, ClusterTrust};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,8 +7,9 @@ use anyhow::bail;
 use clap::Args;
 
 use super::node::NodeArgs;
+use crate::app::Node;
 use crate::engine::{ChatMessage, SamplingParams};
-use crate::node::{GenerateRequest, GenerationEvent, Node, describe};
+use crate::node::{GenerateRequest, GenerationEvent, describe};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

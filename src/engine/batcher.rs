@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::metrics::{Histogram, LATENCY_BUCKETS};
+
 use super::inference_engine::LoadedModel;
 use super::model::{ShardInput, ShardOutput};
 
@@ -81,6 +83,8 @@ pub struct Batcher {
     limits: BatchLimits,
     batches: std::sync::atomic::AtomicU64,
     batched_steps: std::sync::atomic::AtomicU64,
+    /// How long each batch took, per layer range (for `/metrics`: step time per shard).
+    step_times: Mutex<Vec<(usize, usize, Arc<Histogram>)>>,
 }
 
 impl Batcher {
@@ -92,7 +96,30 @@ impl Batcher {
             limits,
             batches: Default::default(),
             batched_steps: Default::default(),
+            step_times: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Batch durations per layer range `(start, end)` this node has run.
+    pub fn step_times(&self) -> Vec<(usize, usize, Arc<Histogram>)> {
+        self.step_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn record_batch(&self, start: usize, end: usize, took: Duration) {
+        let mut times = self.step_times.lock().unwrap_or_else(|p| p.into_inner());
+        let histogram = match times.iter().find(|(s, e, _)| (*s, *e) == (start, end)) {
+            Some((_, _, h)) => h.clone(),
+            None => {
+                let h = Arc::new(Histogram::new(LATENCY_BUCKETS));
+                times.push((start, end, h.clone()));
+                h
+            }
+        };
+        drop(times);
+        histogram.observe(took);
     }
 
     /// Queues a step; the worker starts on first use and lives as long as the model.
@@ -308,8 +335,10 @@ fn run(batcher: Arc<Batcher>, model: Weak<LoadedModel>) {
             batch.len(),
             batch.iter().map(|j| j.input.len()).sum::<usize>(),
         );
+        let range = (batch[0].start, batch[0].end);
         let started = Instant::now();
         let done = strong.run_batch(batch);
+        batcher.record_batch(range.0, range.1, started.elapsed());
         tracing::debug!(
             "batch of {steps} steps ({rows} rows) in {:.2} ms",
             started.elapsed().as_secs_f64() * 1e3

@@ -1,13 +1,11 @@
-//! The node: every component as a member of one resource group, and the request flow
-//! that runs across the ring.
+//! The node's own concerns: its identity (data directory, node id) and the request flow
+//! that runs across the ring. The assembly of a whole node lives in `crate::app`.
 
 mod flow;
-mod group;
 mod identity;
 
 pub use flow::{
     DrainStatus, Flapping, FlowConfig, FlowStats, GenerateRequest, GenerationEvent,
     GenerationSummary, Replan, RequestFlow, describe, to_wire,
 };
-pub use group::{DiscoveryMode, Node, NodeConfig, members};
 pub use identity::{NodeIdentity, default_data_home, validate_node_id};

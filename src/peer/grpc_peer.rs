@@ -7,6 +7,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use prost::Message;
 use serde_json::json;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
@@ -15,6 +16,8 @@ use crate::proto::MAX_MESSAGE_BYTES;
 use crate::proto::pb;
 use crate::proto::pb::node_client::NodeClient;
 use crate::resource::Resource;
+
+use super::LinkStats;
 
 /// Deadlines of a peer handle.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +47,7 @@ pub struct GrpcPeerHandle {
     /// With a cluster key: mutually authenticated TLS (see `crate::trust`).
     tls: Option<ClientTlsConfig>,
     client: RwLock<Option<NodeClient<Channel>>>,
+    stats: LinkStats,
 }
 
 impl GrpcPeerHandle {
@@ -58,6 +62,7 @@ impl GrpcPeerHandle {
             timeouts,
             tls: None,
             client: RwLock::new(None),
+            stats: LinkStats::default(),
         }
     }
 
@@ -75,6 +80,11 @@ impl GrpcPeerHandle {
     /// host:port of the peer's gRPC server.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// Round trips, failed calls and bytes of this link.
+    pub fn stats(&self) -> &LinkStats {
+        &self.stats
     }
 
     fn client(&self) -> anyhow::Result<NodeClient<Channel>> {
@@ -127,6 +137,7 @@ impl GrpcPeerHandle {
     /// Asks the peer who it is: an address that now belongs to another node (a restart
     /// on the same port) must not be taken for this one.
     async fn check_identity(&self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         let reply = self
             .client()?
             .health_check(Self::request(
@@ -135,10 +146,12 @@ impl GrpcPeerHandle {
             ))
             .await
             .map_err(|status| {
+                self.stats.failed();
                 anyhow::Error::new(status)
                     .context(format!("health check of peer {} failed", self.node_id))
             })?
             .into_inner();
+        self.stats.round_trip(started.elapsed());
         if reply.node_id != self.node_id {
             bail!(
                 "{} is node {}, not the expected {}",
@@ -161,22 +174,28 @@ impl GrpcPeerHandle {
 
     /// Sends steps for the peer's shards; per step, the peer's refusal (empty: accepted).
     pub async fn send_steps(&self, message: pb::StepBatch) -> anyhow::Result<Vec<String>> {
+        self.stats.sent(message.encoded_len());
         let reply = self
             .client()?
             .send_steps(Self::request(message, self.timeouts.call))
             .await
-            .map_err(|s| self.call_error("SendSteps", s))?;
-        Ok(reply.into_inner().errors)
+            .map_err(|s| self.call_error("SendSteps", s))?
+            .into_inner();
+        self.stats.received(reply.encoded_len());
+        Ok(reply.errors)
     }
 
     /// Sends step outcomes to their origin; per outcome, the refusal (empty: accepted).
     pub async fn send_results(&self, message: pb::ResultBatch) -> anyhow::Result<Vec<String>> {
+        self.stats.sent(message.encoded_len());
         let reply = self
             .client()?
             .send_results(Self::request(message, self.timeouts.call))
             .await
-            .map_err(|s| self.call_error("SendResults", s))?;
-        Ok(reply.into_inner().errors)
+            .map_err(|s| self.call_error("SendResults", s))?
+            .into_inner();
+        self.stats.received(reply.encoded_len());
+        Ok(reply.errors)
     }
 
     pub async fn collect_topology(&self) -> anyhow::Result<pb::TopologyResponse> {
@@ -211,6 +230,7 @@ impl GrpcPeerHandle {
     }
 
     fn call_error(&self, call: &str, status: Status) -> anyhow::Error {
+        self.stats.failed();
         let what = format!("{call} to peer {} ({})", self.node_id, self.address);
         anyhow::Error::new(status).context(what)
     }
@@ -263,6 +283,11 @@ impl Resource for GrpcPeerHandle {
     }
 
     fn info(&self) -> serde_json::Value {
-        json!({ "node_id": self.node_id, "address": self.address, "tls": self.tls.is_some() })
+        json!({
+            "node_id": self.node_id,
+            "address": self.address,
+            "tls": self.tls.is_some(),
+            "link": self.stats.to_json(),
+        })
     }
 }

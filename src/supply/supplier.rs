@@ -405,6 +405,11 @@ impl WeightSupply {
         result
     }
 
+    /// The downloads from the Hub this supply ran or runs.
+    pub fn downloads(&self) -> Vec<crate::catalog::DownloadStatus> {
+        self.progress.snapshot()
+    }
+
     /// The supply's part of the node's report.
     pub fn info(&self) -> serde_json::Value {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use exo::api::{ApiConfig, ApiServer};
-use exo::node::{DiscoveryMode, Node};
+use exo::app::{DiscoveryMode, Node};
 use exo::resource::Managed;
 
 use crate::e2e::chat_body;
@@ -165,6 +165,34 @@ async fn api_keys_admin_keys_cors_and_json_only_chat() {
         (status, allow.as_deref()),
         (204, Some("https://app.example"))
     );
+
+    // The node's own page: a same-origin POST (browsers send Origin on it) is served,
+    // with no CORS headers; a neighbouring port is another origin and is refused.
+    let (status, _, allow, body) = call_async(
+        "POST",
+        format!("{base}/v1/chat/completions"),
+        vec![auth("sk-one"), json.clone(), ("origin", base.clone())],
+        Some(chat_body("Say hi.", 1, false).to_string()),
+    )
+    .await;
+    assert_eq!((status, allow), (200, None), "{body}");
+    let other = format!("http://127.0.0.1:{}", node.api_port() + 1);
+    let (status, _, allow, _) = call_async(
+        "POST",
+        format!("{base}/v1/chat/completions"),
+        vec![auth("sk-one"), json.clone(), ("origin", other)],
+        Some(chat_body("Say hi.", 1, false).to_string()),
+    )
+    .await;
+    assert_eq!((status, allow), (403, None));
+    // The page itself needs no key (it asks for one); the data behind it does.
+    let page = ureq::get(&format!("{base}/")).call().unwrap();
+    assert!(page.content_type().starts_with("text/html"));
+    assert!(page.into_string().unwrap().contains("exo"));
+    let (status, ..) = call_async("GET", format!("{base}/metrics"), vec![], None).await;
+    assert_eq!(status, 401);
+    let (status, ..) = call_async("GET", format!("{base}/v1/events"), vec![], None).await;
+    assert_eq!(status, 401);
 
     // A chat request that is not JSON (what a cross-site form could send): 415.
     let (status, _, _, body) = call_async(

@@ -1,7 +1,7 @@
 //! The HTTP API refuses bad requests with 4xx and an OpenAI-style error body, and keeps
 //! serving.
 
-use exo::node::{DiscoveryMode, Node};
+use exo::app::{DiscoveryMode, Node};
 
 use crate::harness::{get_json, loopback_config, post_json, post_raw};
 

@@ -53,8 +53,8 @@ fn a_plan_with_too_many_entries_is_refused_before_it_is_checked() {
 async fn a_stop_string_past_the_cap_gets_400() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::harness::loopback_config(dir.path(), "solo", 0);
-    config.discovery = exo::node::DiscoveryMode::None;
-    let node = exo::node::Node::start(config).await.unwrap();
+    config.discovery = exo::app::DiscoveryMode::None;
+    let node = exo::app::Node::start(config).await.unwrap();
     let url = format!("http://127.0.0.1:{}/v1/chat/completions", node.api_port());
     let mut body = crate::e2e::chat_body("hi", 1, false);
     body["stop"] = serde_json::json!(["x".repeat(257)]);

@@ -111,12 +111,12 @@ async fn a_stopped_server_degrades_then_errors_its_handle_and_a_restart_brings_i
 async fn a_node_that_leaves_is_dropped_within_three_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
-    let stay = exo::node::Node::start(loopback_config(dir.path(), "stay", port))
+    let stay = exo::app::Node::start(loopback_config(dir.path(), "stay", port))
         .await
         .unwrap();
     // The leaver has no departure message: its discovery socket and server just vanish,
     // as when a process is killed.
-    let leave = exo::node::Node::start(loopback_config(dir.path(), "leave", port))
+    let leave = exo::app::Node::start(loopback_config(dir.path(), "leave", port))
         .await
         .unwrap();
     wait_for_peers(&stay, 1).await;
@@ -142,7 +142,7 @@ async fn a_node_that_leaves_is_dropped_within_three_seconds() {
 async fn bad_datagrams_are_ignored_and_counted_and_discovery_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
-    let node = exo::node::Node::start(loopback_config(dir.path(), "target", port))
+    let node = exo::app::Node::start(loopback_config(dir.path(), "target", port))
         .await
         .unwrap();
     let discovery: std::sync::Arc<Managed<UdpDiscovery>> = node.group.get("discovery").unwrap();

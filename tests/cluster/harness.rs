@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use exo::app::{DiscoveryMode, Node, NodeConfig};
 use exo::catalog::{ModelFormat, ResolvedModel};
 use exo::discovery::{InterfaceFilter, PeerTableConfig, UdpDiscoveryConfig};
 use exo::engine::DeviceChoice;
-use exo::node::{DiscoveryMode, Node, NodeConfig};
 
 use crate::support::{default_model, exo_bin, models_dir};
 

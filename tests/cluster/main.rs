@@ -25,4 +25,5 @@ mod peers_file;
 mod survival;
 mod tensors;
 mod trust;
+mod web_ui;
 mod weights;

@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 
+use exo::app::{DiscoveryMode, Node};
 use exo::discovery::ManualDiscovery;
-use exo::node::{DiscoveryMode, Node};
 use exo::resource::Managed;
 
 use crate::harness::{WAIT, free_tcp_port, loopback_config, wait_for_peers};

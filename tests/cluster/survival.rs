@@ -1,4 +1,4 @@
-//! Requests that survive losing a node (DESIGN.md §4c): three `exo node` processes on
+//! Requests that survive losing a node (DESIGN.md §4d): three `exo node` processes on
 //! loopback stream a 128-token greedy answer while one of them is killed, hung or drained
 //! mid-answer; the client receives the whole answer without an error, byte for byte what
 //! one process answers, and the final chunk says the request was planned again.

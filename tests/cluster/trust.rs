@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use exo::app::Node;
 use exo::discovery::{Announcement, PROTOCOL, PROTOCOL_VERSION, UdpDiscovery};
-use exo::node::Node;
 use exo::proto::pb;
 use exo::proto::pb::node_client::NodeClient;
 use exo::resource::Managed;

@@ -1,5 +1,5 @@
 //! A request that loses a node is continued elsewhere by re-running its prompt and every
-//! token generated so far as one prefill (DESIGN.md §4c). That is only invisible to the
+//! token generated so far as one prefill (DESIGN.md §4d). That is only invisible to the
 //! client if the re-run's last row gives the very logits the decode step first gave: a
 //! near-tie between two tokens must break the same way. These tests decode a request one
 //! token at a time, batched beside another request as a busy node would, then re-prefill

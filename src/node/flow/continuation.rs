@@ -1,4 +1,4 @@
-//! Requests that survive losing a node (DESIGN.md §4c).
+//! Requests that survive losing a node (DESIGN.md §4d).
 //!
 //! The origin holds everything a request needs to go on without the rest of its ring:
 //! the prompt, every token generated so far, the step count and the sampling settings

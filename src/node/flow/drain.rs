@@ -1,4 +1,4 @@
-//! Leaving without costing anyone an answer (DESIGN.md §4c).
+//! Leaving without costing anyone an answer (DESIGN.md §4d).
 //!
 //! A node asked to stop (SIGTERM, or `POST /v1/admin/drain`) first *drains*: it says so
 //! in its announcements, so its peers leave it out of new plans and the origins of

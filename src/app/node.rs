@@ -1,98 +1,24 @@
 //! One node: the engine, gRPC server, discovery, API server and monitor as members of one
 //! resource group, started in dependency order and stopped in reverse.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::Duration;
 
-use crate::api::{ApiConfig, ApiServer, ApiState};
+use crate::api::{ApiServer, ApiState};
 use crate::catalog::Catalog;
-use crate::catalog::ResolvedModel;
 use crate::discovery::{
-    Announcement, ManualDiscovery, PROTOCOL, PROTOCOL_VERSION, PeerTable, PeerTableConfig,
-    UdpDiscovery, UdpDiscoveryConfig,
+    Announcement, ManualDiscovery, PROTOCOL, PROTOCOL_VERSION, PeerTable, UdpDiscovery,
 };
-use crate::discovery::{InterfaceFilter, broadcast_targets};
-use crate::engine::device::{CUDA_BUILT, METAL_BUILT};
-use crate::engine::{CpuMatmul, DeviceChoice, EngineConfig, InferenceEngine};
-use crate::resource::{Managed, Resource, ResourceGroup, ResourceMonitor, ResourceRegistry};
+use crate::engine::{EngineConfig, InferenceEngine};
+use crate::node::{NodeIdentity, RequestFlow, default_data_home};
+use crate::resource::{Managed, ResourceGroup, ResourceMonitor, ResourceRegistry};
 use crate::server::GrpcServer;
-use crate::supply::{SupplyConfig, WeightSupply};
+use crate::supply::WeightSupply;
 use crate::topology::DeviceCapabilities;
-use crate::trust::{ClusterTrust, OPEN_CLUSTER_WARNING, SecurityStatus};
+use crate::trust::SecurityStatus;
 
-use super::flow::{FlowConfig, RequestFlow};
-use super::identity::{NodeIdentity, default_data_home};
-
-/// How the node finds its peers.
-#[derive(Debug, Clone)]
-pub enum DiscoveryMode {
-    Udp(UdpDiscoveryConfig),
-    /// A peers file, reloaded when it changes.
-    Manual(PathBuf),
-    /// A node of its own.
-    None,
-}
-
-/// Everything a node is started with.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    pub model: ResolvedModel,
-    pub device: DeviceChoice,
-    pub cpu_matmul: CpuMatmul,
-    /// Where the HTTP API listens (port 0 picks one).
-    pub api_listen: SocketAddr,
-    /// Where the gRPC server listens (port 0 picks one).
-    pub grpc_listen: SocketAddr,
-    /// None: the first free slot under the default data home.
-    pub data_dir: Option<PathBuf>,
-    pub node_id: Option<String>,
-    pub discovery: DiscoveryMode,
-    pub peers: PeerTableConfig,
-    pub flow: FlowConfig,
-    pub monitor_interval: Duration,
-    /// The cluster key's derived secrets; None: an open cluster (see `crate::trust`).
-    pub trust: Option<Arc<ClusterTrust>>,
-    /// Lets an open cluster listen and announce beyond loopback.
-    pub insecure: bool,
-    /// Per-kind caps on the gRPC messages this node receives.
-    pub grpc_limits: crate::server::MessageLimits,
-    /// Who may use the HTTP API, and how much at once.
-    pub api: ApiConfig,
-    /// Where a registry model's files live; `Some` gives the node a weight supply: it
-    /// fetches the tensors its plans need from peers or the Hub, and serves what it holds.
-    pub models_dir: Option<PathBuf>,
-    pub supply: SupplyConfig,
-    /// Caps the memory the node announces (and plans are made with).
-    pub memory_limit: Option<u64>,
-}
-
-impl NodeConfig {
-    pub fn new(model: ResolvedModel) -> Self {
-        NodeConfig {
-            model,
-            device: DeviceChoice::Auto,
-            cpu_matmul: CpuMatmul::default(),
-            api_listen: SocketAddr::from(([0, 0, 0, 0], 52415)),
-            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-            data_dir: None,
-            node_id: None,
-            discovery: DiscoveryMode::Udp(UdpDiscoveryConfig::default()),
-            peers: PeerTableConfig::default(),
-            flow: FlowConfig::default(),
-            monitor_interval: Duration::from_secs(5),
-            trust: None,
-            insecure: false,
-            grpc_limits: crate::server::MessageLimits::default(),
-            api: ApiConfig::default(),
-            models_dir: None,
-            supply: SupplyConfig::default(),
-            memory_limit: None,
-        }
-    }
-}
+use super::config::{DiscoveryMode, NodeConfig};
+use super::policy::{NoDiscovery, advertised_host, apply_trust, predicted_device};
 
 /// A running node.
 pub struct Node {
@@ -251,6 +177,8 @@ impl Node {
             security,
             config: api_config,
             limiter,
+            peers: peers.clone(),
+            timing: Default::default(),
         });
         let api = Managed::builder("api_server", api_server)
             .name("HTTP API")
@@ -303,91 +231,4 @@ impl Node {
         self.group.cleanup().await?;
         Ok(())
     }
-}
-
-/// Makes the node's transport follow its trust: with a key, TLS to and from peers and
-/// sealed datagrams; without one, loopback only unless `insecure` (an open cluster on a
-/// shared network is anyone's), and a loud warning either way.
-fn apply_trust(config: &mut NodeConfig) -> anyhow::Result<()> {
-    match &config.trust {
-        Some(trust) => {
-            tracing::info!(
-                "cluster key {}: discovery datagrams are authenticated, node-to-node gRPC uses mutual TLS",
-                trust.key.key_id()
-            );
-            config.peers.tls = Some(trust.tls.client_config());
-            if let DiscoveryMode::Udp(udp) = &mut config.discovery {
-                udp.seal = Some(trust.seal.clone());
-            }
-        }
-        None => {
-            tracing::warn!("{OPEN_CLUSTER_WARNING}");
-            config.peers.tls = None;
-            if !config.insecure {
-                let ip = config.grpc_listen.ip();
-                if ip.is_unspecified() {
-                    // Listening everywhere would let any host call the node.
-                    config.grpc_listen.set_ip(IpAddr::from([127, 0, 0, 1]));
-                    tracing::warn!(
-                        "open cluster: gRPC listens on loopback only (give --cluster-key, or --insecure to listen on every interface)"
-                    );
-                } else if !ip.is_loopback() {
-                    anyhow::bail!(
-                        "gRPC would listen on {ip} without a cluster key: any host could join and read this cluster; give --cluster-key FILE, or --insecure to run open anyway"
-                    );
-                }
-                if let DiscoveryMode::Udp(udp) = &mut config.discovery {
-                    udp.loopback_only = true;
-                }
-            } else {
-                tracing::warn!(
-                    "--insecure: an open cluster announced and reachable beyond loopback"
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The discovery member of a node that looks for no one.
-struct NoDiscovery;
-
-impl Resource for NoDiscovery {
-    const KIND: &'static str = "no_discovery";
-
-    async fn initialize(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-
-    async fn cleanup(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
-/// The device the engine will most likely run on, for the capabilities a node announces
-/// before its engine has started (the engine's own report says what it really uses).
-fn predicted_device(choice: DeviceChoice) -> String {
-    match choice {
-        DeviceChoice::Cpu => "cpu".into(),
-        DeviceChoice::Cuda(n) => format!("cuda:{n}"),
-        DeviceChoice::Metal(n) => format!("metal:{n}"),
-        DeviceChoice::Auto if CUDA_BUILT && std::path::Path::new("/dev/nvidia0").exists() => {
-            "cuda:0".into()
-        }
-        DeviceChoice::Auto if METAL_BUILT && cfg!(target_os = "macos") => "metal:0".into(),
-        DeviceChoice::Auto => "cpu".into(),
-    }
-}
-
-/// The host a node puts in plans for itself: its listen address, or when it listens on
-/// every address, its best-ranked interface's (informational: each node reaches the others
-/// at the addresses it discovered).
-fn advertised_host(listen: IpAddr) -> String {
-    if !listen.is_unspecified() {
-        return listen.to_string();
-    }
-    broadcast_targets(&InterfaceFilter::default())
-        .ok()
-        .and_then(|targets| targets.first().map(|t| t.address.to_string()))
-        .unwrap_or_else(|| "127.0.0.1".into())
 }

@@ -1,0 +1,185 @@
+"""Drives exo's web UI in headless Chromium over the DevTools protocol (CDP).
+
+    python ui_browser.py CHROMIUM URL SCREENSHOT.png [PROMPT]
+
+Loads the page, waits for the cluster view, sends a chat message, watches the answer
+stream into the DOM, reloads to check the conversation was kept, saves a screenshot and
+prints one JSON object with what it saw (the Rust test asserts on it). Every wait is on a
+state of the page (a MutationObserver promise), bounded by a timeout.
+"""
+import base64
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import websocket
+from PIL import Image
+
+WAIT_MS = 90_000
+
+HELPERS = r"""
+window.__waitFor = (pred, ms) => new Promise((resolve, reject) => {
+  let obs = null, timer = null;
+  const check = () => {
+    let v = null;
+    try { v = pred(); } catch (e) { v = null; }
+    if (v) { if (obs) obs.disconnect(); clearTimeout(timer); resolve(v); return true; }
+    return false;
+  };
+  if (check()) return;
+  obs = new MutationObserver(check);
+  obs.observe(document.documentElement, {subtree: true, childList: true, attributes: true, characterData: true});
+  timer = setTimeout(() => { obs.disconnect(); reject(new Error("timed out waiting")); }, ms);
+});
+"""
+
+
+class Cdp:
+    def __init__(self, ws_url):
+        self.ws = websocket.create_connection(ws_url, timeout=WAIT_MS / 1000, suppress_origin=True)
+        self.next_id = 0
+        self.events = []
+
+    def call(self, method, **params):
+        self.next_id += 1
+        ident = self.next_id
+        self.ws.send(json.dumps({"id": ident, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == ident:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            self.events.append(message)
+
+    def wait_event(self, name):
+        for i, event in enumerate(self.events):
+            if event.get("method") == name:
+                return self.events.pop(i)
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("method") == name:
+                return message
+            self.events.append(message)
+
+    def eval(self, expression):
+        result = self.call(
+            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True,
+            timeout=WAIT_MS,
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:80]}…: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+
+def start_browser(chromium, profile):
+    process = subprocess.Popen(
+        [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--no-default-browser-check", "--disable-extensions", "--remote-debugging-port=0",
+         f"--user-data-dir={profile}", "--window-size=1400,900", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    # Chromium says where its DevTools endpoint listens on stderr, once it does.
+    for line in process.stderr:
+        if "DevTools listening on ws://" in line:
+            browser_ws = line.split("listening on ", 1)[1].strip()
+            break
+    else:
+        raise RuntimeError("chromium exited before its DevTools endpoint listened")
+    port = browser_ws.split(":")[2].split("/")[0]
+    targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
+    page = next(t for t in targets if t["type"] == "page")
+    return process, page["webSocketDebuggerUrl"]
+
+
+def first_load(url):
+    sizes = {}
+    for path in ["/", "/ui/app.js", "/ui/style.css"]:
+        body = urllib.request.urlopen(url.rstrip("/") + path).read()
+        sizes[path] = {"bytes": len(body), "gzip": len(gzip.compress(body, 9))}
+    return sizes
+
+
+def main():
+    chromium, url, screenshot = sys.argv[1:4]
+    prompt = sys.argv[4] if len(sys.argv) > 4 else "What is the capital of France?"
+    profile = tempfile.mkdtemp(prefix="exo-ui-")
+    process = None
+    try:
+        process, page_ws = start_browser(chromium, profile)
+        cdp = Cdp(page_ws)
+        cdp.call("Page.enable")
+        cdp.call("Runtime.enable")
+        cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=900,
+                 deviceScaleFactor=1, mobile=False)
+        cdp.call("Page.addScriptToEvaluateOnNewDocument", source=HELPERS)
+        cdp.call("Page.navigate", url=url)
+        cdp.wait_event("Page.loadEventFired")
+        # The cluster view: three nodes, each with its layer range.
+        cluster = cdp.eval(f"""__waitFor(() => {{
+            const nodes = [...document.querySelectorAll('#nodes .node')];
+            const layers = nodes.map(n => n.querySelector('.layers').dataset.layers);
+            return document.body.dataset.ready === '1' && nodes.length === 3 && layers.every(l => l)
+              && document.querySelector('#model').value
+              ? {{ nodes: nodes.map(n => n.dataset.node), layers,
+                   ring_circles: document.querySelectorAll('#ring circle').length }} : null;
+        }}, {WAIT_MS})""")
+        timing = cdp.eval("""(() => {
+            const nav = performance.getEntriesByType('navigation')[0];
+            return { dom_interactive_ms: nav.domInteractive, dom_content_loaded_ms: nav.domContentLoadedEventEnd,
+                     load_ms: nav.loadEventEnd, app_ready_ms: window.exoReadyAt };
+        })()""")
+        # Chat: watch the answer's text as it streams in.
+        cdp.eval("""(() => {
+            window.__seen = new Set();
+            new MutationObserver(() => {
+              const a = document.querySelector('#messages .msg.assistant[data-streaming] .body');
+              if (a && a.textContent) window.__seen.add(a.textContent);
+            }).observe(document.querySelector('#messages'), {subtree: true, childList: true, characterData: true});
+            document.querySelector('#temperature').value = '0';
+            document.querySelector('#max-tokens').value = '24';
+            return true;
+        })()""")
+        cdp.eval(f"""(() => {{
+            document.querySelector('#prompt').value = {json.dumps(prompt)};
+            document.querySelector('#send').click();
+            return true;
+        }})()""")
+        chat = cdp.eval(f"""__waitFor(() => {{
+            const a = document.querySelector('#messages .msg.assistant[data-done]');
+            return a ? {{ text: a.querySelector('.body').textContent, html: a.querySelector('.body').innerHTML,
+                         stats: a.querySelector('.stats').textContent, error: a.classList.contains('error'),
+                         updates: window.__seen.size }} : null;
+        }}, {WAIT_MS})""")
+        shot = cdp.call("Page.captureScreenshot", format="png")
+        with open(screenshot, "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+        image = Image.open(screenshot).convert("RGB")
+        colours = image.getcolors(maxcolors=1 << 24)
+        # The conversation is kept in the browser: a reload shows it again.
+        cdp.call("Page.reload")
+        cdp.wait_event("Page.loadEventFired")
+        kept = cdp.eval(f"""__waitFor(() => {{
+            const n = document.querySelectorAll('#messages .msg').length;
+            return n ? n : null;
+        }}, {WAIT_MS})""")
+        print(json.dumps({
+            "cluster": cluster, "timing": timing, "chat": chat, "kept_messages": kept,
+            "screenshot": {"width": image.width, "height": image.height, "colours": len(colours),
+                           "top_colour_share": max(c for c, _ in colours) / (image.width * image.height)},
+            "first_load": first_load(url),
+        }))
+    finally:
+        if process:
+            process.kill()
+            process.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+//! The tools of the web UI and metrics tests: a Python virtualenv under target/ with the
+//! packages they use (from pip, made once, a lock against parallel tests), and headless
+//! Chromium from the distribution (scripts/install-chromium.sh installs it when missing).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use super::root;
+
+/// Python with `websocket-client` (to speak the DevTools protocol), `prometheus-client`
+/// (its text-format parser) and `pillow` (to look at screenshots).
+pub fn ui_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            venv(
+                "ui-venv",
+                "import websocket, prometheus_client, PIL",
+                &[
+                    "websocket-client>=1.6,<2",
+                    "prometheus-client>=0.17,<1",
+                    "pillow>=10,<13",
+                ],
+            )
+        })
+        .clone()
+}
+
+fn venv(name: &str, probe: &str, packages: &[&str]) -> PathBuf {
+    let target = root().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let lock = std::fs::File::create(target.join(format!("{name}.lock"))).unwrap();
+    lock.lock().unwrap();
+    let venv = target.join(name);
+    let python = venv.join("bin").join("python");
+    let ready = Command::new(&python)
+        .args(["-c", probe])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap();
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(packages)
+            .status()
+            .unwrap();
+        assert!(installed.success(), "pip install {packages:?} failed");
+    }
+    python
+}
+
+/// The path of the distribution's Chromium, installed first if it is missing.
+pub fn chromium() -> PathBuf {
+    static BROWSER: OnceLock<PathBuf> = OnceLock::new();
+    BROWSER
+        .get_or_init(|| {
+            let output = Command::new("bash")
+                .arg(root().join("scripts").join("install-chromium.sh"))
+                .output()
+                .expect("cannot run scripts/install-chromium.sh");
+            assert!(
+                output.status.success(),
+                "scripts/install-chromium.sh failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+        })
+        .clone()
+}
