@@ -117,6 +117,16 @@ fn requests(state: &ApiState, out: &mut Exposition) {
             "Steps and results refused for naming a node that has not proven the cluster key.",
             flow.plans_refused,
         ),
+        (
+            "exo_replans_total",
+            "Times a request this node originated was planned again after losing a node.",
+            flow.replans,
+        ),
+        (
+            "exo_steps_refused_draining_total",
+            "Steps of new requests refused while this node drained.",
+            flow.refused_draining,
+        ),
     ] {
         out.family(name, Kind::Counter, help)
             .sample(name, &[], value as f64);

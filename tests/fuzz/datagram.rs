@@ -56,7 +56,7 @@ fn announcement() -> impl Strategy<Value = Announcement> {
         text(),
         any::<u8>(),
         capabilities(),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
         prop_oneof![
             Just(NOW_MS),
             any::<u64>(),
@@ -65,7 +65,18 @@ fn announcement() -> impl Strategy<Value = Announcement> {
         nonce(),
     )
         .prop_map(
-            |(protocol, version, node_id, port, model, priority, caps, departing, sent, nonce)| {
+            |(
+                protocol,
+                version,
+                node_id,
+                port,
+                model,
+                priority,
+                caps,
+                (departing, draining),
+                sent,
+                nonce,
+            )| {
                 Announcement {
                     protocol,
                     version,
@@ -75,6 +86,7 @@ fn announcement() -> impl Strategy<Value = Announcement> {
                     interface_priority: priority,
                     capabilities: caps,
                     departing,
+                    draining,
                     sent_at_ms: sent,
                     nonce,
                 }
