@@ -7,7 +7,7 @@ mod identity;
 
 pub use flow::{
     FlowConfig, FlowStats, GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow,
-    describe, to_wire,
+    describe, new_request_id, to_wire,
 };
 pub use group::{DiscoveryMode, Node, NodeConfig, members};
 pub use identity::{NodeIdentity, default_data_home, validate_node_id};

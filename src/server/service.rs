@@ -109,6 +109,9 @@ impl NodeService {
             sample: context.sample,
             reserve_positions: context.reserve_positions as usize,
             token_index: context.token_index,
+            top_logprobs: context
+                .top_logprobs
+                .map(|k| k.min(crate::engine::sampling::MAX_TOP_LOGPROBS as u32)),
         })
     }
 }
@@ -158,6 +161,24 @@ impl NodeService {
             ))),
         }
     }
+}
+
+/// A token's logprobs as they travel (the token itself travels beside them).
+fn from_wire_logprobs(
+    token: u32,
+    wire: Option<pb::TokenLogprobs>,
+) -> Option<crate::engine::sampling::TokenLogprobs> {
+    let wire = wire?;
+    Some(crate::engine::sampling::TokenLogprobs {
+        token,
+        logprob: wire.logprob,
+        top: wire
+            .top_tokens
+            .into_iter()
+            .zip(wire.top_logprobs)
+            .take(crate::engine::sampling::MAX_TOP_LOGPROBS)
+            .collect(),
+    })
 }
 
 /// Items a batch may hold.
@@ -227,7 +248,9 @@ impl Node for NodeService {
         for (i, item) in items.into_iter().enumerate() {
             let checked = self.validate(item.context, true).and_then(|context| {
                 let outcome = match item.outcome {
-                    Some(pb::result_item::Outcome::Token(token)) => StepOutcome::Token(token),
+                    Some(pb::result_item::Outcome::Token(token)) => {
+                        StepOutcome::Token(token, from_wire_logprobs(token, item.logprobs))
+                    }
                     Some(pb::result_item::Outcome::Done(_)) => StepOutcome::Done,
                     Some(pb::result_item::Outcome::Error(error)) => StepOutcome::Error(error),
                     None => {

@@ -17,6 +17,7 @@ mod e2e;
 mod fake_hub;
 mod harness;
 mod hub_layers;
+mod logprobs;
 mod memory;
 mod netns;
 mod openai_client;

@@ -30,7 +30,11 @@ impl RequestFlow {
         request: GenerateRequest,
         events: mpsc::Sender<GenerationEvent>,
     ) {
-        let request_id = format!("req-{}", uuid::Uuid::new_v4().simple());
+        let request_id = request
+            .request_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(new_request_id);
         let (results_tx, mut results) = mpsc::unbounded_channel();
         self.lock_pending().insert(request_id.clone(), results_tx);
         self.count(|s| s.requests_started += 1);
@@ -126,6 +130,7 @@ impl RequestFlow {
                 sample,
                 reserve_positions,
                 token_index,
+                top_logprobs: request.top_logprobs,
             };
         // The prompt, in chunks the shards can interleave with other requests' steps;
         // only the last chunk's logits are sampled.
@@ -191,16 +196,29 @@ impl RequestFlow {
                         );
                     }
                     StepOutcome::Done => {}
-                    StepOutcome::Token(token) => break token,
+                    StepOutcome::Token(token, logprobs) => break (token, logprobs),
                 }
             };
-            let token = outcome;
+            let (token, logprobs) = outcome;
             tracing::debug!(
                 "{request_id} step {awaited}: token after {:.2} ms",
                 step_started.elapsed().as_secs_f64() * 1e3
             );
             first_token_at.get_or_insert_with(Instant::now);
-            let (text, finish) = match decoding.push(&tokenizer, token)? {
+            let counted = decoding.generated().len();
+            let pushed = decoding.push(&tokenizer, token)?;
+            // A token the generation kept (not an end-of-sequence token) has its logprobs
+            // reported before its text.
+            if let Some(logprobs) = logprobs
+                && decoding.generated().len() > counted
+                && events
+                    .send(GenerationEvent::Logprobs(logprobs))
+                    .await
+                    .is_err()
+            {
+                return Ok(None);
+            }
+            let (text, finish) = match pushed {
                 TokenOutcome::Continue(text) => (text, None),
                 TokenOutcome::Finished(text, reason) => (text, Some(reason)),
             };
@@ -275,6 +293,11 @@ impl RequestFlow {
         });
         futures::future::join_all(calls).await;
     }
+}
+
+/// A fresh request id.
+pub fn new_request_id() -> String {
+    format!("req-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Resolves when a node of `plan` (other than `self_id`) is no longer a joined peer.
