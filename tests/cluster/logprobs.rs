@@ -33,7 +33,8 @@ fn logprobs_of(node: &NodeProcess) -> (String, Vec<serde_json::Value>) {
 
 /// Checks one node's logprobs on their own.
 fn check_real(content: &[serde_json::Value]) {
-    assert_eq!(content.len(), 12, "{content:?}");
+    // "The capital of France is Paris." then end of sequence (which has no entry).
+    assert!(content.len() >= 5, "{content:?}");
     for entry in content {
         let logprob = entry["logprob"].as_f64().unwrap();
         let top = entry["top_logprobs"].as_array().unwrap();
@@ -66,6 +67,7 @@ fn logprobs_are_the_models_and_a_ring_reports_the_same_as_one_node() {
     for node in &ring {
         let (text, content) = logprobs_of(node);
         assert_eq!(text, solo_text, "through {}", node.name);
+        assert_eq!(content.len(), solo.len(), "through {}", node.name);
         check_real(&content);
         for (a, b) in content.iter().zip(&solo) {
             assert_eq!(a["token"], b["token"], "through {}", node.name);
