@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::handler::{NodeHandler, StepInput, StepOutcome, ValidatedContext};
 use crate::engine::SamplingParams;
 use crate::proto::pb::node_server::Node;
-use crate::proto::{decode_hidden, pb};
+use crate::proto::{decode_hidden, pb, request_ids};
 use crate::topology::Partition;
 
 /// The service, with counters of what it refused.
@@ -181,35 +182,9 @@ fn from_wire_logprobs(
     })
 }
 
-/// Items a batch may hold.
-pub const MAX_BATCH_ITEMS: usize = 1024;
-
-#[tonic::async_trait]
-impl Node for NodeService {
-    type FetchWeightsStream =
-        tokio_stream::wrappers::ReceiverStream<Result<pb::WeightChunk, Status>>;
-
-    async fn fetch_weights(
-        &self,
-        request: Request<pb::WeightRequest>,
-    ) -> Result<Response<Self::FetchWeightsStream>, Status> {
-        let request = request.into_inner();
-        if request.model_id.is_empty() || request.file.is_empty() || request.ranges.is_empty() {
-            return Err(self.reject(Status::invalid_argument(
-                "a weight request names a model, a file and at least one byte range",
-            )));
-        }
-        let chunks = self.handler.fetch_weights(request).await?;
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            chunks,
-        )))
-    }
-
-    async fn send_steps(
-        &self,
-        request: Request<pb::StepBatch>,
-    ) -> Result<Response<pb::BatchAck>, Status> {
-        let items = request.into_inner().items;
+impl NodeService {
+    async fn steps(&self, items: Vec<pb::StepItem>) -> Result<Response<pb::BatchAck>, Status> {
+        tracing::debug!("{} steps arrived", items.len());
         self.check_batch_size(items.len())?;
         let mut errors = vec![String::new(); items.len()];
         let mut accepted = Vec::with_capacity(items.len());
@@ -236,11 +211,8 @@ impl Node for NodeService {
         Ok(Response::new(pb::BatchAck { errors }))
     }
 
-    async fn send_results(
-        &self,
-        request: Request<pb::ResultBatch>,
-    ) -> Result<Response<pb::BatchAck>, Status> {
-        let items = request.into_inner().items;
+    async fn results(&self, items: Vec<pb::ResultItem>) -> Result<Response<pb::BatchAck>, Status> {
+        tracing::debug!("{} results arrived", items.len());
         self.check_batch_size(items.len())?;
         let mut errors = vec![String::new(); items.len()];
         let mut accepted = Vec::with_capacity(items.len());
@@ -280,6 +252,62 @@ impl Node for NodeService {
             }
         }
         Ok(Response::new(pb::BatchAck { errors }))
+    }
+}
+
+/// The span a call from a peer runs in: the call's name and the request ids its metadata
+/// carries (see `crate::proto::request_ids`), so that whatever the node logs while it
+/// handles the call names the requests.
+fn call_span<T>(call: &'static str, request: &Request<T>) -> tracing::Span {
+    tracing::debug_span!(
+        "rpc",
+        call,
+        request_ids = %request_ids::read(request.metadata())
+    )
+}
+
+/// Items a batch may hold.
+pub const MAX_BATCH_ITEMS: usize = 1024;
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    type FetchWeightsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::WeightChunk, Status>>;
+
+    async fn fetch_weights(
+        &self,
+        request: Request<pb::WeightRequest>,
+    ) -> Result<Response<Self::FetchWeightsStream>, Status> {
+        let request = request.into_inner();
+        if request.model_id.is_empty() || request.file.is_empty() || request.ranges.is_empty() {
+            return Err(self.reject(Status::invalid_argument(
+                "a weight request names a model, a file and at least one byte range",
+            )));
+        }
+        let chunks = self.handler.fetch_weights(request).await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            chunks,
+        )))
+    }
+
+    async fn send_steps(
+        &self,
+        request: Request<pb::StepBatch>,
+    ) -> Result<Response<pb::BatchAck>, Status> {
+        let span = call_span("SendSteps", &request);
+        self.steps(request.into_inner().items)
+            .instrument(span)
+            .await
+    }
+
+    async fn send_results(
+        &self,
+        request: Request<pb::ResultBatch>,
+    ) -> Result<Response<pb::BatchAck>, Status> {
+        let span = call_span("SendResults", &request);
+        self.results(request.into_inner().items)
+            .instrument(span)
+            .await
     }
 
     async fn collect_topology(

@@ -23,5 +23,6 @@ mod netns;
 mod openai_client;
 mod peers_file;
 mod tensors;
+mod tracing;
 mod trust;
 mod weights;

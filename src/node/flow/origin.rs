@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::outbox::Item;
 use super::{GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow, describe, to_wire};
@@ -39,8 +40,12 @@ impl RequestFlow {
         self.lock_pending().insert(request_id.clone(), results_tx);
         self.count(|s| s.requests_started += 1);
         let mut plan = None;
+        // Everything logged on this node about the request names it (the peers get the id
+        // in each call's metadata, see `crate::proto::request_ids`).
+        let span = tracing::info_span!("request", id = %request_id);
         let outcome = self
             .drive(&request_id, &request, &events, &mut results, &mut plan)
+            .instrument(span)
             .await;
         self.lock_pending().remove(&request_id);
         let reason = match &outcome {
@@ -53,6 +58,13 @@ impl RequestFlow {
         match outcome {
             Ok(Some(summary)) => {
                 self.count(|s| s.requests_finished += 1);
+                tracing::info!(
+                    "request {request_id} finished ({}): {} prompt + {} generated tokens on {}",
+                    summary.finish.as_str(),
+                    summary.prompt_tokens,
+                    summary.completion_tokens,
+                    describe(&summary.partition)
+                );
                 let _ = events.send(GenerationEvent::Finished(summary)).await;
             }
             Ok(None) => {
@@ -94,6 +106,11 @@ impl RequestFlow {
             );
         }
         let plan = self.plan_for(&model)?;
+        tracing::debug!(
+            "planned: {} prompt tokens on {}",
+            request.prompt.len(),
+            describe(&plan)
+        );
         *plan_slot = Some(plan.clone());
         let tokenizer = model.tokenizer().clone();
         drop(model);
