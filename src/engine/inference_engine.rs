@@ -291,6 +291,7 @@ impl LoadedModel {
             return Ok(found);
         }
         let started = Instant::now();
+        tracing::info!("loading {shard} (first use of these layers on this node)");
         let loaded = Arc::new(LoadedShard::load(
             &self.source,
             &shard,
