@@ -15,9 +15,9 @@ use subtle::ConstantTimeEq;
 use super::config::ApiConfig;
 use super::error::ApiError;
 
-/// Paths of the admin API (the node's resources: list, health, report, reset).
+/// Paths of the admin API (the node's resources: list, health, report, reset; drain).
 fn is_admin(path: &str) -> bool {
-    path == "/v1/resources" || path.starts_with("/v1/resources/")
+    path == "/v1/resources" || path.starts_with("/v1/resources/") || path.starts_with("/v1/admin/")
 }
 
 /// The bearer token of a request, if it has one.

@@ -87,3 +87,25 @@ pub async fn reset(
         Json(json!({ "reset": error.is_none(), "error": error, "resource": snapshot })),
     ))
 }
+
+/// Starts draining the node: its peers move their requests off it, it finishes its own,
+/// then it stops (bounded by `--drain-timeout-secs`). Answers at once with what still
+/// holds the node; `GET` the same path to follow it.
+pub async fn drain(State(state): State<ApiState>) -> (StatusCode, Json<serde_json::Value>) {
+    state.flow.start_draining();
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "node_id": state.flow.node_id(),
+            "drain": state.flow.drain_status().await,
+        })),
+    )
+}
+
+/// What still holds a draining node.
+pub async fn drain_status(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "node_id": state.flow.node_id(),
+        "drain": state.flow.drain_status().await,
+    }))
+}

@@ -217,6 +217,10 @@ impl Format for ChatFormat {
         self.chunk(id, json!({}), logprobs, Some(summary.finish.as_str()))
     }
 
+    fn note(&mut self, id: &str) -> serde_json::Value {
+        self.chunk(id, json!({}), serde_json::Value::Null, None)
+    }
+
     fn usage_only(&mut self, id: &str, summary: &GenerationSummary) -> serde_json::Value {
         let mut chunk = self.chunk(id, json!({}), serde_json::Value::Null, None);
         chunk["choices"] = json!([]);

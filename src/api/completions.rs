@@ -218,6 +218,13 @@ impl Format for CompletionFormat {
         )
     }
 
+    fn note(&mut self, id: &str) -> serde_json::Value {
+        self.object(
+            id,
+            json!([{ "index": 0, "text": "", "logprobs": null, "finish_reason": null }]),
+        )
+    }
+
     fn usage_only(&mut self, id: &str, summary: &GenerationSummary) -> serde_json::Value {
         let mut chunk = self.object(id, json!([]));
         chunk["usage"] = usage(summary);

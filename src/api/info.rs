@@ -87,6 +87,8 @@ pub async fn topology(State(state): State<ApiState>) -> Result<Json<serde_json::
         "nodes": nodes,
         "partition": partition,
         "security": state.security,
+        "flapping": state.flow.flapping(),
+        "draining": state.flow.is_draining(),
     })))
 }
 

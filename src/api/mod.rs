@@ -42,6 +42,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/resources/health", get(admin::health))
         .route("/v1/resources/report", get(admin::report))
         .route("/v1/resources/{id}/reset", post(admin::reset))
+        .route(
+            "/v1/admin/drain",
+            post(admin::drain).get(admin::drain_status),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.limiter.clone(),

@@ -42,6 +42,8 @@ pub trait Format: Send + 'static {
         logprobs: &[TokenLogprobs],
         summary: &GenerationSummary,
     ) -> serde_json::Value;
+    /// A chunk with nothing new for the client (an `exo` field is added to it).
+    fn note(&mut self, id: &str) -> serde_json::Value;
     /// The chunk that carries only usage (`stream_options.include_usage`): no choices.
     fn usage_only(&mut self, id: &str, summary: &GenerationSummary) -> serde_json::Value;
 }
@@ -78,6 +80,9 @@ pub fn usage(summary: &GenerationSummary) -> serde_json::Value {
         "prompt_tokens": summary.prompt_tokens,
         "completion_tokens": summary.completion_tokens,
         "total_tokens": summary.prompt_tokens + summary.completion_tokens,
+        // Not OpenAI's: how often the request lost a node and was planned again.
+        "exo_replans": summary.replans.len(),
+        "exo_replan_seconds": summary.replans.iter().map(|r| r.seconds).sum::<f64>(),
     })
 }
 
@@ -90,6 +95,7 @@ pub fn exo_details(summary: &GenerationSummary) -> serde_json::Value {
         "prefill_seconds": summary.prefill_seconds,
         "decode_seconds": summary.decode_seconds,
         "decode_tokens_per_second": summary.decode_tok_s(),
+        "replans": summary.replans,
     })
 }
 
@@ -111,6 +117,7 @@ async fn collect(mut events: mpsc::Receiver<GenerationEvent>) -> Result<Done, Ap
             GenerationEvent::Started { request_id, .. } => id = request_id,
             GenerationEvent::Text(piece) => text.push_str(&piece),
             GenerationEvent::Logprobs(token) => logprobs.push(token),
+            GenerationEvent::Replanned(_) => {}
             GenerationEvent::Finished(summary) => {
                 return Ok(Done {
                     id,
@@ -163,9 +170,22 @@ fn stream(
                 Some(GenerationEvent::Finished(_)) | Some(GenerationEvent::Failed(_))
             );
             let out = match event {
-                Some(GenerationEvent::Started { request_id, .. }) => {
+                Some(GenerationEvent::Started {
+                    request_id,
+                    partition,
+                }) => {
                     id = request_id;
-                    format.opening(&id).map(send).into_iter().collect()
+                    let mut first = format.opening(&id).unwrap_or_else(|| format.note(&id));
+                    first["exo"] =
+                        json!({ "ring": describe(&partition), "partition": partition.entries });
+                    vec![send(first)]
+                }
+                // The request lost a node and goes on over a new plan: a chunk with nothing
+                // new but an `exo` field (clients that do not know it see nothing new).
+                Some(GenerationEvent::Replanned(replan)) => {
+                    let mut note = format.note(&id);
+                    note["exo"] = json!({ "replan": replan });
+                    vec![send(note)]
                 }
                 Some(GenerationEvent::Logprobs(token)) => {
                     pending.push(token);

@@ -60,9 +60,20 @@ pub struct NodeArgs {
     /// Never announce on these interfaces.
     #[arg(long, env = "EXO_DISCOVERY_EXCLUDE", default_value = "")]
     pub discovery_exclude: String,
-    /// How long the node that received a request waits for each token (milliseconds).
-    #[arg(long, env = "EXO_STEP_TIMEOUT_MS", default_value_t = 4000)]
+    /// How long the node that received a request waits for a token without any progress
+    /// before it health-checks the request's nodes (milliseconds; the wait grows with the
+    /// measured step times). Nodes that do not answer are lost: the request is planned
+    /// again over the others.
+    #[arg(long, env = "EXO_STEP_TIMEOUT_MS", default_value_t = 250)]
     pub step_timeout_ms: u64,
+    /// How many times one request may be planned again after losing nodes.
+    #[arg(long, env = "EXO_MAX_REPLANS", default_value_t = 3)]
+    pub max_replans: usize,
+    /// On SIGTERM (or `POST /v1/admin/drain`): how long the node waits for its peers to
+    /// move their requests off it and for its own requests to finish before it stops
+    /// (seconds; 0 stops at once).
+    #[arg(long, env = "EXO_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
     /// The cluster key file (`exo keygen > cluster.key`): only nodes with the same key
     /// join, and nodes talk over mutual TLS. Without one the cluster is open.
     #[arg(long, env = "EXO_CLUSTER_KEY_FILE")]
@@ -167,6 +178,7 @@ impl NodeArgs {
         }
         config.flow = FlowConfig {
             step_timeout: Duration::from_millis(self.step_timeout_ms),
+            max_replans: self.max_replans,
             ..FlowConfig::default()
         };
         config.trust = match &self.cluster_key {
@@ -210,8 +222,19 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         args.model.model,
         node.flow.capabilities().engine_device,
     );
-    let signal = shutdown_signal().await;
-    tracing::info!("{signal}: shutting down");
+    let reason = tokio::select! {
+        signal = shutdown_signal() => signal,
+        _ = node.flow.drain_requested() => "drain requested",
+    };
+    let bound = Duration::from_secs(args.drain_timeout_secs);
+    if !bound.is_zero() {
+        tracing::info!("{reason}: draining (at most {bound:?}; a second signal stops at once)");
+        tokio::select! {
+            _ = node.flow.drain(bound) => {}
+            signal = shutdown_signal() => tracing::warn!("{signal} again: stopping without draining further"),
+        }
+    }
+    tracing::info!("{reason}: shutting down");
     node.shutdown().await?;
     eprintln!("node {} stopped", node.node_id());
     Ok(())

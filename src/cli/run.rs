@@ -87,6 +87,12 @@ async fn answer(node: &Node, args: &RunArgs) -> anyhow::Result<()> {
             GenerationEvent::Started { partition, .. } => {
                 eprintln!("ring: {}", describe(&partition))
             }
+            GenerationEvent::Replanned(replan) => eprintln!(
+                "\n[lost {}: planned again over {} in {:.2}s]",
+                replan.lost.join(", "),
+                replan.ring,
+                replan.seconds
+            ),
             GenerationEvent::Text(text) => {
                 stdout.write_all(text.as_bytes())?;
                 stdout.flush()?;

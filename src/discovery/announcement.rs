@@ -30,6 +30,10 @@ pub struct Announcement {
     /// Sent once on the way out, so that peers drop the node at once.
     #[serde(default)]
     pub departing: bool,
+    /// The node is draining: it finishes what it holds and takes no new plans (it
+    /// announces this until it leaves, so its own requests' steps are still taken).
+    #[serde(default)]
+    pub draining: bool,
     /// The sender's clock (ms since the Unix epoch) and a random nonce: with a cluster key
     /// they are under the datagram's MAC, so that stale copies and replays are refused.
     #[serde(default)]

@@ -68,6 +68,8 @@ pub struct PeerInfo {
     pub capabilities: Option<DeviceCapabilities>,
     /// The state of this node's handle on the peer.
     pub state: ResourceState,
+    /// The peer said it is draining: it finishes what it has, takes no new plans.
+    pub draining: bool,
 }
 
 impl PeerInfo {
@@ -85,6 +87,8 @@ struct Entry {
     last_seen: Instant,
     last_attempt: Option<Instant>,
     handle: Arc<Managed<GrpcPeerHandle>>,
+    /// What its latest announcement said.
+    draining: bool,
 }
 
 /// What discovery tells the table about a peer.
@@ -197,6 +201,7 @@ impl PeerTable {
                             last_seen: now,
                             last_attempt: Some(now),
                             handle: handle.clone(),
+                            draining: false,
                         },
                     );
                     tracing::info!(
@@ -275,6 +280,24 @@ impl PeerTable {
     /// this node and peers that proved the key (they are in the table).
     pub fn vouches_for(&self, node_id: &str) -> bool {
         !self.is_keyed() || node_id == self.self_id || self.lock().contains_key(node_id)
+    }
+
+    /// Records whether a peer says it is draining (its announcements carry it): plans
+    /// leave a draining peer out, and requests move off it.
+    pub fn set_draining(&self, node_id: &str, draining: bool) {
+        let changed = match self.lock().get_mut(node_id) {
+            Some(entry) if entry.draining != draining => {
+                entry.draining = draining;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            if draining {
+                tracing::info!("peer {node_id} is draining");
+            }
+            self.publish();
+        }
     }
 
     /// A peer said it is leaving (or left the peers file): retire it now.
@@ -362,6 +385,7 @@ impl PeerTable {
                 model_id: e.model_id.clone(),
                 capabilities: e.capabilities.clone(),
                 state: e.handle.state(),
+                draining: e.draining,
             })
             .collect();
         peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));

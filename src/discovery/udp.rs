@@ -216,13 +216,16 @@ fn handle_datagram(
         peers.forget(&announcement.node_id);
         return false;
     }
-    peers.observe(Sighting {
+    let (node_id, draining) = (announcement.node_id.clone(), announcement.draining);
+    let is_new = peers.observe(Sighting {
         node_id: announcement.node_id,
         address: SocketAddr::new(source.ip(), announcement.grpc_port).to_string(),
         priority: announcement.interface_priority,
         model_id: announcement.model_id,
         capabilities: Some(announcement.capabilities),
-    })
+    });
+    peers.set_draining(&node_id, draining);
+    is_new
 }
 
 impl Resource for UdpDiscovery {

@@ -70,17 +70,60 @@ impl LoadedShard {
         dtype: DType,
         cpu_matmul: CpuMatmul,
     ) -> anyhow::Result<Self> {
+        Self::load_reusing(source, shard, device, dtype, cpu_matmul, &[])
+    }
+
+    /// As [`LoadedShard::load`], sharing the tensors that `donors` (shards of the same
+    /// model, loaded the same way) already hold.
+    pub fn load_reusing(
+        source: &WeightSource,
+        shard: &Shard,
+        device: &Device,
+        dtype: DType,
+        cpu_matmul: CpuMatmul,
+        donors: &[Arc<LoadedShard>],
+    ) -> anyhow::Result<Self> {
         match (device, cpu_matmul.precision()) {
-            (Device::Cpu, Some(precision)) => Ok(LoadedShard::Cpu(ShardModel::load(
-                source,
-                shard,
-                CpuBackend::new(precision),
-            )?)),
-            _ => Ok(LoadedShard::Candle(ShardModel::load(
-                source,
-                shard,
-                CandleBackend::new(device.clone(), dtype),
-            )?)),
+            (Device::Cpu, Some(precision)) => {
+                let donors: Vec<&ShardModel<CpuBackend>> = donors
+                    .iter()
+                    .filter_map(|d| match d.as_ref() {
+                        LoadedShard::Cpu(m) => Some(m),
+                        LoadedShard::Candle(_) => None,
+                    })
+                    .collect();
+                Ok(LoadedShard::Cpu(ShardModel::load_reusing(
+                    source,
+                    shard,
+                    CpuBackend::new(precision),
+                    &donors,
+                )?))
+            }
+            _ => {
+                let donors: Vec<&ShardModel<CandleBackend>> = donors
+                    .iter()
+                    .filter_map(|d| match d.as_ref() {
+                        LoadedShard::Candle(m) => Some(m),
+                        LoadedShard::Cpu(_) => None,
+                    })
+                    .collect();
+                Ok(LoadedShard::Candle(ShardModel::load_reusing(
+                    source,
+                    shard,
+                    CandleBackend::new(device.clone(), dtype),
+                    &donors,
+                )?))
+            }
+        }
+    }
+
+    /// How many layers this shard shares in memory with `other` (see
+    /// [`LoadedShard::load_reusing`]).
+    pub fn shared_layers(&self, other: &LoadedShard) -> usize {
+        match (self, other) {
+            (LoadedShard::Cpu(a), LoadedShard::Cpu(b)) => a.shared_layers(b),
+            (LoadedShard::Candle(a), LoadedShard::Candle(b)) => a.shared_layers(b),
+            _ => 0,
         }
     }
 
@@ -292,13 +335,21 @@ impl LoadedModel {
         }
         let started = Instant::now();
         tracing::info!("loading {shard} (first use of these layers on this node)");
-        let loaded = Arc::new(LoadedShard::load(
+        // Layers another loaded shard holds are shared, not read again.
+        let donors: Vec<Arc<LoadedShard>> = self
+            .shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let loaded = Arc::new(LoadedShard::load_reusing(
             &self.source,
             &shard,
             &self.device,
             self.dtype,
             self.cpu_matmul,
+            &donors,
         )?);
+        drop(donors);
         tracing::info!(
             "loaded {shard} on {} in {:.2}s ({:.1} MB of layers)",
             loaded.backend_name(),

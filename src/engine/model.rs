@@ -10,6 +10,8 @@
 //! position with its own cache. Matmuls run over every row together (the weights are read
 //! once per batch); attention runs per row over its sequence's cache.
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
 
 use super::backend::{Backend, SeqRows};
@@ -153,6 +155,8 @@ struct Layer<B: Backend> {
     attention: AttentionShape,
     /// Whether this layer uses the local (sliding-window) rope.
     local_rope: bool,
+    /// Bytes of this layer's tensors as read from the model file.
+    bytes: u64,
 }
 
 /// The loaded weights of one shard and what it needs to run them.
@@ -160,11 +164,13 @@ pub struct ShardModel<B: Backend> {
     backend: B,
     shard: Shard,
     config: ModelConfig,
-    embedding: Option<B::Matrix>,
-    layers: Vec<Layer<B>>,
+    /// Shared with the node's other loaded shards that hold the same tensors (see
+    /// [`ShardModel::load_reusing`]).
+    embedding: Option<Arc<B::Matrix>>,
+    layers: Vec<Arc<Layer<B>>>,
     final_norm: Option<B::Vector>,
     /// The output head; None with tied embeddings (the embedding serves).
-    head: Option<B::Matrix>,
+    head: Option<Arc<B::Matrix>>,
     rope: B::Rope,
     rope_local: Option<B::Rope>,
     layer_bytes: u64,
@@ -174,6 +180,20 @@ pub struct ShardModel<B: Backend> {
 impl<B: KvSlot> ShardModel<B> {
     /// Loads the shard's tensors, and only those.
     pub fn load(source: &WeightSource, shard: &Shard, backend: B) -> anyhow::Result<Self> {
+        Self::load_reusing(source, shard, backend, &[])
+    }
+
+    /// Loads the shard, taking every layer (and the embedding and head) that one of
+    /// `donors` — shards of the same file on the same backend — already holds instead of
+    /// reading it again. A request planned again after losing a node often gets a range
+    /// that overlaps the one this node ran: only the new layers are read, and the two
+    /// shards share the rest in memory.
+    pub fn load_reusing(
+        source: &WeightSource,
+        shard: &Shard,
+        backend: B,
+        donors: &[&ShardModel<B>],
+    ) -> anyhow::Result<Self> {
         let config = source.config().clone();
         if shard.n_layers != config.n_layers {
             bail!(
@@ -217,7 +237,14 @@ impl<B: KvSlot> ShardModel<B> {
         let head_name = source.global_name(GlobalTensor::Head);
         let tied = !source.has(head_name);
         let embedding = if shard.is_first() || (shard.is_last() && tied) {
-            Some(matrix(embedding_name, false, [c.vocab_size, hidden])?)
+            match donors.iter().find_map(|d| d.embedding.clone()) {
+                Some(shared) => Some(shared),
+                None => Some(Arc::new(matrix(
+                    embedding_name,
+                    false,
+                    [c.vocab_size, hidden],
+                )?)),
+            }
         } else {
             None
         };
@@ -225,6 +252,11 @@ impl<B: KvSlot> ShardModel<B> {
         let q_width = c.n_heads * c.head_dim;
         let kv_width = c.n_kv_heads * c.head_dim;
         for layer in shard.start_layer..shard.end_layer {
+            if let Some(shared) = donors.iter().find_map(|d| d.layer(layer)) {
+                layers.push(shared);
+                continue;
+            }
+            let read_before = counter.layer_bytes();
             let name = |t: LayerTensor| source.layer_name(layer, t);
             // Phi-3 files hold q, k and v stacked, and gate and up stacked; the other
             // families' hold them apart (a file missing one is told which).
@@ -284,7 +316,7 @@ impl<B: KvSlot> ShardModel<B> {
             let o = matrix(&name(LayerTensor::Output), true, [hidden, q_width])?;
             let down = matrix(&name(LayerTensor::Down), true, [hidden, ffn])?;
             let head_norm = |t: LayerTensor| norm(&name(t), c.head_dim);
-            layers.push(Layer {
+            layers.push(Arc::new(Layer {
                 attn_norm: norm(&name(LayerTensor::AttnNorm), hidden)?,
                 qkv,
                 q_norm: c
@@ -316,7 +348,8 @@ impl<B: KvSlot> ShardModel<B> {
                     softcap: None,
                 },
                 local_rope: c.rope_local.is_some() && c.layer_window(layer).is_some(),
-            });
+                bytes: counter.layer_bytes() - read_before,
+            }));
         }
         let (final_norm, head) = if shard.is_last() {
             let norm = vector(
@@ -328,7 +361,10 @@ impl<B: KvSlot> ShardModel<B> {
             let head = if tied {
                 None
             } else {
-                Some(matrix(head_name, false, [c.vocab_size, hidden])?)
+                match donors.iter().find_map(|d| d.head.clone()) {
+                    Some(shared) => Some(shared),
+                    None => Some(Arc::new(matrix(head_name, false, [c.vocab_size, hidden])?)),
+                }
             };
             (Some(norm), head)
         } else {
@@ -345,14 +381,29 @@ impl<B: KvSlot> ShardModel<B> {
             shard: shard.clone(),
             config,
             embedding,
-            layers,
             final_norm,
             head,
             rope,
             rope_local,
-            layer_bytes: counter.layer_bytes(),
+            layer_bytes: layers.iter().map(|l| l.bytes).sum(),
+            layers,
             other_bytes: counter.other_bytes(),
         })
+    }
+
+    /// How many layers this shard shares (the very same tensors in memory) with `other`.
+    pub fn shared_layers(&self, other: &ShardModel<B>) -> usize {
+        self.layers
+            .iter()
+            .filter(|l| other.layers.iter().any(|o| Arc::ptr_eq(l, o)))
+            .count()
+    }
+
+    /// Layer `index` of the model, if this shard holds it.
+    fn layer(&self, index: usize) -> Option<Arc<Layer<B>>> {
+        (self.shard.start_layer..self.shard.end_layer)
+            .contains(&index)
+            .then(|| self.layers[index - self.shard.start_layer].clone())
     }
 
     pub fn shard(&self) -> &Shard {

@@ -185,11 +185,12 @@ impl Node {
 
         let discovery: Arc<dyn crate::resource::AnyResource> = match &config.discovery {
             DiscoveryMode::Udp(udp) => {
-                let (id, model_id, capabilities, port) = (
+                let (id, model_id, capabilities, port, draining) = (
                     node_id.clone(),
                     config.model.id.clone(),
                     capabilities.clone(),
                     grpc_port.clone(),
+                    flow.draining_flag(),
                 );
                 let announce = Arc::new(move || {
                     let grpc_port = port.load(Ordering::Relaxed);
@@ -202,6 +203,7 @@ impl Node {
                         interface_priority: 0,
                         capabilities: capabilities.clone(),
                         departing: false,
+                        draining: draining.load(Ordering::Relaxed),
                         sent_at_ms: 0,
                         nonce: String::new(),
                     })

@@ -6,8 +6,8 @@ mod group;
 mod identity;
 
 pub use flow::{
-    FlowConfig, FlowStats, GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow,
-    describe, new_request_id, to_wire,
+    DrainStatus, Flapping, FlowConfig, FlowStats, GenerateRequest, GenerationEvent,
+    GenerationSummary, Replan, RequestFlow, describe, new_request_id, to_wire,
 };
 pub use group::{DiscoveryMode, Node, NodeConfig, members};
 pub use identity::{NodeIdentity, default_data_home, validate_node_id};

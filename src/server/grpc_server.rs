@@ -174,6 +174,7 @@ impl Resource for GrpcServer {
             "max_plan_entries": crate::topology::MAX_PLAN_ENTRIES,
             "max_concurrent_streams": MAX_CONCURRENT_STREAMS,
             "rejected_messages": running.as_ref().map_or(0, |r| r.service.rejected()),
+            "flow": self.handler.report(),
         })
     }
 }

@@ -60,6 +60,12 @@ pub trait NodeHandler: Send + Sync + 'static {
         true
     }
 
+    /// What the handler reports about the requests through it (the gRPC server's
+    /// resource info shows it).
+    fn report(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
     /// Steps for this node's shards (tokens for the first, hidden states for the others);
     /// one answer per step, in order.
     async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>)

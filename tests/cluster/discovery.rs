@@ -159,6 +159,7 @@ async fn bad_datagrams_are_ignored_and_counted_and_discovery_keeps_working() {
         interface_priority: 0,
         capabilities: DeviceCapabilities::default(),
         departing: false,
+        draining: false,
         sent_at_ms: 0,
         nonce: String::new(),
     };

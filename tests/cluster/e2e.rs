@@ -1,6 +1,5 @@
 //! End to end: three `exo node` processes on loopback serve chat requests through their
-//! HTTP APIs exactly as one `exo generate` does; a node killed mid-request ends the
-//! request with an error in time, and the rest carry on.
+//! HTTP APIs exactly as one `exo generate` does (a node lost mid-request: `survival`).
 
 use std::io::{BufRead, BufReader};
 use std::process::Command;
@@ -213,57 +212,6 @@ fn active_requests(node: &NodeProcess) -> u64 {
         .find(|r| r["id"] == "engine")
         .unwrap();
     engine["info"]["active_requests"].as_u64().unwrap()
-}
-
-#[test]
-fn a_node_killed_mid_generation_fails_the_request_within_five_seconds_and_the_rest_carry_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut nodes = three_node_ring(dir.path());
-    let url = format!("{}/v1/chat/completions", nodes[0].url());
-    let body = chat_body(
-        "Write a very long story about a dragon who learns to bake bread.",
-        2000,
-        true,
-    );
-
-    // Once tokens flow, kill (SIGKILL) the node holding the last shard.
-    let mut victim = Some(nodes.remove(2));
-    let mut killed_at = None;
-    let mut pieces = 0;
-    let outcome = stream(&url, &body, |_| {
-        pieces += 1;
-        if pieces == 5
-            && let Some(mut node) = victim.take()
-        {
-            node.kill();
-            killed_at = Some(Instant::now());
-        }
-    });
-    let killed_at = killed_at.expect("the generation produced tokens before the kill");
-    let error = outcome.expect_err("the request must fail, not finish");
-    let waited = killed_at.elapsed();
-    assert!(
-        waited < Duration::from_secs(5),
-        "the error came {waited:?} after the kill"
-    );
-    let message = error["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("n3"),
-        "the error names the lost node: {message}"
-    );
-
-    // The two nodes left plan over themselves and answer correctly.
-    for node in &nodes {
-        wait_for_ring(node, 2);
-    }
-    let expected = generate_locally(PROMPT, 32);
-    let (status, answer) = post_json(&url, &chat_body(PROMPT, 32, false));
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(
-        answer["choices"][0]["message"]["content"],
-        expected.as_str()
-    );
-    assert_eq!(answer["exo"]["partition"].as_array().unwrap().len(), 2);
 }
 
 #[test]

@@ -22,6 +22,7 @@ mod memory;
 mod netns;
 mod openai_client;
 mod peers_file;
+mod survival;
 mod tensors;
 mod tracing;
 mod trust;

@@ -73,6 +73,7 @@ fn forged(node_id: &str) -> Announcement {
             ..DeviceCapabilities::default()
         },
         departing: false,
+        draining: false,
         sent_at_ms: now_ms(),
         nonce: new_nonce(),
     }

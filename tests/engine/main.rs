@@ -9,5 +9,6 @@ mod cache;
 mod families;
 mod kernels;
 mod real_model;
+mod replay;
 mod synthetic;
 mod text;

@@ -36,6 +36,11 @@ impl StepLedger {
         }
     }
 
+    /// Whether a step of `request_id` was accepted here before.
+    pub fn knows(&self, request_id: &str) -> bool {
+        self.last.contains_key(request_id)
+    }
+
     pub fn forget(&mut self, request_id: &str) {
         self.last.remove(request_id);
     }

@@ -12,11 +12,13 @@
 //! one peer travels together ([`outbox`]). A failure on any node goes back to the origin
 //! as an error result, so a request never hangs.
 
+mod continuation;
+mod deadline;
+mod drain;
 mod ledger;
 mod origin;
 mod outbox;
 mod plan;
-mod progress;
 mod shard;
 
 use std::collections::HashMap;
@@ -37,37 +39,47 @@ use crate::topology::{DeviceCapabilities, Partition};
 
 pub use origin::new_request_id;
 
+use continuation::LossRecord;
+pub use continuation::{Flapping, Replan};
+pub use drain::DrainStatus;
 use ledger::{Finished, StepLedger};
 use outbox::Outbox;
-use progress::ProgressClock;
 
-/// Deadlines of the request flow.
+/// Deadlines and retries of the request flow.
 #[derive(Debug, Clone, Copy)]
 pub struct FlowConfig {
-    /// How long the origin waits for the token of one decoding step.
+    /// How long the origin waits for a step's result before it health-checks the plan's
+    /// nodes: the floor of a deadline that follows the request's measured step times (see
+    /// `deadline`). Nodes that do not answer are lost and the request is planned again;
+    /// when all answer, it waits on.
     pub step_timeout: Duration,
-    /// Extra time per prompt token for the first token (the prompt's forward pass).
+    /// Extra time per prompt token for an epoch's first token (the prefill), before the
+    /// request gives up on a ring whose nodes all answer but never serve it.
     pub prefill_time_per_token: Duration,
-    /// Extra time for the first token, in which every node of the ring may have to load
-    /// its shard's weights (one after another). A node that dies meanwhile still ends the
-    /// request at once: it leaves the peer view.
+    /// Extra time for an epoch's first token, in which every node of the ring may have to
+    /// load (or fetch) its shard's weights. Nodes that die meanwhile are still noticed at
+    /// once: only the hard cap grows.
     pub load_allowance: Duration,
-    /// The longest a step may wait while the ring keeps working on other requests (see
-    /// `progress`): a ring that moves but never serves this request still fails it.
+    /// The longest a step may wait while every node of its plan answers health checks: a
+    /// ring that is alive but never serves this request still fails it.
     pub busy_cap: Duration,
     /// Prompt tokens per step: longer prompts go through the ring in chunks, which the
     /// shards interleave with other requests' decoding.
     pub prefill_chunk: usize,
+    /// How many times one request may be planned again after losing nodes, before it
+    /// fails.
+    pub max_replans: usize,
 }
 
 impl Default for FlowConfig {
     fn default() -> Self {
         FlowConfig {
-            step_timeout: Duration::from_secs(4),
+            step_timeout: Duration::from_millis(250),
             prefill_time_per_token: Duration::from_millis(20),
             load_allowance: Duration::from_secs(60),
             busy_cap: Duration::from_secs(300),
             prefill_chunk: 256,
+            max_replans: 3,
         }
     }
 }
@@ -98,7 +110,10 @@ pub struct GenerationSummary {
     pub completion_tokens: usize,
     pub prefill_seconds: f64,
     pub decode_seconds: f64,
+    /// The plan of the last epoch.
     pub partition: Partition,
+    /// Each time the request was planned again after losing nodes.
+    pub replans: Vec<Replan>,
 }
 
 impl GenerationSummary {
@@ -115,6 +130,9 @@ pub enum GenerationEvent {
         request_id: String,
         partition: Partition,
     },
+    /// A node of the plan was lost and the request goes on over a new plan (sent with
+    /// the first token of the new epoch).
+    Replanned(Replan),
     /// Text that is safe to show.
     Text(String),
     /// The logprobs of a generated token (only when asked for), sent before the text that
@@ -135,6 +153,10 @@ pub struct FlowStats {
     pub step_errors: u64,
     /// Steps and results refused for naming a node that has not proven the cluster key.
     pub plans_refused: u64,
+    /// Requests planned again after losing a node (each re-plan counts).
+    pub replans: u64,
+    /// Steps of new requests refused while this node drains.
+    pub refused_draining: u64,
 }
 
 /// What a request's origin receives: (step, outcome).
@@ -167,8 +189,12 @@ pub struct RequestFlow {
     accepted: Mutex<StepLedger>,
     finished: Mutex<Finished>,
     stats: Mutex<FlowStats>,
-    /// When the ring last did work this node saw (step deadlines wait on it).
-    progress: ProgressClock,
+    /// Nodes lost recently: flapping ones are left out of new plans.
+    losses: LossRecord,
+    /// Set by a drain: no new plans here, no steps of new requests.
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Wakes the node's main loop when the API asks for a drain.
+    drain_requested: tokio::sync::Notify,
     /// Steps run as tasks of their own, which need an owned reference.
     this: Weak<Self>,
     /// Where the weights of a planned range come from when they are not here yet (a node
@@ -214,7 +240,9 @@ impl RequestFlow {
                 accepted: Mutex::new(StepLedger::default()),
                 finished: Mutex::new(Finished::default()),
                 stats: Mutex::new(FlowStats::default()),
-                progress: ProgressClock::default(),
+                losses: LossRecord::default(),
+                draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                drain_requested: tokio::sync::Notify::new(),
                 supply: std::sync::OnceLock::new(),
             }
         });
@@ -293,7 +321,6 @@ impl RequestFlow {
         step: u64,
         outcome: StepOutcome,
     ) -> Result<(), Status> {
-        self.progress.mark();
         let pending = self.lock_pending();
         let sender = pending.get(request_id).ok_or_else(|| {
             Status::not_found(format!(
@@ -376,6 +403,17 @@ impl NodeHandler for RequestFlow {
             self.engine.state(),
             ResourceState::Error | ResourceState::Closing | ResourceState::Closed
         )
+    }
+
+    /// The flow's counters, the nodes left out for flapping, and whether it drains.
+    fn report(&self) -> serde_json::Value {
+        serde_json::json!({
+            "stats": self.stats(),
+            "flapping": self.flapping(),
+            "draining": self.is_draining(),
+            "max_replans": self.config.max_replans,
+            "step_timeout_ms": self.config.step_timeout.as_millis() as u64,
+        })
     }
 
     async fn run_steps(

@@ -1,20 +1,56 @@
 //! The origin's side of a request: plan it, send its prompt through the ring in chunks,
-//! then one step per token, stream the text, and tell every node when it is over.
+//! then one step per token, stream the text, and tell every node when it is over. A node
+//! of the plan lost on the way costs a re-plan, not the answer (see `continuation`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::continuation::{Interruption, Replan, epoch_id};
+use super::deadline::StepTimes;
 use super::outbox::Item;
 use super::{GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow, describe, to_wire};
 use crate::discovery::PeerInfo;
-use crate::engine::{Decoding, TokenOutcome};
+use crate::engine::sampling::TokenLogprobs;
+use crate::engine::tokenizer::TextTokenizer;
+use crate::engine::{Decoding, FinishReason, TokenOutcome};
 use crate::proto::pb;
+use crate::resource::Resource;
 use crate::server::{StepInput, StepOutcome, ValidatedContext};
 use crate::topology::Partition;
+
+/// What the origin keeps of a request across its epochs.
+struct RequestState {
+    decoding: Decoding,
+    /// Tokens the request may generate in all (the context's room after the prompt).
+    max_tokens: usize,
+    started: Instant,
+    first_token_at: Option<Instant>,
+    /// Nodes this request has lost: no later epoch plans over them.
+    excluded: HashSet<String>,
+    replans: Vec<Replan>,
+    /// How long this request's decoding steps take (its deadlines follow them).
+    step_times: StepTimes,
+    /// A re-plan whose epoch has not produced its first token yet, and when the loss
+    /// was noticed.
+    replanning: Option<(Instant, Replan)>,
+}
+
+/// How an epoch of a request ended.
+enum EpochEnd {
+    Finished(FinishReason),
+    /// The client went away.
+    Cancelled,
+    /// A node was lost (or a step failed): plan again and go on.
+    Interrupted(Interruption),
+}
+
+/// The epoch of a request running now, so that its nodes can be told when it ends.
+type Current = Option<(String, Partition)>;
 
 impl RequestFlow {
     /// Starts a generation; its events arrive on the returned channel. Dropping the
@@ -36,18 +72,15 @@ impl RequestFlow {
             .clone()
             .filter(|id| !id.is_empty())
             .unwrap_or_else(new_request_id);
-        let (results_tx, mut results) = mpsc::unbounded_channel();
-        self.lock_pending().insert(request_id.clone(), results_tx);
         self.count(|s| s.requests_started += 1);
-        let mut plan = None;
+        let mut current = None;
         // Everything logged on this node about the request names it (the peers get the id
         // in each call's metadata, see `crate::proto::request_ids`).
         let span = tracing::info_span!("request", id = %request_id);
         let outcome = self
-            .drive(&request_id, &request, &events, &mut results, &mut plan)
+            .drive(&request_id, &request, &events, &mut current)
             .instrument(span)
             .await;
-        self.lock_pending().remove(&request_id);
         let reason = match &outcome {
             Ok(Some(_)) => "finished",
             Ok(None) => "cancelled",
@@ -79,22 +112,27 @@ impl RequestFlow {
             }
         }
         drop(events);
-        if let Some(plan) = plan {
-            self.finish_everywhere(&request_id, &plan, reason).await;
+        if let Some((wire_id, plan)) = current {
+            self.finish_everywhere(&wire_id, &plan, reason).await;
         }
     }
 
-    /// The origin's loop. Ok(None): the client went away.
+    /// The origin's loop over the request's epochs. Ok(None): the client went away.
     async fn drive(
         &self,
         request_id: &str,
         request: &GenerateRequest,
         events: &mpsc::Sender<GenerationEvent>,
-        results: &mut mpsc::UnboundedReceiver<(u64, StepOutcome)>,
-        plan_slot: &mut Option<Partition>,
+        current: &mut Current,
     ) -> anyhow::Result<Option<GenerationSummary>> {
         if request.prompt.is_empty() {
             bail!("the prompt is empty");
+        }
+        if self.is_draining() {
+            bail!(
+                "node {} is draining (shutting down) and takes no new requests: ask another node",
+                self.node_id
+            );
         }
         request.sampling.validate()?;
         let model = self.model().await?;
@@ -105,13 +143,7 @@ impl RequestFlow {
                 request.prompt.len()
             );
         }
-        let plan = self.plan_for(&model)?;
-        tracing::debug!(
-            "planned: {} prompt tokens on {}",
-            request.prompt.len(),
-            describe(&plan)
-        );
-        *plan_slot = Some(plan.clone());
+        let mut plan = self.plan_for(&model, &HashSet::new())?;
         let tokenizer = model.tokenizer().clone();
         drop(model);
         if events
@@ -128,15 +160,145 @@ impl RequestFlow {
         let max_tokens = request
             .max_tokens
             .min(context_length - request.prompt.len());
-        let reserve_positions = request.prompt.len() + max_tokens;
-        let mut decoding =
-            Decoding::new(max_tokens, request.stop.clone()).ignoring_eos(request.ignore_eos);
+        let mut state = RequestState {
+            decoding: Decoding::new(max_tokens, request.stop.clone())
+                .ignoring_eos(request.ignore_eos),
+            max_tokens,
+            started: Instant::now(),
+            first_token_at: None,
+            excluded: HashSet::new(),
+            replans: Vec::new(),
+            step_times: StepTimes::default(),
+            replanning: None,
+        };
+        let mut epoch = 0u32;
+        loop {
+            let wire_id = epoch_id(request_id, epoch);
+            let (results_tx, mut results) = mpsc::unbounded_channel();
+            self.lock_pending().insert(wire_id.clone(), results_tx);
+            *current = Some((wire_id.clone(), plan.clone()));
+            let ended = self
+                .run_epoch(
+                    &wire_id,
+                    &plan,
+                    request,
+                    &tokenizer,
+                    &mut state,
+                    events,
+                    &mut results,
+                )
+                .await;
+            self.lock_pending().remove(&wire_id);
+            let why = match ended? {
+                EpochEnd::Finished(finish) => {
+                    let first = state.first_token_at.unwrap_or(state.started);
+                    return Ok(Some(GenerationSummary {
+                        request_id: request_id.to_string(),
+                        finish,
+                        prompt_tokens: request.prompt.len(),
+                        completion_tokens: state.decoding.generated().len(),
+                        prefill_seconds: (first - state.started).as_secs_f64(),
+                        decode_seconds: first.elapsed().as_secs_f64(),
+                        partition: plan,
+                        replans: state.replans,
+                    }));
+                }
+                EpochEnd::Cancelled => return Ok(None),
+                EpochEnd::Interrupted(why) => why,
+            };
+            let noticed = Instant::now();
+            if state.replans.len() + usize::from(state.replanning.is_some())
+                >= self.config.max_replans
+            {
+                bail!(
+                    "{} (the request was planned again {} time(s), the most allowed)",
+                    why.reason,
+                    self.config.max_replans
+                );
+            }
+            // Which nodes of the plan are gone: those named, and those that do not answer
+            // a health check now.
+            let mut lost = why.lost.clone();
+            for node in self.unresponsive(&plan, &lost).await {
+                lost.push(node);
+            }
+            lost.sort();
+            lost.dedup();
+            tracing::warn!(
+                "request {request_id}: {} (lost: {}); planning again over the nodes left",
+                why.reason,
+                if lost.is_empty() {
+                    "none found".into()
+                } else {
+                    lost.join(", ")
+                }
+            );
+            // The old epoch's nodes drop what they hold of it, in the background: the
+            // client waits for the new epoch, not for them.
+            if let Some((old_id, old_plan)) = current.take()
+                && let Some(this) = self.this.upgrade()
+            {
+                tokio::spawn(async move {
+                    this.finish_everywhere(&old_id, &old_plan, "replanned")
+                        .await;
+                });
+            }
+            for node in &lost {
+                self.losses.record(node);
+                state.excluded.insert(node.clone());
+            }
+            let model = self.model().await?;
+            plan = self.plan_for(&model, &state.excluded).with_context(|| {
+                format!(
+                    "{} — the nodes left cannot carry the request on without {}",
+                    why.reason,
+                    if lost.is_empty() {
+                        "the failed ring".into()
+                    } else {
+                        lost.join(", ")
+                    }
+                )
+            })?;
+            drop(model);
+            epoch += 1;
+            self.count(|s| s.replans += 1);
+            let replan = Replan {
+                epoch,
+                lost,
+                reason: why.reason,
+                ring: describe(&plan),
+                seconds: 0.0,
+            };
+            tracing::info!("request {request_id}: epoch {epoch} over {}", replan.ring);
+            state.replanning = Some((noticed, replan));
+        }
+    }
+
+    /// Runs one epoch of a request over `plan`: the prompt and every token generated so
+    /// far go through the ring as a prefill (in chunks), whose last row samples the next
+    /// token; then one step per token until the request ends or the epoch is interrupted.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_epoch(
+        &self,
+        wire_id: &str,
+        plan: &Partition,
+        request: &GenerateRequest,
+        tokenizer: &Arc<TextTokenizer>,
+        state: &mut RequestState,
+        events: &mpsc::Sender<GenerationEvent>,
+        results: &mut mpsc::UnboundedReceiver<(u64, StepOutcome)>,
+    ) -> anyhow::Result<EpochEnd> {
+        let history: Vec<u32> = request
+            .prompt
+            .iter()
+            .chain(state.decoding.generated())
+            .copied()
+            .collect();
+        let reserve_positions = request.prompt.len() + state.max_tokens;
         let mut joined = self.peers.subscribe();
-        let started = Instant::now();
-        let mut first_token_at = None;
         let context =
             |step: u64, position: usize, sample: bool, token_index: u64| ValidatedContext {
-                request_id: request_id.to_string(),
+                request_id: wire_id.to_string(),
                 origin_node_id: self.node_id.clone(),
                 origin_address: self.address(),
                 plan: plan.clone(),
@@ -149,133 +311,226 @@ impl RequestFlow {
                 token_index,
                 top_logprobs: request.top_logprobs,
             };
-        // The prompt, in chunks the shards can interleave with other requests' steps;
-        // only the last chunk's logits are sampled.
+        // The history, in chunks the shards can interleave with other requests' steps;
+        // only the last chunk's logits are sampled, as token number `generated.len()`.
         let chunk = self.config.prefill_chunk.max(1);
         let mut step = 0u64;
         let mut position = 0usize;
-        let chunks: Vec<&[u32]> = request.prompt.chunks(chunk).collect();
+        let chunks: Vec<&[u32]> = history.chunks(chunk).collect();
+        let token_index = state.decoding.generated().len() as u64;
         for (i, tokens) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
-            self.send_to_first_shard(context(step, position, last, 0), tokens.to_vec())
-                .await?;
+            if let Err(why) = self
+                .send_to_first_shard(context(step, position, last, token_index), tokens.to_vec())
+                .await
+            {
+                return Ok(EpochEnd::Interrupted(why));
+            }
             position += tokens.len();
             step += 1;
         }
         let mut awaited = step - 1;
+        let mut first_of_epoch = true;
         loop {
             let step_started = Instant::now();
-            // The deadline runs from the ring's last progress, and grows with how long
-            // steps take here lately: a busy ring working through other requests' steps
-            // is not a ring that stopped answering (see `progress`).
-            let first = first_token_at.is_none();
-            let deadline = || {
-                let patience = self
-                    .progress
-                    .patience(self.config.step_timeout, plan.entries.len());
-                if first {
-                    patience
-                        + self.config.load_allowance
-                        + self.config.prefill_time_per_token * request.prompt.len() as u32
-                } else {
-                    patience
-                }
+            let patience = state.step_times.patience(self.config.step_timeout);
+            let (token, logprobs) = match self
+                .await_token(
+                    wire_id,
+                    plan,
+                    awaited,
+                    first_of_epoch.then_some(history.len()),
+                    patience,
+                    events,
+                    results,
+                    &mut joined,
+                )
+                .await?
+            {
+                Ok(token) => token,
+                Err(end) => return Ok(end),
             };
-            let armed = Instant::now();
-            let cap = deadline() + self.config.busy_cap;
-            let outcome = loop {
-                let expires = self.progress.expiry(armed, deadline(), cap);
-                let (for_step, outcome) = tokio::select! {
-                    outcome = results.recv() => outcome.context("the request's result channel closed")?,
-                    _ = tokio::time::sleep_until(expires.into()) => {
-                        let deadline = deadline();
-                        if self.progress.expiry(armed, deadline, cap) > expires {
-                            continue;
-                        }
-                        bail!(
-                            "no result for step {awaited} within {:.1?} ({deadline:.1?} without progress): a node of the ring ({}) is not answering",
-                            armed.elapsed(),
-                            describe(&plan)
-                        )
-                    }
-                    _ = events.closed() => return Ok(None),
-                    gone = member_lost(&mut joined, &plan, &self.node_id) => bail!(
-                        "node {gone} left the cluster during the request"
-                    ),
-                };
-                match outcome {
-                    StepOutcome::Error(error) => bail!("{error}"),
-                    // A prompt chunk made it through, or a late duplicate of a retried
-                    // message: nothing to do but wait on.
-                    _ if for_step != awaited => {
-                        tracing::debug!(
-                            "{request_id}: result of step {for_step} while awaiting {awaited}"
-                        );
-                    }
-                    StepOutcome::Done => {}
-                    StepOutcome::Token(token, logprobs) => break (token, logprobs),
-                }
-            };
-            let (token, logprobs) = outcome;
             tracing::debug!(
-                "{request_id} step {awaited}: token after {:.2} ms",
+                "{wire_id} step {awaited}: token after {:.2} ms",
                 step_started.elapsed().as_secs_f64() * 1e3
             );
-            first_token_at.get_or_insert_with(Instant::now);
-            let counted = decoding.generated().len();
-            let pushed = decoding.push(&tokenizer, token)?;
+            if !first_of_epoch {
+                state.step_times.record(step_started.elapsed());
+            }
+            first_of_epoch = false;
+            state.first_token_at.get_or_insert_with(Instant::now);
+            if let Some((noticed, mut replan)) = state.replanning.take() {
+                replan.seconds = noticed.elapsed().as_secs_f64();
+                tracing::info!(
+                    "{wire_id}: first token {:.3} s after the loss was noticed",
+                    replan.seconds
+                );
+                state.replans.push(replan.clone());
+                if events
+                    .send(GenerationEvent::Replanned(replan))
+                    .await
+                    .is_err()
+                {
+                    return Ok(EpochEnd::Cancelled);
+                }
+            }
+            let counted = state.decoding.generated().len();
+            let pushed = state.decoding.push(tokenizer, token)?;
             // A token the generation kept (not an end-of-sequence token) has its logprobs
             // reported before its text.
             if let Some(logprobs) = logprobs
-                && decoding.generated().len() > counted
+                && state.decoding.generated().len() > counted
                 && events
                     .send(GenerationEvent::Logprobs(logprobs))
                     .await
                     .is_err()
             {
-                return Ok(None);
+                return Ok(EpochEnd::Cancelled);
             }
             let (text, finish) = match pushed {
                 TokenOutcome::Continue(text) => (text, None),
                 TokenOutcome::Finished(text, reason) => (text, Some(reason)),
             };
             if !text.is_empty() && events.send(GenerationEvent::Text(text)).await.is_err() {
-                return Ok(None);
+                return Ok(EpochEnd::Cancelled);
             }
             if let Some(finish) = finish {
-                let first = first_token_at.unwrap_or(started);
-                return Ok(Some(GenerationSummary {
-                    request_id: request_id.to_string(),
-                    finish,
-                    prompt_tokens: request.prompt.len(),
-                    completion_tokens: decoding.generated().len(),
-                    prefill_seconds: (first - started).as_secs_f64(),
-                    decode_seconds: first.elapsed().as_secs_f64(),
-                    partition: plan,
-                }));
+                return Ok(EpochEnd::Finished(finish));
             }
-            let token_index = decoding.generated().len() as u64;
-            self.send_to_first_shard(context(step, position, true, token_index), vec![token])
-                .await?;
+            let token_index = state.decoding.generated().len() as u64;
+            if let Err(why) = self
+                .send_to_first_shard(context(step, position, true, token_index), vec![token])
+                .await
+            {
+                return Ok(EpochEnd::Interrupted(why));
+            }
             awaited = step;
             position += 1;
             step += 1;
         }
     }
 
-    /// A step for the plan's first shard: run here, or queued for that node.
+    /// Waits for the token of step `awaited`. `prefill`: the epoch's first token, after a
+    /// prefill of that many tokens (the hard cap allows for the prefill and for loading
+    /// the plan's weights). Ok(Err(end)): the epoch ends without a token.
+    #[allow(clippy::too_many_arguments)]
+    async fn await_token(
+        &self,
+        wire_id: &str,
+        plan: &Partition,
+        awaited: u64,
+        prefill: Option<usize>,
+        patience: Duration,
+        events: &mpsc::Sender<GenerationEvent>,
+        results: &mut mpsc::UnboundedReceiver<(u64, StepOutcome)>,
+        joined: &mut tokio::sync::watch::Receiver<Vec<PeerInfo>>,
+    ) -> anyhow::Result<Result<(u32, Option<TokenLogprobs>), EpochEnd>> {
+        let started = Instant::now();
+        let allowance = match prefill {
+            Some(tokens) => {
+                self.config.load_allowance + self.config.prefill_time_per_token * tokens as u32
+            }
+            None => Duration::ZERO,
+        };
+        let hard_stop = started + patience + allowance + self.config.busy_cap;
+        let mut armed = started;
+        loop {
+            let expires = (armed + patience).min(hard_stop);
+            let (for_step, outcome) = tokio::select! {
+                outcome = results.recv() => outcome.context("the request's result channel closed")?,
+                _ = tokio::time::sleep_until(expires.into()) => {
+                    let reason = format!(
+                        "no result for step {awaited} of {wire_id} after {:.1?} from the ring {}",
+                        started.elapsed(),
+                        describe(plan)
+                    );
+                    // A slow ring is not a dead one (see `deadline`): only nodes that do
+                    // not answer a health check now are lost. All answering, wait on.
+                    let silent = self.unresponsive(plan, &[]).await;
+                    if !silent.is_empty() {
+                        return Ok(Err(EpochEnd::Interrupted(Interruption {
+                            lost: silent,
+                            reason,
+                        })));
+                    }
+                    if Instant::now() >= hard_stop {
+                        bail!("{reason}: every node answers, but the ring made no progress on this request");
+                    }
+                    armed = Instant::now();
+                    continue;
+                }
+                _ = events.closed() => return Ok(Err(EpochEnd::Cancelled)),
+                (gone, draining) = member_lost(joined, plan, &self.node_id) => {
+                    let reason = if draining {
+                        format!("node {gone} is draining (leaving the cluster)")
+                    } else {
+                        format!("node {gone} left the cluster during the request")
+                    };
+                    return Ok(Err(EpochEnd::Interrupted(Interruption::lost(gone, reason))));
+                }
+            };
+            match outcome {
+                StepOutcome::Error(error) => {
+                    return Ok(Err(EpochEnd::Interrupted(Interruption::new(error))));
+                }
+                // A prompt chunk made it through, or a late duplicate of a retried
+                // message: nothing to do but wait on.
+                _ if for_step != awaited => {
+                    tracing::debug!(
+                        "{wire_id}: result of step {for_step} while awaiting {awaited}"
+                    );
+                }
+                StepOutcome::Done => {}
+                StepOutcome::Token(token, logprobs) => return Ok(Ok((token, logprobs))),
+            }
+        }
+    }
+
+    /// The nodes of `plan` (other than this one and those in `known`) that are not
+    /// joined peers or do not answer a health check within the health timeout.
+    async fn unresponsive(&self, plan: &Partition, known: &[String]) -> Vec<String> {
+        let timeout = self.peers.config().timeouts.health;
+        let probes = plan
+            .entries
+            .iter()
+            .filter(|e| e.node_id != self.node_id && !known.contains(&e.node_id))
+            .map(|entry| async move {
+                let answers = match self.peers.handle(&entry.node_id) {
+                    Some(handle) if handle.state().is_usable() => {
+                        tokio::time::timeout(timeout, async {
+                            match handle.ensure_ready().await {
+                                Ok(peer) => peer.health().await.is_ok(),
+                                Err(_) => false,
+                            }
+                        })
+                        .await
+                        .unwrap_or(false)
+                    }
+                    _ => false,
+                };
+                (!answers).then(|| entry.node_id.clone())
+            });
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// A step for the plan's first shard: run here, or queued for that node. Err: this
+    /// node (the first shard) refused it.
     async fn send_to_first_shard(
         &self,
         context: ValidatedContext,
         tokens: Vec<u32>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), Interruption> {
         let first = context.plan.entries[0].clone();
         if first.node_id == self.node_id {
             let mut answers = self
                 .accept_steps(vec![(context, StepInput::Tokens(tokens))])
                 .await;
             if let Some(Err(status)) = answers.pop() {
-                bail!("{}", status.message());
+                return Err(Interruption::new(status.message().to_string()));
             }
             return Ok(());
         }
@@ -317,21 +572,22 @@ pub fn new_request_id() -> String {
     format!("req-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Resolves when a node of `plan` (other than `self_id`) is no longer a joined peer.
+/// Resolves when a node of `plan` (other than `self_id`) is no longer a joined peer, or
+/// is draining (it asked to be moved off): the node, and whether it is draining.
 async fn member_lost(
     joined: &mut tokio::sync::watch::Receiver<Vec<PeerInfo>>,
     plan: &Partition,
     self_id: &str,
-) -> String {
+) -> (String, bool) {
     loop {
         {
             let peers = joined.borrow_and_update();
-            if let Some(gone) = plan
-                .entries
-                .iter()
-                .find(|e| e.node_id != self_id && !peers.iter().any(|p| p.node_id == e.node_id))
-            {
-                return gone.node_id.clone();
+            for entry in plan.entries.iter().filter(|e| e.node_id != self_id) {
+                match peers.iter().find(|p| p.node_id == entry.node_id) {
+                    None => return (entry.node_id.clone(), false),
+                    Some(peer) if peer.draining => return (entry.node_id.clone(), true),
+                    Some(_) => {}
+                }
             }
         }
         if joined.changed().await.is_err() {

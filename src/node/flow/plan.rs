@@ -1,6 +1,8 @@
 //! Which nodes a request runs on: the peers a plan may use, the partition, and the handle
 //! on a node of a plan.
 
+use std::collections::HashSet;
+
 use tonic::Status;
 
 use super::RequestFlow;
@@ -12,8 +14,10 @@ use crate::server::ValidatedContext;
 use crate::topology::{DeviceCapabilities, NodeWeight, Partition, plan_partition_fitting};
 
 impl RequestFlow {
-    /// The peers a plan may use now: Ready (not merely Degraded) and serving our model.
-    fn usable_peers(&self, model_id: &str) -> Vec<PeerInfo> {
+    /// The peers a plan may use now: Ready (not merely Degraded), serving our model, not
+    /// draining, not flapping (lost twice within a minute, see `continuation`), and not
+    /// in `excluded` (nodes this request has lost).
+    fn usable_peers(&self, model_id: &str, excluded: &HashSet<String>) -> Vec<PeerInfo> {
         self.peers
             .joined()
             .into_iter()
@@ -21,6 +25,9 @@ impl RequestFlow {
                 p.state == ResourceState::Ready
                     && p.model_id == model_id
                     && p.capabilities.is_some()
+                    && !p.draining
+                    && !excluded.contains(&p.node_id)
+                    && !self.losses.is_flapping(&p.node_id)
             })
             .collect()
     }
@@ -28,16 +35,25 @@ impl RequestFlow {
     /// The partition for a request starting now: this node and the usable peers.
     pub async fn plan(&self) -> anyhow::Result<Partition> {
         let model = self.model().await?;
-        self.plan_for(&model)
+        self.plan_for(&model, &HashSet::new())
     }
 
-    pub(super) fn plan_for(&self, model: &LoadedModel) -> anyhow::Result<Partition> {
+    /// Nodes left out of new plans for flapping.
+    pub fn flapping(&self) -> Vec<super::Flapping> {
+        self.losses.flapping()
+    }
+
+    pub(super) fn plan_for(
+        &self,
+        model: &LoadedModel,
+        excluded: &HashSet<String>,
+    ) -> anyhow::Result<Partition> {
         let mut nodes = vec![NodeWeight {
             node_id: self.node_id.clone(),
             address: self.address(),
             memory_bytes: self.capabilities.free_model_memory_bytes(),
         }];
-        for peer in self.usable_peers(model.model_id()) {
+        for peer in self.usable_peers(model.model_id(), excluded) {
             nodes.push(NodeWeight {
                 memory_bytes: peer
                     .capabilities

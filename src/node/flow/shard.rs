@@ -66,6 +66,22 @@ impl RequestFlow {
                 context.request_id
             )));
         }
+        // A draining node finishes what it has but takes on no new request: its origin
+        // plans without it (this node's announcements say it is draining).
+        if self.is_draining()
+            && context.origin_node_id != self.node_id
+            && !self
+                .accepted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .knows(&context.request_id)
+        {
+            self.count(|s| s.refused_draining += 1);
+            return Err(Status::unavailable(format!(
+                "node {} is draining and takes no new requests ({})",
+                self.node_id, context.request_id
+            )));
+        }
         let is_new = self
             .accepted
             .lock()
@@ -129,9 +145,8 @@ impl RequestFlow {
 
     /// Sends each output of a finished batch where it goes next.
     fn batch_finished(&self, done: Vec<StepDone>) {
-        self.progress.mark();
         for step in done {
-            let Some((context, submitted)) = self
+            let Some((context, _queued_at)) = self
                 .running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -139,7 +154,6 @@ impl RequestFlow {
             else {
                 continue;
             };
-            self.progress.step_took(submitted.elapsed());
             match step.output {
                 Ok(ShardOutput::Logits(logits)) => {
                     let outcome = if !context.sample {

@@ -1,0 +1,117 @@
+//! Leaving without costing anyone an answer (DESIGN.md §4c).
+//!
+//! A node asked to stop (SIGTERM, or `POST /v1/admin/drain`) first *drains*: it says so
+//! in its announcements, so its peers leave it out of new plans and the origins of
+//! requests running through it plan them again over the others (a draining member counts
+//! as lost, see `continuation`); it refuses steps of requests it has not seen before and
+//! takes no new requests of its own; and it waits, bounded, until nothing holds it —
+//! no request it originated is running, no step is queued here and no other origin's
+//! request keeps a cache here (an origin moving its request off tells this node to drop
+//! the old epoch). Then the node stops as it always did.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::RequestFlow;
+
+/// What still holds a draining node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DrainStatus {
+    pub draining: bool,
+    /// Requests this node originated that are still running.
+    pub own_requests: usize,
+    /// Steps queued on this node's engine.
+    pub queued_steps: usize,
+    /// Requests holding a KV cache here (its own and other origins').
+    pub cached_requests: usize,
+}
+
+impl DrainStatus {
+    /// Nothing holds the node any more.
+    pub fn is_idle(&self) -> bool {
+        self.own_requests == 0 && self.queued_steps == 0 && self.cached_requests == 0
+    }
+}
+
+impl RequestFlow {
+    /// The flag the node's announcements read.
+    pub fn draining_flag(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining (once; later calls change nothing). Whoever waits on
+    /// [`RequestFlow::drain_requested`] hears of it.
+    pub fn start_draining(&self) {
+        if !self.draining.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                "node {} is draining: no new plans here; requests move off it",
+                self.node_id
+            );
+            self.drain_requested.notify_waiters();
+            self.drain_requested.notify_one();
+        }
+    }
+
+    /// Resolves once a drain has been asked for (by the API; a signal is handled by the
+    /// node's main loop itself).
+    pub async fn drain_requested(&self) {
+        if self.is_draining() {
+            return;
+        }
+        self.drain_requested.notified().await;
+    }
+
+    /// What holds this node now.
+    pub async fn drain_status(&self) -> DrainStatus {
+        let cached_requests = if self.engine.state().is_usable() {
+            self.model()
+                .await
+                .map_or(0, |model| model.active_requests())
+        } else {
+            0
+        };
+        DrainStatus {
+            draining: self.is_draining(),
+            own_requests: self.active_requests(),
+            queued_steps: self.running.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            cached_requests,
+        }
+    }
+
+    /// Drains: starts draining and waits until nothing holds the node, or `bound` has
+    /// passed. Returns what still held it at the end (idle when it drained in time).
+    pub async fn drain(&self, bound: Duration) -> DrainStatus {
+        self.start_draining();
+        let started = Instant::now();
+        let mut ticker = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            ticker.tick().await;
+            let status = self.drain_status().await;
+            if status.is_idle() {
+                tracing::info!(
+                    "node {} drained in {:.2} s",
+                    self.node_id,
+                    started.elapsed().as_secs_f64()
+                );
+                return status;
+            }
+            if started.elapsed() >= bound {
+                tracing::warn!(
+                    "node {} still holds work after {bound:?} of draining ({} own request(s), {} queued step(s), {} cached request(s)): stopping anyway",
+                    self.node_id,
+                    status.own_requests,
+                    status.queued_steps,
+                    status.cached_requests
+                );
+                return status;
+            }
+        }
+    }
+}

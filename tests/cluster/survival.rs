@@ -1,0 +1,298 @@
+//! Requests that survive losing a node (DESIGN.md §4c): three `exo node` processes on
+//! loopback stream a 128-token greedy answer while one of them is killed, hung or drained
+//! mid-answer; the client receives the whole answer without an error, byte for byte what
+//! one process answers, and the final chunk says the request was planned again.
+
+use std::io::{BufRead, BufReader};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::e2e::{chat_body, generate_locally};
+use crate::harness::{NodeProcess, free_udp_port, get_json, wait_for_ring};
+use crate::support::{default_model, models_dir};
+
+const STORY: &str = "Write a very long story about a dragon who learns to bake bread.";
+const TOKENS: usize = 128;
+/// Pieces of text streamed before the fault (about one token each).
+const FAULT_AT: usize = 40;
+
+/// n1 → n2 → n3, in that order (their memory limits rank them), n1 holding the first
+/// half of the layers, n2 a third, n3 the rest with the output head. `limits` overrides.
+fn ordered_ring(dir: &std::path::Path, limits: [&str; 3]) -> Vec<NodeProcess> {
+    default_model();
+    let port = free_udp_port();
+    let nodes: Vec<NodeProcess> = ["n1", "n2", "n3"]
+        .iter()
+        .zip(limits)
+        .map(|(name, limit)| {
+            NodeProcess::start_with(
+                dir,
+                name,
+                port,
+                &models_dir(),
+                &[("EXO_MEMORY_LIMIT", limit)],
+            )
+        })
+        .collect();
+    for node in &nodes {
+        wait_for_ring(node, 3);
+    }
+    let topology = get_json(&format!("{}/v1/topology", nodes[0].url())).unwrap();
+    let ring: Vec<&str> = topology["partition"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ring, ["n1", "n2", "n3"], "{topology}");
+    nodes
+}
+
+fn default_ring(dir: &std::path::Path) -> Vec<NodeProcess> {
+    ordered_ring(dir, ["3000MB", "2000MB", "1000MB"])
+}
+
+/// What a streamed answer came to.
+struct Streamed {
+    text: String,
+    /// Every chunk, in order.
+    chunks: Vec<serde_json::Value>,
+    /// The error object, if the stream ended with one.
+    error: Option<serde_json::Value>,
+    /// When the first piece after the fault arrived, counted from the fault.
+    resumed_after: Option<Duration>,
+}
+
+/// Streams a chat answer from `url`, calling `fault` once after `FAULT_AT` pieces.
+fn stream_with_fault(url: &str, body: &serde_json::Value, fault: impl FnOnce()) -> Streamed {
+    let response = ureq::post(url)
+        .timeout(Duration::from_secs(300))
+        .send_json(body)
+        .unwrap();
+    let mut fault = Some(fault);
+    let mut faulted_at = None;
+    let mut out = Streamed {
+        text: String::new(),
+        chunks: Vec::new(),
+        error: None,
+        resumed_after: None,
+    };
+    let mut pieces = 0;
+    for line in BufReader::new(response.into_reader()).lines() {
+        let line = line.unwrap();
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            return out;
+        }
+        let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
+        if chunk.get("error").is_some() {
+            out.error = Some(chunk);
+            return out;
+        }
+        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str()
+            && !piece.is_empty()
+        {
+            out.text.push_str(piece);
+            pieces += 1;
+            if let Some(at) = faulted_at
+                && out.resumed_after.is_none()
+            {
+                out.resumed_after = Some(Instant::now() - at);
+            }
+            if pieces == FAULT_AT
+                && let Some(fault) = fault.take()
+            {
+                fault();
+                faulted_at = Some(Instant::now());
+            }
+        }
+        out.chunks.push(chunk);
+    }
+    panic!("the stream ended without [DONE] or an error")
+}
+
+/// The re-plans the final chunk reports.
+fn replans(streamed: &Streamed) -> Vec<serde_json::Value> {
+    let last = streamed
+        .chunks
+        .iter()
+        .rev()
+        .find(|c| !c["choices"][0]["finish_reason"].is_null())
+        .expect("a final chunk");
+    last["exo"]["replans"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Checks a stream that lost `victim` at the fault: no error, the reference answer, one
+/// re-plan that left the victim out, announced in the stream.
+fn assert_survived(streamed: &Streamed, expected: &str, victim: &str, logs: &[&NodeProcess]) {
+    let logs_of = logs;
+    let logs = || {
+        logs.iter()
+            .map(|n| format!("--- {}:\n{}", n.name, n.log_text()))
+            .collect::<String>()
+    };
+    assert!(
+        streamed.error.is_none(),
+        "the client saw an error: {:?}\n{}",
+        streamed.error,
+        logs()
+    );
+    assert_eq!(streamed.text, expected, "the answer changed\n{}", logs());
+    let replans = replans(streamed);
+    assert_eq!(replans.len(), 1, "{replans:?}\n{}", logs());
+    assert_eq!(
+        replans[0]["lost"],
+        serde_json::json!([victim]),
+        "{replans:?}"
+    );
+    assert!(
+        !replans[0]["ring"].as_str().unwrap().contains(victim),
+        "{replans:?}"
+    );
+    assert!(
+        streamed
+            .chunks
+            .iter()
+            .any(|c| c["exo"]["replan"]["epoch"] == 1),
+        "the stream carries an `exo` note of the re-plan"
+    );
+    eprintln!(
+        "lost {victim}: next token {:?} after the fault; re-plan took {} s (noticed → first token)",
+        streamed.resumed_after, replans[0]["seconds"]
+    );
+    // What the survivors did meanwhile (seen with --nocapture).
+    for node in logs_of {
+        for line in node.log_text().lines().filter(|l| {
+            [
+                "loaded",
+                "epoch",
+                "planning again",
+                "first token",
+                "lost",
+                "draining",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
+        }) {
+            eprintln!("  {}: {line}", node.name);
+        }
+    }
+}
+
+fn signal(node: &NodeProcess, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &node.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_ring_that_loses_its_middle_node_mid_answer_streams_the_whole_answer_unchanged() {
+    let expected = generate_locally(STORY, TOKENS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = default_ring(dir.path());
+    let url = format!("{}/v1/chat/completions", nodes[0].url());
+    let mut victim = nodes.remove(1);
+    let streamed = stream_with_fault(&url, &chat_body(STORY, TOKENS, true), || victim.kill());
+    assert_survived(&streamed, &expected, "n2", &[&nodes[0], &nodes[1]]);
+}
+
+#[test]
+fn a_ring_that_loses_the_node_with_the_output_head_streams_the_whole_answer_unchanged() {
+    let expected = generate_locally(STORY, TOKENS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = default_ring(dir.path());
+    let url = format!("{}/v1/chat/completions", nodes[0].url());
+    let mut victim = nodes.remove(2);
+    let streamed = stream_with_fault(&url, &chat_body(STORY, TOKENS, true), || victim.kill());
+    assert_survived(&streamed, &expected, "n3", &[&nodes[0], &nodes[1]]);
+}
+
+#[test]
+fn a_ring_with_a_hung_node_streams_the_whole_answer_unchanged() {
+    let expected = generate_locally(STORY, TOKENS);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = default_ring(dir.path());
+    let url = format!("{}/v1/chat/completions", nodes[0].url());
+    // SIGSTOP: the process and its sockets stay, nothing answers.
+    let streamed = stream_with_fault(&url, &chat_body(STORY, TOKENS, true), || {
+        signal(&nodes[1], "STOP")
+    });
+    signal(&nodes[1], "CONT");
+    assert_survived(&streamed, &expected, "n2", &[&nodes[0], &nodes[2]]);
+}
+
+#[test]
+fn a_drained_node_costs_no_client_its_answer_and_exits_cleanly() {
+    let expected = generate_locally(STORY, TOKENS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = default_ring(dir.path());
+    let url = format!("{}/v1/chat/completions", nodes[0].url());
+    let mut drained = nodes.remove(1);
+    let streamed = stream_with_fault(&url, &chat_body(STORY, TOKENS, true), || {
+        signal(&drained, "TERM")
+    });
+    let status = drained.terminate();
+    assert!(status.success(), "{status:?}\n{}", drained.log_text());
+    let log = drained.log_text();
+    assert!(log.contains("draining"), "{log}");
+    assert!(
+        log.contains("drained in"),
+        "it drained before the bound:\n{log}"
+    );
+    assert_survived(&streamed, &expected, "n2", &[&nodes[0], &nodes[1]]);
+
+    // The next request plans over the two left, and a request to the drained node's
+    // peers is answered as before.
+    wait_for_ring(&nodes[0], 2);
+    let (status, answer) = crate::harness::post_json(&url, &chat_body(STORY, 16, false));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["exo"]["partition"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn the_admin_drain_endpoint_drains_and_stops_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    default_model();
+    let mut node = NodeProcess::start(dir.path(), "lonely", free_udp_port());
+    wait_for_ring(&node, 1);
+    let response = ureq::post(&format!("{}/v1/admin/drain", node.url()))
+        .call()
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.into_json().unwrap();
+    assert_eq!(body["drain"]["draining"], true, "{body}");
+    // It stops by itself, with exit code 0.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}\n{}", node.log_text());
+}
+
+#[test]
+fn when_the_nodes_left_cannot_hold_the_model_the_request_ends_with_a_clear_error() {
+    // Each node holds a third of the model (~6.4 MB a layer, 30 layers): two cannot.
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = ordered_ring(dir.path(), ["70MB", "70MB", "70MB"]);
+    let url = format!("{}/v1/chat/completions", nodes[0].url());
+    let mut victim = nodes.remove(1);
+    let streamed = stream_with_fault(&url, &chat_body(STORY, TOKENS, true), || victim.kill());
+    let error = streamed.error.expect("the request cannot go on");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("n2"), "names the lost node: {message}");
+    assert!(
+        message.contains("too small for model smollm2-135m"),
+        "says what is missing: {message}"
+    );
+}
