@@ -93,6 +93,7 @@ fn context() -> pb::RequestContext {
         sample: true,
         reserve_positions: 0,
         token_index: 0,
+        top_logprobs: None,
     })
 }
 

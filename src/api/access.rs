@@ -113,7 +113,7 @@ pub async fn guard(
         if let Err(response) = authorize(&config, peer, &path, request.headers()) {
             return *response;
         }
-        if request.method() == Method::POST && path == "/v1/chat/completions" {
+        if super::is_generation(request.method(), &path) {
             let json = request
                 .headers()
                 .get(header::CONTENT_TYPE)
@@ -124,7 +124,7 @@ pub async fn guard(
                 return ApiError {
                     status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     ..ApiError::bad_request(
-                        "chat requests must have Content-Type: application/json",
+                        "completion requests must have Content-Type: application/json",
                     )
                 }
                 .into_response();

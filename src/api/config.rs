@@ -47,7 +47,7 @@ impl ApiConfig {
             "max_queued_requests": self.max_queued,
             "retry_after_s": self.retry_after.as_secs(),
             "max_body_bytes": self.max_body_bytes,
-            "max_stop_string_bytes": super::chat::MAX_STOP_STRING_BYTES,
+            "max_stop_string_bytes": super::params::MAX_STOP_STRING_BYTES,
         })
     }
 }

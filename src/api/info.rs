@@ -10,16 +10,35 @@ use super::error::ApiError;
 use super::state::ApiState;
 use crate::node::describe;
 
+/// The models the cluster can serve now: this node's model, when a request arriving now
+/// could be planned over the ring (the engine is up and the joined nodes' memory holds the
+/// model), with the ring it would run on. When it cannot, the list is empty and `exo`
+/// says why (a client choosing a model must not pick one that would fail).
 pub async fn models(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.flow.model_id(),
-            "object": "model",
-            "created": 0,
-            "owned_by": "exo",
-        }],
-    }))
+    match state.flow.plan().await {
+        Ok(plan) => Json(json!({
+            "object": "list",
+            "data": [{
+                "id": state.flow.model_id(),
+                "object": "model",
+                "created": 0,
+                "owned_by": "exo",
+                "exo": {
+                    "layers": plan.n_layers,
+                    "nodes": plan.entries.len(),
+                    "ring": describe(&plan),
+                },
+            }],
+        })),
+        Err(error) => Json(json!({
+            "object": "list",
+            "data": [],
+            "exo": {
+                "model": state.flow.model_id(),
+                "unavailable": format!("{error:#}"),
+            },
+        })),
+    }
 }
 
 /// The nodes this node knows (itself first), their capabilities and link states, and the

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -97,13 +97,13 @@ impl RequestLimiter {
     }
 }
 
-/// The middleware: chat requests take a slot (waiting in the queue when there is room).
+/// The middleware: completion requests (chat and text) take a slot (waiting in the queue when there is room).
 pub async fn limit(
     State(limiter): State<Arc<RequestLimiter>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if !(request.method() == Method::POST && request.uri().path() == "/v1/chat/completions") {
+    if !super::is_generation(request.method(), request.uri().path()) {
         return next.run(request).await;
     }
     let permit = match limiter.slots.clone().try_acquire_owned() {

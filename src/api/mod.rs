@@ -1,15 +1,19 @@
-//! The HTTP API of a node: OpenAI-compatible chat completions, models, topology, health,
-//! and the admin endpoints over the node's resources.
+//! The HTTP API of a node: OpenAI-compatible chat and text completions, models, topology,
+//! health, and the admin endpoints over the node's resources.
 
 mod access;
 mod admin;
 mod chat;
+mod completions;
 mod config;
 mod error;
 mod events;
 mod info;
 mod limit;
+mod logprobs;
 mod metrics;
+mod params;
+mod respond;
 mod server;
 mod state;
 mod timing;
@@ -26,6 +30,12 @@ pub use timing::TokenTiming;
 use axum::Router;
 use axum::routing::{get, post};
 
+/// The routes that run a generation: JSON bodies only, and each holds a slot of the
+/// request limiter.
+fn is_generation(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::POST && matches!(path, "/v1/chat/completions" | "/v1/completions")
+}
+
 /// Every route of the API.
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -34,6 +44,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ui/style.css", get(ui::style))
         .route("/v1/events", get(events::events))
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(info::models))
         .route("/v1/topology", get(info::topology))
         .route("/healthz", get(info::healthz))

@@ -49,6 +49,9 @@ pub enum Display {
     Bar,
     /// A line on stderr every so often (logs, CI).
     Lines(Duration),
+    /// A log line (`tracing`, info) every so often: a node, whose stderr is its log
+    /// (text or JSON), so that a first load's download shows as it goes.
+    Log(Duration),
 }
 
 /// The downloads of this process, by model. Clones share the registry.
@@ -191,6 +194,10 @@ impl DownloadProgress {
             tracked.line_due(self.display)
         };
         if let Some(line) = line {
+            if let Display::Log(_) = self.display {
+                tracing::info!("{}", line.trim_end());
+                return;
+            }
             let mut stderr = std::io::stderr().lock();
             let _ = stderr.write_all(line.as_bytes());
             let _ = stderr.flush();
@@ -225,7 +232,7 @@ impl Tracked {
         let every = match display {
             Display::Silent => return None,
             Display::Bar => Duration::from_millis(150),
-            Display::Lines(every) => every,
+            Display::Lines(every) | Display::Log(every) => every,
         };
         let now = Instant::now();
         if !finished

@@ -79,6 +79,8 @@ async fn answer(node: &Node, args: &RunArgs) -> anyhow::Result<()> {
         sampling,
         stop: Vec::new(),
         ignore_eos: false,
+        top_logprobs: None,
+        request_id: None,
     });
     let mut stdout = std::io::stdout();
     while let Some(event) = events.recv().await {
@@ -108,6 +110,7 @@ async fn answer(node: &Node, args: &RunArgs) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
+            GenerationEvent::Logprobs(_) => {}
             GenerationEvent::Failed(error) => bail!("generation failed: {error}"),
         }
     }

@@ -362,6 +362,14 @@ impl GgufVocab {
         }
     }
 
+    /// The bytes one token stands for (a byte token is its one byte; control tokens are
+    /// empty), as the API reports a token's `bytes`.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        self.push_piece(id, &mut bytes);
+        bytes
+    }
+
     fn push_piece(&self, id: u32, out: &mut Vec<u8>) {
         let (Some(text), Some(kind)) = (self.tokens.get(id as usize), self.kinds.get(id as usize))
         else {

@@ -334,6 +334,7 @@ impl LoadedModel {
             return Ok(found);
         }
         let started = Instant::now();
+        tracing::info!("loading {shard} (first use of these layers on this node)");
         // Layers another loaded shard holds are shared, not read again.
         let donors: Vec<Arc<LoadedShard>> = self
             .shards

@@ -130,3 +130,100 @@ pub fn argmax(logits: &[f32]) -> u32 {
     }
     best as u32
 }
+
+/// The most alternatives a request may ask for per token (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// The log-probability of a sampled token and of the most likely alternatives, as the
+/// API reports them (`logprobs`/`top_logprobs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    /// The `k` most likely tokens, most likely first (ties: lower id first).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// The log-softmax of `logits` (the model's distribution at temperature 1, before any
+/// temperature, top-k or top-p cut: the numbers do not depend on how the token was drawn)
+/// at `token`, and its `k` best entries.
+///
+/// Computed in f64 with the max subtracted first, so that exp(logprob) sums to 1 over the
+/// vocabulary up to rounding; non-finite logits count as impossible (-inf).
+pub fn logprobs(logits: &[f32], token: u32, k: usize) -> anyhow::Result<TokenLogprobs> {
+    let Some(&chosen) = logits.get(token as usize) else {
+        bail!(
+            "token {token} is outside the {} logits of the model",
+            logits.len()
+        );
+    };
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| l.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        bail!("every logit is infinite or NaN");
+    }
+    let total: f64 = logits
+        .iter()
+        .filter(|l| l.is_finite())
+        .map(|&l| (f64::from(l) - f64::from(max)).exp())
+        .sum();
+    let log_total = total.ln();
+    let logprob = |l: f32| -> f32 {
+        if l.is_finite() {
+            (f64::from(l) - f64::from(max) - log_total) as f32
+        } else {
+            f32::NEG_INFINITY
+        }
+    };
+    let k = k.min(MAX_TOP_LOGPROBS).min(logits.len());
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k);
+    if k > 0 {
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        let better = |a: &u32, b: &u32| {
+            let (la, lb) = (logits[*a as usize], logits[*b as usize]);
+            // Non-finite last; then larger first; then lower id first.
+            (lb.is_finite(), lb)
+                .partial_cmp(&(la.is_finite(), la))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(b))
+        };
+        if k < order.len() {
+            order.select_nth_unstable_by(k - 1, better);
+            order.truncate(k);
+        }
+        order.sort_unstable_by(better);
+        top.extend(order.iter().map(|&i| (i, logprob(logits[i as usize]))));
+    }
+    Ok(TokenLogprobs {
+        token,
+        logprob: logprob(chosen),
+        top,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_best_alternatives_first() {
+        let logits = [1.0f32, 3.0, f32::NAN, 2.0, 3.0, f32::NEG_INFINITY];
+        let lp = logprobs(&logits, 1, 3).unwrap();
+        let finite = [1.0f64, 3.0, 2.0, 3.0];
+        let total: f64 = finite.iter().map(|l| l.exp()).sum();
+        assert!((f64::from(lp.logprob) - (3.0 - total.ln())).abs() < 1e-6);
+        // Ties: the lower id first; non-finite logits last.
+        let ids: Vec<u32> = lp.top.iter().map(|(t, _)| *t).collect();
+        assert_eq!(ids, vec![1, 4, 3]);
+        assert_eq!(lp.top[0].1, lp.logprob);
+        let all = logprobs(&logits, 5, 20).unwrap();
+        assert_eq!(all.logprob, f32::NEG_INFINITY);
+        let mass: f64 = all.top.iter().map(|(_, l)| f64::from(*l).exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-6, "{mass}");
+        assert!(logprobs(&logits, 6, 1).is_err());
+        assert!(logprobs(&[f32::NAN], 0, 1).is_err());
+    }
+}

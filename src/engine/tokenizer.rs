@@ -135,6 +135,34 @@ impl TextTokenizer {
         }
     }
 
+    /// The bytes of one token, as the API reports them with logprobs (a token may hold
+    /// part of a character, so this is bytes, not text).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        match &self.backend {
+            Backend::Gguf(vocab) => vocab.token_bytes(id),
+            Backend::Json(inner) => inner
+                .decode(&[id], false)
+                .map(String::into_bytes)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Tokenizes a plain prompt (text completion): the text as it is, with the model's
+    /// BOS first when it asks for one.
+    pub fn encode_prompt(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let mut ids = self.encode(text)?;
+        if self.add_bos
+            && let Some(bos) = self.bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        if ids.is_empty() {
+            bail!("the prompt is empty");
+        }
+        Ok(ids)
+    }
+
     pub fn is_eos(&self, id: u32) -> bool {
         self.eos_ids.contains(&id)
     }

@@ -15,6 +15,7 @@ use tonic::{Code, Request, Status};
 use crate::proto::MAX_MESSAGE_BYTES;
 use crate::proto::pb;
 use crate::proto::pb::node_client::NodeClient;
+use crate::proto::request_ids;
 use crate::resource::Resource;
 
 use super::LinkStats;
@@ -172,12 +173,34 @@ impl GrpcPeerHandle {
         self.client()
     }
 
+    /// A call that carries the ids of the requests it serves (see `request_ids`).
+    fn request_for<'a, T>(
+        message: T,
+        deadline: Duration,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Request<T> {
+        let mut request = Self::request(message, deadline);
+        request_ids::attach(request.metadata_mut(), ids);
+        request
+    }
+
     /// Sends steps for the peer's shards; per step, the peer's refusal (empty: accepted).
     pub async fn send_steps(&self, message: pb::StepBatch) -> anyhow::Result<Vec<String>> {
         self.stats.sent(message.encoded_len());
+        let ids: Vec<String> = context_ids(&message.items, |i| &i.context)
+            .map(str::to_string)
+            .collect();
+        let count = message.items.len();
+        let request =
+            Self::request_for(message, self.timeouts.call, ids.iter().map(String::as_str));
+        tracing::debug!(
+            request_ids = %request_ids::read(request.metadata()),
+            "SendSteps to {}: {count} steps",
+            self.node_id,
+        );
         let reply = self
             .client()?
-            .send_steps(Self::request(message, self.timeouts.call))
+            .send_steps(request)
             .await
             .map_err(|s| self.call_error("SendSteps", s))?
             .into_inner();
@@ -188,9 +211,20 @@ impl GrpcPeerHandle {
     /// Sends step outcomes to their origin; per outcome, the refusal (empty: accepted).
     pub async fn send_results(&self, message: pb::ResultBatch) -> anyhow::Result<Vec<String>> {
         self.stats.sent(message.encoded_len());
+        let ids: Vec<String> = context_ids(&message.items, |i| &i.context)
+            .map(str::to_string)
+            .collect();
+        let count = message.items.len();
+        let request =
+            Self::request_for(message, self.timeouts.call, ids.iter().map(String::as_str));
+        tracing::debug!(
+            request_ids = %request_ids::read(request.metadata()),
+            "SendResults to {}: {count} results",
+            self.node_id,
+        );
         let reply = self
             .client()?
-            .send_results(Self::request(message, self.timeouts.call))
+            .send_results(request)
             .await
             .map_err(|s| self.call_error("SendResults", s))?
             .into_inner();
@@ -217,12 +251,13 @@ impl GrpcPeerHandle {
 
     pub async fn finish_request(&self, request_id: &str, reason: &str) -> anyhow::Result<()> {
         self.client()?
-            .finish_request(Self::request(
+            .finish_request(Self::request_for(
                 pb::FinishRequestMessage {
                     request_id: request_id.to_string(),
                     reason: reason.to_string(),
                 },
                 self.timeouts.health,
+                [request_id],
             ))
             .await
             .map_err(|s| self.call_error("FinishRequest", s))?;
@@ -234,6 +269,17 @@ impl GrpcPeerHandle {
         let what = format!("{call} to peer {} ({})", self.node_id, self.address);
         anyhow::Error::new(status).context(what)
     }
+}
+
+/// The request ids of a batch's items.
+fn context_ids<'a, T>(
+    items: &'a [T],
+    context: impl Fn(&'a T) -> &'a Option<pb::RequestContext>,
+) -> impl Iterator<Item = &'a str> {
+    items
+        .iter()
+        .filter_map(move |item| context(item).as_ref())
+        .map(|c| c.request_id.as_str())
 }
 
 /// Whether a gRPC status means the connection (or the peer) is in trouble rather than

@@ -1,6 +1,7 @@
 //! The node service's wire types (generated from proto/node.proto) and the conversions
 //! between them and the engine's types, with the checks that keep bad input out.
 
+pub mod request_ids;
 mod tensor;
 
 pub use tensor::{TensorError, decode_hidden, decode_tensor, encode_hidden, encode_tensor};

@@ -25,6 +25,9 @@ pub struct ValidatedContext {
     pub reserve_positions: usize,
     /// The index of the token this step samples among the generated ones.
     pub token_index: u64,
+    /// Some(k) when the client asked for logprobs: the last shard returns each token's
+    /// log-probability and its k most likely alternatives.
+    pub top_logprobs: Option<u32>,
 }
 
 /// What arrives for a shard to run.
@@ -35,9 +38,10 @@ pub enum StepInput {
 }
 
 /// The last shard's outcome for one step.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StepOutcome {
-    Token(u32),
+    /// A sampled token, with its logprobs when the request asked for them.
+    Token(u32, Option<crate::engine::sampling::TokenLogprobs>),
     /// A prompt chunk went through the whole ring (nothing is sampled for it).
     Done,
     Error(String),

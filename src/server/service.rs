@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use prost::Message;
 
@@ -12,7 +13,7 @@ use super::handler::{NodeHandler, StepInput, StepOutcome, ValidatedContext};
 use super::limits::{MessageKind, MessageLimits};
 use crate::engine::SamplingParams;
 use crate::proto::pb::node_server::Node;
-use crate::proto::{decode_hidden, pb};
+use crate::proto::{decode_hidden, pb, request_ids};
 use crate::topology::Partition;
 
 /// The service, with counters of what it refused.
@@ -138,6 +139,9 @@ impl NodeService {
             sample: context.sample,
             reserve_positions: context.reserve_positions as usize,
             token_index: context.token_index,
+            top_logprobs: context
+                .top_logprobs
+                .map(|k| k.min(crate::engine::sampling::MAX_TOP_LOGPROBS as u32)),
         })
     }
 }
@@ -189,38 +193,27 @@ impl NodeService {
     }
 }
 
-/// Items a batch may hold.
-pub const MAX_BATCH_ITEMS: usize = 1024;
+/// A token's logprobs as they travel (the token itself travels beside them).
+fn from_wire_logprobs(
+    token: u32,
+    wire: Option<pb::TokenLogprobs>,
+) -> Option<crate::engine::sampling::TokenLogprobs> {
+    let wire = wire?;
+    Some(crate::engine::sampling::TokenLogprobs {
+        token,
+        logprob: wire.logprob,
+        top: wire
+            .top_tokens
+            .into_iter()
+            .zip(wire.top_logprobs)
+            .take(crate::engine::sampling::MAX_TOP_LOGPROBS)
+            .collect(),
+    })
+}
 
-#[tonic::async_trait]
-impl Node for NodeService {
-    type FetchWeightsStream =
-        tokio_stream::wrappers::ReceiverStream<Result<pb::WeightChunk, Status>>;
-
-    async fn fetch_weights(
-        &self,
-        request: Request<pb::WeightRequest>,
-    ) -> Result<Response<Self::FetchWeightsStream>, Status> {
-        let request = request.into_inner();
-        self.check_size(MessageKind::Control, &request)?;
-        if request.model_id.is_empty() || request.file.is_empty() || request.ranges.is_empty() {
-            return Err(self.reject(Status::invalid_argument(
-                "a weight request names a model, a file and at least one byte range",
-            )));
-        }
-        let chunks = self.handler.fetch_weights(request).await?;
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            chunks,
-        )))
-    }
-
-    async fn send_steps(
-        &self,
-        request: Request<pb::StepBatch>,
-    ) -> Result<Response<pb::BatchAck>, Status> {
-        let batch = request.into_inner();
-        self.check_size(MessageKind::Batch, &batch)?;
-        let items = batch.items;
+impl NodeService {
+    async fn steps(&self, items: Vec<pb::StepItem>) -> Result<Response<pb::BatchAck>, Status> {
+        tracing::debug!("{} steps arrived", items.len());
         self.check_batch_size(items.len())?;
         let mut errors = vec![String::new(); items.len()];
         let mut accepted = Vec::with_capacity(items.len());
@@ -247,13 +240,8 @@ impl Node for NodeService {
         Ok(Response::new(pb::BatchAck { errors }))
     }
 
-    async fn send_results(
-        &self,
-        request: Request<pb::ResultBatch>,
-    ) -> Result<Response<pb::BatchAck>, Status> {
-        let batch = request.into_inner();
-        self.check_size(MessageKind::Batch, &batch)?;
-        let items = batch.items;
+    async fn results(&self, items: Vec<pb::ResultItem>) -> Result<Response<pb::BatchAck>, Status> {
+        tracing::debug!("{} results arrived", items.len());
         self.check_batch_size(items.len())?;
         let mut errors = vec![String::new(); items.len()];
         let mut accepted = Vec::with_capacity(items.len());
@@ -261,7 +249,9 @@ impl Node for NodeService {
         for (i, item) in items.into_iter().enumerate() {
             let checked = self.validate(item.context, true).and_then(|context| {
                 let outcome = match item.outcome {
-                    Some(pb::result_item::Outcome::Token(token)) => StepOutcome::Token(token),
+                    Some(pb::result_item::Outcome::Token(token)) => {
+                        StepOutcome::Token(token, from_wire_logprobs(token, item.logprobs))
+                    }
                     Some(pb::result_item::Outcome::Done(_)) => StepOutcome::Done,
                     Some(pb::result_item::Outcome::Error(error)) => StepOutcome::Error(error),
                     None => {
@@ -291,6 +281,65 @@ impl Node for NodeService {
             }
         }
         Ok(Response::new(pb::BatchAck { errors }))
+    }
+}
+
+/// The span a call from a peer runs in: the call's name and the request ids its metadata
+/// carries (see `crate::proto::request_ids`), so that whatever the node logs while it
+/// handles the call names the requests.
+fn call_span<T>(call: &'static str, request: &Request<T>) -> tracing::Span {
+    tracing::debug_span!(
+        "rpc",
+        call,
+        request_ids = %request_ids::read(request.metadata())
+    )
+}
+
+/// Items a batch may hold.
+pub const MAX_BATCH_ITEMS: usize = 1024;
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    type FetchWeightsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::WeightChunk, Status>>;
+
+    async fn fetch_weights(
+        &self,
+        request: Request<pb::WeightRequest>,
+    ) -> Result<Response<Self::FetchWeightsStream>, Status> {
+        let request = request.into_inner();
+        self.check_size(MessageKind::Control, &request)?;
+        if request.model_id.is_empty() || request.file.is_empty() || request.ranges.is_empty() {
+            return Err(self.reject(Status::invalid_argument(
+                "a weight request names a model, a file and at least one byte range",
+            )));
+        }
+        let chunks = self.handler.fetch_weights(request).await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            chunks,
+        )))
+    }
+
+    async fn send_steps(
+        &self,
+        request: Request<pb::StepBatch>,
+    ) -> Result<Response<pb::BatchAck>, Status> {
+        let span = call_span("SendSteps", &request);
+        self.check_size(MessageKind::Batch, request.get_ref())?;
+        self.steps(request.into_inner().items)
+            .instrument(span)
+            .await
+    }
+
+    async fn send_results(
+        &self,
+        request: Request<pb::ResultBatch>,
+    ) -> Result<Response<pb::BatchAck>, Status> {
+        let span = call_span("SendResults", &request);
+        self.check_size(MessageKind::Batch, request.get_ref())?;
+        self.results(request.into_inner().items)
+            .instrument(span)
+            .await
     }
 
     async fn collect_topology(

@@ -100,7 +100,10 @@ impl WeightSupply {
             models_dir,
             peers,
             config,
-            progress: DownloadProgress::default(),
+            // A node's log shows its downloads as they go (and its report keeps them).
+            progress: DownloadProgress::new(crate::catalog::progress::Display::Log(
+                std::time::Duration::from_secs(10),
+            )),
             stats: SupplyStats::default(),
             busy: tokio::sync::Mutex::new(()),
             covered: Mutex::new(Vec::new()),

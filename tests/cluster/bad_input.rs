@@ -61,6 +61,39 @@ async fn bad_chat_requests_get_4xx_with_an_openai_error_body() {
         let long = "word ".repeat(9000);
         let (s, b) = post_json(&url, &serde_json::json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": long}]}));
         check_error(s, &b, 400, "context");
+        let (s, b) = post_json(&url, &serde_json::json!({"model": "smollm2-135m", "messages": user, "top_logprobs": 3}));
+        check_error(s, &b, 400, "logprobs");
+        let (s, b) = post_json(&url, &serde_json::json!({"model": "smollm2-135m", "messages": user, "logprobs": true, "top_logprobs": 50}));
+        check_error(s, &b, 400, "at most 20");
+        let (s, b) = post_json(&url, &serde_json::json!({"model": "smollm2-135m", "messages": user, "response_format": {"type": "json_schema"}}));
+        check_error(s, &b, 400, "json_schema");
+        let (s, b) = post_json(&url, &serde_json::json!({"model": "smollm2-135m", "messages": user, "stream_options": {"include_usage": true}}));
+        check_error(s, &b, 400, "stream");
+
+        // Text completions share the checks, and have their own.
+        let text = format!("{base}/v1/completions");
+        let (s, b) = post_json(&text, &serde_json::json!({"model": "smollm2-135m"}));
+        check_error(s, &b, 400, "prompt is required");
+        let (s, b) = post_json(&text, &serde_json::json!({"model": "smollm2-135m", "prompt": ""}));
+        check_error(s, &b, 400, "empty");
+        let (s, b) = post_json(&text, &serde_json::json!({"model": "smollm2-135m", "prompt": [1, 99_999_999]}));
+        check_error(s, &b, 400, "vocabulary");
+        let (s, b) = post_json(&text, &serde_json::json!({"model": "smollm2-135m", "prompt": [[1], [2]]}));
+        check_error(s, &b, 400, "one prompt per request");
+        let (s, b) = post_json(&text, &serde_json::json!({"model": "smollm2-135m", "prompt": "Hi", "echo": true}));
+        check_error(s, &b, 400, "echo");
+        let (s, b) = post_json(&text, &serde_json::json!({"model": "smollm2-135m", "prompt": "Hi", "n": 3}));
+        check_error(s, &b, 400, "n = 1");
+        let (s, b) = post_json(&text, &serde_json::json!({"model": "gpt-9", "prompt": "Hi"}));
+        check_error(s, &b, 404, "gpt-9");
+        let (s, b) = post_json(&text, &serde_json::json!({"model": "smollm2-135m", "prompt": "Hi", "max_tokens": 2, "temperature": 0}));
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["object"], "text_completion");
+        assert_eq!(b["usage"]["completion_tokens"], 2);
+        let (s, b) = post_json(&text, &serde_json::json!({"model": "smollm2-135m", "prompt": [1, 2, 3], "max_tokens": 1, "temperature": 0}));
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["usage"]["prompt_tokens"], 3);
+
         let (s, b) = post_json(&format!("{base}/v1/nothing-here"), &serde_json::json!({}));
         check_error(s, &b, 404, "no such endpoint");
         let (s, b) = post_json(&format!("{base}/v1/resources/no-such-thing/reset"), &serde_json::json!({}));

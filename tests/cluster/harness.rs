@@ -108,6 +108,27 @@ impl NodeProcess {
         models: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_full(dir, name, discovery_port, models, env, &[])
+    }
+
+    /// A node with extra command-line arguments.
+    pub fn start_args(
+        dir: &std::path::Path,
+        name: &str,
+        discovery_port: u16,
+        args: &[&str],
+    ) -> Self {
+        Self::start_full(dir, name, discovery_port, &models_dir(), &[], args)
+    }
+
+    fn start_full(
+        dir: &std::path::Path,
+        name: &str,
+        discovery_port: u16,
+        models: &std::path::Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let api_port = free_tcp_port();
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(exo_bin())
@@ -130,6 +151,7 @@ impl NodeProcess {
             .arg("--data-dir")
             .arg(dir.join(name))
             .args(["--node-id", name])
+            .args(args)
             .env("EXO_MODELS_DIR", models)
             .envs(env.iter().copied())
             .env("RUST_LOG", "exo=debug,info")

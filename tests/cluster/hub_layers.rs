@@ -68,6 +68,15 @@ fn nodes_with_nothing_fetch_only_their_layers_from_the_hub_and_answer_exactly() 
             "{} runs {start}..{end}: {hub_bytes} bytes from the Hub, share {own}",
             node.name
         );
+        // Its log shows the first load: the download's progress to its end, then the
+        // layers loading.
+        let log = node.log_text();
+        assert!(
+            log.contains(&format!("smollm2-135m (layers {start}..{end})")) && log.contains(" done"),
+            "{} shows no download progress:\n{log}",
+            node.name
+        );
+        assert!(log.contains("loading smollm2-135m"), "{log}");
         assert!(
             (hub_bytes - own as f64).abs() <= 0.05 * own as f64,
             "{} runs layers {start}..{end}: fetched {hub_bytes} bytes from the Hub, its share is {own}\n{info}",

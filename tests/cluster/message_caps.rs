@@ -161,6 +161,7 @@ async fn oversize_messages_of_each_kind_are_refused_and_normal_traffic_passes() 
                         context: Some(context(&format!("r{i}"), &["sink", "b"], 1)),
                         outcome: Some(pb::result_item::Outcome::Token(1)),
                         node_id: "b".into(),
+                        logprobs: None,
                     })
                     .collect(),
             })

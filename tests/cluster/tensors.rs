@@ -100,6 +100,7 @@ pub fn context(request_id: &str, nodes: &[&str], index: usize) -> pb::RequestCon
         sample: true,
         reserve_positions: 0,
         token_index: 0,
+        top_logprobs: None,
     })
 }
 
@@ -268,6 +269,7 @@ async fn bad_tensors_and_plans_are_refused_item_by_item_and_the_server_keeps_ser
         context: Some(context("nobody-waits", &["sink"], 0)),
         node_id: "x".into(),
         outcome: Some(pb::result_item::Outcome::Token(3)),
+        logprobs: None,
     };
     let errors = peer
         .send_results(pb::ResultBatch {

@@ -153,17 +153,17 @@ fn body() -> impl Strategy<Value = Value> {
 fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
     match check_chat_request(bytes, MODEL) {
         Ok(chat) => {
-            prop_assert_eq!(chat.model.as_str(), MODEL);
+            prop_assert_eq!(chat.settings.model.as_str(), MODEL);
             prop_assert!(!chat.messages.is_empty());
             prop_assert!(
                 chat.messages
                     .iter()
                     .all(|m| ["system", "user", "assistant"].contains(&m.role.as_str()))
             );
-            prop_assert!((0.0..=2.0).contains(&chat.sampling.temperature));
-            prop_assert!(chat.sampling.validate().is_ok());
-            prop_assert!(chat.stop.len() <= 4);
-            prop_assert!(chat.stop.iter().all(|s| s.len() <= 256));
+            prop_assert!((0.0..=2.0).contains(&chat.settings.sampling.temperature));
+            prop_assert!(chat.settings.sampling.validate().is_ok());
+            prop_assert!(chat.settings.stop.len() <= 4);
+            prop_assert!(chat.settings.stop.iter().all(|s| s.len() <= 256));
         }
         Err(error) => {
             prop_assert!(error.status.is_client_error(), "{:?}", error);

@@ -177,7 +177,7 @@ fn context() -> impl Strategy<Value = pb::RequestContext> {
         any::<u64>(),
         any::<bool>(),
         any::<u32>(),
-        any::<u64>(),
+        (any::<u64>(), proptest::option::of(any::<u32>())),
     )
         .prop_map(
             |(
@@ -190,7 +190,7 @@ fn context() -> impl Strategy<Value = pb::RequestContext> {
                 step,
                 sample,
                 reserve,
-                token_index,
+                (token_index, top_logprobs),
             )| {
                 pb::RequestContext {
                     request_id,
@@ -203,6 +203,7 @@ fn context() -> impl Strategy<Value = pb::RequestContext> {
                     sample,
                     reserve_positions: reserve,
                     token_index,
+                    top_logprobs,
                 }
             },
         )
@@ -257,13 +258,32 @@ fn result_item() -> impl Strategy<Value = pb::ResultItem> {
         small_text().prop_map(|e| Some(pb::result_item::Outcome::Error(e))),
         any::<bool>().prop_map(|d| Some(pb::result_item::Outcome::Done(d))),
     ];
-    (proptest::option::of(context()), outcome, small_text()).prop_map(
-        |(context, outcome, node_id)| pb::ResultItem {
+    // Logprobs as a shard sends them, or not: any count of alternatives, lists of
+    // different lengths, any floats.
+    let logprobs = proptest::option::of(
+        (
+            any::<f32>(),
+            proptest::collection::vec(any::<u32>(), 0..40),
+            proptest::collection::vec(any::<f32>(), 0..40),
+        )
+            .prop_map(|(logprob, top_tokens, top_logprobs)| pb::TokenLogprobs {
+                logprob,
+                top_tokens,
+                top_logprobs,
+            }),
+    );
+    (
+        proptest::option::of(context()),
+        outcome,
+        small_text(),
+        logprobs,
+    )
+        .prop_map(|(context, outcome, node_id, logprobs)| pb::ResultItem {
             context,
             outcome,
             node_id,
-        },
-    )
+            logprobs,
+        })
 }
 
 /// A call's answer: OK with one error string per item, or a status a client can read.

@@ -37,6 +37,8 @@ use crate::resource::{Managed, ResourceState};
 use crate::server::{NodeHandler, StepInput, StepOutcome, ValidatedContext};
 use crate::topology::{DeviceCapabilities, Partition};
 
+pub use origin::new_request_id;
+
 use continuation::LossRecord;
 pub use continuation::{Flapping, Replan};
 pub use drain::DrainStatus;
@@ -91,6 +93,12 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Go on past end-of-sequence tokens, to exactly `max_tokens` (benchmarks).
     pub ignore_eos: bool,
+    /// Some(k): report each generated token's logprob and its k most likely
+    /// alternatives (as [`GenerationEvent::Logprobs`]).
+    pub top_logprobs: Option<u32>,
+    /// The id the request goes by on every node (in logs and gRPC metadata); the origin
+    /// makes one when empty.
+    pub request_id: Option<String>,
 }
 
 /// Timings and counts of a finished generation.
@@ -127,6 +135,9 @@ pub enum GenerationEvent {
     Replanned(Replan),
     /// Text that is safe to show.
     Text(String),
+    /// The logprobs of a generated token (only when asked for), sent before the text that
+    /// token completes; end-of-sequence tokens have none.
+    Logprobs(crate::engine::sampling::TokenLogprobs),
     Finished(GenerationSummary),
     Failed(String),
 }
@@ -482,6 +493,16 @@ pub fn to_wire(context: &ValidatedContext) -> pb::RequestContext {
         sample: context.sample,
         reserve_positions: context.reserve_positions as u32,
         token_index: context.token_index,
+        top_logprobs: context.top_logprobs,
+    }
+}
+
+/// A token's logprobs as they travel to the origin.
+pub fn logprobs_to_wire(logprobs: &crate::engine::sampling::TokenLogprobs) -> pb::TokenLogprobs {
+    pb::TokenLogprobs {
+        logprob: logprobs.logprob,
+        top_tokens: logprobs.top.iter().map(|(t, _)| *t).collect(),
+        top_logprobs: logprobs.top.iter().map(|(_, l)| *l).collect(),
     }
 }
 

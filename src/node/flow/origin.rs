@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::continuation::{Interruption, Replan, epoch_id};
 use super::deadline::StepTimes;
 use super::outbox::Item;
 use super::{GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow, describe, to_wire};
 use crate::discovery::PeerInfo;
+use crate::engine::sampling::TokenLogprobs;
 use crate::engine::tokenizer::TextTokenizer;
 use crate::engine::{Decoding, FinishReason, TokenOutcome};
 use crate::proto::pb;
@@ -65,11 +67,19 @@ impl RequestFlow {
         request: GenerateRequest,
         events: mpsc::Sender<GenerationEvent>,
     ) {
-        let request_id = format!("req-{}", uuid::Uuid::new_v4().simple());
+        let request_id = request
+            .request_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(new_request_id);
         self.count(|s| s.requests_started += 1);
         let mut current = None;
+        // Everything logged on this node about the request names it (the peers get the id
+        // in each call's metadata, see `crate::proto::request_ids`).
+        let span = tracing::info_span!("request", id = %request_id);
         let outcome = self
             .drive(&request_id, &request, &events, &mut current)
+            .instrument(span)
             .await;
         let reason = match &outcome {
             Ok(Some(_)) => "finished",
@@ -81,6 +91,13 @@ impl RequestFlow {
         match outcome {
             Ok(Some(summary)) => {
                 self.count(|s| s.requests_finished += 1);
+                tracing::info!(
+                    "request {request_id} finished ({}): {} prompt + {} generated tokens on {}",
+                    summary.finish.as_str(),
+                    summary.prompt_tokens,
+                    summary.completion_tokens,
+                    describe(&summary.partition)
+                );
                 let _ = events.send(GenerationEvent::Finished(summary)).await;
             }
             Ok(None) => {
@@ -299,6 +316,7 @@ impl RequestFlow {
                 sample,
                 reserve_positions,
                 token_index,
+                top_logprobs: request.top_logprobs,
             };
         // The history, in chunks the shards can interleave with other requests' steps;
         // only the last chunk's logits are sampled, as token number `generated.len()`.
@@ -323,7 +341,7 @@ impl RequestFlow {
         loop {
             let step_started = Instant::now();
             let patience = state.step_times.patience(self.config.step_timeout);
-            let token = match self
+            let (token, logprobs) = match self
                 .await_token(
                     wire_id,
                     plan,
@@ -363,7 +381,20 @@ impl RequestFlow {
                     return Ok(EpochEnd::Cancelled);
                 }
             }
-            let (text, finish) = match state.decoding.push(tokenizer, token)? {
+            let counted = state.decoding.generated().len();
+            let pushed = state.decoding.push(tokenizer, token)?;
+            // A token the generation kept (not an end-of-sequence token) has its logprobs
+            // reported before its text.
+            if let Some(logprobs) = logprobs
+                && state.decoding.generated().len() > counted
+                && events
+                    .send(GenerationEvent::Logprobs(logprobs))
+                    .await
+                    .is_err()
+            {
+                return Ok(EpochEnd::Cancelled);
+            }
+            let (text, finish) = match pushed {
                 TokenOutcome::Continue(text) => (text, None),
                 TokenOutcome::Finished(text, reason) => (text, Some(reason)),
             };
@@ -400,7 +431,7 @@ impl RequestFlow {
         events: &mpsc::Sender<GenerationEvent>,
         results: &mut mpsc::UnboundedReceiver<(u64, StepOutcome)>,
         joined: &mut tokio::sync::watch::Receiver<Vec<PeerInfo>>,
-    ) -> anyhow::Result<Result<u32, EpochEnd>> {
+    ) -> anyhow::Result<Result<(u32, Option<TokenLogprobs>), EpochEnd>> {
         let started = Instant::now();
         let allowance = match prefill {
             Some(tokens) => {
@@ -457,7 +488,7 @@ impl RequestFlow {
                     );
                 }
                 StepOutcome::Done => {}
-                StepOutcome::Token(token) => return Ok(Ok(token)),
+                StepOutcome::Token(token, logprobs) => return Ok(Ok((token, logprobs))),
             }
         }
     }
@@ -541,6 +572,11 @@ impl RequestFlow {
         });
         futures::future::join_all(calls).await;
     }
+}
+
+/// A fresh request id.
+pub fn new_request_id() -> String {
+    format!("req-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Resolves when a node of `plan` (other than `self_id`) is no longer a joined peer, or

@@ -9,10 +9,10 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::outbox::Item;
-use super::{RequestFlow, to_wire};
+use super::{RequestFlow, logprobs_to_wire, to_wire};
 use crate::engine::batcher::{StepDone, StepJob};
 use crate::engine::model::{ShardInput, ShardOutput};
-use crate::engine::sampling::sample;
+use crate::engine::sampling::{TokenLogprobs, logprobs, sample};
 use crate::proto::{encode_hidden, pb};
 use crate::server::{StepInput, StepOutcome, ValidatedContext};
 
@@ -159,8 +159,10 @@ impl RequestFlow {
                     let outcome = if !context.sample {
                         StepOutcome::Done
                     } else {
-                        match sample(&logits, &context.sampling, context.token_index) {
-                            Ok(token) => StepOutcome::Token(token),
+                        match sample(&logits, &context.sampling, context.token_index)
+                            .and_then(|token| with_logprobs(&logits, token, context.top_logprobs))
+                        {
+                            Ok((token, logprobs)) => StepOutcome::Token(token, logprobs),
                             Err(error) => {
                                 StepOutcome::Error(format!("node {}: {error:#}", self.node_id))
                             }
@@ -218,11 +220,16 @@ impl RequestFlow {
             }
             return;
         }
+        let logprobs = match &outcome {
+            StepOutcome::Token(_, Some(logprobs)) => Some(logprobs_to_wire(logprobs)),
+            _ => None,
+        };
         let item = pb::ResultItem {
             context: Some(to_wire(context)),
             node_id: self.node_id.clone(),
+            logprobs,
             outcome: Some(match outcome {
-                StepOutcome::Token(token) => pb::result_item::Outcome::Token(token),
+                StepOutcome::Token(token, _) => pb::result_item::Outcome::Token(token),
                 StepOutcome::Done => pb::result_item::Outcome::Done(true),
                 StepOutcome::Error(error) => pb::result_item::Outcome::Error(error),
             }),
@@ -268,6 +275,7 @@ impl RequestFlow {
                         let item = pb::ResultItem {
                             context: Some(context),
                             node_id: self.node_id.clone(),
+                            logprobs: None,
                             outcome: Some(pb::result_item::Outcome::Error(message)),
                         };
                         self.send_to(&origin.0, &origin.1, Item::Result(item));
@@ -287,6 +295,19 @@ impl RequestFlow {
                 }
             }
         }
+    }
+}
+
+/// The sampled token, with its logprobs when the request asked for them (computed here,
+/// on the node that holds the logits, from the same logits the token was drawn from).
+fn with_logprobs(
+    logits: &[f32],
+    token: u32,
+    top_logprobs: Option<u32>,
+) -> anyhow::Result<(u32, Option<TokenLogprobs>)> {
+    match top_logprobs {
+        None => Ok((token, None)),
+        Some(k) => Ok((token, Some(logprobs(logits, token, k as usize)?))),
     }
 }
 
