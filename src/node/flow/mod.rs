@@ -15,6 +15,7 @@
 mod continuation;
 mod deadline;
 mod drain;
+mod epoch;
 mod ledger;
 mod origin;
 mod outbox;
