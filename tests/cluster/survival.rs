@@ -392,3 +392,30 @@ fn re_plans_are_bounded_by_max_replans() {
     assert!(message.contains("n3"), "{message}");
     assert!(message.contains("planned again 0 time(s)"), "{message}");
 }
+
+#[test]
+fn a_seeded_sampled_answer_survives_a_lost_node_unchanged() {
+    // Sampling is stateless per step (seed and token index), so a re-planned request draws
+    // the same tokens as an uninterrupted one.
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = default_ring(dir.path());
+    let url = format!("{}/v1/chat/completions", nodes[0].url());
+    let mut body = chat_body(STORY, TOKENS, false);
+    body["temperature"] = serde_json::json!(0.9);
+    body["seed"] = serde_json::json!(1234);
+    let (status, whole) = crate::harness::post_json(&url, &body);
+    assert_eq!(status, 200, "{whole}");
+    let expected = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        expected,
+        generate_locally(STORY, TOKENS),
+        "the draw differs from greedy"
+    );
+    body["stream"] = serde_json::json!(true);
+    let mut victim = nodes.remove(1);
+    let streamed = stream_with_fault(&url, &body, || victim.kill());
+    assert_survived(&streamed, &expected, "n2", &[&nodes[0], &nodes[1]]);
+}
