@@ -184,20 +184,33 @@ impl GrpcPeerHandle {
         request
     }
 
-    /// Sends steps for the peer's shards; per step, the peer's refusal (empty: accepted).
-    pub async fn send_steps(&self, message: pb::StepBatch) -> anyhow::Result<Vec<String>> {
+    /// A batch call's request: its bytes counted, its items' request ids in the metadata,
+    /// and a debug line naming them.
+    fn batch_request<T: Message>(
+        &self,
+        call: &str,
+        message: T,
+        ids: &[String],
+        items: usize,
+    ) -> Request<T> {
         self.stats.sent(message.encoded_len());
-        let ids: Vec<String> = context_ids(&message.items, |i| &i.context)
-            .map(str::to_string)
-            .collect();
-        let count = message.items.len();
         let request =
             Self::request_for(message, self.timeouts.call, ids.iter().map(String::as_str));
         tracing::debug!(
             request_ids = %request_ids::read(request.metadata()),
-            "SendSteps to {}: {count} steps",
+            "{call} to {}: {items} items",
             self.node_id,
         );
+        request
+    }
+
+    /// Sends steps for the peer's shards; per step, the peer's refusal (empty: accepted).
+    pub async fn send_steps(&self, message: pb::StepBatch) -> anyhow::Result<Vec<String>> {
+        let ids: Vec<String> = context_ids(&message.items, |i| &i.context)
+            .map(str::to_string)
+            .collect();
+        let count = message.items.len();
+        let request = self.batch_request("SendSteps", message, &ids, count);
         let reply = self
             .client()?
             .send_steps(request)
@@ -210,18 +223,11 @@ impl GrpcPeerHandle {
 
     /// Sends step outcomes to their origin; per outcome, the refusal (empty: accepted).
     pub async fn send_results(&self, message: pb::ResultBatch) -> anyhow::Result<Vec<String>> {
-        self.stats.sent(message.encoded_len());
         let ids: Vec<String> = context_ids(&message.items, |i| &i.context)
             .map(str::to_string)
             .collect();
         let count = message.items.len();
-        let request =
-            Self::request_for(message, self.timeouts.call, ids.iter().map(String::as_str));
-        tracing::debug!(
-            request_ids = %request_ids::read(request.metadata()),
-            "SendResults to {}: {count} results",
-            self.node_id,
-        );
+        let request = self.batch_request("SendResults", message, &ids, count);
         let reply = self
             .client()?
             .send_results(request)
