@@ -35,6 +35,10 @@ const BUILTIN: &[(&str, &str)] = &[
         "gemma-3-270m-q4_k_m.gguf.json",
         include_str!("../../models/manifests/gemma-3-270m-q4_k_m.gguf.json"),
     ),
+    (
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf.json",
+        include_str!("../../models/manifests/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf.json"),
+    ),
 ];
 
 /// A byte range of a file and its sha256.

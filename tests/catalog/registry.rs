@@ -73,7 +73,7 @@ fn only_files_fetched_here_are_marked_verified_and_their_manifests_match() {
         .filter(|m| m.verified)
         .map(|m| m.id.as_str())
         .collect();
-    assert_eq!(verified, ["smollm2-135m", "gemma3-270m"]);
+    assert_eq!(verified, ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]);
     for id in verified {
         let entry = catalog.require(id).unwrap();
         let file = &entry.files[0];
@@ -92,6 +92,9 @@ fn only_files_fetched_here_are_marked_verified_and_their_manifests_match() {
     let gemma = catalog.require("gemma3-270m").unwrap();
     assert!(!gemma.instruct && gemma.layers == 18 && gemma.architecture == "gemma3");
     assert_eq!(gemma.python_package.as_ref().unwrap().parts.len(), 4);
+    let qwen = catalog.require("qwen2.5-coder-0.5b").unwrap();
+    assert!(qwen.instruct && qwen.layers == 24 && qwen.architecture == "qwen2");
+    assert_eq!(qwen.python_package.as_ref().unwrap().parts.len(), 6);
     // No unverified entry claims a size it never read.
     for entry in catalog.models.iter().filter(|m| !m.verified) {
         assert!(entry.files.iter().all(|f| f.size.is_none()), "{}", entry.id);
