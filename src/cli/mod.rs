@@ -2,6 +2,7 @@
 //! resources`.
 
 mod bench;
+mod bench_batch;
 mod chat;
 mod generate;
 mod keygen;

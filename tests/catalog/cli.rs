@@ -7,7 +7,7 @@ use exo::catalog::Catalog;
 
 use super::fake_hub::FakeHub;
 use super::fixtures::smollm_bytes;
-use super::support::exo_bin;
+use super::support::{default_model, exo_bin};
 
 /// `exo` with a clean Hugging Face environment pointing at `endpoint`.
 fn exo(endpoint: &str, models: &std::path::Path, hf_home: &std::path::Path) -> Command {
@@ -136,27 +136,33 @@ fn a_model_fetched_in_two_layer_ranges_answers_like_the_whole_file() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    // The engine reads the sparse file with its ordinary GGUF reader.
-    let output = exo(&hub.endpoint, models.path(), hf_home.path())
-        .args([
-            "generate",
-            "--model",
-            "smollm2-135m",
-            "--device",
-            "cpu",
-            "--max-tokens",
-            "12",
-        ])
-        .args(["--prompt", "What is the capital of France?"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("Paris"), "{stdout}");
+    // The engine reads the sparse file with its ordinary GGUF reader, and answers as it
+    // does from the whole file.
+    let answer = |model: &str, models: &std::path::Path| {
+        let output = exo(&hub.endpoint, models, hf_home.path())
+            .args([
+                "generate",
+                "--model",
+                model,
+                "--device",
+                "cpu",
+                "--max-tokens",
+                "12",
+            ])
+            .args(["--prompt", "What is the capital of Germany?"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let sparse = answer("smollm2-135m", models.path());
+    assert!(sparse.contains("Berlin"), "{sparse}");
+    let whole = answer(default_model().to_str().unwrap(), models.path());
+    assert_eq!(sparse, whole);
 }
 
 #[test]
