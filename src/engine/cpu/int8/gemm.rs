@@ -53,18 +53,27 @@ const MAX_TILE: usize = 8;
 pub fn panel_group(isa: Isa, rows: usize) -> usize {
     match isa {
         Isa::Avx512Vnni if rows == 1 => 4,
+        Isa::Avx512Vnni if rows >= 8 => 1,
         Isa::Avx512Vnni => 2,
         Isa::Avx2 if rows == 1 => 2,
         _ => 1,
     }
 }
 
-/// Activation rows a tile takes at once on `isa`.
-fn row_tile(isa: Isa) -> usize {
-    match isa {
+/// Activation rows the next tile takes on `isa`, `left` rows remaining of `rows`.
+fn row_tile(isa: Isa, rows: usize, left: usize) -> usize {
+    let most = match isa {
+        Isa::Avx512Vnni if rows >= 8 => 8,
         Isa::Avx512Vnni => 4,
         Isa::Avx2 => 2,
         Isa::Portable => 1,
+    };
+    if left >= most {
+        most
+    } else if left >= 4 {
+        4.min(most)
+    } else {
+        left.min(most)
     }
 }
 
@@ -105,7 +114,7 @@ pub unsafe fn run_panels(
         let pg = if pg == group { pg } else { 1 };
         let mut j0 = 0;
         while j0 < x.rows {
-            let mr = row_tile(isa).min(x.rows - j0);
+            let mr = row_tile(isa, x.rows, x.rows - j0);
             let tile = Tile {
                 // SAFETY: panel p is inside the matrix.
                 panels: unsafe { m.data.as_ptr().add(p * m.panel_bytes) },
@@ -169,7 +178,8 @@ fn tile_fn(isa: Isa, f: u8, mr: usize, pg: usize) -> TileFn {
         (Isa::Avx512Vnni, 2, _) => by_format!(avx512, f, 2, 2),
         (Isa::Avx512Vnni, 3, 1) => by_format!(avx512, f, 3, 1),
         (Isa::Avx512Vnni, 3, _) => by_format!(avx512, f, 3, 2),
-        (Isa::Avx512Vnni, _, 1) => by_format!(avx512, f, 4, 1),
+        (Isa::Avx512Vnni, 4, 1) => by_format!(avx512, f, 4, 1),
+        (Isa::Avx512Vnni, _, 1) => by_format!(avx512, f, 8, 1),
         (Isa::Avx512Vnni, _, _) => by_format!(avx512, f, 4, 2),
         (_, 1, 1) => by_format!(avx2, f, 1, 1),
         (_, 1, _) => by_format!(avx2, f, 1, 2),

@@ -64,20 +64,24 @@ impl PackedMatrix {
         let panels = rows.div_ceil(PANEL);
         let panel_bytes = layout.panel_bytes(cols);
         let mut data = vec![0u8; panels * panel_bytes];
-        let unit = format.unit_bytes();
-        for (p, panel) in data.chunks_exact_mut(panel_bytes).enumerate() {
-            for (b, record) in panel.chunks_exact_mut(layout.record).enumerate() {
-                for r in 0..PANEL.min(rows - p * PANEL) {
-                    let at = (p * PANEL + r) * row_bytes + b * unit;
-                    write_row(
-                        &layout,
-                        record,
-                        r,
-                        &read_block(format, &bytes[at..at + unit]),
-                    );
-                }
+        let out = SharedBytes(data.as_mut_ptr());
+        // Panels are independent: they are packed on the kernels' workers (a 7B model's
+        // weights would take half a minute on one thread).
+        crate::engine::cpu::pool::pool().chunked(panels, &|range| {
+            for p in range {
+                // SAFETY: panel p's bytes are inside `data`, and only this worker writes them.
+                let panel =
+                    unsafe { std::slice::from_raw_parts_mut(out.at(p * panel_bytes), panel_bytes) };
+                pack_panel(
+                    &layout,
+                    bytes,
+                    row_bytes,
+                    rows - p * PANEL,
+                    p * PANEL,
+                    panel,
+                );
             }
-        }
+        });
         Ok(PackedMatrix {
             layout,
             rows,
@@ -140,6 +144,38 @@ impl PackedMatrix {
             .zip(out.chunks_exact_mut(l.block))
         {
             dequantize_record(l, record, r, out);
+        }
+    }
+}
+
+/// A buffer several workers fill, each its own panels.
+#[derive(Clone, Copy)]
+struct SharedBytes(*mut u8);
+// SAFETY: workers write disjoint panels, and the buffer outlives the pool call.
+unsafe impl Send for SharedBytes {}
+unsafe impl Sync for SharedBytes {}
+
+impl SharedBytes {
+    fn at(self, offset: usize) -> *mut u8 {
+        // SAFETY: the caller keeps the offset inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// Packs the panel whose first row is `first` (`left` rows of the matrix remain from it).
+fn pack_panel(
+    l: &Layout,
+    bytes: &[u8],
+    row_bytes: usize,
+    left: usize,
+    first: usize,
+    panel: &mut [u8],
+) {
+    let unit = l.format.unit_bytes();
+    for (b, record) in panel.chunks_exact_mut(l.record).enumerate() {
+        for r in 0..PANEL.min(left) {
+            let at = (first + r) * row_bytes + b * unit;
+            write_row(l, record, r, &read_block(l.format, &bytes[at..at + unit]));
         }
     }
 }
@@ -215,25 +251,43 @@ fn write_row(l: &Layout, record: &mut [u8], r: usize, source: &SourceBlock) {
             record[at + s * PANEL + r] = source.sub_mins[s];
         }
     }
+    let bits = l.bits();
     for i in 0..l.block / 32 {
         let span = &mut record[l.weights + i * l.weights_stride..][..l.weights_stride];
-        for k in 0..32 {
-            let v = source.u[32 * i + k];
-            if l.bits() == 8 {
-                span[64 * (k / 4) + 4 * r + k % 4] = v;
-                continue;
+        let u = &source.u[32 * i..32 * i + 32];
+        if bits == 8 {
+            for g in 0..8 {
+                span[64 * g + 4 * r..64 * g + 4 * r + 4].copy_from_slice(&u[4 * g..4 * g + 4]);
             }
-            let (at, high) = nibble_at(r, k);
-            span[at] |= if high { (v & 0x0f) << 4 } else { v & 0x0f };
-            let (m, bit) = mask_at(r, k);
-            if v & 0x10 != 0 {
-                span[NIBBLES + m + bit / 8] |= 1 << (bit % 8);
+            continue;
+        }
+        let (nibbles, masks) = span.split_at_mut(NIBBLES);
+        for l in 0..4 {
+            let (mut bit4_lo, mut bit4_hi, mut bit5_lo, mut bit5_hi) = (0u64, 0u64, 0u64, 0u64);
+            for t in 0..4 {
+                let (lo, hi) = (u[4 * l + t], u[16 + 4 * l + t]);
+                nibbles[64 * l + 4 * r + t] = (lo & 0x0f) | (hi << 4);
+                let bit = 4 * r + t;
+                bit4_lo |= u64::from((lo >> 4) & 1) << bit;
+                bit4_hi |= u64::from((hi >> 4) & 1) << bit;
+                bit5_lo |= u64::from((lo >> 5) & 1) << bit;
+                bit5_hi |= u64::from((hi >> 5) & 1) << bit;
             }
-            if v & 0x20 != 0 {
-                span[NIBBLES + MASKS + m + bit / 8] |= 1 << (bit % 8);
+            if bits >= 5 {
+                or_u64(masks, 16 * l, bit4_lo);
+                or_u64(masks, 16 * l + 8, bit4_hi);
+            }
+            if bits == 6 {
+                or_u64(masks, MASKS + 16 * l, bit5_lo);
+                or_u64(masks, MASKS + 16 * l + 8, bit5_hi);
             }
         }
     }
+}
+
+fn or_u64(bytes: &mut [u8], at: usize, bits: u64) {
+    let old = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+    bytes[at..at + 8].copy_from_slice(&(old | bits).to_le_bytes());
 }
 
 fn f16_bits(unit: &[u8], at: usize) -> u16 {
@@ -325,10 +379,10 @@ fn read_block(format: QuantFormat, unit: &[u8]) -> SourceBlock {
     s
 }
 
-#[cfg(test)]
-/// Random bytes make valid blocks of every format (any bit pattern is a value), except
-/// that f16 scales must be finite: they are set to small ones.
-pub(crate) fn random_blocks(format: QuantFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+/// Random GGUF blocks of `format` for `rows × cols` weights, for tests and benchmarks:
+/// random bytes make valid blocks of every format (any bit pattern is a value), except that
+/// f16 scales must be finite, so they are set to small ones.
+pub fn random_blocks(format: QuantFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
     let mut next = move || {
         state ^= state << 13;
