@@ -13,26 +13,46 @@
 //! - [`generation`]: the decoding loop's bookkeeping; [`local`]: generation with
 //!   in-process shards; [`inference_engine`]: the engine as a lifecycle-managed resource.
 
+#[path = "model/backend.rs"]
 pub mod backend;
+#[path = "serve/batcher.rs"]
 pub mod batcher;
+#[path = "model/candle_backend.rs"]
 pub mod candle_backend;
+#[path = "text/chat_template.rs"]
 pub mod chat_template;
+#[path = "model/config.rs"]
 pub mod config;
 pub mod cpu;
+#[path = "model/cpu_matmul.rs"]
 pub mod cpu_matmul;
+#[path = "model/device.rs"]
 pub mod device;
+#[path = "text/generation.rs"]
 pub mod generation;
+#[path = "text/gguf_vocab.rs"]
 pub mod gguf_vocab;
+#[path = "serve/inference_engine.rs"]
 pub mod inference_engine;
+#[path = "serve/kv_cache.rs"]
 pub mod kv_cache;
+#[path = "serve/local.rs"]
 pub mod local;
+#[path = "model/shard_model.rs"]
 pub mod model;
+#[path = "serve/sampling.rs"]
 pub mod sampling;
+#[path = "model/shard.rs"]
 pub mod shard;
+#[path = "text/spm.rs"]
 pub mod spm;
+#[path = "model/tensor_names.rs"]
 pub mod tensor_names;
+#[path = "text/text_stream.rs"]
 pub mod text_stream;
+#[path = "text/tokenizer.rs"]
 pub mod tokenizer;
+#[path = "model/weights.rs"]
 pub mod weights;
 
 pub use chat_template::ChatMessage;
