@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::state::ApiState;
-use crate::engine::sampling::MAX_TOP_LOGPROBS;
+use crate::engine::serve::sampling::MAX_TOP_LOGPROBS;
 use crate::engine::{LoadedModel, SamplingParams};
 use crate::node::{GenerateRequest, new_request_id};
 

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::shared::ModelArgs;
 use crate::engine::SamplingParams;
-use crate::engine::local::{GenerationStats, LocalRequest, generate};
+use crate::engine::serve::local::{GenerationStats, LocalRequest, generate};
 use crate::resource::scoped;
 
 /// Text the benchmark prompt is cut from (any text works; this one is plain English).

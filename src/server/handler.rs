@@ -41,7 +41,7 @@ pub enum StepInput {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepOutcome {
     /// A sampled token, with its logprobs when the request asked for them.
-    Token(u32, Option<crate::engine::sampling::TokenLogprobs>),
+    Token(u32, Option<crate::engine::serve::sampling::TokenLogprobs>),
     /// A prompt chunk went through the whole ring (nothing is sampled for it).
     Done,
     Error(String),

@@ -141,7 +141,7 @@ impl NodeService {
             token_index: context.token_index,
             top_logprobs: context
                 .top_logprobs
-                .map(|k| k.min(crate::engine::sampling::MAX_TOP_LOGPROBS as u32)),
+                .map(|k| k.min(crate::engine::serve::sampling::MAX_TOP_LOGPROBS as u32)),
         })
     }
 }
@@ -197,16 +197,16 @@ impl NodeService {
 fn from_wire_logprobs(
     token: u32,
     wire: Option<pb::TokenLogprobs>,
-) -> Option<crate::engine::sampling::TokenLogprobs> {
+) -> Option<crate::engine::serve::sampling::TokenLogprobs> {
     let wire = wire?;
-    Some(crate::engine::sampling::TokenLogprobs {
+    Some(crate::engine::serve::sampling::TokenLogprobs {
         token,
         logprob: wire.logprob,
         top: wire
             .top_tokens
             .into_iter()
             .zip(wire.top_logprobs)
-            .take(crate::engine::sampling::MAX_TOP_LOGPROBS)
+            .take(crate::engine::serve::sampling::MAX_TOP_LOGPROBS)
             .collect(),
     })
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exo::catalog::{ModelFormat, ResolvedModel};
-use exo::engine::local::{LocalRequest, generate};
+use exo::engine::serve::local::{LocalRequest, generate};
 use exo::engine::{ChatMessage, DeviceChoice, EngineConfig, LoadedModel, SamplingParams};
 
 use crate::e2e::three_node_ring;

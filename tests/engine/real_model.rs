@@ -8,9 +8,9 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::gguf_file;
 
 use exo::catalog::{ModelFormat, ResolvedModel};
-use exo::engine::local::{LocalRequest, generate};
-use exo::engine::tokenizer::TextTokenizer;
-use exo::engine::weights::WeightSource;
+use exo::engine::model::weights::WeightSource;
+use exo::engine::serve::local::{LocalRequest, generate};
+use exo::engine::text::tokenizer::TextTokenizer;
 use exo::engine::{
     ChatMessage, DeviceChoice, EngineConfig, LoadedModel, SamplingParams, ShardModel,
 };
@@ -242,7 +242,7 @@ fn sampling_with_a_vanishing_temperature_is_greedy_not_broken() {
             seed: Some(1),
         };
         assert_eq!(
-            exo::engine::sampling::sample(&logits, &params, 0).unwrap(),
+            exo::engine::serve::sampling::sample(&logits, &params, 0).unwrap(),
             1
         );
     }

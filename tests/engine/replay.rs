@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use exo::engine::batcher::StepJob;
-use exo::engine::model::{ShardInput, ShardOutput};
+use exo::engine::model::shard_model::{ShardInput, ShardOutput};
+use exo::engine::serve::batcher::StepJob;
 use exo::engine::{ChatMessage, LoadedModel};
 
 use crate::real_model::{gemma_path, smollm};
@@ -158,7 +158,7 @@ fn a_new_range_shares_the_layers_an_already_loaded_shard_holds() {
     let wider = model.shard(3, 20).unwrap();
     assert_eq!(wider.shared_layers(&before), 9);
     let fresh = exo::engine::LoadedShard::load(
-        &exo::engine::weights::WeightSource::open(crate::support::default_model()).unwrap(),
+        &exo::engine::model::weights::WeightSource::open(crate::support::default_model()).unwrap(),
         wider.shard(),
         &candle_core::Device::Cpu,
         candle_core::DType::F32,

@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{D, DType, Device, Tensor};
 use exo::catalog::{ModelFormat, ResolvedModel};
-use exo::engine::local::{LocalRequest, generate};
+use exo::engine::serve::local::{LocalRequest, generate};
 use exo::engine::{
     CpuMatmul, DeviceChoice, EngineConfig, LoadedModel, SamplingParams, ShardInput, ShardOutput,
 };
@@ -530,7 +530,7 @@ fn check_against_reference(
             "logits differ by {diff} after {} tokens",
             tokens.len()
         );
-        tokens.push(exo::engine::sampling::argmax(&ours));
+        tokens.push(exo::engine::serve::sampling::argmax(&ours));
     }
 }
 
@@ -560,7 +560,7 @@ fn safetensors_qwen2_with_biases_and_tied_embeddings_matches_the_plain_forward()
     let model = open(dir.path(), ModelFormat::Safetensors).unwrap();
     assert_eq!(
         model.config().architecture,
-        exo::engine::config::Architecture::Qwen2
+        exo::engine::model::config::Architecture::Qwen2
     );
     check_against_reference(&model, &w, tiny, 1e-3);
     assert_shards_agree(&model);

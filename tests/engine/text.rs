@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file::{Content, Value, VersionedMagic};
 use exo::engine::ChatMessage;
-use exo::engine::text_stream::{StopCheck, StopMatcher, TextStream};
-use exo::engine::tokenizer::TextTokenizer;
+use exo::engine::text::text_stream::{StopCheck, StopMatcher, TextStream};
+use exo::engine::text::tokenizer::TextTokenizer;
 
 use crate::real_model::{gemma_tokenizer, smollm};
 

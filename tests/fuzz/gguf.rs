@@ -8,8 +8,8 @@ use std::path::Path;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use exo::catalog::gguf_header::{HeaderRead, read_gguf_header};
-use exo::engine::tokenizer::TextTokenizer;
-use exo::engine::weights::WeightSource;
+use exo::engine::model::weights::WeightSource;
+use exo::engine::text::tokenizer::TextTokenizer;
 use gguf_file::Value;
 use proptest::prelude::*;
 

@@ -1,7 +1,7 @@
 //! What the decoder needs from the hardware it runs on.
 //!
-//! The decoder ([`super::model`]) is written once, against this trait; a backend supplies
-//! the storage and the operations. Two exist: [`super::cpu::CpuBackend`] (our own kernels:
+//! The decoder ([`super::shard_model`]) is written once, against this trait; a backend supplies
+//! the storage and the operations. Two exist: [`crate::engine::cpu::CpuBackend`] (our own kernels:
 //! row-invariant, so batching and re-running a prompt never change a result) and
 //! [`super::candle_backend::CandleBackend`] (candle's tensors and kernels, for CUDA and
 //! Metal, and on the CPU as an independent check of the first).
@@ -10,9 +10,9 @@
 //! after another ([`SeqRows`] says which rows belong to which sequence).
 
 use super::config::RopeSpec;
-use super::cpu::attention::AttentionShape;
-use super::cpu::ops::Activation;
 use super::weights::RawTensor;
+use crate::engine::cpu::attention::AttentionShape;
+use crate::engine::cpu::ops::Activation;
 
 /// The rows of one sequence within a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

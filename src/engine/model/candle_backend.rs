@@ -11,9 +11,9 @@ use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::backend::{Backend, SeqRows};
 use super::config::{RopeLayout, RopeSpec};
-use super::cpu::attention::AttentionShape;
-use super::cpu::ops::Activation;
 use super::weights::{Encoding, RawTensor};
+use crate::engine::cpu::attention::AttentionShape;
+use crate::engine::cpu::ops::Activation;
 
 /// Rope positions tabulated on the device.
 const MAX_TABLE: usize = 65_536;

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use candle_core::quantized::gguf_file;
 use serde::Serialize;
 
-use super::cpu::ops::Activation;
+use crate::engine::cpu::ops::Activation;
 
 /// The model families the sharded model code implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use super::cpu::ActivationPrecision;
+use crate::engine::cpu::ActivationPrecision;
 
 /// Which kernels run the model on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

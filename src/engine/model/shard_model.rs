@@ -17,11 +17,11 @@ use anyhow::{Context, bail};
 use super::backend::{Backend, SeqRows};
 use super::candle_backend::{CandleBackend, CandleKv};
 use super::config::{Architecture, ModelConfig};
-use super::cpu::CpuBackend;
-use super::cpu::attention::{AttentionShape, KvLayer};
 use super::shard::Shard;
 use super::tensor_names::{GlobalTensor, LayerTensor};
 use super::weights::{LoadCounter, WeightSource};
+use crate::engine::cpu::CpuBackend;
+use crate::engine::cpu::attention::{AttentionShape, KvLayer};
 
 /// Prompt tokens run through the layers at once, at most; longer prompts go in chunks.
 pub const PREFILL_CHUNK: usize = 512;

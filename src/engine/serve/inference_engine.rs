@@ -10,17 +10,17 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
 use super::batcher::{BatchLimits, Batcher, CachePosition, StepDone, StepJob};
-use super::candle_backend::CandleBackend;
-use super::config::ModelConfig;
-use super::cpu::CpuBackend;
-use super::cpu_matmul::CpuMatmul;
-use super::device::{DeviceChoice, dense_dtype, device_name};
 use super::kv_cache::{CacheLimits, KvCacheStore, SequenceCache};
-use super::model::{HiddenState, ShardInput, ShardModel, ShardOutput};
-use super::shard::Shard;
-use super::tokenizer::TextTokenizer;
-use super::weights::WeightSource;
 use crate::catalog::{ModelFormat, ResolvedModel};
+use crate::engine::cpu::CpuBackend;
+use crate::engine::model::candle_backend::CandleBackend;
+use crate::engine::model::config::ModelConfig;
+use crate::engine::model::cpu_matmul::CpuMatmul;
+use crate::engine::model::device::{DeviceChoice, dense_dtype, device_name};
+use crate::engine::model::shard::Shard;
+use crate::engine::model::shard_model::{HiddenState, ShardInput, ShardModel, ShardOutput};
+use crate::engine::model::weights::WeightSource;
+use crate::engine::text::tokenizer::TextTokenizer;
 use crate::resource::Resource;
 
 /// How to build the engine.
@@ -150,7 +150,7 @@ impl LoadedShard {
 
     /// What runs it: `cpu (avx512-vnni, int16 activations)`, `cuda:0`.
     pub fn backend_name(&self) -> String {
-        use super::backend::Backend;
+        use crate::engine::model::backend::Backend;
         match self {
             LoadedShard::Cpu(m) => m.backend().describe(),
             LoadedShard::Candle(m) => m.backend().describe(),
@@ -605,7 +605,7 @@ impl LoadedModel {
                 (true, CpuMatmul::Candle) => "cpu (candle)".into(),
                 (true, m) => format!(
                     "cpu ({}, {m} activations)",
-                    super::cpu::isa::Isa::best().name()
+                    crate::engine::cpu::isa::Isa::best().name()
                 ),
                 (false, _) => self.device_name(),
             },

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 
-pub use super::model::SequenceCache;
+pub use crate::engine::model::shard_model::SequenceCache;
 
 /// Limits of a [`KvCacheStore`].
 #[derive(Debug, Clone, Copy)]

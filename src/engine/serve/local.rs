@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde::Serialize;
 
-use super::generation::{Decoding, FinishReason, TokenOutcome};
 use super::inference_engine::LoadedModel;
-use super::model::{ShardInput, ShardOutput};
 use super::sampling::{SamplingParams, sample};
+use crate::engine::model::shard_model::{ShardInput, ShardOutput};
+use crate::engine::text::generation::{Decoding, FinishReason, TokenOutcome};
 
 /// What to generate.
 #[derive(Debug, Clone)]

@@ -138,7 +138,7 @@ pub enum GenerationEvent {
     Text(String),
     /// The logprobs of a generated token (only when asked for), sent before the text that
     /// token completes; end-of-sequence tokens have none.
-    Logprobs(crate::engine::sampling::TokenLogprobs),
+    Logprobs(crate::engine::serve::sampling::TokenLogprobs),
     Finished(GenerationSummary),
     Failed(String),
 }
@@ -182,7 +182,7 @@ pub struct RequestFlow {
     running: Mutex<HashMap<u64, (ValidatedContext, std::time::Instant)>>,
     next_tag: AtomicU64,
     /// Where the batcher hands finished batches (a task of this flow takes them).
-    completions: mpsc::UnboundedSender<Vec<crate::engine::batcher::StepDone>>,
+    completions: mpsc::UnboundedSender<Vec<crate::engine::serve::batcher::StepDone>>,
     /// Everything bound for peers.
     outbox: Outbox,
     /// The last step of each request this node accepted, so that a retried message (its
@@ -499,7 +499,9 @@ pub fn to_wire(context: &ValidatedContext) -> pb::RequestContext {
 }
 
 /// A token's logprobs as they travel to the origin.
-pub fn logprobs_to_wire(logprobs: &crate::engine::sampling::TokenLogprobs) -> pb::TokenLogprobs {
+pub fn logprobs_to_wire(
+    logprobs: &crate::engine::serve::sampling::TokenLogprobs,
+) -> pb::TokenLogprobs {
     pb::TokenLogprobs {
         logprob: logprobs.logprob,
         top_tokens: logprobs.top.iter().map(|(t, _)| *t).collect(),

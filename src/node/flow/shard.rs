@@ -10,9 +10,9 @@ use tonic::Status;
 
 use super::outbox::Item;
 use super::{RequestFlow, logprobs_to_wire, to_wire};
-use crate::engine::batcher::{StepDone, StepJob};
-use crate::engine::model::{ShardInput, ShardOutput};
-use crate::engine::sampling::{TokenLogprobs, logprobs, sample};
+use crate::engine::model::shard_model::{ShardInput, ShardOutput};
+use crate::engine::serve::batcher::{StepDone, StepJob};
+use crate::engine::serve::sampling::{TokenLogprobs, logprobs, sample};
 use crate::proto::{encode_hidden, pb};
 use crate::server::{StepInput, StepOutcome, ValidatedContext};
 

@@ -19,8 +19,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{gemma3, quantized_gemma3};
 use exo::catalog::{ModelFormat, ResolvedModel};
-use exo::engine::local::{LocalRequest, generate};
-use exo::engine::sampling::argmax;
+use exo::engine::serve::local::{LocalRequest, generate};
+use exo::engine::serve::sampling::argmax;
 use exo::engine::{CpuMatmul, DeviceChoice, EngineConfig, LoadedModel, SamplingParams};
 use serde_json::json;
 

@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
 use exo::catalog::ModelFormat;
-use exo::engine::local::{LocalRequest, generate as generate_tokens};
-use exo::engine::sampling::argmax;
+use exo::engine::serve::local::{LocalRequest, generate as generate_tokens};
+use exo::engine::serve::sampling::argmax;
 use exo::engine::{CpuMatmul, LoadedModel, SamplingParams, ShardInput, ShardOutput};
 use serde_json::Value as Json;
 

@@ -1,0 +1,14 @@
+//! The model: a shard of layers of any supported family, read tensor by tensor from GGUF
+//! or safetensors ([`weights`], [`tensor_names`], [`config`]) and run by the sharded
+//! decoder ([`shard_model`]) over a [`backend`]: our CPU kernels (`crate::engine::cpu`)
+//! or candle's ([`candle_backend`], for GPUs); [`device`] and [`cpu_matmul`] pick which.
+
+pub mod backend;
+pub mod candle_backend;
+pub mod config;
+pub mod cpu_matmul;
+pub mod device;
+pub mod shard;
+pub mod shard_model;
+pub mod tensor_names;
+pub mod weights;
