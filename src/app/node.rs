@@ -9,7 +9,7 @@ use crate::catalog::Catalog;
 use crate::discovery::{
     Announcement, ManualDiscovery, PROTOCOL, PROTOCOL_VERSION, PeerTable, UdpDiscovery,
 };
-use crate::engine::{EngineConfig, InferenceEngine};
+use crate::engine::{EngineConfig, InferenceEngine, WeightSupplier};
 use crate::node::{NodeIdentity, RequestFlow, default_data_home};
 use crate::resource::{Managed, ResourceGroup, ResourceMonitor, ResourceRegistry};
 use crate::server::GrpcServer;
@@ -83,7 +83,7 @@ impl Node {
         });
         let mut engine_config = EngineConfig::new(config.model.clone(), config.device);
         engine_config.cpu_matmul = config.cpu_matmul;
-        engine_config.supply = supply.clone();
+        engine_config.supply = supply.clone().map(|s| s as Arc<dyn WeightSupplier>);
         let engine = Managed::builder("engine", InferenceEngine::new(engine_config))
             .name(format!("inference engine ({})", config.model.id))
             .config(InferenceEngine::resource_config())

@@ -19,9 +19,14 @@ pub use model::{backend, config, weights};
 
 pub use model::cpu_matmul::CpuMatmul;
 pub use model::device::DeviceChoice;
+pub use model::loaded_shard::LoadedShard;
+pub use model::memory::ModelMemory;
 pub use model::shard::Shard;
 pub use model::shard_model::{HiddenState, ShardInput, ShardModel, ShardOutput};
-pub use serve::inference_engine::{EngineConfig, InferenceEngine, LoadedModel, LoadedShard};
+pub use serve::engine_config::EngineConfig;
+pub use serve::inference_engine::InferenceEngine;
+pub use serve::loaded_model::LoadedModel;
 pub use serve::sampling::SamplingParams;
+pub use serve::supplier::WeightSupplier;
 pub use text::chat_template::ChatMessage;
 pub use text::generation::{Decoding, FinishReason, TokenOutcome};

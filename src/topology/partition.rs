@@ -3,6 +3,8 @@
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::ModelMemory;
+
 /// A node as the partitioner sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeWeight {
@@ -196,21 +198,6 @@ pub fn plan_partition(
     };
     partition.validate()?;
     Ok(partition)
-}
-
-/// What a whole model needs in memory: its weights and the KV cache reserve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModelMemory {
-    pub weights: u64,
-    pub kv_reserve: u64,
-    /// The tokens the reserve is for.
-    pub reserve_tokens: usize,
-}
-
-impl ModelMemory {
-    pub fn total(&self) -> u64 {
-        self.weights + self.kv_reserve
-    }
 }
 
 /// Plans a partition of `n_layers` over `nodes` whose `memory_bytes` is what each has

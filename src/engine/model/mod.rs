@@ -2,12 +2,16 @@
 //! or safetensors ([`weights`], [`tensor_names`], [`config`]) and run by the sharded
 //! decoder ([`shard_model`]) over a [`backend`]: our CPU kernels (`crate::engine::cpu`)
 //! or candle's ([`candle_backend`], for GPUs); [`device`] and [`cpu_matmul`] pick which.
+//! [`loaded_shard`]: a shard on whichever backend runs it; [`memory`]: what a whole model
+//! needs in memory.
 
 pub mod backend;
 pub mod candle_backend;
 pub mod config;
 pub mod cpu_matmul;
 pub mod device;
+pub mod loaded_shard;
+pub mod memory;
 pub mod shard;
 pub mod shard_model;
 pub mod tensor_names;

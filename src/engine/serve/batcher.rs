@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::metrics::{Histogram, LATENCY_BUCKETS};
 
-use super::inference_engine::LoadedModel;
+use super::kv_cache::CachePosition;
 use crate::engine::model::shard_model::{ShardInput, ShardOutput};
 
 /// One request's step on one of this node's layer ranges.
@@ -33,7 +33,7 @@ pub struct StepJob {
     /// The caller's handle on the step, handed back with its outcome.
     pub tag: u64,
     /// Where the finished batch goes.
-    pub sink: mpsc::UnboundedSender<Vec<StepDone>>,
+    pub sink: StepSink,
 }
 
 /// A step's outcome.
@@ -41,6 +41,18 @@ pub struct StepDone {
     pub tag: u64,
     pub request_id: String,
     pub output: anyhow::Result<ShardOutput>,
+}
+
+/// Where a finished batch's outcomes go, one message per batch.
+pub type StepSink = mpsc::UnboundedSender<Vec<StepDone>>;
+
+/// What the batcher drives: the model whose steps it queues (the engine's loaded model).
+pub trait StepRunner: Send + Sync + 'static {
+    /// Where `request_id` stands on the layer range `[start, end)`.
+    fn cache_position(&self, request_id: &str, start: usize, end: usize) -> CachePosition;
+
+    /// Runs a batch of steps of one layer range; each step's outcome, with its sink.
+    fn run_batch(&self, jobs: Vec<StepJob>) -> Vec<(StepDone, StepSink)>;
 }
 
 /// How batches are formed.
@@ -123,7 +135,7 @@ impl Batcher {
     }
 
     /// Queues a step; the worker starts on first use and lives as long as the model.
-    pub fn submit(self: &Arc<Self>, model: &Arc<LoadedModel>, job: StepJob) {
+    pub fn submit(self: &Arc<Self>, model: Weak<dyn StepRunner>, job: StepJob) {
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             fail_all(vec![(
                 job,
@@ -138,10 +150,10 @@ impl Batcher {
         });
         if !state.running {
             state.running = true;
-            let (batcher, weak) = (self.clone(), Arc::downgrade(model));
+            let batcher = self.clone();
             std::thread::Builder::new()
                 .name("exo-batcher".into())
-                .spawn(move || run(batcher, weak))
+                .spawn(move || run(batcher, model))
                 .expect("the batcher thread starts");
         }
         drop(state);
@@ -180,8 +192,8 @@ impl Batcher {
     #[allow(clippy::type_complexity)]
     fn next_batch(
         &self,
-        model: &Weak<LoadedModel>,
-    ) -> Option<(Arc<LoadedModel>, Vec<StepJob>, Vec<(StepJob, String)>)> {
+        model: &Weak<dyn StepRunner>,
+    ) -> Option<(Arc<dyn StepRunner>, Vec<StepJob>, Vec<(StepJob, String)>)> {
         loop {
             let strong = model.upgrade().filter(|_| !self.is_stopping());
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -196,7 +208,7 @@ impl Batcher {
                 fail_all(left);
                 return None;
             };
-            let (batch, failed) = take_ready(&mut state.queue, &strong, &self.limits);
+            let (batch, failed) = take_ready(&mut state.queue, strong.as_ref(), &self.limits);
             if !batch.is_empty() || !failed.is_empty() {
                 return Some((strong, batch, failed));
             }
@@ -235,17 +247,6 @@ fn fail_all(steps: Vec<(StepJob, String)>) {
     );
 }
 
-/// Where a request stands on a layer range of this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CachePosition {
-    /// No cache: the request has not started here (or was dropped).
-    Absent,
-    /// Its cache holds this many positions.
-    At(usize),
-    /// A step of it is running now.
-    Busy,
-}
-
 /// Takes the steps that can run now: for each request only its earliest queued step, and
 /// only if it is at its cache's position; every single-token step; at most one multi-row
 /// step (a prompt chunk), if it fits the row budget or nothing else is ready; all of one
@@ -254,7 +255,7 @@ pub enum CachePosition {
 /// long) are taken out to fail, with the reason.
 fn take_ready(
     queue: &mut VecDeque<Queued>,
-    model: &LoadedModel,
+    model: &dyn StepRunner,
     limits: &BatchLimits,
 ) -> (Vec<StepJob>, Vec<(StepJob, String)>) {
     let mut taken = Vec::new();
@@ -322,7 +323,7 @@ fn take_ready(
 }
 
 /// The worker: runs batches until the model is dropped or stopped.
-fn run(batcher: Arc<Batcher>, model: Weak<LoadedModel>) {
+fn run(batcher: Arc<Batcher>, model: Weak<dyn StepRunner>) {
     while let Some((strong, batch, failed)) = batcher.next_batch(&model) {
         fail_all(failed);
         if batch.is_empty() {
@@ -349,8 +350,8 @@ fn run(batcher: Arc<Batcher>, model: Weak<LoadedModel>) {
 }
 
 /// Hands each finished step to its sink, one message per sink per batch.
-fn deliver(done: Vec<(StepDone, mpsc::UnboundedSender<Vec<StepDone>>)>) {
-    let mut groups: Vec<(mpsc::UnboundedSender<Vec<StepDone>>, Vec<StepDone>)> = Vec::new();
+fn deliver(done: Vec<(StepDone, StepSink)>) {
+    let mut groups: Vec<(StepSink, Vec<StepDone>)> = Vec::new();
     for (step, sink) in done {
         match groups.iter_mut().find(|(s, _)| s.same_channel(&sink)) {
             Some((_, steps)) => steps.push(step),

@@ -14,6 +14,17 @@ use anyhow::bail;
 
 pub use crate::engine::model::shard_model::SequenceCache;
 
+/// Where a request stands on a layer range of this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachePosition {
+    /// No cache: the request has not started here (or was dropped).
+    Absent,
+    /// Its cache holds this many positions.
+    At(usize),
+    /// A step of it is running now.
+    Busy,
+}
+
 /// Limits of a [`KvCacheStore`].
 #[derive(Debug, Clone, Copy)]
 pub struct CacheLimits {
@@ -190,8 +201,7 @@ impl KvCacheStore {
     }
 
     /// Where a request stands: no cache, its cache's length, or a step running.
-    pub fn position(&self, request_id: &str) -> super::batcher::CachePosition {
-        use super::batcher::CachePosition;
+    pub fn position(&self, request_id: &str) -> CachePosition {
         match self.entries.get(request_id) {
             None => CachePosition::Absent,
             Some(Entry { cache: Some(c), .. }) => CachePosition::At(c.len),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde::Serialize;
 
-use super::inference_engine::LoadedModel;
+use super::loaded_model::LoadedModel;
 use super::sampling::{SamplingParams, sample};
 use crate::engine::model::shard_model::{ShardInput, ShardOutput};
 use crate::engine::text::generation::{Decoding, FinishReason, TokenOutcome};
