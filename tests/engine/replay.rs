@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use exo::engine::model::shard_model::{ShardInput, ShardOutput};
+use exo::engine::model::shard_io::{ShardInput, ShardOutput};
 use exo::engine::serve::batcher::StepJob;
 use exo::engine::{ChatMessage, LoadedModel};
 

@@ -7,8 +7,10 @@ use candle_core::{DType, Device};
 use super::backend::Backend;
 use super::candle_backend::CandleBackend;
 use super::cpu_matmul::CpuMatmul;
+use super::sequence_cache::SequenceCache;
 use super::shard::Shard;
-use super::shard_model::{SequenceCache, ShardInput, ShardModel, ShardOutput};
+use super::shard_io::{ShardInput, ShardOutput};
+use super::shard_model::ShardModel;
 use super::weights::WeightSource;
 use crate::engine::cpu::CpuBackend;
 

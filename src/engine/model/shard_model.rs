@@ -4,7 +4,8 @@
 //! the sharded model is written here: embedding on the first shard, decoder layers, final
 //! norm and output head on the last. The families differ only in switches of
 //! [`ModelConfig`] (biases, q/k norms, extra norms, the activation, sliding windows, rope);
-//! one layer function reads them.
+//! one layer function reads them (`layer.rs`), and one loader reads every family's
+//! tensors (`loader.rs`).
 //!
 //! A forward pass takes a *batch*: rows of several sequences at once, each at its own
 //! position with its own cache. Matmuls run over every row together (the weights are read
@@ -15,149 +16,16 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use super::backend::{Backend, SeqRows};
-use super::candle_backend::{CandleBackend, CandleKv};
-use super::config::{Architecture, ModelConfig};
+use super::config::ModelConfig;
+use super::layer::Layer;
+use super::loader::TensorReader;
+use super::sequence_cache::{KvSlot, SequenceCache};
 use super::shard::Shard;
-use super::tensor_names::{GlobalTensor, LayerTensor};
-use super::weights::{LoadCounter, WeightSource};
-use crate::engine::cpu::CpuBackend;
-use crate::engine::cpu::attention::{AttentionShape, KvLayer};
+use super::shard_io::{HiddenState, ShardInput, ShardOutput};
+use super::weights::WeightSource;
 
 /// Prompt tokens run through the layers at once, at most; longer prompts go in chunks.
 pub const PREFILL_CHUNK: usize = 512;
-
-/// What a shard is fed: token ids on the first shard, a hidden state on the others.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ShardInput {
-    Tokens(Vec<u32>),
-    Hidden(HiddenState),
-}
-
-impl ShardInput {
-    pub fn len(&self) -> usize {
-        match self {
-            ShardInput::Tokens(t) => t.len(),
-            ShardInput::Hidden(h) => h.rows,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Rows of hidden states (f32, row-major), as they travel between shards.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HiddenState {
-    pub data: Vec<f32>,
-    pub rows: usize,
-    pub cols: usize,
-}
-
-/// What a shard produces: a hidden state for the next shard, or, on the last shard, the
-/// logits of the last position.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ShardOutput {
-    Hidden(HiddenState),
-    Logits(Vec<f32>),
-}
-
-/// One layer's keys and values for one sequence, on whichever backend holds them.
-pub enum AnyKv {
-    Cpu(KvLayer),
-    Candle(CandleKv),
-}
-
-/// How a backend finds its own caches in an [`AnyKv`].
-pub trait KvSlot: Backend {
-    fn new_kv() -> AnyKv;
-    fn kv(slot: &mut AnyKv) -> anyhow::Result<&mut Self::Kv>;
-    fn kv_ref(slot: &AnyKv) -> Option<&Self::Kv>;
-}
-
-impl KvSlot for CpuBackend {
-    fn new_kv() -> AnyKv {
-        AnyKv::Cpu(KvLayer::default())
-    }
-    fn kv(slot: &mut AnyKv) -> anyhow::Result<&mut KvLayer> {
-        match slot {
-            AnyKv::Cpu(kv) => Ok(kv),
-            AnyKv::Candle(_) => bail!("a cache of another backend"),
-        }
-    }
-    fn kv_ref(slot: &AnyKv) -> Option<&KvLayer> {
-        match slot {
-            AnyKv::Cpu(kv) => Some(kv),
-            AnyKv::Candle(_) => None,
-        }
-    }
-}
-
-impl KvSlot for CandleBackend {
-    fn new_kv() -> AnyKv {
-        AnyKv::Candle(CandleKv::default())
-    }
-    fn kv(slot: &mut AnyKv) -> anyhow::Result<&mut CandleKv> {
-        match slot {
-            AnyKv::Candle(kv) => Ok(kv),
-            AnyKv::Cpu(_) => bail!("a cache of another backend"),
-        }
-    }
-    fn kv_ref(slot: &AnyKv) -> Option<&CandleKv> {
-        match slot {
-            AnyKv::Candle(kv) => Some(kv),
-            AnyKv::Cpu(_) => None,
-        }
-    }
-}
-
-/// Everything one shard caches for one sequence: a cache per layer and the number of
-/// positions seen.
-pub struct SequenceCache {
-    pub layers: Vec<AnyKv>,
-    /// Positions processed so far: the position of the next token.
-    pub len: usize,
-    /// Bytes the layer caches hold (kept up to date by each step).
-    pub bytes: usize,
-}
-
-/// q, k and v projections: one stacked matrix when the file's layout allows it.
-enum Qkv<B: Backend> {
-    Fused {
-        matrix: B::Matrix,
-        bias: Option<B::Vector>,
-    },
-    Separate {
-        q: B::Matrix,
-        k: B::Matrix,
-        v: B::Matrix,
-        biases: Option<[B::Vector; 3]>,
-    },
-}
-
-/// gate and up projections: stacked when possible.
-enum GateUp<B: Backend> {
-    Fused(B::Matrix),
-    Separate(B::Matrix, B::Matrix),
-}
-
-struct Layer<B: Backend> {
-    attn_norm: B::Vector,
-    qkv: Qkv<B>,
-    q_norm: Option<B::Vector>,
-    k_norm: Option<B::Vector>,
-    o: B::Matrix,
-    post_attn_norm: Option<B::Vector>,
-    ffn_norm: B::Vector,
-    gate_up: GateUp<B>,
-    down: B::Matrix,
-    post_ffn_norm: Option<B::Vector>,
-    attention: AttentionShape,
-    /// Whether this layer uses the local (sliding-window) rope.
-    local_rope: bool,
-    /// Bytes of this layer's tensors as read from the model file.
-    bytes: u64,
-}
 
 /// The loaded weights of one shard and what it needs to run them.
 pub struct ShardModel<B: Backend> {
@@ -207,169 +75,39 @@ impl<B: KvSlot> ShardModel<B> {
             shard.end_layer,
             shard.n_layers,
         )?;
-        let counter = LoadCounter::default();
-        // Every tensor's shape is checked against the config before it is read: a file
-        // that does not fit its own metadata is refused here, naming the tensor, on every
-        // backend (a mismatch found later would surface deep in a matmul, or not at all).
-        let matrix = |name: &str, is_layer: bool, shape: [usize; 2]| -> anyhow::Result<B::Matrix> {
-            expect_shape(source, name, &shape)?;
-            let tensor = source.read(name, &counter, is_layer)?;
-            backend.matrix(tensor)
-        };
-        let values = |name: &str, is_layer: bool, len: usize| -> anyhow::Result<Vec<f32>> {
-            expect_shape(source, name, &[len])?;
-            source.read(name, &counter, is_layer)?.to_f32()
-        };
-        let vector =
-            |name: &str, is_layer: bool, len: usize, offset: f32| -> anyhow::Result<B::Vector> {
-                let mut values = values(name, is_layer, len)?;
-                if offset != 0.0 {
-                    for v in &mut values {
-                        *v += offset;
-                    }
-                }
-                backend.vector(values)
-            };
-        let c = &config;
-        let hidden = c.hidden_size;
-        let norm = |name: &str, len: usize| vector(name, true, len, c.norm_offset);
-        let embedding_name = source.global_name(GlobalTensor::Embedding);
-        let head_name = source.global_name(GlobalTensor::Head);
-        let tied = !source.has(head_name);
+        let reader = TensorReader::new(source, &backend, &config);
+        let tied = reader.tied();
         let embedding = if shard.is_first() || (shard.is_last() && tied) {
             match donors.iter().find_map(|d| d.embedding.clone()) {
                 Some(shared) => Some(shared),
-                None => Some(Arc::new(matrix(
-                    embedding_name,
-                    false,
-                    [c.vocab_size, hidden],
-                )?)),
+                None => Some(Arc::new(reader.embedding()?)),
             }
         } else {
             None
         };
         let mut layers = Vec::with_capacity(shard.len());
-        let q_width = c.n_heads * c.head_dim;
-        let kv_width = c.n_kv_heads * c.head_dim;
         for layer in shard.start_layer..shard.end_layer {
-            if let Some(shared) = donors.iter().find_map(|d| d.layer(layer)) {
-                layers.push(shared);
-                continue;
+            match donors.iter().find_map(|d| d.layer(layer)) {
+                Some(shared) => layers.push(shared),
+                None => layers.push(Arc::new(reader.layer(layer)?)),
             }
-            let read_before = counter.layer_bytes();
-            let name = |t: LayerTensor| source.layer_name(layer, t);
-            // Phi-3 files hold q, k and v stacked, and gate and up stacked; the other
-            // families' hold them apart (a file missing one is told which).
-            let phi3 = c.architecture == Architecture::Phi3;
-            let qkv = if phi3 || source.has(&name(LayerTensor::Qkv)) {
-                let matrix = matrix(
-                    &name(LayerTensor::Qkv),
-                    true,
-                    [q_width + 2 * kv_width, hidden],
-                )?;
-                Qkv::Fused { matrix, bias: None }
-            } else {
-                let (q, k, v) = (
-                    matrix(&name(LayerTensor::Q), true, [q_width, hidden])?,
-                    matrix(&name(LayerTensor::K), true, [kv_width, hidden])?,
-                    matrix(&name(LayerTensor::V), true, [kv_width, hidden])?,
-                );
-                let biases = if c.qkv_bias {
-                    Some([
-                        values(&name(LayerTensor::QBias), true, q_width)?,
-                        values(&name(LayerTensor::KBias), true, kv_width)?,
-                        values(&name(LayerTensor::VBias), true, kv_width)?,
-                    ])
-                } else {
-                    None
-                };
-                match backend.stack(&[&q, &k, &v])? {
-                    Some(matrix) => Qkv::Fused {
-                        matrix,
-                        bias: biases
-                            .map(|[q, k, v]| backend.vector([q, k, v].concat()))
-                            .transpose()?,
-                    },
-                    None => Qkv::Separate {
-                        q,
-                        k,
-                        v,
-                        biases: biases
-                            .map(|[q, k, v]| -> anyhow::Result<_> {
-                                Ok([backend.vector(q)?, backend.vector(k)?, backend.vector(v)?])
-                            })
-                            .transpose()?,
-                    },
-                }
-            };
-            let ffn = c.intermediate_size;
-            let gate_up = if phi3 && !source.has(&name(LayerTensor::Gate)) {
-                GateUp::Fused(matrix(&name(LayerTensor::GateUp), true, [2 * ffn, hidden])?)
-            } else {
-                let gate = matrix(&name(LayerTensor::Gate), true, [ffn, hidden])?;
-                let up = matrix(&name(LayerTensor::Up), true, [ffn, hidden])?;
-                match backend.stack(&[&gate, &up])? {
-                    Some(fused) => GateUp::Fused(fused),
-                    None => GateUp::Separate(gate, up),
-                }
-            };
-            let o = matrix(&name(LayerTensor::Output), true, [hidden, q_width])?;
-            let down = matrix(&name(LayerTensor::Down), true, [hidden, ffn])?;
-            let head_norm = |t: LayerTensor| norm(&name(t), c.head_dim);
-            layers.push(Arc::new(Layer {
-                attn_norm: norm(&name(LayerTensor::AttnNorm), hidden)?,
-                qkv,
-                q_norm: c
-                    .qk_norm
-                    .then(|| head_norm(LayerTensor::QNorm))
-                    .transpose()?,
-                k_norm: c
-                    .qk_norm
-                    .then(|| head_norm(LayerTensor::KNorm))
-                    .transpose()?,
-                o,
-                post_attn_norm: c
-                    .post_norms
-                    .then(|| norm(&name(LayerTensor::PostAttnNorm), hidden))
-                    .transpose()?,
-                ffn_norm: norm(&name(LayerTensor::FfnNorm), hidden)?,
-                gate_up,
-                down,
-                post_ffn_norm: c
-                    .post_norms
-                    .then(|| norm(&name(LayerTensor::PostFfnNorm), hidden))
-                    .transpose()?,
-                attention: AttentionShape {
-                    n_heads: c.n_heads,
-                    n_kv_heads: c.n_kv_heads,
-                    head_dim: c.head_dim,
-                    scale: c.attention_scale,
-                    window: c.layer_window(layer),
-                    softcap: None,
-                },
-                local_rope: c.rope_local.is_some() && c.layer_window(layer).is_some(),
-                bytes: counter.layer_bytes() - read_before,
-            }));
         }
         let (final_norm, head) = if shard.is_last() {
-            let norm = vector(
-                source.global_name(GlobalTensor::FinalNorm),
-                false,
-                hidden,
-                c.norm_offset,
-            )?;
+            let norm = reader.final_norm()?;
             let head = if tied {
                 None
             } else {
                 match donors.iter().find_map(|d| d.head.clone()) {
                     Some(shared) => Some(shared),
-                    None => Some(Arc::new(matrix(head_name, false, [c.vocab_size, hidden])?)),
+                    None => Some(Arc::new(reader.head()?)),
                 }
             };
             (Some(norm), head)
         } else {
             (None, None)
         };
+        let other_bytes = reader.counter.other_bytes();
+        let c = &config;
         let rope = backend.rope(&c.rope, c.context_length)?;
         let rope_local = c
             .rope_local
@@ -387,7 +125,7 @@ impl<B: KvSlot> ShardModel<B> {
             rope_local,
             layer_bytes: layers.iter().map(|l| l.bytes).sum(),
             layers,
-            other_bytes: counter.other_bytes(),
+            other_bytes,
         })
     }
 
@@ -613,8 +351,9 @@ impl<B: KvSlot> ShardModel<B> {
                 .iter_mut()
                 .map(|cache| B::kv(&mut cache.layers[i]))
                 .collect::<anyhow::Result<_>>()?;
-            x = self
-                .run_layer(layer, x, seqs, &mut kvs)
+            let ropes = (&self.rope, self.rope_local.as_ref());
+            x = layer
+                .forward(b, c, ropes, x, seqs, &mut kvs)
                 .with_context(|| format!("layer {}", self.shard.start_layer + i))?;
         }
         if !self.shard.is_last() {
@@ -657,83 +396,5 @@ impl<B: KvSlot> ShardModel<B> {
             .chunks_exact(vocab)
             .map(|l| ShardOutput::Logits(l.to_vec()))
             .collect())
-    }
-
-    fn run_layer(
-        &self,
-        layer: &Layer<B>,
-        x: B::Act,
-        seqs: &[SeqRows],
-        kvs: &mut [&mut B::Kv],
-    ) -> anyhow::Result<B::Act> {
-        let b = &self.backend;
-        let c = &self.config;
-        let eps = c.rms_norm_eps as f32;
-        let h = b.rms_norm(&x, &layer.attn_norm, eps)?;
-        let q_width = c.n_heads * c.head_dim;
-        let kv_width = c.n_kv_heads * c.head_dim;
-        let (q, k, v) = match &layer.qkv {
-            Qkv::Fused { matrix, bias } => {
-                let fused = b.linear(&h, &[(matrix, bias.as_ref())])?.remove(0);
-                let mut parts = b.split(fused, &[q_width, kv_width, kv_width])?.into_iter();
-                let (q, k, v) = (parts.next(), parts.next(), parts.next());
-                (q.context("q")?, k.context("k")?, v.context("v")?)
-            }
-            Qkv::Separate { q, k, v, biases } => {
-                let bias = |i: usize| biases.as_ref().map(|b| &b[i]);
-                let mut out = b
-                    .linear(&h, &[(q, bias(0)), (k, bias(1)), (v, bias(2))])?
-                    .into_iter();
-                let (q, k, v) = (out.next(), out.next(), out.next());
-                (q.context("q")?, k.context("k")?, v.context("v")?)
-            }
-        };
-        let (q, k) = match (&layer.q_norm, &layer.k_norm) {
-            (Some(qn), Some(kn)) => (b.head_norm(q, qn, eps)?, b.head_norm(k, kn, eps)?),
-            _ => (q, k),
-        };
-        let rope = match (&self.rope_local, layer.local_rope) {
-            (Some(local), true) => local,
-            _ => &self.rope,
-        };
-        let q = b.apply_rope(q, c.head_dim, rope, seqs)?;
-        let k = b.apply_rope(k, c.head_dim, rope, seqs)?;
-        let attn = b.attention(&q, &k, &v, seqs, kvs, &layer.attention)?;
-        let mut o = b.linear(&attn, &[(&layer.o, None)])?.remove(0);
-        if let Some(norm) = &layer.post_attn_norm {
-            o = b.rms_norm(&o, norm, eps)?;
-        }
-        let x = b.add(&x, &o)?;
-        let h = b.rms_norm(&x, &layer.ffn_norm, eps)?;
-        let (gate, up) = match &layer.gate_up {
-            GateUp::Fused(m) => {
-                let fused = b.linear(&h, &[(m, None)])?.remove(0);
-                let mut parts = b
-                    .split(fused, &[c.intermediate_size, c.intermediate_size])?
-                    .into_iter();
-                (parts.next().context("gate")?, parts.next().context("up")?)
-            }
-            GateUp::Separate(g, u) => {
-                let mut out = b.linear(&h, &[(g, None), (u, None)])?.into_iter();
-                (out.next().context("gate")?, out.next().context("up")?)
-            }
-        };
-        let a = b.gated(c.activation, &gate, &up)?;
-        let mut d = b.linear(&a, &[(&layer.down, None)])?.remove(0);
-        if let Some(norm) = &layer.post_ffn_norm {
-            d = b.rms_norm(&d, norm, eps)?;
-        }
-        b.add(&x, &d)
-    }
-}
-
-/// Checks that the file holds tensor `name` with the shape the config needs (rows first).
-fn expect_shape(source: &WeightSource, name: &str, expected: &[usize]) -> anyhow::Result<()> {
-    match source.shape(name) {
-        None => bail!("tensor {name} is missing from {}", source.path().display()),
-        Some(shape) if shape != expected => {
-            bail!("tensor {name} has shape {shape:?}; the model config needs {expected:?}")
-        }
-        Some(_) => Ok(()),
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::metrics::{Histogram, LATENCY_BUCKETS};
 
 use super::kv_cache::CachePosition;
-use crate::engine::model::shard_model::{ShardInput, ShardOutput};
+use crate::engine::model::shard_io::{ShardInput, ShardOutput};
 
 /// One request's step on one of this node's layer ranges.
 pub struct StepJob {

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 
-pub use crate::engine::model::shard_model::SequenceCache;
+pub use crate::engine::model::sequence_cache::SequenceCache;
 
 /// Where a request stands on a layer range of this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use crate::engine::model::device::{dense_dtype, device_name};
 use crate::engine::model::loaded_shard::LoadedShard;
 use crate::engine::model::memory::ModelMemory;
 use crate::engine::model::shard::Shard;
-use crate::engine::model::shard_model::{HiddenState, ShardInput, ShardOutput};
+use crate::engine::model::shard_io::{HiddenState, ShardInput, ShardOutput};
 use crate::engine::model::weights::WeightSource;
 use crate::engine::text::tokenizer::TextTokenizer;
 

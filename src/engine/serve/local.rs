@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::loaded_model::LoadedModel;
 use super::sampling::{SamplingParams, sample};
-use crate::engine::model::shard_model::{ShardInput, ShardOutput};
+use crate::engine::model::shard_io::{ShardInput, ShardOutput};
 use crate::engine::text::generation::{Decoding, FinishReason, TokenOutcome};
 
 /// What to generate.

@@ -10,7 +10,7 @@ use tonic::Status;
 
 use super::outbox::Item;
 use super::{RequestFlow, logprobs_to_wire, to_wire};
-use crate::engine::model::shard_model::{ShardInput, ShardOutput};
+use crate::engine::model::shard_io::{ShardInput, ShardOutput};
 use crate::engine::serve::batcher::{StepDone, StepJob};
 use crate::engine::serve::sampling::{TokenLogprobs, logprobs, sample};
 use crate::proto::{encode_hidden, pb};
