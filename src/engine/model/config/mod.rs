@@ -2,13 +2,14 @@
 //!
 //! One [`ModelConfig`] describes every family the engine runs; the families differ in a
 //! handful of switches (biases, q/k norms, extra norms, the activation, sliding windows,
-//! rope variants), which the decoder reads. How each family spells those switches in GGUF
-//! metadata and in config.json is this file's business.
+//! rope variants), which the decoder reads. Each reader (`gguf.rs`: GGUF metadata;
+//! `hf.rs`: config.json) takes what the file says; what the family alone decides is added
+//! in one shared step, `RawConfig::finish`, which also checks the result.
 
-use std::collections::HashMap;
+mod gguf;
+mod hf;
 
-use anyhow::{Context, bail};
-use candle_core::quantized::gguf_file;
+use anyhow::bail;
 use serde::Serialize;
 
 use crate::engine::cpu::ops::Activation;
@@ -130,300 +131,6 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Reads the `<arch>.*` keys of a GGUF file. Rope frequency factors stored as tensors
-    /// (`rope_freqs`, `rope_factors_short`) are filled in by the caller, which can read
-    /// tensors.
-    pub fn from_gguf(content: &gguf_file::Content) -> anyhow::Result<Self> {
-        let md = &content.metadata;
-        let arch_name = md
-            .get("general.architecture")
-            .context("GGUF metadata has no general.architecture")?
-            .to_string()
-            .context("general.architecture is not a string")?
-            .clone();
-        let architecture = Architecture::from_name(&arch_name)?;
-        let key = |k: &str| format!("{arch_name}.{k}");
-        let get_uint = |k: &str| -> Option<anyhow::Result<usize>> {
-            let full = key(k);
-            let value = md.get(&full)?;
-            Some(
-                value
-                    .to_u32()
-                    .map(|v| v as usize)
-                    .or_else(|_| value.to_u64().map(|v| v as usize))
-                    .or_else(|_| value.to_i32().map(|v| v.max(0) as usize))
-                    .with_context(|| format!("{full} is not an unsigned integer")),
-            )
-        };
-        let need = |k: &str| -> anyhow::Result<usize> {
-            get_uint(k).with_context(|| format!("GGUF metadata has no {}", key(k)))?
-        };
-        let get_f32 = |k: &str| -> anyhow::Result<Option<f32>> {
-            match md.get(&key(k)) {
-                None => Ok(None),
-                Some(v) => Ok(Some(
-                    v.to_f32()
-                        .with_context(|| format!("{} is not a float", key(k)))?,
-                )),
-            }
-        };
-        let n_heads = need("attention.head_count")?;
-        let hidden_size = need("embedding_length")?;
-        let n_kv_heads = get_uint("attention.head_count_kv")
-            .transpose()?
-            .unwrap_or(n_heads);
-        let head_dim = match get_uint("attention.key_length").transpose()? {
-            Some(d) => d,
-            None => hidden_size / n_heads.max(1),
-        };
-        let rotary_dim = get_uint("rope.dimension_count")
-            .transpose()?
-            .unwrap_or(head_dim);
-        let vocab_size = match get_uint("vocab_size").transpose()? {
-            Some(v) => v,
-            None => md
-                .get("tokenizer.ggml.tokens")
-                .and_then(|t| t.to_vec().ok())
-                .map(|t| t.len())
-                .context("GGUF metadata has neither a vocab size nor tokens")?,
-        };
-        let mut context_length = get_uint("context_length").transpose()?.unwrap_or(4096);
-        let theta = get_f32("rope.freq_base")?.unwrap_or(10_000.0);
-        let layout = match architecture {
-            Architecture::Llama => RopeLayout::Interleaved,
-            _ => RopeLayout::Halves,
-        };
-        let mut rope = RopeSpec {
-            theta,
-            rotary_dim,
-            layout,
-            freq_factors: Vec::new(),
-            magnitude: 1.0,
-        };
-        let scaling = md
-            .get(&key("rope.scaling.type"))
-            .and_then(|v| v.to_string().ok())
-            .cloned();
-        let scaling_factor = get_f32("rope.scaling.factor")?;
-        match (scaling.as_deref(), scaling_factor) {
-            (Some("linear"), Some(factor)) if factor > 0.0 && factor != 1.0 => {
-                rope.freq_factors = vec![factor; rotary_dim / 2];
-            }
-            (Some("linear") | Some("none") | None, _) => {}
-            // Llama 3 files carry their factors as the rope_freqs tensor, Phi-3 as the
-            // rope_factors tensors; YaRN and others are not implemented.
-            (Some("yarn"), Some(factor)) if factor > 1.0 => bail!(
-                "the model uses YaRN rope scaling (factor {factor}), which this engine does not implement"
-            ),
-            _ => {}
-        }
-        if let Some(attn_factor) = get_f32("rope.scaling.attn_factor")? {
-            rope.magnitude = attn_factor;
-        }
-        if architecture == Architecture::Phi3
-            && let Some(original) = get_uint("rope.scaling.original_context_length").transpose()?
-        {
-            // LongRoPE: the short factors hold up to the original context; beyond it the
-            // model needs the long ones, which this engine does not switch to.
-            context_length = context_length.min(original);
-        }
-        let sliding_window = get_uint("attention.sliding_window")
-            .transpose()?
-            .filter(|&w| w > 0);
-        let (rope_local, sliding_window, sliding_pattern) = match architecture {
-            Architecture::Gemma3 => match sliding_window {
-                Some(window) => {
-                    let pattern = get_uint("attention.sliding_window_pattern")
-                        .transpose()?
-                        .unwrap_or(6);
-                    let local = RopeSpec {
-                        theta: get_f32("rope.freq_base_swa")?.unwrap_or(10_000.0),
-                        freq_factors: Vec::new(),
-                        ..rope.clone()
-                    };
-                    (Some(local), Some(window), Some(pattern))
-                }
-                None => (None, None, None),
-            },
-            // llama.cpp disables Phi-3's window (its converters do not record the pattern).
-            Architecture::Phi3 => (None, None, None),
-            _ => (None, sliding_window, None),
-        };
-        let attention_scale = match architecture {
-            Architecture::Gemma3
-                if n_heads > 0 && get_uint("block_count").transpose()? == Some(62) =>
-            {
-                // Gemma 3 27B scales by the model width per head, not the head dimension.
-                1.0 / ((hidden_size / n_heads) as f32).sqrt()
-            }
-            _ => 1.0 / (head_dim as f32).sqrt(),
-        };
-        let config = ModelConfig {
-            architecture,
-            n_layers: need("block_count")?,
-            hidden_size,
-            intermediate_size: need("feed_forward_length")?,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            vocab_size,
-            context_length,
-            rms_norm_eps: f64::from(
-                get_f32("attention.layer_norm_rms_epsilon")?
-                    .context("GGUF metadata has no attention.layer_norm_rms_epsilon")?,
-            ),
-            rope,
-            rope_local,
-            qkv_bias: architecture == Architecture::Qwen2,
-            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
-            post_norms: architecture == Architecture::Gemma3,
-            activation: match architecture {
-                Architecture::Gemma3 => Activation::GeluTanh,
-                _ => Activation::Silu,
-            },
-            embedding_scale: (architecture == Architecture::Gemma3)
-                .then(|| (hidden_size as f32).sqrt()),
-            attention_scale,
-            sliding_window,
-            sliding_pattern,
-            norm_offset: 0.0,
-        };
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Reads a Hugging Face `config.json`.
-    pub fn from_hf_json(text: &str) -> anyhow::Result<Self> {
-        let raw: HashMap<String, serde_json::Value> =
-            serde_json::from_str(text).context("config.json is not a JSON object")?;
-        let arch_name = raw
-            .get("architectures")
-            .and_then(|a| a.get(0))
-            .and_then(|a| a.as_str())
-            .or_else(|| raw.get("model_type").and_then(|m| m.as_str()))
-            .context("config.json names no architecture (architectures / model_type)")?;
-        let architecture = Architecture::from_name(arch_name)?;
-        let uint = |k: &str| -> anyhow::Result<usize> {
-            raw.get(k)
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-                .with_context(|| format!("config.json has no unsigned integer '{k}'"))
-        };
-        let opt_uint = |k: &str| raw.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
-        let float = |k: &str| raw.get(k).and_then(|v| v.as_f64());
-        let hidden_size = uint("hidden_size")?;
-        let n_heads = uint("num_attention_heads")?;
-        let head_dim = opt_uint("head_dim").unwrap_or(hidden_size / n_heads.max(1));
-        let rotary_dim = match float("partial_rotary_factor") {
-            Some(f) => ((head_dim as f64) * f) as usize,
-            None => head_dim,
-        };
-        let mut context_length = opt_uint("max_position_embeddings").unwrap_or(4096);
-        let mut rope = RopeSpec {
-            theta: float("rope_theta").unwrap_or(10_000.0) as f32,
-            rotary_dim,
-            layout: RopeLayout::Halves,
-            freq_factors: Vec::new(),
-            magnitude: 1.0,
-        };
-        if let Some(scaling) = raw.get("rope_scaling").filter(|v| !v.is_null()) {
-            let kind = scaling
-                .get("rope_type")
-                .or_else(|| scaling.get("type"))
-                .and_then(|t| t.as_str())
-                .unwrap_or("");
-            let get = |k: &str| scaling.get(k).and_then(|v| v.as_f64());
-            match kind {
-                "llama3" => {
-                    rope.freq_factors = llama3_factors(
-                        rope.theta,
-                        rotary_dim,
-                        get("factor").unwrap_or(8.0),
-                        get("low_freq_factor").unwrap_or(1.0),
-                        get("high_freq_factor").unwrap_or(4.0),
-                        get("original_max_position_embeddings").unwrap_or(8192.0),
-                    );
-                }
-                "linear" => {
-                    let factor = get("factor").unwrap_or(1.0) as f32;
-                    rope.freq_factors = vec![factor; rotary_dim / 2];
-                }
-                "longrope" | "su" => {
-                    let short: Vec<f32> = scaling
-                        .get("short_factor")
-                        .and_then(|v| serde_json::from_value(v.clone()).ok())
-                        .context("LongRoPE scaling without short_factor")?;
-                    let original = opt_uint("original_max_position_embeddings")
-                        .context("LongRoPE scaling without original_max_position_embeddings")?;
-                    let scale = context_length as f64 / original as f64;
-                    if scale > 1.0 {
-                        rope.magnitude = (1.0 + scale.ln() / (original as f64).ln()).sqrt() as f32;
-                    }
-                    rope.freq_factors = short;
-                    context_length = context_length.min(original);
-                }
-                "default" | "" => {}
-                other => bail!(
-                    "config.json uses rope scaling '{other}', which this engine does not implement"
-                ),
-            }
-        }
-        let is_gemma = architecture == Architecture::Gemma3;
-        let sliding_window = opt_uint("sliding_window").filter(|&w| w > 0);
-        let (rope_local, sliding_window, sliding_pattern) = match architecture {
-            Architecture::Gemma3 => {
-                let local = RopeSpec {
-                    theta: float("rope_local_base_freq").unwrap_or(10_000.0) as f32,
-                    freq_factors: Vec::new(),
-                    ..rope.clone()
-                };
-                (
-                    Some(local),
-                    sliding_window,
-                    Some(opt_uint("sliding_window_pattern").unwrap_or(6)),
-                )
-            }
-            Architecture::Phi3 => (None, None, None),
-            _ if raw.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(false) => {
-                (None, None, None)
-            }
-            _ => (None, sliding_window.filter(|&w| w < context_length), None),
-        };
-        let attention_scale = match float("query_pre_attn_scalar") {
-            Some(s) if is_gemma => 1.0 / (s as f32).sqrt(),
-            _ => 1.0 / (head_dim as f32).sqrt(),
-        };
-        let config = ModelConfig {
-            architecture,
-            n_layers: uint("num_hidden_layers")?,
-            hidden_size,
-            intermediate_size: uint("intermediate_size")?,
-            n_heads,
-            n_kv_heads: opt_uint("num_key_value_heads").unwrap_or(n_heads),
-            head_dim,
-            vocab_size: uint("vocab_size")?,
-            context_length,
-            rms_norm_eps: float("rms_norm_eps").unwrap_or(1e-6),
-            rope,
-            rope_local,
-            qkv_bias: architecture == Architecture::Qwen2,
-            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
-            post_norms: is_gemma,
-            activation: if is_gemma {
-                Activation::GeluTanh
-            } else {
-                Activation::Silu
-            },
-            embedding_scale: is_gemma.then(|| (hidden_size as f32).sqrt()),
-            attention_scale,
-            sliding_window,
-            sliding_pattern,
-            norm_offset: if is_gemma { 1.0 } else { 0.0 },
-        };
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Rejects shapes the model code cannot run, with the reason.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.n_layers == 0
@@ -497,6 +204,66 @@ impl ModelConfig {
             (Some(local), Some(_)) => local,
             _ => &self.rope,
         }
+    }
+}
+
+/// What the two readers of a model's config (GGUF metadata, `config.json`) find in the
+/// file: everything but what the family alone decides, which [`RawConfig::finish`] adds
+/// in one place for both.
+struct RawConfig {
+    architecture: Architecture,
+    n_layers: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    vocab_size: usize,
+    context_length: usize,
+    rms_norm_eps: f64,
+    rope: RopeSpec,
+    rope_local: Option<RopeSpec>,
+    attention_scale: f32,
+    sliding_window: Option<usize>,
+    sliding_pattern: Option<usize>,
+    norm_offset: f32,
+}
+
+impl RawConfig {
+    /// The family's switches (biases, q/k norms, extra norms, activation, embedding
+    /// scale), then the checks.
+    fn finish(self) -> anyhow::Result<ModelConfig> {
+        let architecture = self.architecture;
+        let is_gemma = architecture == Architecture::Gemma3;
+        let config = ModelConfig {
+            architecture,
+            n_layers: self.n_layers,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            vocab_size: self.vocab_size,
+            context_length: self.context_length,
+            rms_norm_eps: self.rms_norm_eps,
+            rope: self.rope,
+            rope_local: self.rope_local,
+            qkv_bias: architecture == Architecture::Qwen2,
+            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
+            post_norms: is_gemma,
+            activation: if is_gemma {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            },
+            embedding_scale: is_gemma.then(|| (self.hidden_size as f32).sqrt()),
+            attention_scale: self.attention_scale,
+            sliding_window: self.sliding_window,
+            sliding_pattern: self.sliding_pattern,
+            norm_offset: self.norm_offset,
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 
