@@ -6,34 +6,21 @@
 //! - `"llama"`: SentencePiece-style, merges chosen by token score (see [`super::spm`]);
 //!   Gemma, Mistral, Phi-3;
 //! - `"gpt2"`: byte-level BPE with ranked merges after a regex pre-tokenizer named by
-//!   `tokenizer.ggml.pre`; Llama 3, Qwen2/2.5/3, DeepSeek-R1-Distill-Qwen, SmolLM.
+//!   `tokenizer.ggml.pre` (see [`super::gguf_bpe`]); Llama 3, Qwen2/2.5/3,
+//!   DeepSeek-R1-Distill-Qwen, SmolLM.
 //!
 //! Both share llama.cpp's handling of special tokens: control, user-defined and unknown
 //! tokens written in the text are cut out first (longest first) and become their single
 //! ids; the model only sees the text between them.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use candle_core::quantized::gguf_file::Value;
 use tokenizers::Tokenizer;
-use tokenizers::models::bpe::{BPE, Vocab};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior};
 
+use super::gguf_bpe::{PreRules, bpe_tokenizer, byte_level_byte, clean_spaces};
 use super::spm::SpmVocab;
-
-/// GPT-2's pre-tokenizer, as llama.cpp writes it.
-const GPT2_PATTERN: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-/// Llama 3's pre-tokenizer: digits in groups of up to three. llama.cpp spells the
-/// case-insensitive contractions with ASCII classes (so no Unicode case folding).
-const LLAMA3_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Qwen2's pre-tokenizer: Llama 3's with digits one by one.
-const QWEN2_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Token texts llama.cpp treats as ending generation, whatever their GGUF type: it makes
 /// them control tokens (cut out of text, left out of decoded text), and so does this.
@@ -116,7 +103,7 @@ pub struct GgufVocab {
     /// SentencePiece's dummy prefix: a space before text that starts the input or follows
     /// a special token; decoding drops the space the first token then starts with.
     add_space_prefix: bool,
-    /// See [`clean_spaces`].
+    /// See [`super::gguf_bpe::clean_spaces`].
     clean_spaces: bool,
     pub bos: Option<u32>,
     pub add_bos: bool,
@@ -218,7 +205,7 @@ impl GgufVocab {
         let clean_spaces = rules.as_ref().is_some_and(|r| r.clean_spaces);
         let model = match &rules {
             None => spm_model(md, &tokens, &kinds, &ids)?,
-            Some(rules) => Model::Bpe(Box::new(bpe_model(md, &tokens, rules)?)),
+            Some(rules) => Model::Bpe(Box::new(bpe_tokenizer(&tokens, read_merges(md)?, rules)?)),
         };
         Ok(GgufVocab {
             tokens,
@@ -457,12 +444,9 @@ fn spm_model(
     Ok(Model::Spm { scores, byte_ids })
 }
 
-fn bpe_model(
-    md: &HashMap<String, Value>,
-    tokens: &[String],
-    rules: &PreRules,
-) -> anyhow::Result<Tokenizer> {
-    let merges: Vec<(String, String)> = match md.get("tokenizer.ggml.merges") {
+/// `tokenizer.ggml.merges`: pairs of token texts, in rank order.
+fn read_merges(md: &HashMap<String, Value>) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(match md.get("tokenizer.ggml.merges") {
         Some(value) => array(value, "tokenizer.ggml.merges")?
             .iter()
             .map(|v| {
@@ -482,129 +466,7 @@ fn bpe_model(
             })
             .collect::<anyhow::Result<_>>()?,
         None => bail!("GGUF metadata has no tokenizer.ggml.merges"),
-    };
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(id, token)| (token.clone(), id as u32))
-        .collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .ignore_merges(rules.ignore_merges)
-        .build()
-        .map_err(|error| {
-            anyhow::anyhow!("the GGUF vocabulary does not form a BPE model: {error}")
-        })?;
-    let mut tokenizer = Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(rules.pre_tokenizer()?));
-    Ok(tokenizer)
-}
-
-/// What llama.cpp does for a `tokenizer.ggml.pre` name.
-struct PreRules {
-    /// Regexes applied in turn, each splitting the pieces of the one before (what a regex
-    /// does not match stays a piece of its own).
-    patterns: &'static [&'static str],
-    /// A piece that is a token as a whole skips the merges.
-    ignore_merges: bool,
-    /// The BOS default when `tokenizer.ggml.add_bos_token` is absent.
-    add_bos: bool,
-    /// Decoding tidies spaces before punctuation and contractions (" ?" to "?").
-    clean_spaces: bool,
-}
-
-impl PreRules {
-    fn for_name(pre: &str) -> anyhow::Result<Self> {
-        let rules = |patterns, clean_spaces| PreRules {
-            patterns,
-            ignore_merges: false,
-            add_bos: false,
-            clean_spaces,
-        };
-        Ok(match pre {
-            "default" => rules(
-                &[
-                    r"[\p{P}\$\+<=>\^~\|]+",
-                    GPT2_PATTERN,
-                    r"\p{N}+",
-                    "[0-9][0-9][0-9]",
-                ],
-                true,
-            ),
-            "gpt-2" | "gpt2" => rules(&[GPT2_PATTERN], true),
-            // Digits one by one, then GPT-2's rules.
-            "smollm" | "command-r" => rules(&[r"\p{N}", GPT2_PATTERN], false),
-            "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" => {
-                rules(&[r"\p{N}", GPT2_PATTERN], true)
-            }
-            "llama3" | "llama-v3" | "llama-bpe" => PreRules {
-                ignore_merges: true,
-                add_bos: true,
-                ..rules(&[LLAMA3_PATTERN], true)
-            },
-            "smaug-bpe" | "dbrx" => rules(&[LLAMA3_PATTERN], true),
-            "qwen2" | "deepseek-r1-qwen" => rules(&[QWEN2_PATTERN], false),
-            "stablelm2" => rules(&[QWEN2_PATTERN], true),
-            other => bail!(
-                "unknown GGUF pre-tokenizer '{other}' (tokenizer.ggml.pre); known: default, \
-                 gpt-2, smollm, llama-bpe, qwen2, deepseek-r1-qwen and a few relatives"
-            ),
-        })
-    }
-
-    /// The regex splits, then GPT-2's mapping of bytes to printable characters.
-    fn pre_tokenizer(&self) -> anyhow::Result<Sequence> {
-        let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
-        for pattern in self.patterns {
-            let split = Split::new(
-                SplitPattern::Regex((*pattern).into()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|error| anyhow::anyhow!("bad pre-tokenizer pattern {pattern:?}: {error}"))?;
-            steps.push(split.into());
-        }
-        steps.push(ByteLevel::new(false, true, false).into());
-        Ok(Sequence::new(steps))
-    }
-}
-
-/// llama.cpp's `clean_up_tokenization_spaces`: no space before `?!.,`, none around a lone
-/// apostrophe, none before `'s`, `'m`, `'re`, `'ve` (the passes run in this order).
-fn clean_spaces(text: String) -> String {
-    let mut text = text;
-    for (from, to) in [
-        (" ?", "?"),
-        (" !", "!"),
-        (" .", "."),
-        (" ,", ","),
-        (" ' ", "'"),
-        (" 's", "'s"),
-        (" 'm", "'m"),
-        (" 're", "'re"),
-        (" 've", "'ve"),
-    ] {
-        if text.contains(from) {
-            text = text.replace(from, to);
-        }
-    }
-    text
-}
-
-/// The byte a character of GPT-2's byte-level alphabet stands for: printable Latin-1
-/// characters stand for themselves, the other bytes were moved, in order, to U+0100 on.
-fn byte_level_byte(c: char) -> Option<u8> {
-    static MOVED: OnceLock<Vec<u8>> = OnceLock::new();
-    let code = u32::from(c);
-    if let Ok(byte) = u8::try_from(code) {
-        return is_printable_byte(byte).then_some(byte);
-    }
-    let moved = MOVED.get_or_init(|| (0..=255u8).filter(|b| !is_printable_byte(*b)).collect());
-    moved.get(code.checked_sub(256)? as usize).copied()
-}
-
-fn is_printable_byte(byte: u8) -> bool {
-    matches!(byte, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)
+    })
 }
 
 /// The byte of a `<0xXX>` token.
