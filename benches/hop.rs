@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use exo::engine::SamplingParams;
 use exo::peer::{GrpcPeerHandle, PeerTimeouts};
+use exo::proto::{StepInput, StepOutcome, ValidatedContext};
 use exo::proto::{encode_tensor, pb};
 use exo::resource::Managed;
-use exo::server::{GrpcServer, NodeHandler, StepInput, StepOutcome, ValidatedContext};
+use exo::server::{GrpcServer, NodeHandler};
 use exo::topology::{Partition, PartitionEntry};
 use futures::FutureExt;
 use tokio::sync::mpsc;
@@ -64,7 +65,7 @@ impl NodeHandler for Receiver {
 }
 
 fn context() -> pb::RequestContext {
-    exo::node::to_wire(&ValidatedContext {
+    ValidatedContext {
         request_id: "bench".into(),
         origin_node_id: "sender".into(),
         origin_address: "127.0.0.1:1".into(),
@@ -94,7 +95,8 @@ fn context() -> pb::RequestContext {
         reserve_positions: 0,
         token_index: 0,
         top_logprobs: None,
-    })
+    }
+    .to_wire()
 }
 
 #[tokio::main]

@@ -16,8 +16,9 @@ use exo::app::{DiscoveryMode, Node, NodeConfig};
 use exo::catalog::{ModelFormat, ResolvedModel};
 use exo::engine::DeviceChoice;
 use exo::proto::pb;
+use exo::proto::{StepInput, StepOutcome, ValidatedContext};
 use exo::resource::Managed;
-use exo::server::{GrpcServer, NodeHandler, StepInput, StepOutcome, ValidatedContext};
+use exo::server::{GrpcServer, NodeHandler};
 use tonic::Status;
 
 const PEERS: usize = 64;

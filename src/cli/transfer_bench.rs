@@ -29,10 +29,9 @@ use crate::catalog::local_files::weight_files;
 use crate::catalog::{Catalog, DownloadProgress, ModelEntry, default_models_dir};
 use crate::proto::pb;
 use crate::proto::pb::node_client::NodeClient;
+use crate::proto::{StepInput, StepOutcome, ValidatedContext};
 use crate::resource::Managed;
-use crate::server::{
-    GrpcServer, NodeHandler, StepInput, StepOutcome, ValidatedContext, WeightStream,
-};
+use crate::server::{GrpcServer, NodeHandler, WeightStream};
 use crate::supply::serve::{CHUNK_BYTES, serve};
 use crate::supply::{PeerSource, fetch_from_peer, local_holding};
 

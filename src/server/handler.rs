@@ -1,51 +1,9 @@
-//! What a node does with the messages it receives; the service checks them first.
+//! What a node does with the messages it receives; the service checks them first (and
+//! `crate::proto` turns them into the types the handler takes).
 
 use tonic::Status;
 
-use crate::engine::SamplingParams;
-use crate::proto::pb;
-use crate::topology::Partition;
-
-/// A request's context after the service has checked it: the plan is well formed and
-/// includes this node.
-#[derive(Debug, Clone)]
-pub struct ValidatedContext {
-    pub request_id: String,
-    pub origin_node_id: String,
-    pub origin_address: String,
-    pub plan: Partition,
-    /// This node's index in the plan.
-    pub index: usize,
-    pub sampling: SamplingParams,
-    pub position: usize,
-    pub step: u64,
-    /// Whether the last shard samples a token after this step.
-    pub sample: bool,
-    /// Positions the request may reach (reserved in KV budgets when it starts).
-    pub reserve_positions: usize,
-    /// The index of the token this step samples among the generated ones.
-    pub token_index: u64,
-    /// Some(k) when the client asked for logprobs: the last shard returns each token's
-    /// log-probability and its k most likely alternatives.
-    pub top_logprobs: Option<u32>,
-}
-
-/// What arrives for a shard to run.
-#[derive(Debug, Clone)]
-pub enum StepInput {
-    Tokens(Vec<u32>),
-    Hidden(crate::engine::HiddenState),
-}
-
-/// The last shard's outcome for one step.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StepOutcome {
-    /// A sampled token, with its logprobs when the request asked for them.
-    Token(u32, Option<crate::engine::serve::sampling::TokenLogprobs>),
-    /// A prompt chunk went through the whole ring (nothing is sampled for it).
-    Done,
-    Error(String),
-}
+use crate::proto::{StepInput, StepOutcome, ValidatedContext, pb};
 
 /// The node's behaviour behind the gRPC service. Implemented by the node's request flow
 /// (and by tests). Errors are gRPC statuses: INVALID_ARGUMENT and NOT_FOUND for bad input,

@@ -14,10 +14,9 @@ use exo::catalog::sparse_store::read_sidecar;
 use exo::catalog::{Catalog, DownloadProgress, ModelEntry, presence};
 use exo::proto::pb;
 use exo::proto::pb::node_client::NodeClient;
+use exo::proto::{StepInput, StepOutcome, ValidatedContext};
 use exo::resource::Managed;
-use exo::server::{
-    GrpcServer, NodeHandler, StepInput, StepOutcome, ValidatedContext, WeightStream,
-};
+use exo::server::{GrpcServer, NodeHandler, WeightStream};
 use exo::supply::serve::serve;
 use exo::supply::{PeerSource, fetch_from_peer, local_holding};
 use tonic::Status;

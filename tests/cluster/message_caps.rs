@@ -10,10 +10,9 @@ use std::sync::atomic::AtomicU16;
 
 use exo::proto::pb;
 use exo::proto::pb::node_client::NodeClient;
+use exo::proto::{StepInput, StepOutcome, ValidatedContext};
 use exo::resource::{Managed, Resource};
-use exo::server::{
-    GrpcServer, MessageLimits, NodeHandler, StepInput, StepOutcome, ValidatedContext,
-};
+use exo::server::{GrpcServer, MessageLimits, NodeHandler};
 use tonic::{Code, Status};
 
 use super::tensors::context;

@@ -8,9 +8,10 @@ use std::sync::atomic::AtomicU16;
 use candle_core::{DType, Device, Tensor};
 use exo::engine::{HiddenState, SamplingParams};
 use exo::peer::{GrpcPeerHandle, PeerTimeouts};
+use exo::proto::{StepInput, StepOutcome, ValidatedContext};
 use exo::proto::{encode_tensor, pb};
 use exo::resource::Managed;
-use exo::server::{GrpcServer, NodeHandler, StepInput, StepOutcome, ValidatedContext};
+use exo::server::{GrpcServer, NodeHandler};
 use exo::topology::{Partition, PartitionEntry};
 use futures::FutureExt;
 use tokio::sync::mpsc;
@@ -88,7 +89,7 @@ fn plan(nodes: &[&str]) -> Partition {
 }
 
 pub fn context(request_id: &str, nodes: &[&str], index: usize) -> pb::RequestContext {
-    exo::node::to_wire(&ValidatedContext {
+    ValidatedContext {
         request_id: request_id.into(),
         origin_node_id: nodes[0].into(),
         origin_address: "127.0.0.1:1".into(),
@@ -101,7 +102,8 @@ pub fn context(request_id: &str, nodes: &[&str], index: usize) -> pb::RequestCon
         reserve_positions: 0,
         token_index: 0,
         top_logprobs: None,
-    })
+    }
+    .to_wire()
 }
 
 async fn sink() -> (

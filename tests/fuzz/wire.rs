@@ -3,8 +3,9 @@
 //! wire form to engine form (`decode_tensor`, `decode_hidden`).
 
 use exo::engine::HiddenState;
+use exo::proto::{StepInput, StepOutcome, ValidatedContext};
 use exo::proto::{decode_hidden, decode_tensor, encode_hidden, pb};
-use exo::server::{NodeHandler, NodeService, StepInput, StepOutcome, ValidatedContext};
+use exo::server::{NodeHandler, NodeService};
 use pb::node_server::Node;
 use proptest::prelude::*;
 use prost::Message;

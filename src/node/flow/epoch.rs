@@ -13,14 +13,13 @@ use tokio::sync::mpsc;
 use super::continuation::{Interruption, Replan};
 use super::deadline::StepTimes;
 use super::outbox::Item;
-use super::{GenerateRequest, GenerationEvent, RequestFlow, describe, to_wire};
+use super::{GenerateRequest, GenerationEvent, RequestFlow, describe};
 use crate::discovery::PeerInfo;
 use crate::engine::serve::sampling::TokenLogprobs;
 use crate::engine::text::tokenizer::TextTokenizer;
 use crate::engine::{Decoding, FinishReason, TokenOutcome};
-use crate::proto::pb;
+use crate::proto::{StepInput, StepOutcome, ValidatedContext, step_to_wire};
 use crate::resource::Resource;
-use crate::server::{StepInput, StepOutcome, ValidatedContext};
 use crate::topology::Partition;
 
 /// What the origin keeps of a request across its epochs.
@@ -310,10 +309,7 @@ impl RequestFlow {
             }
             return Ok(());
         }
-        let item = pb::StepItem {
-            context: Some(to_wire(&context)),
-            input: Some(pb::step_item::Input::Tokens(pb::TokenList { tokens })),
-        };
+        let item = step_to_wire(&context, StepInput::Tokens(tokens));
         self.send_to(&first.node_id, &first.address, Item::Step(item));
         Ok(())
     }

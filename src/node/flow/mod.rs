@@ -34,8 +34,9 @@ use tonic::Status;
 use crate::discovery::PeerTable;
 use crate::engine::{FinishReason, InferenceEngine, LoadedModel, SamplingParams};
 use crate::proto::pb;
+use crate::proto::{StepInput, StepOutcome, ValidatedContext};
 use crate::resource::{Managed, ResourceState};
-use crate::server::{NodeHandler, StepInput, StepOutcome, ValidatedContext};
+use crate::server::NodeHandler;
 use crate::topology::{DeviceCapabilities, Partition};
 
 pub use origin::new_request_id;
@@ -473,39 +474,6 @@ impl NodeHandler for RequestFlow {
                 self.node_id, self.model_id
             ))),
         }
-    }
-}
-
-/// A request context as it travels.
-pub fn to_wire(context: &ValidatedContext) -> pb::RequestContext {
-    pb::RequestContext {
-        request_id: context.request_id.clone(),
-        origin_node_id: context.origin_node_id.clone(),
-        origin_address: context.origin_address.clone(),
-        plan: Some(context.plan.to_wire()),
-        sampling: Some(pb::SamplingParams {
-            temperature: context.sampling.temperature,
-            top_p: context.sampling.top_p,
-            top_k: context.sampling.top_k as u32,
-            seed: context.sampling.seed,
-        }),
-        position: context.position as u32,
-        step: context.step,
-        sample: context.sample,
-        reserve_positions: context.reserve_positions as u32,
-        token_index: context.token_index,
-        top_logprobs: context.top_logprobs,
-    }
-}
-
-/// A token's logprobs as they travel to the origin.
-pub fn logprobs_to_wire(
-    logprobs: &crate::engine::serve::sampling::TokenLogprobs,
-) -> pb::TokenLogprobs {
-    pb::TokenLogprobs {
-        logprob: logprobs.logprob,
-        top_tokens: logprobs.top.iter().map(|(t, _)| *t).collect(),
-        top_logprobs: logprobs.top.iter().map(|(_, l)| *l).collect(),
     }
 }
 

@@ -9,8 +9,8 @@ use super::RequestFlow;
 use super::outbox::Item;
 use crate::discovery::PeerInfo;
 use crate::engine::LoadedModel;
+use crate::proto::ValidatedContext;
 use crate::resource::ResourceState;
-use crate::server::ValidatedContext;
 use crate::topology::{DeviceCapabilities, NodeWeight, Partition, plan_partition_fitting};
 
 impl RequestFlow {

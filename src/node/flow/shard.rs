@@ -8,13 +8,12 @@ use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use super::RequestFlow;
 use super::outbox::Item;
-use super::{RequestFlow, logprobs_to_wire, to_wire};
 use crate::engine::model::shard_io::{ShardInput, ShardOutput};
 use crate::engine::serve::batcher::{StepDone, StepJob};
 use crate::engine::serve::sampling::{TokenLogprobs, logprobs, sample};
-use crate::proto::{encode_hidden, pb};
-use crate::server::{StepInput, StepOutcome, ValidatedContext};
+use crate::proto::{StepInput, StepOutcome, ValidatedContext, result_to_wire, step_to_wire};
 
 impl RequestFlow {
     /// Checks steps for this node's shard and queues them on the batcher; each caller gets
@@ -175,10 +174,7 @@ impl RequestFlow {
                         let next = next.clone();
                         let mut next_context = context.clone();
                         next_context.index += 1;
-                        let item = pb::StepItem {
-                            context: Some(to_wire(&next_context)),
-                            input: Some(pb::step_item::Input::Tensor(encode_hidden(&hidden))),
-                        };
+                        let item = step_to_wire(&next_context, StepInput::Hidden(hidden));
                         self.send_to(&next.node_id, &next.address, Item::Step(item));
                     }
                     None => self.fail_step(
@@ -220,20 +216,7 @@ impl RequestFlow {
             }
             return;
         }
-        let logprobs = match &outcome {
-            StepOutcome::Token(_, Some(logprobs)) => Some(logprobs_to_wire(logprobs)),
-            _ => None,
-        };
-        let item = pb::ResultItem {
-            context: Some(to_wire(context)),
-            node_id: self.node_id.clone(),
-            logprobs,
-            outcome: Some(match outcome {
-                StepOutcome::Token(token, _) => pb::result_item::Outcome::Token(token),
-                StepOutcome::Done => pb::result_item::Outcome::Done(true),
-                StepOutcome::Error(error) => pb::result_item::Outcome::Error(error),
-            }),
-        };
+        let item = result_to_wire(context.to_wire(), self.node_id.clone(), outcome);
         self.send_to(
             &context.origin_node_id,
             &context.origin_address,
@@ -272,12 +255,11 @@ impl RequestFlow {
                             context.origin_node_id.clone(),
                             context.origin_address.clone(),
                         );
-                        let item = pb::ResultItem {
-                            context: Some(context),
-                            node_id: self.node_id.clone(),
-                            logprobs: None,
-                            outcome: Some(pb::result_item::Outcome::Error(message)),
-                        };
+                        let item = result_to_wire(
+                            context,
+                            self.node_id.clone(),
+                            StepOutcome::Error(message),
+                        );
                         self.send_to(&origin.0, &origin.1, Item::Result(item));
                     }
                 }
