@@ -29,6 +29,7 @@ use crate::catalog::local_files::weight_files;
 use crate::catalog::{Catalog, DownloadProgress, ModelEntry, default_models_dir};
 use crate::proto::pb;
 use crate::proto::pb::node_client::NodeClient;
+use crate::proto::weights::{check_chunk, weight_request};
 use crate::proto::{StepInput, StepOutcome, ValidatedContext};
 use crate::resource::Managed;
 use crate::server::{GrpcServer, NodeHandler, WeightStream};
@@ -338,18 +339,12 @@ async fn grpc_copy(
     file: &str,
     size: u64,
 ) -> anyhow::Result<()> {
-    let request = pb::WeightRequest {
-        model_id: model.to_string(),
-        file: file.to_string(),
-        ranges: vec![pb::ByteRange {
-            start: 0,
-            end: size,
-        }],
-    };
+    let whole = 0..size;
+    let request = weight_request(model, file, std::slice::from_ref(&whole));
     let mut stream = client.fetch_weights(request).await?.into_inner();
     let mut got = 0;
     while let Some(chunk) = stream.message().await? {
-        if crc32fast::hash(&chunk.data) != chunk.crc32 {
+        if check_chunk(&chunk).is_err() {
             bail!("a damaged chunk");
         }
         got += chunk.data.len() as u64;

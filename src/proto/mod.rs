@@ -6,6 +6,7 @@
 //! - [`step`], [`result`]: a shard's input, and a step's outcome on its way to the origin;
 //! - `tensor`: tensors and hidden states as raw bytes;
 //! - `plan`, `capabilities`: partition plans and a node's capabilities;
+//! - [`weights`]: weight transfers (byte ranges asked for, checksummed chunks);
 //! - [`request_ids`]: the request ids a call carries in its gRPC metadata.
 
 mod capabilities;
@@ -15,6 +16,7 @@ pub mod request_ids;
 pub mod result;
 pub mod step;
 mod tensor;
+pub mod weights;
 
 pub use context::{Recipient, ValidatedContext};
 pub use result::{StepOutcome, result_from_wire, result_to_wire};

@@ -31,6 +31,7 @@ use crate::catalog::tensor_manifest::{TensorVerdict, builtin_manifest, manifest_
 use crate::catalog::{ModelEntry, TensorCheck, TensorManifest, check_tensor};
 use crate::proto::pb;
 use crate::proto::pb::node_client::NodeClient;
+use crate::proto::weights::{check_chunk, weight_request};
 
 use super::holdings::holding_file;
 
@@ -264,17 +265,7 @@ fn receive_batch(
     received: &AtomicU64,
     progress: &ProgressHandle,
 ) -> anyhow::Result<()> {
-    let request = pb::WeightRequest {
-        model_id: entry.id.clone(),
-        file: file.to_string(),
-        ranges: ranges
-            .iter()
-            .map(|r| pb::ByteRange {
-                start: r.start,
-                end: r.end,
-            })
-            .collect(),
-    };
+    let request = weight_request(&entry.id, file, ranges);
     let mut client = peer.client.clone();
     let mut stream = peer
         .runtime
@@ -326,8 +317,7 @@ fn receive_batch(
                         range.end
                     );
                 }
-                let crc = crc32fast::hash(&chunk.data);
-                if crc != chunk.crc32 {
+                if let Err(crc) = check_chunk(&chunk) {
                     bail!(
                         "a chunk from peer {} (bytes {}..{} of {file}) is damaged: CRC-32 {crc:08x}, \
                          it says {:08x}",
