@@ -5,12 +5,14 @@ mod bench;
 mod chat;
 mod generate;
 mod keygen;
+#[path = "bench/load.rs"]
 mod load_bench;
 mod models;
 mod node;
 mod resources;
 mod run;
 mod shared;
+#[path = "bench/transfer.rs"]
 mod transfer_bench;
 
 use clap::{Parser, Subcommand};
