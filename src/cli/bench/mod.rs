@@ -1,4 +1,9 @@
-//! `exo bench`: prefill and decode tokens/s of the engine, after a warm-up.
+//! The benchmark commands. `exo bench`: prefill and decode tokens/s of the engine, after a
+//! warm-up (here), or of many users at once through a node's API ([`load`]);
+//! `exo bench-transfer`: a peer weight transfer against a plain TCP copy ([`transfer`]).
+
+pub mod load;
+pub mod transfer;
 
 use clap::Args;
 use serde_json::json;
@@ -134,7 +139,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// `exo bench --concurrency N`.
 fn load(args: BenchArgs, concurrency: usize) -> anyhow::Result<()> {
-    use super::load_bench::{LoadSpec, run_load, start_ring};
+    use load::{LoadSpec, run_load, start_ring};
     anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.tokens > 1, "--tokens must be at least 2");
     let spec = LoadSpec {
@@ -172,7 +177,7 @@ fn load(args: BenchArgs, concurrency: usize) -> anyhow::Result<()> {
             let spec = match &args.served_model {
                 Some(_) => spec,
                 None => LoadSpec {
-                    model: super::load_bench::served_model(&ring.api)?,
+                    model: load::served_model(&ring.api)?,
                     ..spec
                 },
             };
