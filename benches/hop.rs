@@ -15,54 +15,16 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use exo::engine::SamplingParams;
 use exo::peer::{GrpcPeerHandle, PeerTimeouts};
-use exo::proto::{StepInput, StepOutcome, ValidatedContext};
+use exo::proto::ValidatedContext;
 use exo::proto::{encode_tensor, pb};
 use exo::resource::Managed;
-use exo::server::{GrpcServer, NodeHandler};
+use exo::server::GrpcServer;
 use exo::topology::{Partition, PartitionEntry};
 use futures::FutureExt;
-use tokio::sync::mpsc;
-use tonic::Status;
 
-/// A node that hands every received tensor to the benchmark.
-struct Receiver(mpsc::UnboundedSender<Instant>);
-
-#[tonic::async_trait]
-impl NodeHandler for Receiver {
-    fn node_id(&self) -> String {
-        "receiver".into()
-    }
-    async fn run_steps(
-        &self,
-        steps: Vec<(ValidatedContext, StepInput)>,
-    ) -> Vec<Result<(), Status>> {
-        steps
-            .into_iter()
-            .map(|(_, input)| {
-                if let StepInput::Hidden(tensor) = input {
-                    std::hint::black_box(tensor);
-                    let _ = self.0.send(Instant::now());
-                }
-                Ok(())
-            })
-            .collect()
-    }
-    async fn step_results(
-        &self,
-        results: Vec<(ValidatedContext, String, StepOutcome)>,
-    ) -> Vec<Result<(), Status>> {
-        results.iter().map(|_| Ok(())).collect()
-    }
-    async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
-        Ok(pb::TopologyResponse::default())
-    }
-    async fn status(&self, _: pb::StatusMessage) -> Result<(), Status> {
-        Ok(())
-    }
-    async fn finish(&self, _: String, _: String) -> Result<(), Status> {
-        Ok(())
-    }
-}
+#[path = "../tests/support/stand_in.rs"]
+mod stand_in;
+use stand_in::StandIn;
 
 fn context() -> pb::RequestContext {
     ValidatedContext {
@@ -101,12 +63,12 @@ fn context() -> pb::RequestContext {
 
 #[tokio::main]
 async fn main() {
-    let (tx, mut received) = mpsc::unbounded_channel();
+    let (receiver, mut received) = StandIn::new("receiver").capturing();
     let server = Managed::new(
         "grpc_server",
         GrpcServer::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            Arc::new(Receiver(tx)),
+            Arc::new(receiver),
             Arc::new(AtomicU16::new(0)),
         ),
     );
@@ -138,7 +100,7 @@ async fn main() {
                 .with_connection("SendSteps", |peer| peer.send_steps(message.clone()).boxed())
                 .await
                 .unwrap();
-            let arrived = received.recv().await.unwrap();
+            let (_, arrived) = received.recv().await.unwrap();
             if i >= 100 {
                 samples.push(arrived - started);
             }

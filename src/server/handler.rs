@@ -5,9 +5,10 @@ use tonic::Status;
 
 use crate::proto::{StepInput, StepOutcome, ValidatedContext, pb};
 
-/// The node's behaviour behind the gRPC service. Implemented by the node's request flow
-/// (and by tests). Errors are gRPC statuses: INVALID_ARGUMENT and NOT_FOUND for bad input,
-/// never a panic.
+/// The node's behaviour behind the gRPC service. Implemented by the node's request flow,
+/// by the transfer benchmark's peer and by the tests' stand-in; what only a full node does
+/// has a default that a node without it would answer. Errors are gRPC statuses:
+/// INVALID_ARGUMENT and NOT_FOUND for bad input, never a panic.
 #[tonic::async_trait]
 pub trait NodeHandler: Send + Sync + 'static {
     /// This node's id (the service refuses plans that do not include it).
@@ -25,25 +26,47 @@ pub trait NodeHandler: Send + Sync + 'static {
     }
 
     /// Steps for this node's shards (tokens for the first, hidden states for the others);
-    /// one answer per step, in order.
-    async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>)
-    -> Vec<Result<(), Status>>;
+    /// one answer per step, in order. A node that runs no shards refuses them.
+    async fn run_steps(
+        &self,
+        steps: Vec<(ValidatedContext, StepInput)>,
+    ) -> Vec<Result<(), Status>> {
+        let refusal = format!("node {} runs no steps", self.node_id());
+        steps
+            .iter()
+            .map(|_| Err(Status::unimplemented(refusal.clone())))
+            .collect()
+    }
 
     /// Outcomes of steps of requests this node originated (with the node that produced
-    /// each); one answer per outcome, in order.
+    /// each); one answer per outcome, in order. A node that originates no requests
+    /// refuses them.
     async fn step_results(
         &self,
         results: Vec<(ValidatedContext, String, StepOutcome)>,
-    ) -> Vec<Result<(), Status>>;
+    ) -> Vec<Result<(), Status>> {
+        let refusal = format!("node {} waits for no results", self.node_id());
+        results
+            .iter()
+            .map(|_| Err(Status::unimplemented(refusal.clone())))
+            .collect()
+    }
 
-    /// This node's view of the cluster.
-    async fn topology(&self) -> Result<pb::TopologyResponse, Status>;
+    /// This node's view of the cluster (none, unless the node keeps one).
+    async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
+        Ok(pb::TopologyResponse::default())
+    }
 
-    /// An opaque status message from a peer.
-    async fn status(&self, message: pb::StatusMessage) -> Result<(), Status>;
+    /// An opaque status message from a peer (taken and dropped unless the node reads them).
+    async fn status(&self, _message: pb::StatusMessage) -> Result<(), Status> {
+        Ok(())
+    }
 
-    /// The request is over: drop what it holds here.
-    async fn finish(&self, request_id: String, reason: String) -> Result<(), Status>;
+    /// The request is over: drop what it holds here (nothing, unless the node keeps
+    /// something per request).
+    async fn finish(&self, _request_id: String, _reason: String) -> Result<(), Status> {
+        Ok(())
+    }
 
     /// Byte ranges of a weight file this node holds, as a stream of checksummed chunks
     /// (see `crate::supply`). Nodes that hold no weights to share refuse.

@@ -3,73 +3,23 @@
 //! wire form to engine form (`decode_tensor`, `decode_hidden`).
 
 use exo::engine::HiddenState;
-use exo::proto::{StepInput, StepOutcome, ValidatedContext};
 use exo::proto::{decode_hidden, decode_tensor, encode_hidden, pb};
-use exo::server::{NodeHandler, NodeService};
+use exo::server::NodeService;
 use pb::node_server::Node;
 use proptest::prelude::*;
 use prost::Message;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tonic::{Code, Request, Status};
 
 use super::harness::{block_on, edge_u64, fuzz, mutate, mutations};
+use crate::support::stand_in::StandIn;
 
-/// Steps and results the service let through to the handler: a target whose inputs never
-/// get past the checks would test only the refusals.
-static ACCEPTED_STEPS: AtomicU64 = AtomicU64::new(0);
-static ACCEPTED_RESULTS: AtomicU64 = AtomicU64::new(0);
-
-/// A handler that accepts everything the service lets through, and checks what it gets
-/// is what the service promises: a plan that includes this node, tensors of the right size.
-struct Checker;
-
+/// The node the messages are for: the shared stand-in, which checks that what it gets
+/// is what the service promises (a plan that includes this node, tensors of the right
+/// size) and counts it — a target whose inputs never get past the checks would test only
+/// the refusals.
 const NODE: &str = "n1";
-
-#[tonic::async_trait]
-impl NodeHandler for Checker {
-    fn node_id(&self) -> String {
-        NODE.to_string()
-    }
-
-    async fn run_steps(
-        &self,
-        steps: Vec<(ValidatedContext, StepInput)>,
-    ) -> Vec<Result<(), Status>> {
-        for (context, input) in &steps {
-            assert_eq!(context.plan.entries[context.index].node_id, NODE);
-            assert!(context.plan.validate().is_ok());
-            if let StepInput::Hidden(h) = input {
-                assert_eq!(h.data.len(), h.rows * h.cols);
-            }
-        }
-        ACCEPTED_STEPS.fetch_add(steps.len() as u64, Ordering::Relaxed);
-        steps.iter().map(|_| Ok(())).collect()
-    }
-
-    async fn step_results(
-        &self,
-        results: Vec<(ValidatedContext, String, StepOutcome)>,
-    ) -> Vec<Result<(), Status>> {
-        for (context, _, _) in &results {
-            assert_eq!(context.origin_node_id, NODE);
-        }
-        ACCEPTED_RESULTS.fetch_add(results.len() as u64, Ordering::Relaxed);
-        results.iter().map(|_| Ok(())).collect()
-    }
-
-    async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
-        Ok(pb::TopologyResponse::default())
-    }
-
-    async fn status(&self, _message: pb::StatusMessage) -> Result<(), Status> {
-        Ok(())
-    }
-
-    async fn finish(&self, _request_id: String, _reason: String) -> Result<(), Status> {
-        Ok(())
-    }
-}
 
 fn small_text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -331,7 +281,7 @@ fn serve_bytes(service: &NodeService, bytes: &[u8]) -> Result<(), TestCaseError>
 
 #[test]
 fn arbitrary_bytes_as_any_message_never_panic() {
-    let service = NodeService::new(std::sync::Arc::new(Checker));
+    let service = NodeService::new(Arc::new(StandIn::new(NODE)));
     fuzz(
         "wire/arbitrary-bytes",
         proptest::collection::vec(any::<u8>(), 0..4096),
@@ -341,7 +291,8 @@ fn arbitrary_bytes_as_any_message_never_panic() {
 
 #[test]
 fn step_batches_encode_decode_and_serve_without_panic() {
-    let service = NodeService::new(std::sync::Arc::new(Checker));
+    let node = Arc::new(StandIn::new(NODE));
+    let service = NodeService::new(node.clone());
     fuzz(
         "wire/step-batches",
         (
@@ -366,15 +317,13 @@ fn step_batches_encode_decode_and_serve_without_panic() {
             serve_bytes(&service, &bytes)
         },
     );
-    assert!(
-        ACCEPTED_STEPS.load(Ordering::Relaxed) > 0,
-        "no step ever passed the checks"
-    );
+    assert!(node.taken().0 > 0, "no step ever passed the checks");
 }
 
 #[test]
 fn result_batches_encode_decode_and_serve_without_panic() {
-    let service = NodeService::new(std::sync::Arc::new(Checker));
+    let node = Arc::new(StandIn::new(NODE));
+    let service = NodeService::new(node.clone());
     fuzz(
         "wire/result-batches",
         (
@@ -398,10 +347,7 @@ fn result_batches_encode_decode_and_serve_without_panic() {
             serve_bytes(&service, &bytes)
         },
     );
-    assert!(
-        ACCEPTED_RESULTS.load(Ordering::Relaxed) > 0,
-        "no result ever passed the checks"
-    );
+    assert!(node.taken().1 > 0, "no result ever passed the checks");
 }
 
 #[test]

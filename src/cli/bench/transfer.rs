@@ -30,7 +30,6 @@ use crate::catalog::{Catalog, DownloadProgress, ModelEntry, default_models_dir};
 use crate::proto::pb;
 use crate::proto::pb::node_client::NodeClient;
 use crate::proto::weights::{check_chunk, weight_request};
-use crate::proto::{StepInput, StepOutcome, ValidatedContext};
 use crate::resource::Managed;
 use crate::server::{GrpcServer, NodeHandler, WeightStream};
 use crate::supply::serve::{CHUNK_BYTES, serve};
@@ -150,24 +149,6 @@ impl NodeHandler for BenchPeer {
     fn node_id(&self) -> String {
         "bench-peer".into()
     }
-    async fn run_steps(
-        &self,
-        steps: Vec<(ValidatedContext, StepInput)>,
-    ) -> Vec<Result<(), Status>> {
-        steps
-            .iter()
-            .map(|_| Err(Status::unimplemented("a transfer bench")))
-            .collect()
-    }
-    async fn step_results(
-        &self,
-        results: Vec<(ValidatedContext, String, StepOutcome)>,
-    ) -> Vec<Result<(), Status>> {
-        results
-            .iter()
-            .map(|_| Err(Status::unimplemented("a transfer bench")))
-            .collect()
-    }
     async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
         let holding = local_holding(&self.entry, &self.dir)
             .map_err(|e| Status::internal(format!("{e:#}")))?;
@@ -178,12 +159,6 @@ impl NodeHandler for BenchPeer {
                 ..Default::default()
             }],
         })
-    }
-    async fn status(&self, _: pb::StatusMessage) -> Result<(), Status> {
-        Ok(())
-    }
-    async fn finish(&self, _: String, _: String) -> Result<(), Status> {
-        Ok(())
     }
     async fn fetch_weights(&self, request: pb::WeightRequest) -> Result<WeightStream, Status> {
         serve(
