@@ -4,7 +4,8 @@ use std::process::Command;
 
 use crate::e2e::{PROMPT, generate_locally};
 use crate::harness::{NodeProcess, free_udp_port, wait_for_ring};
-use crate::support::{default_model, openai_python};
+use crate::support::default_model;
+use crate::support::venv::openai_python;
 
 const CLIENT: &str = r#"
 import json, sys

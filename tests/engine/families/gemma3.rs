@@ -30,7 +30,7 @@ use candle_transformers::models::gemma3::{Config, Model};
 use serde_json::json;
 
 use super::generate::{Family, dim, number};
-use super::{Reference, Written, check_shards_of, input, logits, prompt};
+use super::{Candle, Written, check_shards_of, prompt};
 
 const WINDOW: usize = 8;
 
@@ -61,43 +61,19 @@ pub(super) fn config(query_pre_attn_scalar: usize) -> serde_json::Value {
 }
 
 /// candle's gemma3, fed one token at a time (see the file's notes).
-struct CandleGemma3 {
-    model: Model,
-}
-
-impl CandleGemma3 {
-    fn load(written: &Written) -> Self {
-        let c = &written.model.config;
-        // Every query times √(head_dim / query_pre_attn_scalar), through the q norms.
-        let factor = (dim(c, "head_dim") as f64 / number(c, "query_pre_attn_scalar")).sqrt();
-        let mut weights = written.model.weights.clone();
-        for (name, w) in weights.iter_mut() {
-            if name.ends_with("self_attn.q_norm.weight") {
-                *w = (((w.clone() + 1.0).unwrap() * factor).unwrap() - 1.0).unwrap();
-            }
-        }
-        let config: Config = serde_json::from_value(c.clone()).unwrap();
-        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-        CandleGemma3 {
-            model: Model::new(false, &config, vb).unwrap(),
+fn candle_gemma3(written: &Written) -> Candle<Model> {
+    let c = &written.model.config;
+    // Every query times √(head_dim / query_pre_attn_scalar), through the q norms.
+    let factor = (dim(c, "head_dim") as f64 / number(c, "query_pre_attn_scalar")).sqrt();
+    let mut weights = written.model.weights.clone();
+    for (name, w) in weights.iter_mut() {
+        if name.ends_with("self_attn.q_norm.weight") {
+            *w = (((w.clone() + 1.0).unwrap() * factor).unwrap() - 1.0).unwrap();
         }
     }
-}
-
-impl Reference for CandleGemma3 {
-    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
-        self.model.clear_kv_cache();
-        let mut last = Vec::new();
-        for (position, &t) in tokens.iter().enumerate() {
-            last = logits(self.model.forward(&input(&[t]), position));
-        }
-        last
-    }
-
-    fn cached(&mut self, _tokens: &[u32], _prompt: usize) -> Option<Vec<Vec<f32>>> {
-        // `full` already runs the cached path.
-        None
-    }
+    let config: Config = serde_json::from_value(c.clone()).unwrap();
+    let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+    Candle::one_token_at_a_time(Model::new(false, &config, vb).unwrap())
 }
 
 #[test]
@@ -107,7 +83,7 @@ fn gemma3_matches_candle_transformers_gemma3() {
     assert_eq!(engine_config.layer_window(0), Some(WINDOW));
     assert_eq!(engine_config.layer_window(5), None);
     let tokens = written.sequence(&prompt(20), 4);
-    written.check_reference(&mut CandleGemma3::load(&written), &tokens, 20);
+    written.check_reference(&mut candle_gemma3(&written), &tokens, 20);
 }
 
 #[test]

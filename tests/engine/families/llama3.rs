@@ -8,13 +8,13 @@
 //!
 //! candle's quantized llama reads no `rope_freqs`, so it is no reference for this family.
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig};
 use serde_json::json;
 
 use super::generate::Family;
-use super::{Reference, Written, check_shards_of, input, logits, prompt};
+use super::{Candle, CandleModel, Written, check_shards_of, prompt};
 
 pub(super) fn config() -> serde_json::Value {
     json!({
@@ -40,46 +40,35 @@ pub(super) fn config() -> serde_json::Value {
     })
 }
 
+/// candle's llama, whose cache is a value of its own.
 struct CandleLlama {
     model: Llama,
     config: Config,
+    cache: Cache,
 }
 
 impl CandleLlama {
-    fn load(written: &Written) -> Self {
+    fn load(written: &Written) -> Candle<Self> {
         let config: LlamaConfig = serde_json::from_value(written.model.config.clone()).unwrap();
         let config = config.into_config(false);
         let vb = VarBuilder::from_tensors(written.model.weights.clone(), DType::F32, &Device::Cpu);
         let model = Llama::load(vb, &config).unwrap();
-        CandleLlama { model, config }
-    }
-
-    fn cache(&self) -> Cache {
-        Cache::new(true, DType::F32, &self.config, &Device::Cpu).unwrap()
+        let cache = Cache::new(true, DType::F32, &config, &Device::Cpu).unwrap();
+        Candle::new(CandleLlama {
+            model,
+            config,
+            cache,
+        })
     }
 }
 
-impl Reference for CandleLlama {
-    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
-        let mut cache = self.cache();
-        logits(self.model.forward(&input(tokens), 0, &mut cache))
+impl CandleModel for CandleLlama {
+    fn forward(&mut self, input: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
+        self.model.forward(input, offset, &mut self.cache)
     }
 
-    fn cached(&mut self, tokens: &[u32], prompt: usize) -> Option<Vec<Vec<f32>>> {
-        let mut cache = self.cache();
-        let mut out = vec![logits(self.model.forward(
-            &input(&tokens[..prompt]),
-            0,
-            &mut cache,
-        ))];
-        for (i, &t) in tokens[prompt..].iter().enumerate() {
-            out.push(logits(self.model.forward(
-                &input(&[t]),
-                prompt + i,
-                &mut cache,
-            )));
-        }
-        Some(out)
+    fn clear(&mut self) {
+        self.cache = Cache::new(true, DType::F32, &self.config, &Device::Cpu).unwrap();
     }
 }
 

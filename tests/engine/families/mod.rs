@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
+use candle_transformers::models;
 use exo::catalog::ModelFormat;
 use exo::engine::serve::local::{LocalRequest, generate as generate_tokens};
 use exo::engine::serve::sampling::argmax;
@@ -98,6 +99,103 @@ pub trait Reference {
     /// fed alone, through the reference's own cache. None where that path does not
     /// compute the family's attention (see the family's file).
     fn cached(&mut self, tokens: &[u32], prompt: usize) -> Option<Vec<Vec<f32>>>;
+}
+
+/// A candle-transformers model as the family tests drive it: tokens in at an offset onto
+/// its cache, logits out; and its cache emptied.
+pub trait CandleModel {
+    fn forward(&mut self, input: &Tensor, offset: usize) -> candle_core::Result<Tensor>;
+    fn clear(&mut self);
+}
+
+/// candle's models that take (tokens, offset) and empty their cache with
+/// `clear_kv_cache`.
+macro_rules! candle_model {
+    ($($model:ty),* $(,)?) => {$(
+        impl CandleModel for $model {
+            fn forward(&mut self, input: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
+                <$model>::forward(self, input, offset)
+            }
+            fn clear(&mut self) {
+                self.clear_kv_cache();
+            }
+        }
+    )*};
+}
+
+candle_model!(
+    models::gemma3::Model,
+    models::mistral::Model,
+    models::phi3::Model,
+    models::qwen2::ModelForCausalLM,
+    models::qwen3::ModelForCausalLM,
+    models::quantized_llama::ModelWeights,
+    models::quantized_qwen2::ModelWeights,
+    models::quantized_qwen3::ModelWeights,
+);
+
+/// The reference adapter of every family: a candle model run from an empty cache in one
+/// pass, and through its own cache where that path computes the family's attention.
+pub struct Candle<M> {
+    model: M,
+    /// Whether the cached path is a reference too.
+    cached: bool,
+    /// Every token goes in alone, a prompt too (a model whose prompt path fails: then
+    /// `full` runs the cached path).
+    one_at_a_time: bool,
+}
+
+impl<M: CandleModel> Candle<M> {
+    pub fn new(model: M) -> Self {
+        Candle {
+            model,
+            cached: true,
+            one_at_a_time: false,
+        }
+    }
+
+    /// A model whose cached path does not compute the family's attention.
+    pub fn without_cached_path(model: M) -> Self {
+        Candle {
+            cached: false,
+            ..Candle::new(model)
+        }
+    }
+
+    /// A model fed one token at a time.
+    pub fn one_token_at_a_time(model: M) -> Self {
+        Candle {
+            cached: false,
+            one_at_a_time: true,
+            ..Candle::new(model)
+        }
+    }
+}
+
+impl<M: CandleModel> Reference for Candle<M> {
+    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
+        self.model.clear();
+        if !self.one_at_a_time {
+            return logits(self.model.forward(&input(tokens), 0));
+        }
+        let mut last = Vec::new();
+        for (position, &t) in tokens.iter().enumerate() {
+            last = logits(self.model.forward(&input(&[t]), position));
+        }
+        last
+    }
+
+    fn cached(&mut self, tokens: &[u32], prompt: usize) -> Option<Vec<Vec<f32>>> {
+        if !self.cached {
+            return None;
+        }
+        self.model.clear();
+        let mut out = vec![logits(self.model.forward(&input(&tokens[..prompt]), 0))];
+        for (i, &t) in tokens[prompt..].iter().enumerate() {
+            out.push(logits(self.model.forward(&input(&[t]), prompt + i)));
+        }
+        Some(out)
+    }
 }
 
 /// A one-row batch of token ids for a candle model.

@@ -12,7 +12,7 @@ use candle_transformers::models::qwen2::{Config, ModelForCausalLM};
 use serde_json::json;
 
 use super::generate::Family;
-use super::{Reference, Written, check_shards_of, input, logits, prompt, read_gguf};
+use super::{Candle, Written, check_shards_of, prompt, read_gguf};
 
 pub(super) fn config() -> serde_json::Value {
     json!({
@@ -35,61 +35,12 @@ pub(super) fn config() -> serde_json::Value {
     })
 }
 
-struct CandleQwen2 {
-    model: ModelForCausalLM,
-}
-
-impl Reference for CandleQwen2 {
-    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
-        self.model.clear_kv_cache();
-        logits(self.model.forward(&input(tokens), 0))
-    }
-
-    fn cached(&mut self, tokens: &[u32], prompt: usize) -> Option<Vec<Vec<f32>>> {
-        self.model.clear_kv_cache();
-        let mut out = vec![logits(self.model.forward(&input(&tokens[..prompt]), 0))];
-        for (i, &t) in tokens[prompt..].iter().enumerate() {
-            out.push(logits(self.model.forward(&input(&[t]), prompt + i)));
-        }
-        Some(out)
-    }
-}
-
-/// candle's quantized qwen2 on the GGUF file.
-struct CandleQuantizedQwen2 {
-    path: std::path::PathBuf,
-}
-
-impl CandleQuantizedQwen2 {
-    fn model(&self) -> ModelWeights {
-        let (content, mut file) = read_gguf(&self.path);
-        ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap()
-    }
-}
-
-impl Reference for CandleQuantizedQwen2 {
-    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
-        logits(self.model().forward(&input(tokens), 0))
-    }
-
-    fn cached(&mut self, tokens: &[u32], prompt: usize) -> Option<Vec<Vec<f32>>> {
-        let mut model = self.model();
-        let mut out = vec![logits(model.forward(&input(&tokens[..prompt]), 0))];
-        for (i, &t) in tokens[prompt..].iter().enumerate() {
-            out.push(logits(model.forward(&input(&[t]), prompt + i)));
-        }
-        Some(out)
-    }
-}
-
 #[test]
 fn qwen2_biases_match_candle_transformers_qwen2() {
     let written = Written::new(Family::Qwen2, config(), 51);
     let config: Config = serde_json::from_value(written.model.config.clone()).unwrap();
     let vb = VarBuilder::from_tensors(written.model.weights.clone(), DType::F32, &Device::Cpu);
-    let mut reference = CandleQwen2 {
-        model: ModelForCausalLM::new(&config, vb).unwrap(),
-    };
+    let mut reference = Candle::new(ModelForCausalLM::new(&config, vb).unwrap());
     let tokens = written.sequence(&prompt(20), 4);
     written.check_reference(&mut reference, &tokens, 20);
 }
@@ -99,9 +50,9 @@ fn qwen2_gguf_matches_the_safetensors_and_candle_quantized_qwen2() {
     let written = Written::new(Family::Qwen2, config(), 51);
     let tokens = written.sequence(&prompt(20), 4);
     written.check_gguf_matches_safetensors(&tokens, 20);
-    let mut reference = CandleQuantizedQwen2 {
-        path: written.gguf.clone(),
-    };
+    let (content, mut file) = read_gguf(&written.gguf);
+    let model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
+    let mut reference = Candle::new(model);
     written.check_gguf_reference(&mut reference, &tokens, 20);
 }
 
