@@ -6,7 +6,8 @@ Reports, and exits 1 when it finds any:
 - a function over 120 lines outside the CPU kernels (src/engine/cpu);
 - a block of six or more lines that appears twice within src/ (kernels aside) or twice
   within tests/ (benches/ count as tests): lines compared with their indentation
-  stripped; blank lines, comments and `use`/`mod` lines left out; blocks made mostly of
+  stripped; blank lines, comments, `use`/`mod` lines and the parameter lists of functions
+  (a trait's implementations repeat its declarations) left out; blocks made mostly of
   closing brackets and the like ignored.
 
 Usage: scripts/code-shape.py [--max-file N] [--max-fn N] [--min-block N]
@@ -80,8 +81,17 @@ def normalized(lines):
     """(line number, normalized text) of the lines that count, comments and blanks out."""
     out = []
     in_block_comment = False
+    in_signature = False
     for n, line in enumerate(lines, 1):
         text = line.strip()
+        # A function's parameter list spread over lines: a trait's implementations repeat
+        # its declaration, and that is no repeated logic.
+        if in_signature:
+            in_signature = not text.startswith(")")
+            continue
+        if FN.match(line) and text.endswith("("):
+            in_signature = True
+            continue
         if in_block_comment:
             if "*/" in text:
                 in_block_comment = False
