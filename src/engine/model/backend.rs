@@ -49,6 +49,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn rows_of(&self, matrix: &Self::Matrix) -> usize;
     fn rope(&self, spec: &RopeSpec, max_positions: usize) -> anyhow::Result<Self::Rope>;
 
+    // The backend builds the activation (it is no conversion of the backend itself).
+    #[allow(clippy::wrong_self_convention)]
     fn from_rows(&self, values: Vec<f32>, rows: usize, cols: usize) -> anyhow::Result<Self::Act>;
     fn to_rows(&self, x: &Self::Act) -> anyhow::Result<Vec<f32>>;
     fn shape(&self, x: &Self::Act) -> (usize, usize);

@@ -149,7 +149,7 @@ impl Backend for CandleBackend {
     }
 
     fn rope(&self, spec: &RopeSpec, max_positions: usize) -> anyhow::Result<CandleRope> {
-        if spec.rotary_dim % 2 != 0 {
+        if !spec.rotary_dim.is_multiple_of(2) {
             bail!("odd rotary dimension");
         }
         let half = spec.rotary_dim / 2;
