@@ -59,3 +59,16 @@ fn packaged_model(id: &str) -> PathBuf {
 pub fn exo_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_exo"))
 }
+
+/// `exo generate` of the default model on the CPU; more arguments follow.
+pub const GENERATE_DEFAULT_MODEL: [&str; 5] =
+    ["generate", "--model", "smollm2-135m", "--device", "cpu"];
+
+/// Fails the test, showing the command's stderr, unless the command succeeded.
+pub fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
