@@ -13,9 +13,7 @@ use std::sync::atomic::AtomicU16;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use exo::engine::SamplingParams;
 use exo::peer::{GrpcPeerHandle, PeerTimeouts};
-use exo::proto::ValidatedContext;
 use exo::proto::{encode_tensor, pb};
 use exo::resource::Managed;
 use exo::server::GrpcServer;
@@ -24,41 +22,28 @@ use futures::FutureExt;
 
 #[path = "../tests/support/stand_in.rs"]
 mod stand_in;
-use stand_in::StandIn;
+use stand_in::{StandIn, greedy_context};
 
 fn context() -> pb::RequestContext {
-    ValidatedContext {
-        request_id: "bench".into(),
-        origin_node_id: "sender".into(),
-        origin_address: "127.0.0.1:1".into(),
-        plan: Partition {
-            model_id: "bench".into(),
-            n_layers: 2,
-            entries: vec![
-                PartitionEntry {
-                    node_id: "sender".into(),
-                    address: "127.0.0.1:1".into(),
-                    start_layer: 0,
-                    end_layer: 1,
-                },
-                PartitionEntry {
-                    node_id: "receiver".into(),
-                    address: "127.0.0.1:1".into(),
-                    start_layer: 1,
-                    end_layer: 2,
-                },
-            ],
-        },
-        index: 1,
-        sampling: SamplingParams::greedy(),
-        position: 1,
-        step: 1,
-        sample: true,
-        reserve_positions: 0,
-        token_index: 0,
-        top_logprobs: None,
-    }
-    .to_wire()
+    let plan = Partition {
+        model_id: "bench".into(),
+        n_layers: 2,
+        entries: vec![
+            PartitionEntry {
+                node_id: "sender".into(),
+                address: "127.0.0.1:1".into(),
+                start_layer: 0,
+                end_layer: 1,
+            },
+            PartitionEntry {
+                node_id: "receiver".into(),
+                address: "127.0.0.1:1".into(),
+                start_layer: 1,
+                end_layer: 2,
+            },
+        ],
+    };
+    greedy_context("bench", "sender", plan, 1, 1)
 }
 
 #[tokio::main]

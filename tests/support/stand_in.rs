@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use exo::engine::HiddenState;
+use exo::engine::{HiddenState, SamplingParams};
 use exo::proto::{StepInput, StepOutcome, ValidatedContext, pb};
 use exo::server::{NodeHandler, WeightStream};
+use exo::topology::Partition;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -132,4 +133,30 @@ impl NodeHandler for StandIn {
             ))),
         }
     }
+}
+
+/// The context of a greedy step `step` (at position `step`) of `request_id`, whose origin
+/// is `origin`, for the node at `index` of `plan`, as it travels.
+pub fn greedy_context(
+    request_id: &str,
+    origin: &str,
+    plan: Partition,
+    index: usize,
+    step: u64,
+) -> pb::RequestContext {
+    ValidatedContext {
+        request_id: request_id.into(),
+        origin_node_id: origin.into(),
+        origin_address: "127.0.0.1:1".into(),
+        plan,
+        index,
+        sampling: SamplingParams::greedy(),
+        position: step as usize,
+        step,
+        sample: true,
+        reserve_positions: 0,
+        token_index: 0,
+        top_logprobs: None,
+    }
+    .to_wire()
 }

@@ -30,34 +30,30 @@ use candle_transformers::models::gemma3::{Config, Model};
 use serde_json::json;
 
 use super::generate::{Family, dim, number};
-use super::{Candle, Written, check_shards_of, prompt};
+use super::{Candle, Written, check_shards_of, prompt, tiny_config};
 
 const WINDOW: usize = 8;
 
 pub(super) fn config(query_pre_attn_scalar: usize) -> serde_json::Value {
-    json!({
-        "architectures": ["Gemma3ForCausalLM"],
-        "model_type": "gemma3_text",
-        "attention_bias": false,
-        "head_dim": 32,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 6,
-        "vocab_size": super::generate::vocab_size(),
-        "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
-        "rope_local_base_freq": 10000.0,
-        "query_pre_attn_scalar": query_pre_attn_scalar,
-        "sliding_window": WINDOW,
-        "sliding_window_pattern": 6,
-        "final_logit_softcapping": null,
-        "attn_logit_softcapping": null,
-        "tie_word_embeddings": true
-    })
+    tiny_config(
+        "Gemma3ForCausalLM",
+        "gemma3_text",
+        json!({
+            "attention_bias": false,
+            "head_dim": 32,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "num_hidden_layers": 6,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0,
+            "query_pre_attn_scalar": query_pre_attn_scalar,
+            "sliding_window": WINDOW,
+            "sliding_window_pattern": 6,
+            "final_logit_softcapping": null,
+            "attn_logit_softcapping": null,
+            "tie_word_embeddings": true
+        }),
+    )
 }
 
 /// candle's gemma3, fed one token at a time (see the file's notes).

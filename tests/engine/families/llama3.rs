@@ -14,30 +14,25 @@ use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig};
 use serde_json::json;
 
 use super::generate::Family;
-use super::{Candle, CandleModel, Written, check_shards_of, prompt};
+use super::{Candle, CandleModel, Written, check_shards_of, prompt, tiny_config};
 
 pub(super) fn config() -> serde_json::Value {
-    json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 4,
-        "vocab_size": super::generate::vocab_size(),
-        "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 500.0,
-        "rope_scaling": {
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 64
-        },
-        "tie_word_embeddings": false
-    })
+    tiny_config(
+        "LlamaForCausalLM",
+        "llama",
+        json!({
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 500.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64
+            },
+            "tie_word_embeddings": false
+        }),
+    )
 }
 
 /// candle's llama, whose cache is a value of its own.

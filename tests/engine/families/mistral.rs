@@ -19,27 +19,22 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 use serde_json::json;
 
 use super::generate::Family;
-use super::{Candle, Written, check_shards_of, prompt, read_gguf};
+use super::{Candle, Written, check_shards_of, prompt, read_gguf, tiny_config};
 
 const WINDOW: usize = 8;
 
 pub(super) fn config() -> serde_json::Value {
-    json!({
-        "architectures": ["MistralForCausalLM"],
-        "model_type": "mistral",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 4,
-        "vocab_size": super::generate::vocab_size(),
-        "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "sliding_window": WINDOW,
-        "hidden_act": "silu",
-        "tie_word_embeddings": false
-    })
+    tiny_config(
+        "MistralForCausalLM",
+        "mistral",
+        json!({
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "sliding_window": WINDOW,
+            "hidden_act": "silu",
+            "tie_word_embeddings": false
+        }),
+    )
 }
 
 /// candle's mistral, its mask made Hugging Face's; its cached path drops the window (see

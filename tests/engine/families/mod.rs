@@ -35,9 +35,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::{Device, Tensor};
 use candle_transformers::models;
 use exo::catalog::ModelFormat;
-use exo::engine::serve::local::{LocalRequest, generate as generate_tokens};
 use exo::engine::serve::sampling::argmax;
-use exo::engine::{CpuMatmul, LoadedModel, SamplingParams, ShardInput, ShardOutput};
+use exo::engine::{CpuMatmul, LoadedModel, ShardInput, ShardOutput};
 use serde_json::Value as Json;
 
 use crate::synthetic::open_with;
@@ -211,6 +210,26 @@ pub fn logits(t: candle_core::Result<Tensor>) -> Vec<f32> {
     t.unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
 
+/// The shape every generated family model starts from (64 wide, 4 layers of 4 heads over
+/// 2 key/value heads, 128 positions), with the family's own keys on top.
+pub fn tiny_config(architecture: &str, model_type: &str, family: Json) -> Json {
+    let mut config = serde_json::json!({
+        "architectures": [architecture],
+        "model_type": model_type,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 4,
+        "vocab_size": generate::vocab_size(),
+        "max_position_embeddings": 128,
+    });
+    for (key, value) in family.as_object().expect("a JSON object") {
+        config[key] = value.clone();
+    }
+    config
+}
+
 /// The 20-token prompt of every family test: distinct, spread over the vocabulary.
 pub fn prompt(len: usize) -> Vec<u32> {
     (0..len as u32).map(|i| (i * 37 + 11) % 256).collect()
@@ -225,6 +244,26 @@ pub struct Written {
 }
 
 impl Written {
+    /// The generated weights, for a candle model built as the reference (f32, CPU).
+    pub fn var_builder(&self) -> candle_nn::VarBuilder<'static> {
+        candle_nn::VarBuilder::from_tensors(
+            self.model.weights.clone(),
+            candle_core::DType::F32,
+            &Device::Cpu,
+        )
+    }
+
+    /// The config, read as a candle model's own config type.
+    pub fn candle_config<C: serde::de::DeserializeOwned>(&self) -> C {
+        serde_json::from_value(self.model.config.clone()).unwrap()
+    }
+
+    /// Checks `reference` on the 20-token prompt and then 4 greedy tokens.
+    pub fn check_reference_on_the_prompt(&self, reference: &mut dyn Reference) {
+        let tokens = self.sequence(&prompt(20), 4);
+        self.check_reference(reference, &tokens, 20);
+    }
+
     pub fn new(family: Family, config: Json, seed: u64) -> Written {
         let dir = tempfile::tempdir().unwrap();
         let model = Model::generate(family, config, seed);
@@ -382,17 +421,7 @@ pub fn max_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 
 /// Greedy tokens of `model` split into `shards` even shards.
 pub fn greedy(model: &LoadedModel, shards: usize, prompt: &[u32], tokens: usize) -> Vec<u32> {
-    let request = LocalRequest {
-        prompt: prompt.to_vec(),
-        max_tokens: tokens,
-        sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
-        ignore_eos: true,
-    };
-    let ranges = model.even_ranges(shards).unwrap();
-    generate_tokens(model, &ranges, &request, |_| {})
-        .unwrap()
-        .tokens
+    crate::synthetic::greedy(model, &model.even_ranges(shards).unwrap(), prompt, tokens)
 }
 
 /// 1, 2 and 3 shards of `model` generate the same 16 greedy tokens.

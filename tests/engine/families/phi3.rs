@@ -23,29 +23,25 @@ use candle_transformers::models::phi3::{Config, Model};
 use serde_json::json;
 
 use super::generate::{Family, dim, head_dim, longrope_attention_factor};
-use super::{Candle, Written, check_shards_of, prompt};
+use super::{Candle, Written, check_shards_of, prompt, tiny_config};
 
 pub(super) fn config() -> serde_json::Value {
     let half = 8;
     let short: Vec<f32> = (0..half).map(|i| 1.0 + 0.25 * i as f32).collect();
     let long = vec![4.0f32; half];
-    json!({
-        "architectures": ["Phi3ForCausalLM"],
-        "model_type": "phi3",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 4,
-        "vocab_size": super::generate::vocab_size(),
-        "max_position_embeddings": 256,
-        "original_max_position_embeddings": 64,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": long},
-        "hidden_act": "silu",
-        "tie_word_embeddings": false
-    })
+    tiny_config(
+        "Phi3ForCausalLM",
+        "phi3",
+        json!({
+            "max_position_embeddings": 256,
+            "original_max_position_embeddings": 64,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": long},
+            "hidden_act": "silu",
+            "tie_word_embeddings": false
+        }),
+    )
 }
 
 /// candle's phi3 computing Hugging Face's model: its rope factors inverted, the LongRoPE

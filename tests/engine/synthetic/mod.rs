@@ -34,16 +34,9 @@ const CONTEXT: usize = 96;
 const THETA: f32 = 10_000.0;
 const EPS: f64 = 1e-5;
 
-/// The byte-level alphabet plus two special tokens: the vocabulary of every tiny model.
+/// The vocabulary of every tiny model.
 pub fn vocabulary() -> Vec<String> {
-    let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
-        .into_iter()
-        .collect();
-    alphabet.sort_unstable();
-    let mut tokens: Vec<String> = alphabet.into_iter().map(String::from).collect();
-    tokens.push("<|im_start|>".into());
-    tokens.push("<|im_end|>".into());
-    tokens
+    crate::support::byte_level_vocabulary()
 }
 
 fn vocab_size() -> usize {
@@ -343,9 +336,16 @@ fn prompt() -> Vec<u32> {
     vec![5, 17, 99, 3, 250, 42, 42, 7, 120]
 }
 
-fn greedy(model: &LoadedModel, ranges: &[(usize, usize)], tokens: usize) -> Vec<u32> {
+/// `tokens` greedy tokens after `prompt`, with `model` split into the shards `ranges`
+/// (every engine test that compares shards uses this).
+pub fn greedy(
+    model: &LoadedModel,
+    ranges: &[(usize, usize)],
+    prompt: &[u32],
+    tokens: usize,
+) -> Vec<u32> {
     let request = LocalRequest {
-        prompt: prompt(),
+        prompt: prompt.to_vec(),
         max_tokens: tokens,
         sampling: SamplingParams::greedy(),
         stop: Vec::new(),
@@ -362,10 +362,14 @@ const SPLITS: [&[(usize, usize)]; 4] = [
 ];
 
 fn assert_shards_agree(model: &LoadedModel) {
-    let reference = greedy(model, SPLITS[0], 16);
+    let reference = greedy(model, SPLITS[0], &prompt(), 16);
     assert_eq!(reference.len(), 16);
     for split in &SPLITS[1..] {
-        assert_eq!(greedy(model, split, 16), reference, "split {split:?}");
+        assert_eq!(
+            greedy(model, split, &prompt(), 16),
+            reference,
+            "split {split:?}"
+        );
     }
 }
 

@@ -52,6 +52,15 @@ fn bpe(pre: &str) -> TextTokenizer {
     .unwrap()
 }
 
+/// Qwen2's splits of the test texts (DeepSeek-R1's Qwen distills split the same way).
+const QWEN2_SPLITS: [&[u32]; 5] = [
+    &[0, 1, 2, 3, 4],
+    &[5, 19],
+    &[5, 20, 6],
+    &[7, 8, 9],
+    &[21, 12],
+];
+
 #[test]
 fn each_pre_tokenizer_splits_as_llama_cpp_does() {
     // (pre-tokenizer, "12345", "a'S", "a\n\nb", "xyz", " !!")
@@ -93,26 +102,8 @@ fn each_pre_tokenizer_splits_as_llama_cpp_does() {
         ),
         // Qwen2 (and DeepSeek-R1's Qwen distills): Llama 3's rules, digits one by one,
         // merges always.
-        (
-            "qwen2",
-            [
-                &[0, 1, 2, 3, 4],
-                &[5, 19],
-                &[5, 20, 6],
-                &[7, 8, 9],
-                &[21, 12],
-            ],
-        ),
-        (
-            "deepseek-r1-qwen",
-            [
-                &[0, 1, 2, 3, 4],
-                &[5, 19],
-                &[5, 20, 6],
-                &[7, 8, 9],
-                &[21, 12],
-            ],
-        ),
+        ("qwen2", QWEN2_SPLITS),
+        ("deepseek-r1-qwen", QWEN2_SPLITS),
     ];
     for (pre, expected) in cases {
         let tokenizer = bpe(pre);
