@@ -63,7 +63,9 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let model = engine.ensure_ready().await?.model()?;
         let tokenizer = model.tokenizer().clone();
         let prompt = if args.raw {
-            tokenizer.encode(&args.prompt)?
+            // No chat template, but the BOS the model asks for (`add_bos_token`), as
+            // llama.cpp and the API's text completions feed a plain prompt.
+            tokenizer.encode_prompt(&args.prompt)?
         } else {
             let mut messages = Vec::new();
             if let Some(system) = &args.system {

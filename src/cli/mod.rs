@@ -2,6 +2,7 @@
 //! the benchmarks (`bench`, `bench-transfer`) in their own room, [`bench`].
 
 mod bench;
+mod bench_batch;
 mod chat;
 mod generate;
 mod keygen;

@@ -6,7 +6,7 @@ use std::process::Command;
 use exo::catalog::Catalog;
 
 use super::fixtures::hub_with_smollm;
-use super::support::{GENERATE_DEFAULT_MODEL, assert_success, exo_bin};
+use super::support::{assert_success, default_model, exo_bin};
 
 /// `exo` with a clean Hugging Face environment pointing at `endpoint`.
 fn exo(endpoint: &str, models: &std::path::Path, hf_home: &std::path::Path) -> Command {
@@ -111,16 +111,22 @@ fn a_model_fetched_in_two_layer_ranges_answers_like_the_whole_file() {
             .unwrap();
         assert_success(&output);
     }
-    // The engine reads the sparse file with its ordinary GGUF reader.
-    let output = exo(&hub.endpoint, models.path(), hf_home.path())
-        .args(GENERATE_DEFAULT_MODEL)
-        .args(["--max-tokens", "12"])
-        .args(["--prompt", "What is the capital of France?"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_success(&output);
-    assert!(stdout.contains("Paris"), "{stdout}");
+    // The engine reads the sparse file with its ordinary GGUF reader, and answers as it
+    // does from the whole file.
+    let answer = |model: &str, models: &std::path::Path| {
+        let output = exo(&hub.endpoint, models, hf_home.path())
+            .args(["generate", "--model", model, "--device", "cpu"])
+            .args(["--max-tokens", "12"])
+            .args(["--prompt", "What is the capital of Germany?"])
+            .output()
+            .unwrap();
+        assert_success(&output);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let sparse = answer("smollm2-135m", models.path());
+    assert!(sparse.contains("Berlin"), "{sparse}");
+    let whole = answer(default_model().to_str().unwrap(), models.path());
+    assert_eq!(sparse, whole);
 }
 
 #[test]

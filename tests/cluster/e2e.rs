@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use crate::harness::{NodeProcess, free_udp_port, get_json, post_json, sse_chunks, wait_for_ring};
 use crate::support::{GENERATE_DEFAULT_MODEL, assert_success, default_model, exo_bin, models_dir};
 
-pub const PROMPT: &str = "What is the capital of France?";
+/// A question the default model answers with a clear margin at every token (its France
+/// answer hangs on a near-tie between "The" and "L'", which 8- and 16-bit arithmetic break
+/// differently; llama.cpp's 8 bits say "L'Étoile…").
+pub const PROMPT: &str = "What is the capital of Germany?";
 
 /// The single-process answer the ring must reproduce.
 pub fn generate_locally(prompt: &str, max_tokens: usize) -> String {
@@ -97,7 +100,7 @@ fn stream(
 #[test]
 fn a_three_process_ring_answers_exactly_as_one_process_streaming_or_not_and_concurrently() {
     let expected = generate_locally(PROMPT, 32);
-    assert!(expected.contains("Paris"), "{expected}");
+    assert!(expected.contains("Berlin"), "{expected}");
     let dir = tempfile::tempdir().unwrap();
     let nodes = three_node_ring(dir.path());
 

@@ -64,7 +64,7 @@ pub fn parse_shard(text: &str) -> (usize, usize) {
 #[test]
 fn a_ring_where_one_node_has_the_file_answers_exactly_and_the_others_receive_only_their_layers() {
     let expected = generate_locally(PROMPT, 32);
-    assert!(expected.contains("Paris"), "{expected}");
+    assert!(expected.contains("Berlin"), "{expected}");
     let file = layout(default_model());
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();

@@ -74,9 +74,9 @@ fn chat(model: &LoadedModel, prompt: &str) -> Vec<u32> {
 }
 
 #[test]
-fn the_default_model_answers_the_france_question_with_paris() {
+fn the_default_model_answers_the_germany_question_with_berlin() {
     let model = smollm();
-    let prompt = chat(&model, "What is the capital of France?");
+    let prompt = chat(&model, "What is the capital of Germany?");
     let request = LocalRequest {
         prompt,
         max_tokens: 32,
@@ -85,7 +85,7 @@ fn the_default_model_answers_the_france_question_with_paris() {
         ignore_eos: false,
     };
     let output = generate(&model, &[(0, 30)], &request, |_| {}).unwrap();
-    assert!(output.text.contains("Paris"), "answer: {:?}", output.text);
+    assert!(output.text.contains("Berlin"), "answer: {:?}", output.text);
 }
 
 #[test]
@@ -177,7 +177,7 @@ fn seeded_sampling_is_reproducible_and_differs_from_greedy() {
 #[test]
 fn stop_strings_and_max_tokens_end_generation() {
     let model = smollm();
-    let prompt = chat(&model, "What is the capital of France?");
+    let prompt = chat(&model, "What is the capital of Germany?");
     let run = |stop: Vec<String>, max_tokens| {
         let request = LocalRequest {
             prompt: prompt.clone(),
@@ -195,10 +195,10 @@ fn stop_strings_and_max_tokens_end_generation() {
         "ends with end-of-turn: {:?}",
         full.text
     );
-    let cut = run(vec!["Paris".into()], 32);
+    let cut = run(vec!["Berlin".into()], 32);
     assert_eq!(cut.finish, exo::engine::FinishReason::Stop);
     assert!(
-        !cut.text.contains("Paris") && full.text.starts_with(&cut.text),
+        !cut.text.contains("Berlin") && full.text.starts_with(&cut.text),
         "{:?}",
         cut.text
     );

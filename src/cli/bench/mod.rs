@@ -8,6 +8,7 @@ pub mod transfer;
 use clap::Args;
 use serde_json::json;
 
+use super::bench_batch::BatchCost;
 use super::shared::ModelArgs;
 use crate::engine::SamplingParams;
 use crate::engine::serve::local::{GenerationStats, LocalRequest, generate};
@@ -57,6 +58,10 @@ pub struct BenchArgs {
     /// With --concurrency: the API key to send.
     #[arg(long, env = "EXO_API_KEY")]
     pub api_key: Option<String>,
+    /// Also time a decode step of N rows at once (N sequences in lock-step through the
+    /// engine's batch path) against a step of one row, and report what the batch costs.
+    #[arg(long)]
+    pub batch: Option<usize>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -83,14 +88,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         let device = model.loaded_shards_backend();
         let runs = args.runs;
-        let stats: Vec<GenerationStats> = tokio::task::spawn_blocking(move || {
-            // The warm-up pays for first-use costs (page faults, GPU kernel compilation).
-            generate(&model, &ranges, &request, |_| {})?;
-            (0..runs)
-                .map(|_| generate(&model, &ranges, &request, |_| {}).map(|o| o.stats))
-                .collect::<anyhow::Result<Vec<_>>>()
-        })
-        .await??;
+        let batch = args.batch;
+        anyhow::ensure!(batch != Some(0), "--batch must be at least 1");
+        anyhow::ensure!(
+            batch.is_none() || args.shards == 1,
+            "--batch runs the whole model in one shard"
+        );
+        let (stats, batch): (Vec<GenerationStats>, Option<BatchCost>) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                // The warm-up pays for first-use costs (page faults, GPU kernel compilation).
+                generate(&model, &ranges, &request, |_| {})?;
+                let stats = (0..runs)
+                    .map(|_| generate(&model, &ranges, &request, |_| {}).map(|o| o.stats))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let batch = batch
+                    .map(|rows| super::bench_batch::measure(&model, &request.prompt, rows, request.max_tokens))
+                    .transpose()?;
+                Ok((stats, batch))
+            })
+            .await??;
         let prefill = median(stats.iter().map(GenerationStats::prefill_tok_s).collect());
         let decode = median(stats.iter().map(GenerationStats::decode_tok_s).collect());
         if args.json {
@@ -107,6 +123,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     "prefill_tok_s": prefill,
                     "decode_tok_s": decode,
                     "prompt_ids": prompt_ids,
+                    "batch": batch,
                 })
             );
         } else {
@@ -119,6 +136,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 args.tokens,
                 args.runs
             );
+            if let Some(b) = batch {
+                println!(
+                    "decode step: one row {:.2} ms, {} rows {:.2} ms ({:.2}× one row; {:.1} tokens/s in all), median of {} steps",
+                    b.one_row_ms, b.rows, b.batch_ms, b.batch_over_one, b.batch_tok_s, b.steps
+                );
+            }
         }
         Ok(())
     })

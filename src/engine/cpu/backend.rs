@@ -63,6 +63,7 @@ impl Backend for CpuBackend {
 
     fn describe(&self) -> String {
         let precision = match self.precision {
+            ActivationPrecision::Int8 => "int8 activations",
             ActivationPrecision::Int16 => "int16 activations",
             ActivationPrecision::F32 => "f32 activations",
         };
@@ -86,7 +87,14 @@ impl Backend for CpuBackend {
                     &candle_core::Device::Cpu,
                 )
                 .with_context(|| format!("tensor {}", tensor.name))?;
-                CpuMatrix::from_qtensor(&tensor.name, &qtensor)
+                let matrix = CpuMatrix::from_qtensor(&tensor.name, &qtensor)?;
+                if self.precision == ActivationPrecision::Int8 {
+                    matrix
+                        .packed()
+                        .with_context(|| format!("tensor {}", tensor.name))
+                } else {
+                    Ok(matrix)
+                }
             }
             Encoding::Dense(dtype) => {
                 let b = &tensor.bytes;

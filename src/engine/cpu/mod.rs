@@ -1,7 +1,9 @@
 //! The CPU backend and its kernels.
 //!
 //! - [`formats`]: the quantized weight formats and how a unit of each decodes;
-//! - [`activations`]: activation rows, and their 16-bit integer form;
+//! - [`int8`]: the default path: weights repacked into panels at load, 8-bit activations,
+//!   one tiled integer kernel per ISA for every batch size;
+//! - [`activations`]: activation rows, and their 8- and 16-bit integer forms;
 //! - [`decode`]: quantized weight rows to 16-bit integers, per ISA;
 //! - [`int_dot`]: quantized weight rows · 16-bit activations: exact integer totals per unit,
 //!   then one shared float combination (so results never depend on the batch or the ISA);
@@ -22,6 +24,7 @@ pub mod backend;
 pub mod decode;
 pub mod dot;
 pub mod formats;
+pub mod int8;
 pub mod int_dot;
 pub mod isa;
 pub mod matrix;

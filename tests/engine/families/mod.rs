@@ -64,7 +64,7 @@ const F16_ROUNDOFF: f32 = 1.0 / 2048.0;
 pub fn tolerance(kernels: CpuMatmul, scale: f32) -> f32 {
     match kernels {
         CpuMatmul::Candle => 1e-5 * scale,
-        CpuMatmul::F32 | CpuMatmul::Int16 => 4.0 * F16_ROUNDOFF * scale,
+        CpuMatmul::F32 | CpuMatmul::Int8 | CpuMatmul::Int16 => 4.0 * F16_ROUNDOFF * scale,
     }
 }
 
@@ -76,7 +76,7 @@ pub fn tolerance(kernels: CpuMatmul, scale: f32) -> f32 {
 fn gguf_tolerance(kernels: CpuMatmul, scale: f32) -> f32 {
     match kernels {
         CpuMatmul::Candle => tolerance(kernels, scale),
-        CpuMatmul::F32 | CpuMatmul::Int16 => F16_ROUNDOFF * scale,
+        CpuMatmul::F32 | CpuMatmul::Int8 | CpuMatmul::Int16 => F16_ROUNDOFF * scale,
     }
 }
 
@@ -85,9 +85,14 @@ fn scale(logits: &[Vec<f32>]) -> f32 {
     logits.iter().flatten().fold(0f32, |m, v| m.max(v.abs()))
 }
 
-/// Every way our engine runs a model on the CPU: our kernels in f32 and with 16-bit
-/// integer activations (both use f32 matmuls on dense weights), and candle's kernels.
-pub const KERNELS: [CpuMatmul; 3] = [CpuMatmul::F32, CpuMatmul::Int16, CpuMatmul::Candle];
+/// Every way our engine runs a model on the CPU: our kernels in f32 and with 8- and 16-bit
+/// integer activations (all use f32 matmuls on dense weights), and candle's kernels.
+pub const KERNELS: [CpuMatmul; 4] = [
+    CpuMatmul::F32,
+    CpuMatmul::Int8,
+    CpuMatmul::Int16,
+    CpuMatmul::Candle,
+];
 
 /// A reference implementation of a family (candle-transformers' model).
 pub trait Reference {

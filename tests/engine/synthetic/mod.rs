@@ -505,8 +505,9 @@ fn gguf_q8_0_runs_and_its_shards_agree_with_tied_embeddings() {
     write_gguf(&gguf, &w, GgmlDType::Q8_0, None);
     // With f32 activations the engine must match the plain forward over the weights as
     // quantized (matrices rounded through Q8_0, vectors exact) as closely as the f32
-    // models do; the default 16-bit activations add their rounding (at most 1/32766 of
-    // each group's largest value per activation), amplified through five random layers.
+    // models do; 16-bit activations add their rounding (at most 1/32766 of each group's
+    // largest value per activation), amplified through five random layers; the default
+    // 8-bit ones (1/254, llama.cpp's) 129 times as much: 0.24 measured, allowed 0.6.
     let rounded: HashMap<String, Tensor> = w
         .iter()
         .map(|(k, t)| {
@@ -523,7 +524,9 @@ fn gguf_q8_0_runs_and_its_shards_agree_with_tied_embeddings() {
         .collect();
     let exact = open_with(&gguf, ModelFormat::Gguf, CpuMatmul::F32).unwrap();
     check_against_reference(&exact, &rounded, tiny, 1e-3);
+    let int16 = open_with(&gguf, ModelFormat::Gguf, CpuMatmul::Int16).unwrap();
+    check_against_reference(&int16, &rounded, tiny, 2e-2);
     let model = open(&gguf, ModelFormat::Gguf).unwrap();
-    check_against_reference(&model, &rounded, tiny, 2e-2);
+    check_against_reference(&model, &rounded, tiny, 0.6);
     assert_shards_agree(&model);
 }
