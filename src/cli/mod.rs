@@ -2,7 +2,6 @@
 //! the benchmarks (`bench`, `bench-transfer`) in their own room, [`bench`].
 
 mod bench;
-mod bench_batch;
 mod chat;
 mod generate;
 mod keygen;

@@ -1,18 +1,20 @@
 //! The benchmark commands. `exo bench`: prefill and decode tokens/s of the engine, after a
-//! warm-up (here), or of many users at once through a node's API ([`load`]);
+//! warm-up (here), what a batched decode step costs ([`batch`], `--batch N`), or many
+//! users at once through a node's API ([`load`]);
 //! `exo bench-transfer`: a peer weight transfer against a plain TCP copy ([`transfer`]).
 
+pub mod batch;
 pub mod load;
 pub mod transfer;
 
 use clap::Args;
 use serde_json::json;
 
-use super::bench_batch::BatchCost;
 use super::shared::ModelArgs;
 use crate::engine::SamplingParams;
 use crate::engine::serve::local::{GenerationStats, LocalRequest, generate};
 use crate::resource::scoped;
+use batch::BatchCost;
 
 /// Text the benchmark prompt is cut from (any text works; this one is plain English).
 const BENCH_TEXT: &str = "The quick brown fox jumps over the lazy dog while the river runs \
@@ -102,7 +104,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .map(|_| generate(&model, &ranges, &request, |_| {}).map(|o| o.stats))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let batch = batch
-                    .map(|rows| super::bench_batch::measure(&model, &request.prompt, rows, request.max_tokens))
+                    .map(|rows| batch::measure(&model, &request.prompt, rows, request.max_tokens))
                     .transpose()?;
                 Ok((stats, batch))
             })
