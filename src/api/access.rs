@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 
 use super::config::ApiConfig;
 use super::error::ApiError;
+use super::limit::is_generation;
 
 /// Paths of the admin API (the node's resources: list, health, report, reset; drain).
 fn is_admin(path: &str) -> bool {
@@ -113,7 +114,7 @@ pub async fn guard(
         if let Err(response) = authorize(&config, peer, &path, request.headers()) {
             return *response;
         }
-        if super::is_generation(request.method(), &path) {
+        if is_generation(request.method(), &path) {
             let json = request
                 .headers()
                 .get(header::CONTENT_TYPE)

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The longest stop string accepted: each is matched against the text of every token.
+pub const MAX_STOP_STRING_BYTES: usize = 256;
+
 /// The API's access rules and limits (flags of `exo node`).
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -47,7 +50,7 @@ impl ApiConfig {
             "max_queued_requests": self.max_queued,
             "retry_after_s": self.retry_after.as_secs(),
             "max_body_bytes": self.max_body_bytes,
-            "max_stop_string_bytes": super::params::MAX_STOP_STRING_BYTES,
+            "max_stop_string_bytes": MAX_STOP_STRING_BYTES,
         })
     }
 }

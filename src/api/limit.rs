@@ -103,7 +103,7 @@ pub async fn limit(
     request: Request,
     next: Next,
 ) -> Response {
-    if !super::is_generation(request.method(), request.uri().path()) {
+    if !is_generation(request.method(), request.uri().path()) {
         return next.run(request).await;
     }
     let permit = match limiter.slots.clone().try_acquire_owned() {
@@ -132,4 +132,10 @@ pub async fn limit(
         chunk
     });
     Response::from_parts(parts, Body::from_stream(stream))
+}
+
+/// The routes that run a generation: JSON bodies only, and each holds a slot of the
+/// request limiter.
+pub(super) fn is_generation(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::POST && matches!(path, "/v1/chat/completions" | "/v1/completions")
 }

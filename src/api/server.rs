@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::config::ApiConfig;
 use super::limit::RequestLimiter;
+use super::routes::router;
 use super::state::ApiState;
 use crate::resource::Resource;
 use crate::trust::SecurityStatus;
@@ -103,7 +104,7 @@ impl Resource for ApiServer {
             .set_port(local_addr.port());
         self.shutting_down.send_replace(false);
         let mut stop = self.shutting_down.subscribe();
-        let app = super::router(state);
+        let app = router(state);
         let task = tokio::spawn(async move {
             axum::serve(
                 listener,

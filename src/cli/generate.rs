@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::Args;
 
 use super::shared::ModelArgs;
-use crate::engine::local::{LocalRequest, generate};
+use crate::engine::serve::local::{LocalRequest, generate};
 use crate::engine::{ChatMessage, SamplingParams};
 use crate::resource::scoped;
 

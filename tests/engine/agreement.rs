@@ -18,9 +18,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use exo::catalog::{ModelFormat, ResolvedModel};
-use exo::engine::batcher::StepJob;
-use exo::engine::model::{ShardInput, ShardOutput};
-use exo::engine::sampling::argmax;
+use exo::engine::model::shard_io::{ShardInput, ShardOutput};
+use exo::engine::serve::batcher::StepJob;
+use exo::engine::serve::sampling::argmax;
 use exo::engine::{CpuMatmul, DeviceChoice, EngineConfig, LoadedModel};
 use serde_json::Value as Json;
 

