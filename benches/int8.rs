@@ -30,7 +30,11 @@ const SHAPES: &[(&str, usize, usize, QuantFormat)] = &[
 fn main() {
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     let isa = Isa::best();
-    println!("int8 kernels on {} ({} threads)", isa.name(), exo::engine::cpu::pool::pool().threads());
+    println!(
+        "int8 kernels on {} ({} threads)",
+        isa.name(),
+        exo::engine::cpu::pool::pool().threads()
+    );
     for &(name, rows, cols, format) in SHAPES {
         if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
             continue;
@@ -45,22 +49,34 @@ fn main() {
             if rows * m > 40_000_000 {
                 continue;
             }
-            let x: Vec<f32> = (0..m * cols).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 300.0).collect();
+            let x: Vec<f32> = (0..m * cols)
+                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 300.0)
+                .collect();
             let mut out = vec![0f32; m * rows];
             let mut times = Vec::new();
             let runs = (2_000_000_000 / (rows * cols * m)).clamp(5, 200);
             for _ in 0..runs {
                 let started = Instant::now();
                 let acts = Activations::new(&x, m, cols);
-                let mut jobs = [MatmulJob { matrix: &matrix, out: &mut out }];
+                let mut jobs = [MatmulJob {
+                    matrix: &matrix,
+                    out: &mut out,
+                }];
                 matmul(isa, ActivationPrecision::Int8, &acts, &mut jobs).unwrap();
                 times.push(started.elapsed().as_secs_f64());
             }
             times.sort_by(f64::total_cmp);
             let t = times[times.len() / 2];
             let gmacs = (rows * cols * m) as f64 / t / 1e9;
-            let extra = if m == 1 { format!(", {:.1} GB/s of weights", bytes as f64 / t / 1e9) } else { String::new() };
-            println!("{name:<26} {m:>4} rows: {:>9.3} ms, {gmacs:>6.1} GMAC/s{extra}", t * 1e3);
+            let extra = if m == 1 {
+                format!(", {:.1} GB/s of weights", bytes as f64 / t / 1e9)
+            } else {
+                String::new()
+            };
+            println!(
+                "{name:<26} {m:>4} rows: {:>9.3} ms, {gmacs:>6.1} GMAC/s{extra}",
+                t * 1e3
+            );
         }
     }
 }

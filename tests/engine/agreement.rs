@@ -95,7 +95,6 @@ fn judge(id: &str, model: &LoadedModel) -> Verdict {
         let prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
         let request = format!("{id}-{c}");
         let mut logits = step(model, &request, prompt.clone(), 0);
-        let mut position = prompt.len();
         for (s, recorded) in case["steps"].as_array().unwrap().iter().enumerate() {
             let top: Vec<(u32, f64)> = recorded["top"]
                 .as_array()
@@ -122,8 +121,7 @@ fn judge(id: &str, model: &LoadedModel) -> Verdict {
                 verdict.misses.push((c, s, top[0].0, ours, gap));
             }
             let forced = recorded["id"].as_u64().unwrap() as u32;
-            logits = step(model, &request, vec![forced], position);
-            position += 1;
+            logits = step(model, &request, vec![forced], prompt.len() + s);
         }
     }
     verdict

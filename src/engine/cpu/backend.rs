@@ -54,6 +54,13 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// The element at `offset` (the caller keeps it inside the buffer).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 impl Backend for CpuBackend {
     type Act = Rows;
     type Matrix = CpuMatrix;
@@ -327,7 +334,6 @@ impl Backend for CpuBackend {
         let cols = q.cols;
         let isa = self.isa;
         let run = |range: std::ops::Range<usize>| {
-            let shared = shared;
             SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 for &(s, first, count, g) in &items[range] {
@@ -342,10 +348,7 @@ impl Backend for CpuBackend {
                     let mut outs: Vec<&mut [f32]> = rows
                         .iter()
                         .map(|&r| unsafe {
-                            std::slice::from_raw_parts_mut(
-                                shared.0.add(r * cols + g * width),
-                                width,
-                            )
+                            std::slice::from_raw_parts_mut(shared.at(r * cols + g * width), width)
                         })
                         .collect();
                     attend(

@@ -18,6 +18,10 @@
 //! result is the same whatever else is in the batch, and whether its sequence's prompt
 //! was run in one piece, in chunks, or one token at a time.
 
+// Kernels index several arrays (lanes, rows, panels) by one loop variable: index loops say
+// that more plainly than zipped iterators.
+#![allow(clippy::needless_range_loop)]
+
 pub mod activations;
 pub mod attention;
 pub mod backend;
