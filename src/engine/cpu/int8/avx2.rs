@@ -18,6 +18,7 @@ struct Consts {
     bit4: __m256i,
     bit5: __m256i,
     ones: __m256i,
+    flip: __m256i,
     spread: __m256i,
     select: __m256i,
 }
@@ -30,6 +31,7 @@ fn consts() -> Consts {
         bit4: _mm256_set1_epi8(0x10),
         bit5: _mm256_set1_epi8(0x20),
         ones: _mm256_set1_epi16(1),
+        flip: _mm256_set1_epi8(-128),
         spread: _mm256_setr_epi8(
             0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
             3, 3, 3,
@@ -201,8 +203,10 @@ unsafe fn classic_block<const F: u8, const MR: usize, const PG: usize>(
         let mut ints = [[ZERO[0]; PG]; MR];
         if lay.format == QuantFormat::Q8_0 {
             for g in 0..8 {
+                // The panels hold w + 128: back to the signed byte for the sign trick.
                 let w: [__m256i; PG] = std::array::from_fn(|p| {
-                    _mm256_loadu_si256(rec[p].add(lay.weights + 64 * g + 32 * h) as *const __m256i)
+                    let at = rec[p].add(lay.weights + 64 * g + 32 * h);
+                    _mm256_xor_si256(_mm256_loadu_si256(at as *const __m256i), c.flip)
                 });
                 for r in 0..MR {
                     let xv = broadcast(xq[r].add(32 * b + 4 * g));
@@ -232,7 +236,8 @@ unsafe fn classic_block<const F: u8, const MR: usize, const PG: usize>(
             for r in 0..MR {
                 let j = t.j0 + r;
                 let mut i = ints[r][p];
-                if lay.zero != 0 {
+                // Q8_0's sums are already Σ w·x̂ (the sign trick took the signed bytes).
+                if lay.zero != 0 && lay.format != QuantFormat::Q8_0 {
                     i = _mm256_sub_epi32(i, _mm256_set1_epi32(lay.zero * x.row_sum32(j)[b]));
                 }
                 let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.row_d(j)[b]));

@@ -152,10 +152,8 @@ unsafe fn classic<const F: u8, const MR: usize, const PG: usize>(
 ) -> [[__m512; PG]; MR] {
     let lay = const { Layout::of(format_of(F)) };
     let c = consts();
-    let flip = _mm512_set1_epi8(-128);
     let q8 = lay.format == QuantFormat::Q8_0;
-    // Q8_0 is read as unsigned `w + 128`, corrected by 128·Σx̂ like a zero point.
-    let zero = if q8 { 128 } else { lay.zero };
+    let zero = lay.zero;
     let x = t.x;
     let mut acc = [[_mm512_setzero_ps(); PG]; MR];
     let xq: [*const i8; MR] = std::array::from_fn(|r| x.row(t.j0 + r).as_ptr());
@@ -171,9 +169,8 @@ unsafe fn classic<const F: u8, const MR: usize, const PG: usize>(
                 for g in 0..8 {
                     let mut w = [_mm512_setzero_si512(); PG];
                     for p in 0..PG {
-                        let v =
-                            _mm512_loadu_si512(rec[p].add(lay.weights + 64 * g) as *const __m512i);
-                        w[p] = _mm512_xor_si512(v, flip);
+                        let at = rec[p].add(lay.weights + 64 * g);
+                        w[p] = _mm512_loadu_si512(at as *const __m512i);
                     }
                     for r in 0..MR {
                         let xv = broadcast(xq[r].add(32 * b + 4 * g));

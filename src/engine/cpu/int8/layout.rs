@@ -15,7 +15,8 @@
 //!   64-bit mask at `16·L` whose bit `4r + t` is bit 4 of the low-half value, one at
 //!   `16·L + 8` for the high-half value; Q6_K adds the same for bit 5, 64 bytes later;
 //! - *bytes* (Q8_0: 512 bytes per 32 values): byte `64·g + 4·r + t` is value `4g + t` of
-//!   row r, as the signed byte of the file.
+//!   row r, the file's signed byte plus 128 (so `vpdpbusd` reads it as it is; the zero
+//!   point 128 is subtracted with the activations' sum, as for Q4_0's 8).
 //!
 //! Scales are kept as the file has them (f16 per row per block; the K-quants' 6-bit
 //! sub-block scales and minimums unpacked to one byte each, done once here rather than on
@@ -63,7 +64,7 @@ impl Layout {
             QuantFormat::Q4_1 => Self::classic(format, 320, Some(32), 64, NIBBLES, 0),
             QuantFormat::Q5_0 => Self::classic(format, 352, None, 32, NIBBLES + MASKS, 16),
             QuantFormat::Q5_1 => Self::classic(format, 384, Some(32), 64, NIBBLES + MASKS, 0),
-            QuantFormat::Q8_0 => Self::classic(format, 544, None, 32, 512, 0),
+            QuantFormat::Q8_0 => Self::classic(format, 544, None, 32, 512, 128),
             QuantFormat::Q4K => Layout {
                 format,
                 block: 256,

@@ -216,8 +216,9 @@ pub fn dequantize_record(l: &Layout, record: &[u8], r: usize, out: &mut [f32]) {
         for (k, o) in out.iter_mut().enumerate() {
             let u = unsigned_value(l, span, r, k);
             *o = match l.format {
-                QuantFormat::Q8_0 => d * f32::from(u as i8),
-                QuantFormat::Q4_0 | QuantFormat::Q5_0 => d * (i32::from(u) - l.zero) as f32,
+                QuantFormat::Q8_0 | QuantFormat::Q4_0 | QuantFormat::Q5_0 => {
+                    d * (i32::from(u) - l.zero) as f32
+                }
                 QuantFormat::Q4_1 | QuantFormat::Q5_1 => d * f32::from(u) + m,
                 QuantFormat::Q4K | QuantFormat::Q5K => {
                     let sc = record[l.sub_scales.unwrap_or(0) + i * PANEL + r];
@@ -339,7 +340,11 @@ fn read_block(format: QuantFormat, unit: &[u8]) -> SourceBlock {
                 s.u[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
             }
         }
-        QuantFormat::Q8_0 => s.u[..32].copy_from_slice(&unit[2..34]),
+        QuantFormat::Q8_0 => {
+            for (u, &w) in s.u.iter_mut().zip(&unit[2..34]) {
+                *u = w ^ 0x80;
+            }
+        }
         QuantFormat::Q4K | QuantFormat::Q5K => {
             s.m = f16_bits(unit, 2);
             let packed = &unit[4..16];

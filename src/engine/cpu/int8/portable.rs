@@ -6,7 +6,8 @@
 //!
 //! - classic formats, per 32-value block b in order:
 //!   `I = Σ u·x̂ − zero·Σx̂`, `acc = fma(f32(I), d_w · d_x, acc)`, and for Q4_1/Q5_1
-//!   `acc = fma(m_w, d_x · f32(Σx̂), acc)`; Q8_0's `u` is its signed byte, with no zero;
+//!   `acc = fma(m_w, d_x · f32(Σx̂), acc)` (Q8_0's `u` is its signed byte plus 128, its
+//!   zero 128);
 //! - Q4_K/Q5_K, per 256-value super-block in order: `I = Σₛ scₛ · Σ u·x̂`,
 //!   `M = Σₛ mₛ · Σₛx̂` over the eight 32-value sub-blocks, then
 //!   `acc = fma(f32(I), d · d_x, acc)` and `acc = fma(f32(M), −(dmin · d_x), acc)`;
@@ -28,12 +29,7 @@ fn half(record: &[u8], at: usize) -> f32 {
 
 /// Weight value k of row r of a 32-value span, as the definition multiplies it.
 fn weight(l: &Layout, span: &[u8], r: usize, k: usize) -> i32 {
-    let u = unsigned_value(l, span, r, k);
-    if l.format == QuantFormat::Q8_0 {
-        i32::from(u as i8)
-    } else {
-        i32::from(u)
-    }
+    i32::from(unsigned_value(l, span, r, k))
 }
 
 /// Σ weight·x̂ over values `ks` of row r of a span.
