@@ -4,6 +4,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    exo::engine::cpu::heap::keep_freed_buffers();
     let cli = exo::cli::Cli::parse();
     for (name, value) in cli.environment_defaults() {
         if std::env::var_os(name).is_none() {

@@ -29,6 +29,7 @@ pub mod backend;
 pub mod decode;
 pub mod dot;
 pub mod formats;
+pub mod heap;
 pub mod int8;
 pub mod int_dot;
 pub mod isa;

@@ -164,7 +164,14 @@ unsafe fn classic<const F: u8, const MR: usize, const PG: usize>(
         unsafe {
             let rec: [*const u8; PG] =
                 std::array::from_fn(|p| t.panels.add(p * t.panel_bytes + b * lay.record));
+            // The zero point's share, `zero · Σx`, starts each sum rather than being
+            // subtracted at the end: one operation less per row and block.
             let mut ints = [[_mm512_setzero_si512(); PG]; MR];
+            if zero != 0 {
+                for r in 0..MR {
+                    ints[r] = [_mm512_set1_epi32(-zero * sums[r][b]); PG];
+                }
+            }
             if q8 {
                 for g in 0..8 {
                     let mut w = [_mm512_setzero_si512(); PG];
@@ -199,10 +206,7 @@ unsafe fn classic<const F: u8, const MR: usize, const PG: usize>(
             for p in 0..PG {
                 let dw = halves(rec[p].add(lay.scales));
                 for r in 0..MR {
-                    let mut i = ints[r][p];
-                    if zero != 0 {
-                        i = _mm512_sub_epi32(i, _mm512_set1_epi32(zero * sums[r][b]));
-                    }
+                    let i = ints[r][p];
                     let scale = _mm512_mul_ps(dw, _mm512_set1_ps(dx[r][b]));
                     acc[r][p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), scale, acc[r][p]);
                     if let Some(at) = lay.mins {
