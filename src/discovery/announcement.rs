@@ -155,6 +155,8 @@ pub struct DatagramStats {
     pub unauthenticated: AtomicU64,
     pub stale: AtomicU64,
     pub replayed: AtomicU64,
+    /// Refused by an open node that hears only from loopback: sent from elsewhere.
+    pub not_loopback: AtomicU64,
     pub sent: AtomicU64,
     pub send_errors: AtomicU64,
 }
@@ -174,6 +176,7 @@ impl Default for DatagramStats {
             unauthenticated: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            not_loopback: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
         }
@@ -205,12 +208,18 @@ impl DatagramStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Datagrams refused by the cluster key (no valid MAC, stale, replayed).
+    /// Datagrams refused: by the cluster key (no valid MAC, stale, replayed), or by an
+    /// open node for not coming from loopback.
     pub fn refused(&self) -> u64 {
-        [&self.unauthenticated, &self.stale, &self.replayed]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        [
+            &self.unauthenticated,
+            &self.stale,
+            &self.replayed,
+            &self.not_loopback,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
     }
 
     /// Datagrams ignored for any reason but being our own.
@@ -224,6 +233,7 @@ impl DatagramStats {
             &self.unauthenticated,
             &self.stale,
             &self.replayed,
+            &self.not_loopback,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
@@ -247,6 +257,7 @@ impl DatagramStats {
                 "unauthenticated": get(&self.unauthenticated),
                 "stale": get(&self.stale),
                 "replayed": get(&self.replayed),
+                "not_loopback": get(&self.not_loopback),
             },
             "sent": get(&self.sent),
             "send_errors": get(&self.send_errors),
