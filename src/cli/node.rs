@@ -103,6 +103,11 @@ pub struct NodeArgs {
     /// An origin allowed cross-site API requests (CORS); none by default.
     #[arg(long = "cors-origin", env = "EXO_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// A host name clients reach the API by (e.g. exo.example.com behind a proxy). The API
+    /// answers only to its IP addresses, localhost and these names, so that a web page
+    /// whose name was made to point at the node (DNS rebinding) gets nothing.
+    #[arg(long = "public-name", env = "EXO_PUBLIC_NAME", value_delimiter = ',')]
+    pub public_names: Vec<String>,
     /// Chat requests this node serves at once.
     #[arg(long, env = "EXO_MAX_CONCURRENT_REQUESTS", default_value_t = ApiConfig::default().max_concurrent)]
     pub max_concurrent_requests: usize,
@@ -220,6 +225,12 @@ impl NodeArgs {
             api_keys: clean(&self.api_keys, "--api-key")?,
             admin_keys: clean(&self.admin_keys, "--admin-key")?,
             cors_origins: self.cors_origins.clone(),
+            public_names: self
+                .public_names
+                .iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
             max_concurrent: self.max_concurrent_requests,
             max_queued: self.max_queued_requests,
             ..ApiConfig::default()

@@ -139,7 +139,9 @@ fn run_blocking(args: ResourcesArgs) -> anyhow::Result<()> {
             if let Some(kind) = kind {
                 url.push_str(&format!("?type={}", encode(kind)));
             }
-            let (code, body) = call(agent.post(&url), &base)?;
+            // JSON, as every admin POST must be (no web page can send one unasked).
+            let request = agent.post(&url).set("content-type", "application/json");
+            let (code, body) = call(request, &base)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&body)?);
             }

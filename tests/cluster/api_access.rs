@@ -349,7 +349,14 @@ async fn a_burst_past_the_cap_gets_429_and_every_queued_request_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dns_rebinding_page_gets_nothing_and_admin_posts_need_json() {
     let dir = tempfile::tempdir().unwrap();
-    let node = lone_node(dir.path(), ApiConfig::default()).await;
+    let node = lone_node(
+        dir.path(),
+        ApiConfig {
+            public_names: vec!["exo.example".into()],
+            ..ApiConfig::default()
+        },
+    )
+    .await;
     let port = node.api_port();
     let base = format!("http://127.0.0.1:{port}");
     let rebound = |host: &str| {
@@ -385,8 +392,14 @@ async fn a_dns_rebinding_page_gets_nothing_and_admin_posts_need_json() {
     )
     .await;
     assert_eq!(status, 200);
-    // The names the node serves: its addresses, loopback names.
-    for host in ["127.0.0.1", "localhost", "[::1]"] {
+    // The names the node serves: its addresses, loopback names, --public-name.
+    for host in [
+        "127.0.0.1",
+        "localhost",
+        "[::1]",
+        "exo.example",
+        "EXO.example.",
+    ] {
         let (status, _, _, body) = call_async(
             "GET",
             format!("{base}/v1/resources/report"),
@@ -464,8 +477,9 @@ async fn behind_a_proxy_loopback_is_not_admin() {
     node.shutdown().await.unwrap();
 
     // With an admin key, the key decides, proxy or not.
+    let other = tempfile::tempdir().unwrap();
     let keyed = lone_node(
-        dir.path(),
+        other.path(),
         ApiConfig {
             admin_keys: vec!["adm".into()],
             ..ApiConfig::default()
