@@ -23,6 +23,7 @@ mod message_caps;
 mod netns;
 mod openai_client;
 mod peers_file;
+mod secrets;
 mod survival;
 mod tensors;
 mod tracing;
