@@ -44,9 +44,8 @@ fail() {
     exit 1
 }
 
-"$exo" keygen >"$work/cluster.key" 2>/dev/null
-"$exo" keygen >"$work/wrong.key" 2>/dev/null
-chmod 600 "$work"/*.key
+"$exo" keygen --out "$work/cluster.key" 2>/dev/null
+"$exo" keygen --out "$work/wrong.key" 2>/dev/null
 
 ip netns add "$switch"
 ip -n "$switch" link add "br$tag" type bridge

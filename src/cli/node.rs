@@ -75,7 +75,7 @@ pub struct NodeArgs {
     /// (seconds; 0 stops at once).
     #[arg(long, env = "EXO_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
-    /// The cluster key file (`exo keygen > cluster.key`): only nodes with the same key
+    /// The cluster key file (`exo keygen --out cluster.key`): only nodes with the same key
     /// join, and nodes talk over mutual TLS. Without one the cluster is open.
     #[arg(long, env = "EXO_CLUSTER_KEY_FILE")]
     pub cluster_key: Option<PathBuf>,
@@ -100,6 +100,13 @@ pub struct NodeArgs {
         hide_env_values = true
     )]
     pub admin_keys: Vec<String>,
+    /// A file of API keys, one a line (`#` comments allowed), readable by its owner only:
+    /// keeps the keys out of the command line, which other users can see.
+    #[arg(long, env = "EXO_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// A file of admin keys, like --api-key-file.
+    #[arg(long, env = "EXO_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
     /// An origin allowed cross-site API requests (CORS); none by default.
     #[arg(long = "cors-origin", env = "EXO_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
@@ -221,9 +228,18 @@ impl NodeArgs {
             }
             Ok(keys)
         };
+        let with_file = |keys: &[String], file: &Option<PathBuf>| -> anyhow::Result<Vec<String>> {
+            let mut keys = keys.to_vec();
+            if let Some(path) = file {
+                keys.extend(super::shared::keys_from_file(path)?);
+            }
+            Ok(keys)
+        };
+        let api_keys = with_file(&self.api_keys, &self.api_key_file)?;
+        let admin_keys = with_file(&self.admin_keys, &self.admin_key_file)?;
         config.api = ApiConfig {
-            api_keys: clean(&self.api_keys, "--api-key")?,
-            admin_keys: clean(&self.admin_keys, "--admin-key")?,
+            api_keys: clean(&api_keys, "--api-key")?,
+            admin_keys: clean(&admin_keys, "--admin-key")?,
             cors_origins: self.cors_origins.clone(),
             public_names: self
                 .public_names
