@@ -19,6 +19,9 @@ pub struct ApiConfig {
     pub max_concurrent: usize,
     /// Chat requests waiting for a slot; past them, 429.
     pub max_queued: usize,
+    /// `/v1/events` streams open at once (each renders the cluster state four times a
+    /// second); past them, 429.
+    pub max_event_streams: usize,
     /// What a 429 tells the client to wait.
     pub retry_after: Duration,
     /// The largest request body accepted.
@@ -34,6 +37,7 @@ impl Default for ApiConfig {
             public_names: Vec::new(),
             max_concurrent: 16,
             max_queued: 64,
+            max_event_streams: 16,
             retry_after: Duration::from_secs(1),
             max_body_bytes: 4 << 20,
         }
@@ -51,6 +55,7 @@ impl ApiConfig {
             "public_names": self.public_names,
             "max_concurrent_requests": self.max_concurrent,
             "max_queued_requests": self.max_queued,
+            "max_event_streams": self.max_event_streams,
             "retry_after_s": self.retry_after.as_secs(),
             "max_body_bytes": self.max_body_bytes,
             "max_stop_string_bytes": super::params::MAX_STOP_STRING_BYTES,

@@ -101,6 +101,26 @@ fn requests(state: &ApiState, out: &mut Exposition) {
         "Chat requests waiting for a slot of the API's limiter.",
     )
     .sample("exo_queue_depth", &[], state.limiter.queued() as f64);
+    out.family(
+        "exo_event_streams",
+        Kind::Gauge,
+        "/v1/events streams open now (capped by --max-event-streams).",
+    )
+    .sample(
+        "exo_event_streams",
+        &[],
+        state.limiter.event_streams() as f64,
+    );
+    out.family(
+        "exo_event_streams_rejected_total",
+        Kind::Counter,
+        "/v1/events streams refused with 429 for being past the cap.",
+    )
+    .sample(
+        "exo_event_streams_rejected_total",
+        &[],
+        state.limiter.event_streams_rejected() as f64,
+    );
     for (name, help, value) in [
         (
             "exo_steps_total",

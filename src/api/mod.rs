@@ -36,6 +36,11 @@ fn is_generation(method: &axum::http::Method, path: &str) -> bool {
     method == axum::http::Method::POST && matches!(path, "/v1/chat/completions" | "/v1/completions")
 }
 
+/// The route that streams the cluster state: each stream holds an event slot.
+fn is_event_stream(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::GET && path == "/v1/events"
+}
+
 /// Every route of the API.
 pub fn router(state: ApiState) -> Router {
     Router::new()

@@ -39,11 +39,7 @@ impl ApiServer {
     /// `state` may be given later with [`set_state`](Self::set_state), before initialize.
     pub fn new(listen: SocketAddr, config: ApiConfig, security: SecurityStatus) -> Self {
         ApiServer {
-            limiter: Arc::new(RequestLimiter::new(
-                config.max_concurrent,
-                config.max_queued,
-                config.retry_after,
-            )),
+            limiter: Arc::new(RequestLimiter::new(&config)),
             config: Arc::new(config),
             security,
             listen: Mutex::new(listen),

@@ -62,7 +62,8 @@ impl NodeConfig {
             model,
             device: DeviceChoice::Auto,
             cpu_matmul: CpuMatmul::default(),
-            api_listen: SocketAddr::from(([0, 0, 0, 0], 52415)),
+            // An open API is anyone's who reaches it: loopback unless told otherwise.
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 52415)),
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             data_dir: None,
             node_id: None,

@@ -38,9 +38,11 @@ pub struct NodeArgs {
     /// gRPC port for the other nodes (0 picks a free one).
     #[arg(long, env = "EXO_GRPC_PORT", default_value_t = 0)]
     pub grpc_port: u16,
-    /// Address to listen on for both.
-    #[arg(long, env = "EXO_LISTEN", default_value = "0.0.0.0")]
-    pub listen: IpAddr,
+    /// Address to listen on for both. Without it the API listens on loopback only, unless
+    /// it has an API key (an open API is anyone's who reaches it), and gRPC on every
+    /// address (a keyed cluster) or loopback (an open one, unless --insecure).
+    #[arg(long, env = "EXO_LISTEN")]
+    pub listen: Option<IpAddr>,
     /// Where the node keeps its id (default: the first free slot under ~/.local/share/exo).
     #[arg(long, env = "EXO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -129,6 +131,9 @@ pub struct NodeArgs {
     /// The most peers a node keeps (newcomers past it are refused).
     #[arg(long, env = "EXO_MAX_PEERS", default_value_t = DEFAULT_MAX_PEERS)]
     pub max_peers: usize,
+    /// `/v1/events` streams (the web UI's live view) open at once; past them, 429.
+    #[arg(long, env = "EXO_MAX_EVENT_STREAMS", default_value_t = ApiConfig::default().max_event_streams)]
+    pub max_event_streams: usize,
     /// Chat requests that may wait for a slot; past them the API answers 429.
     #[arg(long, env = "EXO_MAX_QUEUED_REQUESTS", default_value_t = ApiConfig::default().max_queued)]
     pub max_queued_requests: usize,
@@ -176,8 +181,11 @@ impl NodeArgs {
         }
         config.device = self.model.device;
         config.cpu_matmul = self.model.cpu_matmul;
-        config.api_listen = SocketAddr::new(self.listen, self.api_port);
-        config.grpc_listen = SocketAddr::new(self.listen, self.grpc_port);
+        config.api_listen = SocketAddr::new(self.api_listen_ip(), self.api_port);
+        config.grpc_listen = SocketAddr::new(
+            self.listen.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            self.grpc_port,
+        );
         config.data_dir = self.data_dir.clone();
         config.node_id = self.node_id.clone();
         config.discovery = match self.discovery {
@@ -249,9 +257,21 @@ impl NodeArgs {
                 .collect(),
             max_concurrent: self.max_concurrent_requests,
             max_queued: self.max_queued_requests,
+            max_event_streams: self.max_event_streams,
             ..ApiConfig::default()
         };
         Ok(config)
+    }
+
+    /// Where the API listens: `--listen` when given; else every address when the API has
+    /// a key, and loopback when it has none.
+    pub fn api_listen_ip(&self) -> IpAddr {
+        let keyed = !self.api_keys.is_empty() || self.api_key_file.is_some();
+        match self.listen {
+            Some(ip) => ip,
+            None if keyed => IpAddr::from([0, 0, 0, 0]),
+            None => IpAddr::from([127, 0, 0, 1]),
+        }
     }
 }
 
@@ -260,7 +280,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     println!(
         "node {} ready: API http://{}:{} ({} on {})",
         node.node_id(),
-        args.listen,
+        args.api_listen_ip(),
         node.api_port(),
         args.model.model,
         node.flow.capabilities().engine_device,
@@ -304,5 +324,46 @@ pub async fn shutdown_signal() -> &'static str {
     {
         let _ = tokio::signal::ctrl_c().await;
         "interrupted"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn api_ip(args: &[&str]) -> IpAddr {
+        let mut argv = vec!["exo"];
+        argv.extend_from_slice(args);
+        Flags::try_parse_from(argv).unwrap().node.api_listen_ip()
+    }
+
+    #[test]
+    fn the_api_listens_beyond_loopback_only_when_told_or_keyed() {
+        // Flags can come from the environment too: this checks the defaults only when
+        // none of these is set there.
+        if ["EXO_LISTEN", "EXO_API_KEY", "EXO_API_KEY_FILE"]
+            .iter()
+            .any(|name| std::env::var_os(name).is_some())
+        {
+            return;
+        }
+        assert_eq!(api_ip(&[]), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(api_ip(&["--api-key", "sk-1"]), IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(
+            api_ip(&["--api-key-file", "/nonexistent"]),
+            IpAddr::from([0, 0, 0, 0])
+        );
+        assert_eq!(
+            api_ip(&["--listen", "10.0.0.7", "--api-key", "sk-1"]),
+            IpAddr::from([10, 0, 0, 7])
+        );
+        assert_eq!(api_ip(&["--listen", "0.0.0.0"]), IpAddr::from([0, 0, 0, 0]));
     }
 }
