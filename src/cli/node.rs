@@ -141,6 +141,11 @@ pub struct NodeArgs {
     /// before it tries the Hub (milliseconds).
     #[arg(long, env = "EXO_PEER_WAIT_MS", default_value_t = 10_000)]
     pub peer_wait_ms: u64,
+    /// Take a model's tensors from peers even when no tensor manifest can check them (a
+    /// registry model not verified here): only their sizes are checked then, so a peer
+    /// could hand this node any bytes. Off: such tensors come from the Hub.
+    #[arg(long, env = "EXO_TRUST_PEER_WEIGHTS")]
+    pub trust_peer_weights: bool,
     /// Use at most this much memory for the model (e.g. 8GB, 512MiB, or bytes): plans
     /// give the node no more layers than fit.
     #[arg(long, env = "EXO_MEMORY_LIMIT", value_parser = parse_bytes)]
@@ -201,6 +206,7 @@ impl NodeArgs {
             DiscoveryKind::None => DiscoveryMode::None,
         };
         config.supply.peer_wait = Duration::from_millis(self.peer_wait_ms);
+        config.supply.trust_peer_weights = self.trust_peer_weights;
         config.memory_limit = self.memory_limit;
         if self.step_timeout_ms == 0 {
             bail!("--step-timeout-ms must be at least 1");

@@ -245,6 +245,8 @@ async fn measure(args: &TransferBenchArgs, entry: ModelEntry, dir: PathBuf) -> a
             client: client.clone(),
             runtime: tokio::runtime::Handle::current(),
             idle_timeout: Duration::from_secs(30),
+            // The transfer measured is the checked one (the bench model has a manifest).
+            trust_without_manifest: false,
         };
         let (fetch_entry, fetch_holding, fetch_dir) =
             (entry.clone(), holding.clone(), scratch.clone());

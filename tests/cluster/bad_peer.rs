@@ -150,6 +150,7 @@ async fn fake_peer(fault: Fault) -> (Arc<Managed<GrpcServer>>, PeerSource) {
         client,
         runtime: tokio::runtime::Handle::current(),
         idle_timeout: Duration::from_secs(10),
+        trust_without_manifest: false,
     };
     (server, source)
 }
@@ -334,4 +335,20 @@ async fn weights_from_a_peer_without_a_manifest_are_refused() {
         recorded.is_none_or(|s| !s.present.contains(&(start..end))),
         "the peer's bytes were recorded"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_trust_peer_weights_a_copy_without_a_manifest_is_taken_checked_for_size_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, mut source) = fake_peer(Fault::None).await;
+    source.trust_without_manifest = true;
+    let (received, outcome) = fetch_entry(source, dir.path(), 3..6, entry_without_manifest()).await;
+    assert_eq!(outcome, Ok(received));
+    assert!(presence(&entry_without_manifest(), dir.path()).covers(&(3..6), 30));
+    let model = dir
+        .path()
+        .join("smollm2-135m")
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let sidecar = read_sidecar(&model).unwrap().unwrap();
+    assert_eq!(sidecar.tensor_check, exo::catalog::TensorCheck::SizeOnly);
 }
