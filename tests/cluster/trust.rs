@@ -339,3 +339,59 @@ async fn a_keyed_ring_answers_like_one_node_and_refuses_grpc_from_anyone_without
         node.shutdown().await.unwrap();
     }
 }
+
+/// A host that holds a member's genuine datagram (recorded on another link, or sent
+/// before the member's own copy arrives) relays it from its own address: the member's
+/// address must not move to the relay's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_datagram_relayed_from_another_address_does_not_move_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let key = ClusterKey::generate();
+    let k1 = start(dir.path(), "k1", port, Some(&key)).await;
+    let k2 = start(dir.path(), "k2", port, Some(&key)).await;
+    wait_for_peers(&k1, 1).await;
+    let address_of_k2 = |node: &Node| {
+        node.peers
+            .peers()
+            .into_iter()
+            .find(|p| p.node_id == "k2")
+            .map(|p| p.address)
+    };
+    let before = address_of_k2(&k1).unwrap();
+    assert!(before.starts_with("127.0.0.1:"), "{before}");
+
+    // What k2 says of itself, sealed with the key, fresh: sent from 127.0.0.9, and
+    // claiming a better link than loopback (a node moves to a better-ranked address).
+    let mut genuine = forged("k2");
+    genuine.grpc_port = grpc_address(&k2).await.port();
+    genuine.capabilities = k2.flow.capabilities().clone();
+    let relay = tokio::net::UdpSocket::bind("127.0.0.9:0").await.unwrap();
+    relay.set_broadcast(true).unwrap();
+    relay
+        .send_to(
+            &genuine.encode_sealed(Some(&DatagramSeal::new(&key))),
+            ("127.255.255.255", port),
+        )
+        .await
+        .unwrap();
+    let stats = discovery(&k1).ensure_ready().await.unwrap().stats().clone();
+    let mut handled = stats.subscribe();
+    let refused = |stats: &exo::discovery::DatagramStats| {
+        stats.to_json()["refused"]["wrong_sender"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    tokio::time::timeout(
+        WAIT,
+        handled.wait_for(|_| refused(&stats) >= 1 || address_of_k2(&k1) != Some(before.clone())),
+    )
+    .await
+    .expect("k1 never handled the relayed datagram")
+    .unwrap();
+    assert_eq!(address_of_k2(&k1), Some(before), "k2 moved to the relay");
+    assert_eq!(refused(&stats), 1, "{}", stats.to_json());
+    for node in [k1, k2] {
+        node.shutdown().await.unwrap();
+    }
+}
