@@ -136,6 +136,7 @@ impl Node {
                         draining: draining.load(Ordering::Relaxed),
                         sent_at_ms: 0,
                         nonce: String::new(),
+                        sender_addresses: Vec::new(),
                     })
                 });
                 Managed::builder(

@@ -126,10 +126,18 @@ async fn announce_once(
             return;
         }
     };
+    let targets: Vec<_> = targets
+        .into_iter()
+        .filter(|t| !config.loopback_only || t.address.is_loopback())
+        .collect();
+    // Every address a copy may leave from; a receiver with the key refuses the datagram
+    // from any other (a relay).
+    announcement.sender_addresses = targets
+        .iter()
+        .map(|t| std::net::IpAddr::V4(t.address))
+        .take(super::announcement::MAX_SENDER_ADDRESSES)
+        .collect();
     for target in targets {
-        if config.loopback_only && !target.address.is_loopback() {
-            continue;
-        }
         announcement.interface_priority = target.priority;
         // Every copy is fresh: a receiver refuses a nonce it has seen.
         announcement.sent_at_ms = now_ms();
@@ -191,22 +199,26 @@ impl Receiver {
         if self.loopback_only && !source.ip().is_loopback() {
             // An open node's peers are on this host: anyone else could join it without a
             // key. (The kernel drops packets from the network that claim a loopback source.)
-            if stats.not_loopback.fetch_add(1, Ordering::Relaxed) == 0 {
+            if stats.count_not_loopback(source.ip()) == 0 {
                 tracing::warn!(
                     "refused a discovery datagram from {source}: an open node hears only from loopback (give every node --cluster-key, or --insecure)"
                 );
             }
             return false;
         }
-        let announcement = match Announcement::open(bytes, self.seal.as_deref(), now_ms()) {
+        let opened = Announcement::open(bytes, self.seal.as_deref(), now_ms(), source.ip());
+        let announcement = match opened {
             Ok(announcement) => announcement,
             Err(error) => {
-                if matches!(error, super::DatagramError::Refused(_)) {
+                if matches!(
+                    error,
+                    super::DatagramError::Refused(_) | super::DatagramError::WrongSender(_)
+                ) {
                     tracing::debug!("refused a datagram from {source}: {error}");
                 } else {
                     tracing::debug!("ignored a datagram from {source}: {error}");
                 }
-                stats.count_error(&error);
+                stats.count_error(&error, source.ip());
                 return false;
             }
         };

@@ -76,6 +76,8 @@ fn forged(node_id: &str) -> Announcement {
         draining: false,
         sent_at_ms: now_ms(),
         nonce: new_nonce(),
+        // What a node on loopback names as its address.
+        sender_addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
     }
 }
 
