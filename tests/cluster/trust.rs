@@ -32,6 +32,15 @@ fn discovery(node: &Node) -> Arc<Managed<UdpDiscovery>> {
     node.group.get("discovery").unwrap()
 }
 
+async fn discovery_stats(node: &Node) -> Arc<exo::discovery::DatagramStats> {
+    discovery(node)
+        .ensure_ready()
+        .await
+        .unwrap()
+        .stats()
+        .clone()
+}
+
 async fn grpc_address(node: &Node) -> SocketAddr {
     let server: Arc<Managed<GrpcServer>> = node.grpc.clone();
     server.ensure_ready().await.unwrap().local_addr().unwrap()
@@ -104,28 +113,29 @@ async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refus
     let mut stale = forged("stale-visitor");
     stale.sent_at_ms = now_ms() - 120_000;
     // Sent to loopback's broadcast address: every node on the port hears it (a unicast
-    // datagram would reach only one of the sockets sharing the port).
+    // datagram would reach only one of the sockets sharing the port). The forgeries come
+    // from an address of their own, so that the count of refusals from it is the
+    // forger's alone (the outsiders' nodes are refused too, from 127.0.0.1).
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     socket.set_broadcast(true).unwrap();
+    let forger = tokio::net::UdpSocket::bind("127.0.0.9:0").await.unwrap();
+    forger.set_broadcast(true).unwrap();
+    let forger_ip = forger.local_addr().unwrap().ip();
     let everyone = ("127.255.255.255", port);
     let discovery = discovery(&k1);
     let stats = discovery.ensure_ready().await.unwrap().stats().clone();
-    let before = stats.unauthenticated.load(Ordering::Relaxed);
-    for datagram in [
+    let forgeries = [
         forged("mallory").encode(),
         forged("mallory").encode_sealed(Some(&wrong_seal)),
         goodbye.encode(),
         goodbye.encode_sealed(Some(&wrong_seal)),
-    ] {
-        socket
-            .send_to(&datagram, ("127.0.0.1", port))
-            .await
-            .unwrap();
+    ];
+    for datagram in &forgeries {
+        forger.send_to(datagram, everyone).await.unwrap();
     }
-    wait_for_count(&k1, before + 4, |s| {
-        s.unauthenticated.load(Ordering::Relaxed)
-    })
-    .await;
+    for node in [&k1, &k2] {
+        wait_for_count(node, forgeries.len() as u64, |s| s.refused_from(forger_ip)).await;
+    }
     // A stale one, even with the right key (a recording played back later).
     socket
         .send_to(&stale.encode_sealed(Some(&right_seal)), everyone)
@@ -165,7 +175,18 @@ async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refus
             "{ids:?}"
         );
     }
-    // The forged goodbye did not drop k2, and the outsiders see no one either.
+    // Every forgery reached both and was refused, and nothing else from the forger.
+    for node in [&k1, &k2] {
+        let stats = discovery_stats(node).await;
+        assert_eq!(
+            stats.refused_from(forger_ip),
+            forgeries.len() as u64,
+            "{}",
+            stats.to_json()
+        );
+    }
+    // The forged goodbye did not drop k2 (k1 handled it: counted above), and the
+    // outsiders see no one either.
     assert!(k1.peers.handle("k2").is_some());
     assert!(wrong.peers.peers().is_empty(), "{:?}", wrong.peers.peers());
     // The open node takes on anyone who asks (mallory, unsealed) but cannot read the
