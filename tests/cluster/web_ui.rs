@@ -146,9 +146,12 @@ impl Scrape {
         Scrape { families, samples }
     }
 
-    /// The value of the sample `name` whose labels include `labels` (0 when absent).
+    /// The sum of the samples `name` whose labels include `labels`. A series that is not
+    /// in the scrape fails the test: reading it as 0 would pass checks of "nothing yet"
+    /// (or of a delta) on a metric that does not exist.
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples
+        let values: Vec<f64> = self
+            .samples
             .iter()
             .filter(|(n, l, _)| {
                 n == name
@@ -157,7 +160,12 @@ impl Scrape {
                         .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
             })
             .map(|(_, _, v)| *v)
-            .sum()
+            .collect();
+        assert!(
+            !values.is_empty(),
+            "no sample {name} with {labels:?} in the scrape"
+        );
+        values.iter().sum()
     }
 }
 

@@ -13,6 +13,8 @@
 //! input; keep it as a regression test next to its target, then fix the parser.
 
 mod harness;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod chat;
 mod datagram;
