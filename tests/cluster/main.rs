@@ -10,6 +10,7 @@ mod bad_peer;
 mod batching;
 mod bounds;
 mod cli;
+mod connections;
 mod discovery;
 mod e2e;
 #[allow(dead_code)]
