@@ -5,6 +5,8 @@
 //!   knows nothing of models or networking.
 //! - [`catalog`]: known models, where their files come from, checksums.
 //! - [`engine`]: the sharded inference engine on candle (a resource).
+//! - [`listener`]: accepting connections: caps per server and per address, keepalive,
+//!   the open-file limit; used by the API and gRPC servers.
 //! - [`trust`]: the cluster key, sealed discovery datagrams, key-derived mutual TLS.
 //! - [`supply`]: how weights reach a node: from peers that hold them, else the Hub.
 //! - [`node`]: a node's identity and the request flow across the ring.
@@ -16,6 +18,7 @@ pub mod catalog;
 pub mod cli;
 pub mod discovery;
 pub mod engine;
+pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod peer;

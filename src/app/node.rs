@@ -107,7 +107,9 @@ impl Node {
         }
         let server = GrpcServer::new(config.grpc_listen, flow.clone(), grpc_port.clone())
             .with_tls(config.trust.as_ref().map(|t| t.tls.server_config()))
-            .with_limits(config.grpc_limits);
+            .with_limits(config.grpc_limits)
+            .with_connection_limits(config.connections);
+        let grpc_connections = server.connection_gate();
         let grpc = Managed::builder("grpc_server", server)
             .name("gRPC server")
             .register_in(&registry)
@@ -166,7 +168,8 @@ impl Node {
         .name("resource monitor")
         .register_in(&registry)
         .build();
-        let api_server = ApiServer::new(config.api_listen, config.api.clone(), security.clone());
+        let api_server = ApiServer::new(config.api_listen, config.api.clone(), security.clone())
+            .with_connection_limits(config.connections);
         let api_port = api_server.port_handle();
         let (api_config, limiter) = api_server.access();
         api_server.set_state(ApiState {
@@ -180,6 +183,7 @@ impl Node {
             limiter,
             peers: peers.clone(),
             timing: Default::default(),
+            connections: vec![api_server.connection_gate(), grpc_connections],
         });
         let api = Managed::builder("api_server", api_server)
             .name("HTTP API")

@@ -14,6 +14,7 @@ use crate::catalog::resolve_node_model;
 use crate::discovery::{
     DEFAULT_DISCOVERY_PORT, DEFAULT_MAX_PEERS, InterfaceFilter, UdpDiscoveryConfig,
 };
+use crate::listener::ConnectionLimits;
 use crate::node::FlowConfig;
 use crate::trust::{ClusterKey, ClusterTrust};
 
@@ -128,6 +129,18 @@ pub struct NodeArgs {
     /// bytes: the default fits the largest batch of a 16,384-wide model.
     #[arg(long, env = "EXO_GRPC_MAX_BATCH_BYTES", default_value_t = crate::server::DEFAULT_MAX_BATCH_BYTES)]
     pub grpc_max_batch_bytes: usize,
+    /// Connections each of the API and gRPC servers holds at once; past it new ones are
+    /// closed at once (counted in /metrics).
+    #[arg(long, env = "EXO_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Connections one IP address may hold on each server at once.
+    #[arg(long, env = "EXO_MAX_CONNECTIONS_PER_IP", default_value_t = ConnectionLimits::default().max_per_ip)]
+    pub max_connections_per_ip: usize,
+    /// How long a connection may stay silent where it must speak (seconds): a new one
+    /// before its request headers (API) or TLS handshake (gRPC), an idle kept-alive one
+    /// before its next request. It is closed then.
+    #[arg(long, env = "EXO_CONNECTION_TIMEOUT_SECS", default_value_t = ConnectionLimits::default().silent_timeout.as_secs())]
+    pub connection_timeout_secs: u64,
     /// The most peers a node keeps (newcomers past it are refused).
     #[arg(long, env = "EXO_MAX_PEERS", default_value_t = DEFAULT_MAX_PEERS)]
     pub max_peers: usize,
@@ -229,6 +242,19 @@ impl NodeArgs {
             control_bytes: self.grpc_max_control_bytes,
             batch_bytes: self.grpc_max_batch_bytes,
         };
+        if self.max_connections == 0
+            || self.max_connections_per_ip == 0
+            || self.connection_timeout_secs == 0
+        {
+            bail!(
+                "--max-connections, --max-connections-per-ip and --connection-timeout-secs must be at least 1"
+            );
+        }
+        config.connections = ConnectionLimits {
+            max_connections: self.max_connections,
+            max_per_ip: self.max_connections_per_ip,
+            silent_timeout: Duration::from_secs(self.connection_timeout_secs),
+        };
         if self.max_concurrent_requests == 0 {
             bail!("--max-concurrent-requests must be at least 1");
         }
@@ -281,7 +307,24 @@ impl NodeArgs {
     }
 }
 
+/// Raises the open-file limit to what the connection caps need (each connection is a
+/// descriptor), and says so when even the hard limit is short of them.
+pub fn prepare_fd_limit(args: &NodeArgs) {
+    let limit = crate::listener::raise_fd_limit();
+    // Both servers full, plus the node's own files, peers and sockets.
+    let need = 2 * args.max_connections as u64 + 1024;
+    match limit.now {
+        Some(now) if now < need => tracing::warn!(
+            "the open-file limit is {now} (was {:?}), under the {need} that two servers of --max-connections {} need: a flood of connections could exhaust it; raise `ulimit -n` or lower --max-connections",
+            limit.before,
+            args.max_connections
+        ),
+        _ => tracing::debug!("open-file limit {:?} (was {:?})", limit.now, limit.before),
+    }
+}
+
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    prepare_fd_limit(&args);
     let node = Node::start(args.config()?).await?;
     println!(
         "node {} ready: API http://{}:{} ({} on {})",

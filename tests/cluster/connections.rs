@@ -33,13 +33,21 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr, count: usize) -> Vec<TcpStream> 
 }
 
 /// 2,000 connections from eight addresses (under the per-address cap) and 300 from one
-/// more (44 past it).
+/// more (44 past it), each address from a thread of its own.
 fn flood(to: SocketAddr) -> (Vec<TcpStream>, Vec<TcpStream>) {
-    let mut held = Vec::new();
-    for host in 2..10 {
-        held.extend(connect_from(Ipv4Addr::new(127, 0, 0, host), to, 250));
-    }
+    let started = Instant::now();
+    let held: Vec<_> = (2..10)
+        .map(|host| {
+            std::thread::spawn(move || connect_from(Ipv4Addr::new(127, 0, 0, host), to, 250))
+        })
+        .collect();
     let greedy = connect_from(Ipv4Addr::new(127, 0, 0, 10), to, 300);
+    let held: Vec<TcpStream> = held.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    eprintln!(
+        "{} connections to {to} in {:?}",
+        held.len() + greedy.len(),
+        started.elapsed()
+    );
     (held, greedy)
 }
 
@@ -98,6 +106,8 @@ fn grpc_address(node: &NodeProcess) -> SocketAddr {
 
 #[test]
 fn floods_of_idle_connections_are_capped_counted_and_closed_while_the_ring_answers() {
+    // This process holds 4,600 sockets: past a soft limit of 1,024 (a common default).
+    exo::listener::raise_fd_limit();
     default_model();
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
@@ -156,6 +166,13 @@ fn floods_of_idle_connections_are_capped_counted_and_closed_while_the_ring_answe
         busy["choices"][0]["message"]["content"],
         quiet["choices"][0]["message"]["content"]
     );
+    for (node, server) in [(&nodes[0], "api"), (&nodes[1], "grpc")] {
+        let open = metric(node, "exo_connections", &format!(r#"server="{server}""#));
+        assert!(
+            open.is_some_and(|open| open >= (held + PER_IP) as f64),
+            "the {server} flood was no longer held when the answer came: {open:?}"
+        );
+    }
 
     // Silent past the timeout (10 s by default): every flooded connection is closed and
     // counted, and its place given back.
@@ -174,4 +191,64 @@ fn floods_of_idle_connections_are_capped_counted_and_closed_while_the_ring_answe
         },
     );
     drop((api_held, api_greedy, grpc_held, grpc_greedy));
+}
+
+/// With a cluster key, a connection to the gRPC port must finish its TLS handshake in
+/// time: one that stays silent is closed and counted as timed out, one that is not TLS
+/// (or has no certificate of the cluster) as failed. The API closes a silent connection
+/// too. All counted in the servers' reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_failed_handshakes_are_closed_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::harness::loopback_config(dir.path(), "keyed", 0);
+    config.discovery = exo::app::DiscoveryMode::None;
+    config.trust = Some(exo::trust::ClusterTrust::new(exo::trust::ClusterKey::generate()).unwrap());
+    config.connections.silent_timeout = Duration::from_millis(500);
+    let node = exo::app::Node::start(config).await.unwrap();
+    let grpc = node.grpc.ensure_ready().await.unwrap();
+    let (grpc_address, gate) = (grpc.local_addr().unwrap(), grpc.connection_gate());
+    let api_gate = node.api.ensure_ready().await.unwrap().connection_gate();
+
+    // Silent on both ports; not TLS at all on the gRPC port.
+    let mut silent = tokio::net::TcpStream::connect(grpc_address).await.unwrap();
+    let mut idle_api = tokio::net::TcpStream::connect(("127.0.0.1", node.api_port()))
+        .await
+        .unwrap();
+    let mut plain = tokio::net::TcpStream::connect(grpc_address).await.unwrap();
+    plain
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // Each is closed by the node (end of stream, or a TLS alert first).
+    for stream in [&mut silent, &mut idle_api, &mut plain] {
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+            .await
+            .expect("the node kept a silent or failed connection open")
+            .ok();
+    }
+    let counted = |gate: &std::sync::Arc<exo::listener::ConnectionGate>| {
+        let stats = gate.stats();
+        (
+            stats.tls_timed_out,
+            stats.tls_failed,
+            stats.timed_out,
+            stats.open,
+        )
+    };
+    tokio::time::timeout(WAIT, async {
+        while counted(&gate) != (1, 1, 0, 0) || counted(&api_gate) != (0, 0, 1, 0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("grpc {:?}, api {:?}", gate.stats(), api_gate.stats()));
+    let report = exo::resource::Resource::info(grpc);
+    assert_eq!(
+        report["connections"]["counts"]["tls_timed_out"], 1,
+        "{report}"
+    );
+    assert_eq!(report["connections"]["silent_timeout_ms"], 500, "{report}");
+    node.shutdown().await.unwrap();
 }

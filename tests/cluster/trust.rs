@@ -284,6 +284,20 @@ async fn a_keyed_ring_answers_like_one_node_and_refuses_grpc_from_anyone_without
         let outcome = health_check(endpoint(address, tls)).await;
         assert!(outcome.is_err(), "{what}: {outcome:?}");
     }
+    // The failed handshakes are counted (a client may try a refused one more than once).
+    let gate = nodes[0]
+        .grpc
+        .ensure_ready()
+        .await
+        .unwrap()
+        .connection_gate();
+    tokio::time::timeout(crate::harness::WAIT, async {
+        while gate.stats().tls_failed < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{:?}", gate.stats()));
     // The stranger cannot pass for a node either: a member refuses its certificate.
     let (_server_side, stranger_server) = {
         let server = Managed::new(

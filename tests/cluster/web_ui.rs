@@ -199,6 +199,14 @@ fn metrics_parse_with_the_prometheus_client_and_move_as_requests_run() {
         ("exo_peer_received_bytes", "counter"),
         ("exo_step_duration_seconds", "histogram"),
         ("exo_weight_bytes", "counter"),
+        ("exo_event_streams", "gauge"),
+        ("exo_event_streams_rejected", "counter"),
+        ("exo_connections", "gauge"),
+        ("exo_connections_accepted", "counter"),
+        ("exo_connections_refused", "counter"),
+        ("exo_connections_timed_out", "counter"),
+        ("exo_tls_handshake_failures", "counter"),
+        ("exo_connection_accept_errors", "counter"),
     ] {
         assert_eq!(
             before.families.get(family).map(String::as_str),
