@@ -13,98 +13,47 @@ use std::sync::atomic::AtomicU16;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use exo::engine::SamplingParams;
 use exo::peer::{GrpcPeerHandle, PeerTimeouts};
 use exo::proto::{encode_tensor, pb};
 use exo::resource::Managed;
-use exo::server::{GrpcServer, NodeHandler, StepInput, StepOutcome, ValidatedContext};
+use exo::server::GrpcServer;
 use exo::topology::{Partition, PartitionEntry};
 use futures::FutureExt;
-use tokio::sync::mpsc;
-use tonic::Status;
 
-/// A node that hands every received tensor to the benchmark.
-struct Receiver(mpsc::UnboundedSender<Instant>);
-
-#[tonic::async_trait]
-impl NodeHandler for Receiver {
-    fn node_id(&self) -> String {
-        "receiver".into()
-    }
-    async fn run_steps(
-        &self,
-        steps: Vec<(ValidatedContext, StepInput)>,
-    ) -> Vec<Result<(), Status>> {
-        steps
-            .into_iter()
-            .map(|(_, input)| {
-                if let StepInput::Hidden(tensor) = input {
-                    std::hint::black_box(tensor);
-                    let _ = self.0.send(Instant::now());
-                }
-                Ok(())
-            })
-            .collect()
-    }
-    async fn step_results(
-        &self,
-        results: Vec<(ValidatedContext, String, StepOutcome)>,
-    ) -> Vec<Result<(), Status>> {
-        results.iter().map(|_| Ok(())).collect()
-    }
-    async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
-        Ok(pb::TopologyResponse::default())
-    }
-    async fn status(&self, _: pb::StatusMessage) -> Result<(), Status> {
-        Ok(())
-    }
-    async fn finish(&self, _: String, _: String) -> Result<(), Status> {
-        Ok(())
-    }
-}
+#[path = "../tests/support/stand_in.rs"]
+mod stand_in;
+use stand_in::{StandIn, greedy_context};
 
 fn context() -> pb::RequestContext {
-    exo::node::to_wire(&ValidatedContext {
-        request_id: "bench".into(),
-        origin_node_id: "sender".into(),
-        origin_address: "127.0.0.1:1".into(),
-        plan: Partition {
-            model_id: "bench".into(),
-            n_layers: 2,
-            entries: vec![
-                PartitionEntry {
-                    node_id: "sender".into(),
-                    address: "127.0.0.1:1".into(),
-                    start_layer: 0,
-                    end_layer: 1,
-                },
-                PartitionEntry {
-                    node_id: "receiver".into(),
-                    address: "127.0.0.1:1".into(),
-                    start_layer: 1,
-                    end_layer: 2,
-                },
-            ],
-        },
-        index: 1,
-        sampling: SamplingParams::greedy(),
-        position: 1,
-        step: 1,
-        sample: true,
-        reserve_positions: 0,
-        token_index: 0,
-        top_logprobs: None,
-    })
+    let plan = Partition {
+        model_id: "bench".into(),
+        n_layers: 2,
+        entries: vec![
+            PartitionEntry {
+                node_id: "sender".into(),
+                address: "127.0.0.1:1".into(),
+                start_layer: 0,
+                end_layer: 1,
+            },
+            PartitionEntry {
+                node_id: "receiver".into(),
+                address: "127.0.0.1:1".into(),
+                start_layer: 1,
+                end_layer: 2,
+            },
+        ],
+    };
+    greedy_context("bench", "sender", plan, 1, 1)
 }
 
 #[tokio::main]
 async fn main() {
-    let (tx, mut received) = mpsc::unbounded_channel();
+    let (receiver, mut received) = StandIn::new("receiver").capturing();
     let server = Managed::new(
         "grpc_server",
         GrpcServer::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            Arc::new(Receiver(tx)),
+            Arc::new(receiver),
             Arc::new(AtomicU16::new(0)),
         ),
     );
@@ -136,7 +85,7 @@ async fn main() {
                 .with_connection("SendSteps", |peer| peer.send_steps(message.clone()).boxed())
                 .await
                 .unwrap();
-            let arrived = received.recv().await.unwrap();
+            let (_, arrived) = received.recv().await.unwrap();
             if i >= 100 {
                 samples.push(arrived - started);
             }

@@ -15,43 +15,14 @@ use std::time::{Duration, Instant};
 use exo::app::{DiscoveryMode, Node, NodeConfig};
 use exo::catalog::{ModelFormat, ResolvedModel};
 use exo::engine::DeviceChoice;
-use exo::proto::pb;
 use exo::resource::Managed;
-use exo::server::{GrpcServer, NodeHandler, StepInput, StepOutcome, ValidatedContext};
-use tonic::Status;
+use exo::server::GrpcServer;
+
+#[path = "../tests/support/stand_in.rs"]
+mod stand_in;
+use stand_in::StandIn;
 
 const PEERS: usize = 64;
-
-/// A peer that only answers health checks.
-struct StandIn(String);
-
-#[tonic::async_trait]
-impl NodeHandler for StandIn {
-    fn node_id(&self) -> String {
-        self.0.clone()
-    }
-    async fn run_steps(
-        &self,
-        steps: Vec<(ValidatedContext, StepInput)>,
-    ) -> Vec<Result<(), Status>> {
-        steps.iter().map(|_| Ok(())).collect()
-    }
-    async fn step_results(
-        &self,
-        results: Vec<(ValidatedContext, String, StepOutcome)>,
-    ) -> Vec<Result<(), Status>> {
-        results.iter().map(|_| Ok(())).collect()
-    }
-    async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
-        Ok(pb::TopologyResponse::default())
-    }
-    async fn status(&self, _: pb::StatusMessage) -> Result<(), Status> {
-        Ok(())
-    }
-    async fn finish(&self, _: String, _: String) -> Result<(), Status> {
-        Ok(())
-    }
-}
 
 fn model_path() -> std::path::PathBuf {
     let dir = std::env::var_os("EXO_MODELS_DIR")
@@ -79,7 +50,7 @@ async fn main() {
             "grpc_server",
             GrpcServer::new(
                 SocketAddr::from(([127, 0, 0, 1], 0)),
-                Arc::new(StandIn(id.clone())),
+                Arc::new(StandIn::new(id.clone())),
                 Arc::new(AtomicU16::new(0)),
             ),
         );

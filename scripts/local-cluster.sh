@@ -13,7 +13,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-prompt="${1:-What is the capital of France?}"
+prompt="${1:-What is the capital of Germany?}"
 cd "$root"
 export EXO_MODELS_DIR="${EXO_MODELS_DIR:-$root/models/weights}"
 export EXO_DISCOVERY_INTERFACES="${EXO_DISCOVERY_INTERFACES-lo}"

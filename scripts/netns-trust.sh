@@ -28,7 +28,7 @@ pids=()
 namespaces=("$switch")
 grpc_port=50051
 bait_port=50052
-prompt="What is the capital of France?"
+prompt="What is the capital of Germany?"
 
 cleanup() {
     touch "$work/done" "$work/stop-capture" 2>/dev/null || true
@@ -115,7 +115,7 @@ reply = json.load(urllib.request.urlopen(request, timeout=120))
 print(reply["choices"][0]["message"]["content"], "|", len(reply["exo"]["partition"]))' "$prompt")" \
     || fail "the prompt failed"
 echo "answer: $answer"
-case "$answer" in *Paris*"| 3") ;; *) fail "wrong answer or not over three nodes: $answer" ;; esac
+case "$answer" in *Berlin*"| 3") ;; *) fail "wrong answer or not over three nodes: $answer" ;; esac
 
 touch "$work/done"
 wait "$intruder_pid" || true
@@ -145,7 +145,7 @@ everything = b"".join(frames)
 assert everything.count(b'"protocol":"exo-rs"') > 10, "the capture missed the announcements"
 assert b"\x17\x03\x03" in ring, "no TLS application data between the nodes in the capture"
 # ...and no prompt, no answer anywhere, and no plain-text HTTP/2 or gRPC between nodes.
-for needle in [prompt.encode(), b"capital of France", b"Paris"]:
+for needle in [prompt.encode(), b"capital of Germany", b"Berlin"]:
     assert needle not in everything, f"{needle!r} in the capture"
 for needle in [b"PRI * HTTP/2.0", b"application/grpc", b"exo.node.v1"]:
     assert needle not in ring, f"{needle!r} between the nodes"

@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq;
 
 use super::config::ApiConfig;
 use super::error::ApiError;
+use super::limit::is_generation;
 
 /// Paths of the admin API (the node's resources: list, health, report, reset; drain).
 fn is_admin(path: &str) -> bool {
@@ -185,7 +186,7 @@ pub async fn guard(
         // content type and no Authorization: JSON (or a key) means a CORS preflight,
         // which the origin check above refuses.
         let admin_post = request.method() == Method::POST && is_admin(&path);
-        let needs_json = super::is_generation(request.method(), &path)
+        let needs_json = is_generation(request.method(), &path)
             || (admin_post && !request.headers().contains_key(header::AUTHORIZATION));
         if needs_json && !is_json(request.headers()) {
             return ApiError {

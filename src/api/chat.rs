@@ -14,8 +14,8 @@ use super::params::{Common, Prepared, Settings, loaded_model, parse};
 use super::respond::{Format, now, respond, usage};
 use super::state::ApiState;
 use crate::engine::ChatMessage;
-use crate::engine::sampling::TokenLogprobs;
-use crate::engine::tokenizer::TextTokenizer;
+use crate::engine::serve::sampling::TokenLogprobs;
+use crate::engine::text::tokenizer::TextTokenizer;
 use crate::node::GenerationSummary;
 
 /// The request body. Unknown fields are ignored, as OpenAI clients send many.

@@ -14,8 +14,8 @@ use super::logprobs;
 use super::params::{Common, Prepared, loaded_model, parse};
 use super::respond::{Format, exo_details, now, respond, usage};
 use super::state::ApiState;
-use crate::engine::sampling::{MAX_TOP_LOGPROBS, TokenLogprobs};
-use crate::engine::tokenizer::TextTokenizer;
+use crate::engine::serve::sampling::{MAX_TOP_LOGPROBS, TokenLogprobs};
+use crate::engine::text::tokenizer::TextTokenizer;
 use crate::node::GenerationSummary;
 
 /// The request body. Unknown fields are ignored, as OpenAI clients send many.

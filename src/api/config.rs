@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The longest stop string accepted: each is matched against the text of every token.
+pub const MAX_STOP_STRING_BYTES: usize = 256;
+
 /// The API's access rules and limits (flags of `exo node`).
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -58,7 +61,7 @@ impl ApiConfig {
             "max_event_streams": self.max_event_streams,
             "retry_after_s": self.retry_after.as_secs(),
             "max_body_bytes": self.max_body_bytes,
-            "max_stop_string_bytes": super::params::MAX_STOP_STRING_BYTES,
+            "max_stop_string_bytes": MAX_STOP_STRING_BYTES,
         })
     }
 }

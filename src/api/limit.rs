@@ -136,13 +136,13 @@ pub async fn limit(
     request: Request,
     next: Next,
 ) -> Response {
-    if super::is_event_stream(request.method(), request.uri().path()) {
+    if is_event_stream(request.method(), request.uri().path()) {
         return match limiter.event_slots.clone().try_acquire_owned() {
             Ok(permit) => hold_until_done(next.run(request).await, permit),
             Err(_) => limiter.too_many_streams(),
         };
     }
-    if !super::is_generation(request.method(), request.uri().path()) {
+    if !is_generation(request.method(), request.uri().path()) {
         return next.run(request).await;
     }
     let permit = match limiter.slots.clone().try_acquire_owned() {
@@ -174,4 +174,15 @@ fn hold_until_done(response: Response, permit: tokio::sync::OwnedSemaphorePermit
         chunk
     });
     Response::from_parts(parts, Body::from_stream(stream))
+}
+
+/// The routes that run a generation: JSON bodies only, and each holds a slot of the
+/// request limiter.
+pub(super) fn is_generation(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::POST && matches!(path, "/v1/chat/completions" | "/v1/completions")
+}
+
+/// The route that streams the cluster state: each stream holds an event slot.
+fn is_event_stream(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::GET && path == "/v1/events"
 }

@@ -3,12 +3,12 @@
 //! top_logprobs, text_offset).
 //!
 //! The numbers come from the node that sampled the token (see
-//! `crate::engine::sampling::logprobs`); here they only get their tokens' text.
+//! `crate::engine::serve::sampling::logprobs`); here they only get their tokens' text.
 
 use serde_json::{Map, Value, json};
 
-use crate::engine::sampling::TokenLogprobs;
-use crate::engine::tokenizer::TextTokenizer;
+use crate::engine::serve::sampling::TokenLogprobs;
+use crate::engine::text::tokenizer::TextTokenizer;
 
 /// OpenAI writes an impossible token's logprob as -9999 (JSON has no -infinity).
 fn finite(logprob: f32) -> f64 {

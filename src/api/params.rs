@@ -6,16 +6,15 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::config::MAX_STOP_STRING_BYTES;
 use super::error::ApiError;
 use super::state::ApiState;
-use crate::engine::sampling::MAX_TOP_LOGPROBS;
+use crate::engine::serve::sampling::MAX_TOP_LOGPROBS;
 use crate::engine::{LoadedModel, SamplingParams};
 use crate::node::{GenerateRequest, new_request_id};
 
 /// Most stop strings OpenAI accepts.
 const MAX_STOP_STRINGS: usize = 4;
-/// The longest stop string accepted: each is matched against the text of every token.
-pub const MAX_STOP_STRING_BYTES: usize = 256;
 
 /// The fields both endpoints take (flattened into each endpoint's body). Unknown fields
 /// are ignored, as OpenAI clients send many.

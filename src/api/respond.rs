@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use super::params::Prepared;
 use super::state::ApiState;
-use crate::engine::sampling::TokenLogprobs;
+use crate::engine::serve::sampling::TokenLogprobs;
 use crate::node::{GenerationEvent, GenerationSummary, describe};
 
 /// The header that names the request (the id it has in every node's log).

@@ -25,6 +25,7 @@ use tower::ServiceExt;
 
 use super::config::ApiConfig;
 use super::limit::RequestLimiter;
+use super::routes::router;
 use super::state::ApiState;
 use crate::listener::{Admission, ConnectionGate, ConnectionLimits, accept_admitted};
 use crate::resource::Resource;
@@ -139,7 +140,7 @@ impl Resource for ApiServer {
             .set_port(local_addr.port());
         self.shutting_down.send_replace(false);
         let stop = self.shutting_down.subscribe();
-        let app = super::router(state);
+        let app = router(state);
         let task = tokio::spawn(serve(listener, app, self.gate.clone(), stop));
         tracing::info!("API listening on http://{local_addr}");
         self.port.store(local_addr.port(), Ordering::Relaxed);

@@ -4,6 +4,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::config::ApiConfig;
+use super::limit::RequestLimiter;
+use super::timing::TokenTiming;
 use crate::discovery::PeerTable;
 use crate::engine::InferenceEngine;
 use crate::node::RequestFlow;
@@ -23,12 +26,12 @@ pub struct ApiState {
     /// The node's cluster security, shown in /v1/topology.
     pub security: SecurityStatus,
     /// Keys, CORS and limits of the API.
-    pub config: Arc<super::ApiConfig>,
-    pub limiter: Arc<super::RequestLimiter>,
+    pub config: Arc<ApiConfig>,
+    pub limiter: Arc<RequestLimiter>,
     /// The peer table (the cluster view of the web UI).
     pub peers: Arc<PeerTable>,
     /// Token timings of the generations served here (`/metrics`).
-    pub timing: Arc<super::TokenTiming>,
+    pub timing: Arc<TokenTiming>,
     /// The connection caps and counts of the node's servers (API, gRPC), for `/metrics`.
     pub connections: Vec<Arc<crate::listener::ConnectionGate>>,
 }

@@ -5,6 +5,7 @@
 
 mod config;
 mod node;
+mod parts;
 mod policy;
 
 pub use config::{DiscoveryMode, NodeConfig};

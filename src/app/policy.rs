@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use crate::discovery::{InterfaceFilter, broadcast_targets};
 use crate::engine::DeviceChoice;
-use crate::engine::device::{CUDA_BUILT, METAL_BUILT};
+use crate::engine::model::device::{CUDA_BUILT, METAL_BUILT};
 use crate::resource::Resource;
 use crate::trust::OPEN_CLUSTER_WARNING;
 

@@ -8,20 +8,18 @@
 //! fails its check is fetched again. A whole fetch also checks the whole file's sha256,
 //! and deletes the file if it does not match.
 
-use std::fs::File;
-use std::io::Read as _;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::header::HeaderLimits;
-use super::hub_client::{Body, HubClient, HubError};
+use super::hub_client::HubClient;
+use super::hub_reader::{FetchOptions, HubReader};
 use super::layout::{ModelLayout, TensorSpan, check_layers, tensor_ranges};
-use super::local_files::{file_name, model_dir, model_path, weight_files};
+use super::local_files::{file_name, lock_model_dir, model_dir, model_path, weight_files};
 use super::presence::{Presence, presence};
 use super::progress::{DownloadProgress, ProgressHandle};
-use super::range_download::{DownloadOptions, download_ranges, plan_chunks};
+use super::range_download::{download_ranges, plan_chunks};
 use super::registry::{HubSource, ModelEntry, WeightFormat};
 use super::weight_file::{Opened, finish_whole};
 
@@ -40,18 +38,10 @@ pub enum Want {
     Header,
 }
 
-/// Knobs of a fetch.
-#[derive(Debug, Clone, Default)]
-pub struct FetchOptions {
-    pub download: DownloadOptions,
-    pub header: HeaderLimits,
-}
-
 /// Fetches models from one Hub endpoint, reporting into one progress registry.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    pub(super) client: HubClient,
-    pub(super) options: FetchOptions,
+    hub: HubReader,
     progress: DownloadProgress,
 }
 
@@ -77,8 +67,10 @@ pub fn fetch_whole(
 impl Fetcher {
     pub fn new(client: HubClient, progress: DownloadProgress) -> Self {
         Fetcher {
-            client,
-            options: FetchOptions::default(),
+            hub: HubReader {
+                client,
+                options: FetchOptions::default(),
+            },
             progress,
         }
     }
@@ -88,7 +80,7 @@ impl Fetcher {
     }
 
     pub fn with_options(mut self, options: FetchOptions) -> Self {
-        self.options = options;
+        self.hub.options = options;
         self
     }
 
@@ -146,14 +138,8 @@ impl Fetcher {
                 }
             );
         };
-        let dir = model_dir(entry, models_dir);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
         // One fetcher per model directory at a time, across processes.
-        let lock = File::create(dir.join(".fetch.lock"))
-            .with_context(|| format!("cannot create a lock in {}", dir.display()))?;
-        lock.lock()
-            .with_context(|| format!("cannot lock {}", dir.display()))?;
+        let _lock = lock_model_dir(entry, models_dir)?;
         if satisfied(&presence(entry, models_dir)) {
             return Ok(model_path(entry, models_dir));
         }
@@ -188,10 +174,9 @@ impl Fetcher {
         for path in small {
             let target = dir.join(file_name(path));
             if !target.is_file() {
-                let url = self
-                    .client
-                    .resolve_url(&source.repo, &source.revision, path);
-                let bytes = self.with_retries(|| self.client.get_small(&url, SMALL_FILE_LIMIT))?;
+                let hub = &self.hub;
+                let url = hub.client.resolve_url(&source.repo, &source.revision, path);
+                let bytes = hub.with_retries(|| hub.client.get_small(&url, SMALL_FILE_LIMIT))?;
                 super::sparse_store::write_atomically(&target, &bytes)?;
             }
         }
@@ -199,7 +184,7 @@ impl Fetcher {
             .context("the safetensors index was fetched but cannot be read back")?;
         let mut opened = Vec::new();
         for file in files {
-            opened.push(self.open(entry, source, file)?);
+            opened.push(Opened::open(&self.hub, entry, source, file)?);
         }
         self.check_shape(entry, &opened, &dir)?;
         let layout = ModelLayout {
@@ -251,7 +236,7 @@ impl Fetcher {
                     .map(|t| t.start..t.end)
                     .collect(),
             };
-            let options = &self.options.download;
+            let options = &self.hub.options.download;
             let chunks = plan_chunks(ranges, options.merge_gap, options.chunk_bytes);
             total += chunks
                 .iter()
@@ -266,14 +251,14 @@ impl Fetcher {
                 continue;
             };
             download_ranges(
-                &self.client,
+                &self.hub.client,
                 &file.url,
                 sparse,
                 chunks,
-                &self.options.download,
+                &self.hub.options.download,
                 progress,
             )?;
-            self.check_tensors(file, tensors, progress, &mut total)?;
+            file.check_tensors(&self.hub, tensors, progress, &mut total)?;
         }
         if *want == Want::Whole {
             for file in opened {
@@ -322,53 +307,5 @@ impl Fetcher {
             );
         }
         Ok(())
-    }
-
-    /// A few bytes of a remote file (header growth), retried on network trouble; from a
-    /// server that ignores ranges, read off the start of the whole body.
-    pub(super) fn read_remote(&self, url: &str, range: Range<u64>) -> anyhow::Result<Vec<u8>> {
-        self.with_retries(|| {
-            let (mut reader, skip) = match self.client.open_range(url, range.clone())? {
-                Body::Partial(reader) => (reader, 0),
-                Body::Whole(reader) => (reader, range.start),
-            };
-            let read_error = |source| HubError::Read {
-                url: url.to_string(),
-                source,
-            };
-            std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink())
-                .map_err(read_error)?;
-            let mut bytes = Vec::with_capacity((range.end - range.start) as usize);
-            (&mut reader)
-                .take(range.end - range.start)
-                .read_to_end(&mut bytes)
-                .map_err(read_error)?;
-            if bytes.len() as u64 != range.end - range.start {
-                return Err(HubError::Read {
-                    url: url.to_string(),
-                    source: std::io::ErrorKind::UnexpectedEof.into(),
-                });
-            }
-            Ok(bytes)
-        })
-        .map_err(Into::into)
-    }
-
-    pub(super) fn with_retries<T>(
-        &self,
-        mut attempt: impl FnMut() -> Result<T, HubError>,
-    ) -> Result<T, HubError> {
-        let options = &self.options.download;
-        let mut failures = 0;
-        loop {
-            match attempt() {
-                Err(error) if error.is_transient() && failures < options.retries => {
-                    failures += 1;
-                    tracing::warn!("{error} (try {} of {})", failures + 1, options.retries + 1);
-                    std::thread::sleep(options.retry_delay * failures);
-                }
-                other => return other,
-            }
-        }
     }
 }

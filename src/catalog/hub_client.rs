@@ -204,72 +204,71 @@ impl HubClient {
     pub fn probe(&self, url: &str) -> Result<RemoteFile, HubError> {
         let mut current = url.to_string();
         let mut sha256 = None;
-        let mut size = None;
+        let mut known_size = None;
         let mut commit = None;
         let mut same_host = true;
-        for _ in 0..8 {
-            let agent = if same_host {
-                &self.direct
-            } else {
-                &self.follow
-            };
-            let response = self.send(agent, &current, Some(0..1), same_host)?;
-            let status = response.status();
-            sha256 = sha256.or_else(|| linked_sha256(&response));
-            size = size.or_else(|| {
-                response
-                    .header("x-linked-size")
-                    .and_then(|s| s.trim().parse().ok())
-            });
-            commit = commit.or_else(|| response.header("x-repo-commit").map(str::to_string));
-            if (300..400).contains(&status) {
-                let location = response
-                    .header("location")
+        let size = 'found: {
+            for _ in 0..8 {
+                let agent = if same_host {
+                    &self.direct
+                } else {
+                    &self.follow
+                };
+                let response = self.send(agent, &current, Some(0..1), same_host)?;
+                let status = response.status();
+                sha256 = sha256.or_else(|| linked_sha256(&response));
+                known_size = known_size.or_else(|| {
+                    response
+                        .header("x-linked-size")
+                        .and_then(|s| s.trim().parse().ok())
+                });
+                commit = commit.or_else(|| response.header("x-repo-commit").map(str::to_string));
+                if (300..400).contains(&status) {
+                    let location =
+                        response
+                            .header("location")
+                            .ok_or_else(|| HubError::Protocol {
+                                url: current.clone(),
+                                message: format!("a {status} redirect without a Location"),
+                            })?;
+                    let next = join_url(&current, location).ok_or_else(|| HubError::Protocol {
+                        url: current.clone(),
+                        message: format!("a redirect to an invalid location '{location}'"),
+                    })?;
+                    if same_host && host_of(&next) != host_of(&current) {
+                        if let Some(size) = known_size {
+                            break 'found size;
+                        }
+                        same_host = false;
+                    }
+                    current = next;
+                    continue;
+                }
+                let size = known_size
+                    .or_else(|| content_range_total(&response))
+                    .or_else(|| {
+                        (status == 200)
+                            .then(|| response.header("content-length")?.trim().parse().ok())
+                            .flatten()
+                    })
                     .ok_or_else(|| HubError::Protocol {
                         url: current.clone(),
-                        message: format!("a {status} redirect without a Location"),
-                    })?;
-                let next = join_url(&current, location).ok_or_else(|| HubError::Protocol {
-                    url: current.clone(),
-                    message: format!("a redirect to an invalid location '{location}'"),
-                })?;
-                if same_host && host_of(&next) != host_of(&current) {
-                    if let Some(size) = size {
-                        return Ok(RemoteFile {
-                            url: url.to_string(),
-                            size,
-                            sha256,
-                            commit,
-                        });
-                    }
-                    same_host = false;
-                }
-                current = next;
-                continue;
-            }
-            let size = size
-                .or_else(|| content_range_total(&response))
-                .or_else(|| {
-                    (status == 200)
-                        .then(|| response.header("content-length")?.trim().parse().ok())
-                        .flatten()
-                })
-                .ok_or_else(|| HubError::Protocol {
-                    url: current.clone(),
-                    message: "the answer says neither x-linked-size, Content-Range nor \
+                        message: "the answer says neither x-linked-size, Content-Range nor \
                               Content-Length: the file's size is unknown"
-                        .into(),
-                })?;
-            return Ok(RemoteFile {
+                            .into(),
+                    })?;
+                break 'found size;
+            }
+            return Err(HubError::Protocol {
                 url: url.to_string(),
-                size,
-                sha256,
-                commit,
+                message: "too many redirects".into(),
             });
-        }
-        Err(HubError::Protocol {
+        };
+        Ok(RemoteFile {
             url: url.to_string(),
-            message: "too many redirects".into(),
+            size,
+            sha256,
+            commit,
         })
     }
 

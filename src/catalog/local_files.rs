@@ -4,6 +4,7 @@
 //! (`model.safetensors.index.json`), kept in the same directory.
 
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -103,4 +104,17 @@ pub fn index_files(bytes: &[u8], index_path: &str) -> anyhow::Result<Vec<String>
 /// The last component of a repository path.
 pub fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Locks the model's directory for one writer at a time, across processes (a fetch from
+/// the Hub, a transfer from a peer), creating it first; the lock holds until the returned
+/// file is dropped.
+pub fn lock_model_dir(entry: &ModelEntry, models_dir: &Path) -> anyhow::Result<File> {
+    let dir = model_dir(entry, models_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let lock = File::create(dir.join(".fetch.lock"))
+        .with_context(|| format!("cannot create a lock in {}", dir.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", dir.display()))?;
+    Ok(lock)
 }

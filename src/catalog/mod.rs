@@ -23,6 +23,7 @@ pub mod fetch;
 pub mod gguf_header;
 pub mod header;
 pub mod hub_client;
+mod hub_reader;
 pub mod layout;
 pub mod local_files;
 pub mod memory;
@@ -38,8 +39,9 @@ pub mod tensor_manifest;
 mod weight_file;
 
 pub use checksum::{sha256_file, verify_file};
-pub use fetch::{FetchOptions, Fetcher, Want, fetch_layers, fetch_whole};
+pub use fetch::{Fetcher, Want, fetch_layers, fetch_whole};
 pub use hub_client::{HubClient, HubConfig};
+pub use hub_reader::FetchOptions;
 pub use layout::{ModelLayout, TensorRange, tensor_ranges};
 pub use memory::{KV_RESERVE_TOKENS, MemoryNeed};
 pub use presence::{LayerSet, Presence, presence};

@@ -20,6 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::header::{HeaderLimits, read_local_header};
 use super::layout::{FileLayout, TensorSpan};
+use super::local_files::LocalFile;
 use super::registry::WeightFormat;
 use super::sparse_store::{TensorCheck, hash_range, hex};
 
@@ -246,6 +247,41 @@ pub fn builtin_manifest(name: &str) -> Option<TensorManifest> {
 /// The names of the compiled-in manifests.
 pub fn builtin_manifest_names() -> Vec<&'static str> {
     BUILTIN.iter().map(|(n, _)| *n).collect()
+}
+
+/// The manifest of a weight file: compiled in (named by the registry), or placed beside
+/// it; only when it describes a file of `size` bytes (and `sha256`, when known). One beside
+/// the file that does not parse, or one that describes another file, is not used, with a
+/// warning that says so.
+pub fn find_manifest(local: &LocalFile, size: u64, sha256: Option<&str>) -> Option<TensorManifest> {
+    let candidate = local
+        .remote
+        .manifest
+        .as_deref()
+        .and_then(builtin_manifest)
+        .or_else(|| {
+            let text = std::fs::read_to_string(manifest_beside(&local.path)).ok()?;
+            match TensorManifest::parse(&text) {
+                Ok(manifest) => Some(manifest),
+                Err(error) => {
+                    tracing::warn!(
+                        "ignoring {}: {error:#}",
+                        manifest_beside(&local.path).display()
+                    );
+                    None
+                }
+            }
+        })?;
+    if candidate.describes(size, sha256) {
+        Some(candidate)
+    } else {
+        tracing::warn!(
+            "the tensor manifest for {} describes another file (size or sha256 differ); not \
+             using it",
+            local.remote.path
+        );
+        None
+    }
 }
 
 /// Where a manifest for a local weight file may be placed by hand.

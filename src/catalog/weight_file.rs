@@ -8,18 +8,16 @@ use std::fs::File;
 use anyhow::{Context, bail};
 
 use super::checksum::{record_verified, verify_file};
-use super::fetch::Fetcher;
 use super::header::{Header, read_header, read_local_header};
 use super::hub_client::RemoteFile;
+use super::hub_reader::HubReader;
 use super::layout::TensorSpan;
 use super::local_files::LocalFile;
 use super::progress::ProgressHandle;
 use super::range_download::download_ranges;
 use super::registry::{HubSource, ModelEntry};
 use super::sparse_store::{SparseFile, TensorCheck, read_sidecar, remove_partial};
-use super::tensor_manifest::{
-    TensorManifest, TensorVerdict, builtin_manifest, check_tensor, manifest_beside,
-};
+use super::tensor_manifest::{TensorManifest, TensorVerdict, check_tensor, find_manifest};
 
 /// One weight file during a fetch.
 pub(super) struct Opened {
@@ -32,19 +30,19 @@ pub(super) struct Opened {
     pub(super) sha256: Option<String>,
 }
 
-impl Fetcher {
+impl Opened {
     /// Probes a weight file, checks it against the registry, opens its partial copy and
     /// reads its header (from disk when it is there).
     pub(super) fn open(
-        &self,
+        hub: &HubReader,
         entry: &ModelEntry,
         source: &HubSource,
         local: LocalFile,
     ) -> anyhow::Result<Opened> {
-        let url = self
+        let url = hub
             .client
             .resolve_url(&source.repo, &source.revision, &local.remote.path);
-        let limits = self.options.header;
+        let limits = hub.options.header;
         if local.path.is_file() && read_sidecar(&local.path)?.is_none() {
             let sound = match &local.remote.sha256 {
                 Some(sha) => verify_file(&local.path, sha).is_ok(),
@@ -72,7 +70,7 @@ impl Fetcher {
             );
             remove_partial(&local.path);
         }
-        let remote = self.with_retries(|| self.client.probe(&url))?;
+        let remote = hub.with_retries(|| hub.client.probe(&url))?;
         check_against_registry(&local, &remote)?;
         let sha256 = local.remote.sha256.clone().or(remote.sha256.clone());
         let manifest = find_manifest(&local, remote.size, sha256.as_deref());
@@ -89,7 +87,7 @@ impl Fetcher {
                 read_header(entry.format, size, limits, |r| Ok(sparse.read_range(r)?))?
             }
             _ => match read_header(entry.format, remote.size, limits, |r| {
-                self.read_remote(&url, r)
+                hub.read_remote(&url, r)
             }) {
                 Ok(header) => {
                     // Bytes read past the header are tensor data: kept, not fetched again.
@@ -142,12 +140,13 @@ impl Fetcher {
     /// Checks every wanted tensor not checked yet, fetching again (a bounded number of
     /// times) those whose bytes are wrong.
     pub(super) fn check_tensors(
-        &self,
-        file: &mut Opened,
+        &mut self,
+        hub: &HubReader,
         tensors: &[TensorSpan],
         progress: &ProgressHandle,
         total: &mut u64,
     ) -> anyhow::Result<()> {
+        let file = self;
         let sparse = file.sparse.as_mut().expect("a partial file");
         for tensor in tensors {
             if sparse.state.verified.contains(&tensor.name) {
@@ -165,7 +164,7 @@ impl Fetcher {
                     }
                     TensorVerdict::Corrupt { expected, actual } => {
                         sparse.forget(tensor.start..tensor.end)?;
-                        if refetched >= self.options.download.retries {
+                        if refetched >= hub.options.download.retries {
                             bail!(
                                 "tensor {} of {} is still corrupt after {} downloads (sha256 {actual}, \
                                  expected {expected}): the server keeps sending wrong bytes",
@@ -183,11 +182,11 @@ impl Fetcher {
                         *total += tensor.len();
                         progress.set_total(*total);
                         download_ranges(
-                            &self.client,
+                            &hub.client,
                             &file.url,
                             sparse,
                             std::slice::from_ref(&(tensor.start..tensor.end)),
-                            &self.options.download,
+                            &hub.options.download,
                             progress,
                         )?;
                     }
@@ -222,38 +221,6 @@ fn check_against_registry(local: &LocalFile, remote: &RemoteFile) -> anyhow::Res
         );
     }
     Ok(())
-}
-
-/// The manifest of a file: compiled in (named by the registry), or placed beside it.
-fn find_manifest(local: &LocalFile, size: u64, sha256: Option<&str>) -> Option<TensorManifest> {
-    let candidate = local
-        .remote
-        .manifest
-        .as_deref()
-        .and_then(builtin_manifest)
-        .or_else(|| {
-            let text = std::fs::read_to_string(manifest_beside(&local.path)).ok()?;
-            match TensorManifest::parse(&text) {
-                Ok(manifest) => Some(manifest),
-                Err(error) => {
-                    tracing::warn!(
-                        "ignoring {}: {error:#}",
-                        manifest_beside(&local.path).display()
-                    );
-                    None
-                }
-            }
-        })?;
-    if candidate.describes(size, sha256) {
-        Some(candidate)
-    } else {
-        tracing::warn!(
-            "the tensor manifest for {} describes another file (size or sha256 differ); not \
-             using it",
-            local.remote.path
-        );
-        None
-    }
 }
 
 /// After a whole fetch: every byte is here; the file becomes a plain whole file if its

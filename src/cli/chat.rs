@@ -50,23 +50,13 @@ fn run_blocking(args: ChatArgs) -> anyhow::Result<()> {
         Some(value) => request.set("authorization", value),
         None => request,
     };
-    let unreachable =
-        |error: ureq::Error| anyhow::anyhow!("cannot reach the node at {base}: {error}");
     let model = match args.model {
         Some(model) => model,
         None => {
-            let models: serde_json::Value =
-                match with_key(agent.get(&format!("{base}/v1/models"))).call() {
-                    Ok(response) => response.into_json()?,
-                    Err(ureq::Error::Status(code, response)) => {
-                        let body: serde_json::Value = response.into_json().unwrap_or_default();
-                        bail!(
-                            "the node answered {code}: {}",
-                            body["error"]["message"].as_str().unwrap_or("no message")
-                        );
-                    }
-                    Err(error) => return Err(unreachable(error)),
-                };
+            let models = answer(
+                base,
+                with_key(agent.get(&format!("{base}/v1/models"))).call(),
+            )?;
             models["data"][0]["id"]
                 .as_str()
                 .context("the node lists no model")?
@@ -79,18 +69,10 @@ fn run_blocking(args: ChatArgs) -> anyhow::Result<()> {
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
     });
-    let response: serde_json::Value =
-        match with_key(agent.post(&format!("{base}/v1/chat/completions"))).send_json(&body) {
-            Ok(response) => response.into_json()?,
-            Err(ureq::Error::Status(code, response)) => {
-                let body: serde_json::Value = response.into_json().unwrap_or_default();
-                bail!(
-                    "the node answered {code}: {}",
-                    body["error"]["message"].as_str().unwrap_or("no message")
-                );
-            }
-            Err(error) => return Err(unreachable(error)),
-        };
+    let response = answer(
+        base,
+        with_key(agent.post(&format!("{base}/v1/chat/completions"))).send_json(&body),
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(());
@@ -110,4 +92,23 @@ fn run_blocking(args: ChatArgs) -> anyhow::Result<()> {
         exo["decode_tokens_per_second"].as_f64().unwrap_or(0.0)
     );
     Ok(())
+}
+
+/// The JSON a node answered; its error message when it refused; or why it could not be
+/// reached.
+fn answer(
+    base: &str,
+    response: Result<ureq::Response, ureq::Error>,
+) -> anyhow::Result<serde_json::Value> {
+    match response {
+        Ok(response) => Ok(response.into_json()?),
+        Err(ureq::Error::Status(code, response)) => {
+            let body: serde_json::Value = response.into_json().unwrap_or_default();
+            bail!(
+                "the node answered {code}: {}",
+                body["error"]["message"].as_str().unwrap_or("no message")
+            );
+        }
+        Err(error) => Err(anyhow::anyhow!("cannot reach the node at {base}: {error}")),
+    }
 }

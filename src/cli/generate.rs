@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::Args;
 
 use super::shared::ModelArgs;
-use crate::engine::local::{LocalRequest, generate};
+use crate::engine::serve::local::{LocalRequest, generate};
 use crate::engine::{ChatMessage, SamplingParams};
 use crate::resource::scoped;
 
@@ -63,7 +63,9 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let model = engine.ensure_ready().await?.model()?;
         let tokenizer = model.tokenizer().clone();
         let prompt = if args.raw {
-            tokenizer.encode(&args.prompt)?
+            // No chat template, but the BOS the model asks for (`add_bos_token`), as
+            // llama.cpp and the API's text completions feed a plain prompt.
+            tokenizer.encode_prompt(&args.prompt)?
         } else {
             let mut messages = Vec::new();
             if let Some(system) = &args.system {

@@ -1,17 +1,15 @@
-//! The command line: `exo node | run | generate | bench | bench-transfer | models |
-//! resources`.
+//! The command line: `exo node | run | chat | generate | models | resources | keygen`, and
+//! the benchmarks (`bench`, `bench-transfer`) in their own room, [`bench`].
 
 mod bench;
 mod chat;
 mod generate;
 mod keygen;
-mod load_bench;
 mod models;
 mod node;
 mod resources;
 mod run;
 mod shared;
-mod transfer_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -59,7 +57,7 @@ pub enum Command {
     #[command(subcommand)]
     Models(models::ModelsCommand),
     /// Measure a peer-to-peer weight transfer against a plain TCP copy on loopback.
-    BenchTransfer(transfer_bench::TransferBenchArgs),
+    BenchTransfer(bench::transfer::TransferBenchArgs),
 }
 
 impl Cli {
@@ -74,7 +72,7 @@ impl Cli {
             Command::Bench(args) => bench::run(args).await,
             Command::Models(command) => models::run(command).await,
             Command::Keygen(args) => keygen::run(args),
-            Command::BenchTransfer(args) => transfer_bench::run(args).await,
+            Command::BenchTransfer(args) => bench::transfer::run(args).await,
         }
     }
 

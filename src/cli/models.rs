@@ -11,7 +11,7 @@ use crate::catalog::{
     Catalog, DownloadProgress, Fetcher, ModelEntry, Presence, build_manifest, default_models_dir,
     presence,
 };
-use crate::engine::config::is_supported_architecture;
+use crate::engine::model::config::is_supported_architecture;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {

@@ -21,10 +21,11 @@ pub struct ModelArgs {
     /// Device to run on: auto, cpu, cuda[:N], metal[:N].
     #[arg(long, env = "EXO_DEVICE", default_value = "auto")]
     pub device: DeviceChoice,
-    /// How the CPU runs the model: int16 (our kernels, activations rounded to 16 bits for
-    /// integer dot products; the default), f32 (our kernels, exact activations: the
-    /// reference) or candle (candle's kernels, 8-bit activations as llama.cpp).
-    #[arg(long, env = "EXO_CPU_MATMUL", default_value = "int16")]
+    /// How the CPU runs the model: int8 (our kernels on weights repacked at load,
+    /// activations rounded to 8 bits as llama.cpp does; the default), int16 (our kernels,
+    /// 16-bit activations: a reference nearer f32), f32 (exact activations: the reference)
+    /// or candle (candle's kernels).
+    #[arg(long, env = "EXO_CPU_MATMUL", default_value = "int8")]
     pub cpu_matmul: CpuMatmul,
 }
 

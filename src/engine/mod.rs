@@ -1,45 +1,33 @@
 //! The inference engine: models on candle and on our own CPU kernels, split into shards
-//! of layers.
+//! of layers. A leaf: it knows the catalog's model files and the lifecycle pattern, and
+//! nothing of networks, peers or plans (what it needs from them comes through traits).
 //!
-//! - [`device`]: `--device auto|cpu|cuda|metal`, checked for real;
-//! - [`weights`], [`tensor_names`]: tensors read one by one from GGUF or safetensors;
-//! - [`config`]: a model's shape, for every family;
-//! - [`model`]: the sharded decoder of every family, over a [`backend`]:
-//!   [`cpu`] (our kernels) or [`candle_backend`] (candle's, for GPUs);
-//! - [`kv_cache`]: per-request caches, bounded; [`sampling`]: picking tokens;
-//! - [`tokenizer`] (built by [`gguf_vocab`] and [`spm`] from GGUF metadata), [`chat_template`],
-//!   [`text_stream`]: text in and out;
-//! - [`batcher`]: continuous batching of the steps ready on a node;
-//! - [`generation`]: the decoding loop's bookkeeping; [`local`]: generation with
-//!   in-process shards; [`inference_engine`]: the engine as a lifecycle-managed resource.
+//! - [`text`]: tokenizers, chat templates, text streaming, the decoding loop's
+//!   bookkeeping;
+//! - [`model`]: a model's shape and tensors, the sharded decoder of every family, and the
+//!   backends it runs on: [`cpu`] (our kernels) or candle's (for GPUs);
+//! - [`serve`]: KV caches, continuous batching, sampling, local generation, and the
+//!   engine as a lifecycle-managed resource.
 
-pub mod backend;
-pub mod batcher;
-pub mod candle_backend;
-pub mod chat_template;
-pub mod config;
 pub mod cpu;
-pub mod cpu_matmul;
-pub mod device;
-pub mod generation;
-pub mod gguf_vocab;
-pub mod inference_engine;
-pub mod kv_cache;
-pub mod local;
 pub mod model;
-pub mod sampling;
-pub mod shard;
-pub mod spm;
-pub mod tensor_names;
-pub mod text_stream;
-pub mod tokenizer;
-pub mod weights;
+pub mod serve;
+pub mod text;
 
-pub use chat_template::ChatMessage;
-pub use cpu_matmul::CpuMatmul;
-pub use device::DeviceChoice;
-pub use generation::{Decoding, FinishReason, TokenOutcome};
-pub use inference_engine::{EngineConfig, InferenceEngine, LoadedModel, LoadedShard};
-pub use model::{HiddenState, ShardInput, ShardModel, ShardOutput};
-pub use sampling::SamplingParams;
-pub use shard::Shard;
+// The CPU kernels name these by the paths they had before the engine was grouped.
+pub use model::{backend, config, weights};
+
+pub use model::cpu_matmul::CpuMatmul;
+pub use model::device::DeviceChoice;
+pub use model::loaded_shard::LoadedShard;
+pub use model::memory::ModelMemory;
+pub use model::shard::Shard;
+pub use model::shard_io::{HiddenState, ShardInput, ShardOutput};
+pub use model::shard_model::ShardModel;
+pub use serve::engine_config::EngineConfig;
+pub use serve::inference_engine::InferenceEngine;
+pub use serve::loaded_model::LoadedModel;
+pub use serve::sampling::SamplingParams;
+pub use serve::supplier::WeightSupplier;
+pub use text::chat_template::ChatMessage;
+pub use text::generation::{Decoding, FinishReason, TokenOutcome};

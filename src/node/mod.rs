@@ -6,6 +6,6 @@ mod identity;
 
 pub use flow::{
     DrainStatus, Flapping, FlowConfig, FlowStats, GenerateRequest, GenerationEvent,
-    GenerationSummary, Replan, RequestFlow, describe, new_request_id, to_wire,
+    GenerationSummary, Replan, RequestFlow, describe, new_request_id,
 };
 pub use identity::{NodeIdentity, default_data_home, validate_node_id};

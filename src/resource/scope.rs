@@ -59,15 +59,8 @@ where
     F: FnOnce(Arc<Managed<R>>) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let guard = CleanupOnDrop(Some(Target::Resource(resource.clone())));
-    let result = match resource.initialize().await {
-        Ok(()) => body(resource.clone()).await,
-        Err(error) => Err(error.into()),
-    };
-    let cleanup = guard.finish().await;
-    let value = result?;
-    cleanup?;
-    Ok(value)
+    let target = Target::Resource(resource.clone());
+    run_scope(target, resource.initialize(), || body(resource.clone())).await
 }
 
 /// As [`scoped`], for a whole group.
@@ -76,9 +69,24 @@ where
     F: FnOnce(Arc<ResourceGroup>) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let guard = CleanupOnDrop(Some(Target::Group(group.clone())));
-    let result = match group.initialize().await {
-        Ok(()) => body(group.clone()).await,
+    let target = Target::Group(group.clone());
+    run_scope(target, group.initialize(), || body(group.clone())).await
+}
+
+/// The scope itself: `target` is cleaned up once `initialize` and the body are done (or
+/// when the scope is dropped before).
+async fn run_scope<T, E, Fut>(
+    target: Target,
+    initialize: impl Future<Output = Result<(), E>>,
+    body: impl FnOnce() -> Fut,
+) -> anyhow::Result<T>
+where
+    E: Into<anyhow::Error>,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let guard = CleanupOnDrop(Some(target));
+    let result = match initialize.await {
+        Ok(()) => body().await,
         Err(error) => Err(error.into()),
     };
     let cleanup = guard.finish().await;

@@ -1,55 +1,14 @@
-//! What a node does with the messages it receives; the service checks them first.
+//! What a node does with the messages it receives; the service checks them first (and
+//! `crate::proto` turns them into the types the handler takes).
 
 use tonic::Status;
 
-use crate::engine::SamplingParams;
-use crate::proto::pb;
-use crate::topology::Partition;
+use crate::proto::{StepInput, StepOutcome, ValidatedContext, pb};
 
-/// A request's context after the service has checked it: the plan is well formed and
-/// includes this node.
-#[derive(Debug, Clone)]
-pub struct ValidatedContext {
-    pub request_id: String,
-    pub origin_node_id: String,
-    pub origin_address: String,
-    pub plan: Partition,
-    /// This node's index in the plan.
-    pub index: usize,
-    pub sampling: SamplingParams,
-    pub position: usize,
-    pub step: u64,
-    /// Whether the last shard samples a token after this step.
-    pub sample: bool,
-    /// Positions the request may reach (reserved in KV budgets when it starts).
-    pub reserve_positions: usize,
-    /// The index of the token this step samples among the generated ones.
-    pub token_index: u64,
-    /// Some(k) when the client asked for logprobs: the last shard returns each token's
-    /// log-probability and its k most likely alternatives.
-    pub top_logprobs: Option<u32>,
-}
-
-/// What arrives for a shard to run.
-#[derive(Debug, Clone)]
-pub enum StepInput {
-    Tokens(Vec<u32>),
-    Hidden(crate::engine::HiddenState),
-}
-
-/// The last shard's outcome for one step.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StepOutcome {
-    /// A sampled token, with its logprobs when the request asked for them.
-    Token(u32, Option<crate::engine::sampling::TokenLogprobs>),
-    /// A prompt chunk went through the whole ring (nothing is sampled for it).
-    Done,
-    Error(String),
-}
-
-/// The node's behaviour behind the gRPC service. Implemented by the node's request flow
-/// (and by tests). Errors are gRPC statuses: INVALID_ARGUMENT and NOT_FOUND for bad input,
-/// never a panic.
+/// The node's behaviour behind the gRPC service. Implemented by the node's request flow,
+/// by the transfer benchmark's peer and by the tests' stand-in; what only a full node does
+/// has a default that a node without it would answer. Errors are gRPC statuses:
+/// INVALID_ARGUMENT and NOT_FOUND for bad input, never a panic.
 #[tonic::async_trait]
 pub trait NodeHandler: Send + Sync + 'static {
     /// This node's id (the service refuses plans that do not include it).
@@ -67,25 +26,47 @@ pub trait NodeHandler: Send + Sync + 'static {
     }
 
     /// Steps for this node's shards (tokens for the first, hidden states for the others);
-    /// one answer per step, in order.
-    async fn run_steps(&self, steps: Vec<(ValidatedContext, StepInput)>)
-    -> Vec<Result<(), Status>>;
+    /// one answer per step, in order. A node that runs no shards refuses them.
+    async fn run_steps(
+        &self,
+        steps: Vec<(ValidatedContext, StepInput)>,
+    ) -> Vec<Result<(), Status>> {
+        let refusal = format!("node {} runs no steps", self.node_id());
+        steps
+            .iter()
+            .map(|_| Err(Status::unimplemented(refusal.clone())))
+            .collect()
+    }
 
     /// Outcomes of steps of requests this node originated (with the node that produced
-    /// each); one answer per outcome, in order.
+    /// each); one answer per outcome, in order. A node that originates no requests
+    /// refuses them.
     async fn step_results(
         &self,
         results: Vec<(ValidatedContext, String, StepOutcome)>,
-    ) -> Vec<Result<(), Status>>;
+    ) -> Vec<Result<(), Status>> {
+        let refusal = format!("node {} waits for no results", self.node_id());
+        results
+            .iter()
+            .map(|_| Err(Status::unimplemented(refusal.clone())))
+            .collect()
+    }
 
-    /// This node's view of the cluster.
-    async fn topology(&self) -> Result<pb::TopologyResponse, Status>;
+    /// This node's view of the cluster (none, unless the node keeps one).
+    async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
+        Ok(pb::TopologyResponse::default())
+    }
 
-    /// An opaque status message from a peer.
-    async fn status(&self, message: pb::StatusMessage) -> Result<(), Status>;
+    /// An opaque status message from a peer (taken and dropped unless the node reads them).
+    async fn status(&self, _message: pb::StatusMessage) -> Result<(), Status> {
+        Ok(())
+    }
 
-    /// The request is over: drop what it holds here.
-    async fn finish(&self, request_id: String, reason: String) -> Result<(), Status>;
+    /// The request is over: drop what it holds here (nothing, unless the node keeps
+    /// something per request).
+    async fn finish(&self, _request_id: String, _reason: String) -> Result<(), Status> {
+        Ok(())
+    }
 
     /// Byte ranges of a weight file this node holds, as a stream of checksummed chunks
     /// (see `crate::supply`). Nodes that hold no weights to share refuse.

@@ -8,6 +8,6 @@ mod limits;
 mod service;
 
 pub use grpc_server::GrpcServer;
-pub use handler::{NodeHandler, StepInput, StepOutcome, ValidatedContext, WeightStream};
+pub use handler::{NodeHandler, WeightStream};
 pub use limits::{DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_CONTROL_BYTES, MessageKind, MessageLimits};
 pub use service::{MAX_BATCH_ITEMS, NodeService};

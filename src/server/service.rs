@@ -1,5 +1,5 @@
-//! The `NodeService` gRPC implementation: decodes and checks every message, then hands it
-//! to the node's [`NodeHandler`].
+//! The `NodeService` gRPC implementation: decodes and checks every message (through
+//! `crate::proto`'s conversions), then hands it to the node's [`NodeHandler`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,12 +9,10 @@ use tracing::Instrument;
 
 use prost::Message;
 
-use super::handler::{NodeHandler, StepInput, StepOutcome, ValidatedContext};
+use super::handler::NodeHandler;
 use super::limits::{MessageKind, MessageLimits};
-use crate::engine::SamplingParams;
 use crate::proto::pb::node_server::Node;
-use crate::proto::{decode_hidden, pb, request_ids};
-use crate::topology::Partition;
+use crate::proto::{pb, request_ids, result_from_wire, step_from_wire};
 
 /// The service, with counters of what it refused.
 pub struct NodeService {
@@ -66,84 +64,6 @@ impl NodeService {
         tracing::debug!("refused a message: {}", status.message());
         status
     }
-
-    /// Checks a request context: present, well-formed plan, this node in it (unless
-    /// `origin_only`, where this node must be the origin instead).
-    fn validate(
-        &self,
-        context: Option<pb::RequestContext>,
-        origin_only: bool,
-    ) -> Result<ValidatedContext, Status> {
-        let context = context.ok_or_else(|| {
-            self.reject(Status::invalid_argument(
-                "the message has no request context",
-            ))
-        })?;
-        if context.request_id.is_empty() {
-            return Err(self.reject(Status::invalid_argument(
-                "the request context has no request id",
-            )));
-        }
-        let wire_plan = context.plan.ok_or_else(|| {
-            self.reject(Status::invalid_argument(
-                "the request context has no partition plan",
-            ))
-        })?;
-        let plan = Partition::from_wire(&wire_plan).map_err(|e| {
-            self.reject(Status::invalid_argument(format!(
-                "bad partition plan: {e:#}"
-            )))
-        })?;
-        let node_id = self.handler.node_id();
-        let index = if origin_only {
-            if context.origin_node_id != node_id {
-                return Err(self.reject(Status::invalid_argument(format!(
-                    "a result for request {} was sent to node {node_id}, but its origin is {}",
-                    context.request_id, context.origin_node_id
-                ))));
-            }
-            plan.entry(&node_id).map_or(usize::MAX, |(i, _)| i)
-        } else {
-            plan.entry(&node_id).map(|(i, _)| i).ok_or_else(|| {
-                self.reject(Status::invalid_argument(format!(
-                    "the partition plan of request {} does not include node {node_id}",
-                    context.request_id
-                )))
-            })?
-        };
-        let sampling = context.sampling.unwrap_or_default();
-        let sampling = SamplingParams {
-            temperature: sampling.temperature,
-            top_p: if sampling.top_p == 0.0 {
-                1.0
-            } else {
-                sampling.top_p
-            },
-            top_k: sampling.top_k as usize,
-            seed: sampling.seed,
-        };
-        sampling.validate().map_err(|e| {
-            self.reject(Status::invalid_argument(format!(
-                "bad sampling parameters: {e:#}"
-            )))
-        })?;
-        Ok(ValidatedContext {
-            request_id: context.request_id,
-            origin_node_id: context.origin_node_id,
-            origin_address: context.origin_address,
-            plan,
-            index,
-            sampling,
-            position: context.position as usize,
-            step: context.step,
-            sample: context.sample,
-            reserve_positions: context.reserve_positions as usize,
-            token_index: context.token_index,
-            top_logprobs: context
-                .top_logprobs
-                .map(|k| k.min(crate::engine::sampling::MAX_TOP_LOGPROBS as u32)),
-        })
-    }
 }
 
 impl NodeService {
@@ -157,130 +77,65 @@ impl NodeService {
         Ok(())
     }
 
-    /// Checks one step: its context, and tokens for the first shard of its plan or a
-    /// hidden state for the others.
-    fn check_step(&self, item: pb::StepItem) -> Result<(ValidatedContext, StepInput), Status> {
-        let context = self.validate(item.context, false)?;
-        match item.input {
-            Some(pb::step_item::Input::Tokens(list)) => {
-                if context.index != 0 {
-                    return Err(self.reject(Status::invalid_argument(format!(
-                        "tokens for request {} went to shard {} of the plan; only the first shard takes tokens",
-                        context.request_id, context.index
-                    ))));
-                }
-                if list.tokens.is_empty() {
-                    return Err(self.reject(Status::invalid_argument("the step has no tokens")));
-                }
-                Ok((context, StepInput::Tokens(list.tokens)))
-            }
-            Some(pb::step_item::Input::Tensor(wire)) => {
-                if context.index == 0 {
-                    return Err(self.reject(Status::invalid_argument(format!(
-                        "a hidden state for request {} went to the first shard of the plan, which takes tokens",
-                        context.request_id
-                    ))));
-                }
-                let hidden = decode_hidden(&wire).map_err(|e| {
-                    self.reject(Status::invalid_argument(format!("bad tensor: {e}")))
-                })?;
-                Ok((context, StepInput::Hidden(hidden)))
-            }
-            None => Err(self.reject(Status::invalid_argument(
-                "the step has neither tokens nor a tensor",
-            ))),
-        }
-    }
-}
-
-/// A token's logprobs as they travel (the token itself travels beside them).
-fn from_wire_logprobs(
-    token: u32,
-    wire: Option<pb::TokenLogprobs>,
-) -> Option<crate::engine::sampling::TokenLogprobs> {
-    let wire = wire?;
-    Some(crate::engine::sampling::TokenLogprobs {
-        token,
-        logprob: wire.logprob,
-        top: wire
-            .top_tokens
-            .into_iter()
-            .zip(wire.top_logprobs)
-            .take(crate::engine::sampling::MAX_TOP_LOGPROBS)
-            .collect(),
-    })
-}
-
-impl NodeService {
-    async fn steps(&self, items: Vec<pb::StepItem>) -> Result<Response<pb::BatchAck>, Status> {
-        tracing::debug!("{} steps arrived", items.len());
+    /// The shared loop of every batch call (`SendSteps`, `SendResults`): each item is
+    /// checked on its own (a bad one is refused, the others go on), the accepted ones go to
+    /// the handler together, and the acknowledgement says, per item in order, why it was
+    /// refused (empty: accepted).
+    async fn acknowledge<I, C, F>(
+        &self,
+        items: Vec<I>,
+        check: impl Fn(I) -> Result<C, String>,
+        run: impl FnOnce(Vec<C>) -> F,
+    ) -> Result<Response<pb::BatchAck>, Status>
+    where
+        F: Future<Output = Vec<Result<(), Status>>>,
+    {
         self.check_batch_size(items.len())?;
         let mut errors = vec![String::new(); items.len()];
         let mut accepted = Vec::with_capacity(items.len());
         let mut slots = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            match self.check_step(item) {
-                Ok(step) => {
-                    accepted.push(step);
+            match check(item) {
+                Ok(checked) => {
+                    accepted.push(checked);
                     slots.push(i);
                 }
-                Err(status) => errors[i] = status.message().to_string(),
+                Err(message) => {
+                    self.reject(Status::invalid_argument(message.clone()));
+                    errors[i] = message;
+                }
             }
         }
         if !accepted.is_empty() {
-            for (slot, outcome) in slots
-                .into_iter()
-                .zip(self.handler.run_steps(accepted).await)
-            {
+            for (slot, outcome) in slots.into_iter().zip(run(accepted).await) {
                 if let Err(status) = outcome {
                     errors[slot] = status.message().to_string();
                 }
             }
         }
         Ok(Response::new(pb::BatchAck { errors }))
+    }
+
+    async fn steps(&self, items: Vec<pb::StepItem>) -> Result<Response<pb::BatchAck>, Status> {
+        tracing::debug!("{} steps arrived", items.len());
+        let node_id = self.handler.node_id();
+        self.acknowledge(
+            items,
+            |item| step_from_wire(item, &node_id),
+            |steps| self.handler.run_steps(steps),
+        )
+        .await
     }
 
     async fn results(&self, items: Vec<pb::ResultItem>) -> Result<Response<pb::BatchAck>, Status> {
         tracing::debug!("{} results arrived", items.len());
-        self.check_batch_size(items.len())?;
-        let mut errors = vec![String::new(); items.len()];
-        let mut accepted = Vec::with_capacity(items.len());
-        let mut slots = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            let checked = self.validate(item.context, true).and_then(|context| {
-                let outcome = match item.outcome {
-                    Some(pb::result_item::Outcome::Token(token)) => {
-                        StepOutcome::Token(token, from_wire_logprobs(token, item.logprobs))
-                    }
-                    Some(pb::result_item::Outcome::Done(_)) => StepOutcome::Done,
-                    Some(pb::result_item::Outcome::Error(error)) => StepOutcome::Error(error),
-                    None => {
-                        return Err(self.reject(Status::invalid_argument(
-                            "the result has neither a token nor an error",
-                        )));
-                    }
-                };
-                Ok((context, item.node_id, outcome))
-            });
-            match checked {
-                Ok(result) => {
-                    accepted.push(result);
-                    slots.push(i);
-                }
-                Err(status) => errors[i] = status.message().to_string(),
-            }
-        }
-        if !accepted.is_empty() {
-            for (slot, outcome) in slots
-                .into_iter()
-                .zip(self.handler.step_results(accepted).await)
-            {
-                if let Err(status) = outcome {
-                    errors[slot] = status.message().to_string();
-                }
-            }
-        }
-        Ok(Response::new(pb::BatchAck { errors }))
+        let node_id = self.handler.node_id();
+        self.acknowledge(
+            items,
+            |item| result_from_wire(item, &node_id),
+            |results| self.handler.step_results(results),
+        )
+        .await
     }
 }
 

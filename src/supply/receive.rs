@@ -14,7 +14,6 @@
 //! Runs on a blocking thread (file I/O and hashing), pulling chunks from the async stream
 //! through the runtime's handle.
 
-use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,15 +23,16 @@ use anyhow::{Context, bail};
 use tokio::runtime::Handle;
 use tonic::transport::Channel;
 
-use crate::catalog::header::{HeaderLimits, read_header};
+use crate::catalog::header::{Header, HeaderLimits, read_header};
 use crate::catalog::layout::{ModelLayout, TensorRole, TensorSpan, tensor_ranges, tensor_role};
-use crate::catalog::local_files::{model_dir, weight_files};
+use crate::catalog::local_files::{lock_model_dir, weight_files};
 use crate::catalog::progress::ProgressHandle;
 use crate::catalog::sparse_store::{SparseFile, read_sidecar};
-use crate::catalog::tensor_manifest::{TensorVerdict, builtin_manifest, manifest_beside};
+use crate::catalog::tensor_manifest::{TensorVerdict, find_manifest};
 use crate::catalog::{ModelEntry, TensorCheck, TensorManifest, check_tensor};
 use crate::proto::pb;
 use crate::proto::pb::node_client::NodeClient;
+use crate::proto::weights::{check_chunk, weight_request};
 
 use super::holdings::holding_file;
 
@@ -60,7 +60,8 @@ pub struct PeerSource {
 pub type Wanted = Option<Range<usize>>;
 
 /// Fetches from `peer` what `wanted` needs of `entry` into `models_dir`, as the peer's
-/// `holding` describes its file; returns the bytes received.
+/// `holding` describes its file: the header first (it says where every tensor is), then
+/// the tensors; returns the bytes received.
 pub fn fetch_from_peer(
     peer: &PeerSource,
     entry: &ModelEntry,
@@ -78,20 +79,15 @@ pub fn fetch_from_peer(
         // A whole file is already here.
         return Ok(0);
     }
-    let dir = model_dir(entry, models_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // One writer per model directory at a time, across processes (as the Hub fetcher).
-    let lock = File::create(dir.join(".fetch.lock"))
-        .with_context(|| format!("cannot create a lock in {}", dir.display()))?;
-    lock.lock()
-        .with_context(|| format!("cannot lock {}", dir.display()))?;
+    let _lock = lock_model_dir(entry, models_dir)?;
 
     let sha256 = local
         .remote
         .sha256
         .clone()
         .or_else(|| (!info.sha256.is_empty()).then(|| info.sha256.clone()));
-    let manifest = find_manifest(entry, &local.path, info.size, sha256.as_deref());
+    let manifest = find_manifest(&local, info.size, sha256.as_deref());
     if manifest.is_none() && !peer.trust_without_manifest {
         bail!(
             "no tensor manifest describes {} ({} bytes, as peer {} has it): its tensors could be checked for size only, so they are not taken from a peer; place the file's manifest beside it (`exo models manifest FILE` on a verified copy), or start the node with --trust-peer-weights",
@@ -106,138 +102,173 @@ pub fn fetch_from_peer(
         TensorCheck::SizeOnly
     };
     let source = format!("peer {}", peer.node_id);
-    let mut sparse = SparseFile::open(&local.path, &source, info.size, sha256.as_deref(), check)?;
+    let sparse = SparseFile::open(&local.path, &source, info.size, sha256.as_deref(), check)?;
     let before = received.load(Ordering::Relaxed);
-
-    // The header: it says where every tensor is.
-    let header_len = info.header_len;
-    if sparse.state.header_len != Some(header_len) || !sparse.has(&(0..header_len)) {
-        let missing = sparse.missing(&(0..header_len));
-        progress.set_total(header_len);
-        receive_ranges(
-            peer,
-            entry,
-            &info.name,
-            &mut sparse,
-            &missing,
-            received,
-            progress,
-        )?;
-    }
-    // Only the header's bytes are here. The reader asks for more than it needs as it
-    // grows its read: bytes past the header read as zeros (a complete header never looks
-    // at them; one that needs them is not the length the peer gave, and fails below).
-    let header = read_header(entry.format, info.size, HeaderLimits::default(), |r| {
-        let mut bytes = if r.start < header_len {
-            sparse.read_range(r.start..r.end.min(header_len))?
-        } else {
-            Vec::new()
-        };
-        bytes.resize((r.end - r.start) as usize, 0);
-        Ok(bytes)
-    });
-    let header = match header.and_then(|h| {
-        if h.layout.header_len != header_len {
-            bail!(
-                "the header is {} bytes long, not the {header_len} the peer said",
-                h.layout.header_len
-            );
-        }
-        if let Some(manifest) = &manifest {
-            manifest.check_header(&h.bytes[..header_len as usize])?;
-            manifest.check_layout(&h.layout)?;
-        }
-        Ok(h)
-    }) {
-        Ok(header) => header,
-        Err(error) => {
-            sparse.forget(0..header_len)?;
-            sparse.state.header_len = None;
-            sparse.save()?;
-            return Err(error.context(format!(
-                "the header {} sent for {} is wrong",
-                peer.node_id, info.name
-            )));
-        }
-    };
-    if sparse.state.header_len != Some(header_len) {
-        sparse.state.header_len = Some(header_len);
-        sparse.save()?;
-    }
-
-    // The tensors.
-    let layout = ModelLayout {
-        format: entry.format,
-        files: vec![header.layout.clone()],
-        n_layers: entry.layers,
-    };
-    let tensors: Vec<TensorSpan> = match wanted {
-        Some(layers) => tensor_ranges(&layout, layers.clone())?
-            .into_iter()
-            .map(|t| TensorSpan {
-                name: t.name,
-                start: t.start,
-                end: t.end,
-            })
-            .collect(),
-        None => header
-            .layout
-            .tensors
-            .iter()
-            .filter(|t| tensor_role(entry.format, &t.name) == TensorRole::Shared)
-            .cloned()
-            .collect(),
-    };
-    let todo: Vec<&TensorSpan> = tensors
-        .iter()
-        .filter(|t| !sparse.state.verified.contains(&t.name))
-        .collect();
-    let mut ranges: Vec<Range<u64>> = Vec::new();
-    for tensor in &todo {
-        for gap in sparse.missing(&(tensor.start..tensor.end)) {
-            match ranges.last_mut() {
-                Some(last) if last.end == gap.start => last.end = gap.end,
-                _ => ranges.push(gap),
-            }
-        }
-    }
-    progress.set_total(ranges.iter().map(|r| r.end - r.start).sum());
-    receive_ranges(
+    let mut transfer = Transfer {
         peer,
         entry,
-        &info.name,
-        &mut sparse,
-        &ranges,
+        file: &info.name,
+        sparse,
+        manifest,
         received,
         progress,
-    )?;
+    };
+    let header = transfer.header(info.size, info.header_len)?;
+    transfer.tensors(&header, wanted)?;
+    Ok(received.load(Ordering::Relaxed) - before)
+}
 
-    let mut corrupt = Vec::new();
-    for tensor in todo {
-        match check_tensor(sparse.file_mut(), tensor, manifest.as_ref())? {
-            TensorVerdict::Verified(_) => {
-                sparse.state.verified.insert(tensor.name.clone());
+/// One weight file on its way from a peer into the sparse local copy.
+struct Transfer<'a> {
+    peer: &'a PeerSource,
+    entry: &'a ModelEntry,
+    /// The file's name, as the peer knows it.
+    file: &'a str,
+    sparse: SparseFile,
+    manifest: Option<TensorManifest>,
+    received: &'a AtomicU64,
+    progress: &'a ProgressHandle,
+}
+
+impl Transfer<'_> {
+    /// Receives the first `header_len` bytes of the file (of `size`) unless they are here,
+    /// and reads the header from them: the length the peer gave, and (with a manifest) the
+    /// manifest's header and layout. A wrong header is forgotten.
+    fn header(&mut self, size: u64, header_len: u64) -> anyhow::Result<Header> {
+        let sparse = &mut self.sparse;
+        if sparse.state.header_len != Some(header_len) || !sparse.has(&(0..header_len)) {
+            let missing = sparse.missing(&(0..header_len));
+            self.progress.set_total(header_len);
+            self.receive(&missing)?;
+        }
+        let sparse = &mut self.sparse;
+        // Only the header's bytes are here. The reader asks for more than it needs as it
+        // grows its read: bytes past the header read as zeros (a complete header never
+        // looks at them; one that needs them is not the length the peer gave, and fails
+        // below).
+        let header = read_header(self.entry.format, size, HeaderLimits::default(), |r| {
+            let mut bytes = if r.start < header_len {
+                sparse.read_range(r.start..r.end.min(header_len))?
+            } else {
+                Vec::new()
+            };
+            bytes.resize((r.end - r.start) as usize, 0);
+            Ok(bytes)
+        });
+        let header = match header.and_then(|h| {
+            if h.layout.header_len != header_len {
+                bail!(
+                    "the header is {} bytes long, not the {header_len} the peer said",
+                    h.layout.header_len
+                );
             }
-            TensorVerdict::Corrupt { expected, actual } => {
-                sparse.forget(tensor.start..tensor.end)?;
-                corrupt.push(format!(
-                    "{} (sha256 {actual}, expected {expected})",
-                    tensor.name
-                ));
+            if let Some(manifest) = &self.manifest {
+                manifest.check_header(&h.bytes[..header_len as usize])?;
+                manifest.check_layout(&h.layout)?;
+            }
+            Ok(h)
+        }) {
+            Ok(header) => header,
+            Err(error) => {
+                sparse.forget(0..header_len)?;
+                sparse.state.header_len = None;
+                sparse.save()?;
+                return Err(error.context(format!(
+                    "the header {} sent for {} is wrong",
+                    self.peer.node_id, self.file
+                )));
+            }
+        };
+        if sparse.state.header_len != Some(header_len) {
+            sparse.state.header_len = Some(header_len);
+            sparse.save()?;
+        }
+        Ok(header)
+    }
+
+    /// Receives the tensors `wanted` needs (the shared ones when it names no layers) that
+    /// are not checked here yet, and checks each; wrong ones are forgotten and named.
+    fn tensors(&mut self, header: &Header, wanted: &Wanted) -> anyhow::Result<()> {
+        let entry = self.entry;
+        let layout = ModelLayout {
+            format: entry.format,
+            files: vec![header.layout.clone()],
+            n_layers: entry.layers,
+        };
+        let tensors: Vec<TensorSpan> = match wanted {
+            Some(layers) => tensor_ranges(&layout, layers.clone())?
+                .into_iter()
+                .map(|t| TensorSpan {
+                    name: t.name,
+                    start: t.start,
+                    end: t.end,
+                })
+                .collect(),
+            None => header
+                .layout
+                .tensors
+                .iter()
+                .filter(|t| tensor_role(entry.format, &t.name) == TensorRole::Shared)
+                .cloned()
+                .collect(),
+        };
+        let todo: Vec<&TensorSpan> = tensors
+            .iter()
+            .filter(|t| !self.sparse.state.verified.contains(&t.name))
+            .collect();
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        for tensor in &todo {
+            for gap in self.sparse.missing(&(tensor.start..tensor.end)) {
+                match ranges.last_mut() {
+                    Some(last) if last.end == gap.start => last.end = gap.end,
+                    _ => ranges.push(gap),
+                }
             }
         }
+        self.progress
+            .set_total(ranges.iter().map(|r| r.end - r.start).sum());
+        self.receive(&ranges)?;
+
+        let sparse = &mut self.sparse;
+        let mut corrupt = Vec::new();
+        for tensor in todo {
+            match check_tensor(sparse.file_mut(), tensor, self.manifest.as_ref())? {
+                TensorVerdict::Verified(_) => {
+                    sparse.state.verified.insert(tensor.name.clone());
+                }
+                TensorVerdict::Corrupt { expected, actual } => {
+                    sparse.forget(tensor.start..tensor.end)?;
+                    corrupt.push(format!(
+                        "{} (sha256 {actual}, expected {expected})",
+                        tensor.name
+                    ));
+                }
+            }
+        }
+        sparse.save()?;
+        if !corrupt.is_empty() {
+            bail!(
+                "peer {} sent wrong bytes for {} tensor(s) of {}: {}; they were dropped",
+                self.peer.node_id,
+                corrupt.len(),
+                self.file,
+                corrupt.join(", ")
+            );
+        }
+        Ok(())
     }
-    sparse.save()?;
-    if !corrupt.is_empty() {
-        bail!(
-            "peer {} sent wrong bytes for {} tensor(s) of {}: {}; they were dropped",
-            peer.node_id,
-            corrupt.len(),
-            info.name,
-            corrupt.join(", ")
-        );
+
+    fn receive(&mut self, ranges: &[Range<u64>]) -> anyhow::Result<()> {
+        receive_ranges(
+            self.peer,
+            self.entry,
+            self.file,
+            &mut self.sparse,
+            ranges,
+            self.received,
+            self.progress,
+        )
     }
-    Ok(received.load(Ordering::Relaxed) - before)
 }
 
 /// Streams `ranges` (ascending, disjoint) of `file` from the peer into `sparse`.
@@ -277,17 +308,7 @@ fn receive_batch(
     received: &AtomicU64,
     progress: &ProgressHandle,
 ) -> anyhow::Result<()> {
-    let request = pb::WeightRequest {
-        model_id: entry.id.clone(),
-        file: file.to_string(),
-        ranges: ranges
-            .iter()
-            .map(|r| pb::ByteRange {
-                start: r.start,
-                end: r.end,
-            })
-            .collect(),
-    };
+    let request = weight_request(&entry.id, file, ranges);
     let mut client = peer.client.clone();
     let mut stream = peer
         .runtime
@@ -339,8 +360,7 @@ fn receive_batch(
                         range.end
                     );
                 }
-                let crc = crc32fast::hash(&chunk.data);
-                if crc != chunk.crc32 {
+                if let Err(crc) = check_chunk(&chunk) {
                     bail!(
                         "a chunk from peer {} (bytes {}..{} of {file}) is damaged: CRC-32 {crc:08x}, \
                          it says {:08x}",
@@ -398,22 +418,4 @@ impl<'a> RangeWriter<'a> {
         }
         Ok(())
     }
-}
-
-/// The manifest of the file (compiled in, or placed beside it), if it describes it.
-fn find_manifest(
-    entry: &ModelEntry,
-    path: &Path,
-    size: u64,
-    sha256: Option<&str>,
-) -> Option<TensorManifest> {
-    let candidate = entry
-        .files
-        .first()
-        .and_then(|f| f.manifest.as_deref())
-        .and_then(builtin_manifest)
-        .or_else(|| {
-            TensorManifest::parse(&std::fs::read_to_string(manifest_beside(path)).ok()?).ok()
-        })?;
-    candidate.describes(size, sha256).then_some(candidate)
 }

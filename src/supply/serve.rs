@@ -18,6 +18,7 @@ use crate::catalog::local_files::weight_files;
 use crate::catalog::range_set::RangeSet;
 use crate::catalog::sparse_store::read_sidecar;
 use crate::proto::pb;
+use crate::proto::weights::{requested_ranges, weight_chunk};
 use crate::server::WeightStream;
 
 /// Bytes per chunk: large enough that per-message costs vanish on a LAN, small enough to
@@ -62,12 +63,7 @@ fn stream_ranges(
             let mut data = vec![0u8; len];
             file.read_exact(&mut data)
                 .map_err(|e| Status::internal(format!("cannot read the weight file: {e}")))?;
-            let crc32 = crc32fast::hash(&data);
-            let chunk = pb::WeightChunk {
-                offset,
-                data: data.into(),
-                crc32,
-            };
+            let chunk = weight_chunk(offset, data);
             if sender.blocking_send(Ok(chunk)).is_err() {
                 // The asking node hung up: nothing more to do.
                 return Ok(());
@@ -106,7 +102,7 @@ fn check_request(
         .len();
     let mut ranges = Vec::with_capacity(request.ranges.len());
     let mut last_end = 0;
-    for r in &request.ranges {
+    for r in requested_ranges(request) {
         if r.start >= r.end || r.end > size || r.start < last_end {
             return Err(Status::invalid_argument(format!(
                 "bad byte range {}..{} of {} ({size} bytes): ranges must be non-empty, \
@@ -115,7 +111,7 @@ fn check_request(
             )));
         }
         last_end = r.end;
-        ranges.push(r.start..r.end);
+        ranges.push(r);
     }
     let held = held_ranges(entry, &file.path).map_err(unavailable)?;
     if let Some(held) = held

@@ -22,6 +22,7 @@ use super::receive::{PeerSource, Wanted, fetch_from_peer};
 use super::serve::serve;
 use crate::catalog::{DownloadProgress, Fetcher, ModelEntry, Presence, Want, presence};
 use crate::discovery::PeerTable;
+use crate::engine::WeightSupplier;
 use crate::proto::pb;
 use crate::server::WeightStream;
 
@@ -454,5 +455,17 @@ fn describe(wanted: &Wanted, entry: &ModelEntry) -> String {
             entry.id
         ),
         None => format!("the header of {}", entry.id),
+    }
+}
+
+/// The engine's view of the supply: the header before it opens the model, and the
+/// counters in its report.
+impl WeightSupplier for WeightSupply {
+    fn ensure_header(&self) -> futures::future::BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(WeightSupply::ensure_header(self))
+    }
+
+    fn info(&self) -> serde_json::Value {
+        WeightSupply::info(self)
     }
 }

@@ -6,6 +6,5 @@ mod partition;
 
 pub use capabilities::DeviceCapabilities;
 pub use partition::{
-    MAX_PLAN_ENTRIES, ModelMemory, NodeWeight, Partition, PartitionEntry, plan_partition,
-    plan_partition_fitting,
+    MAX_PLAN_ENTRIES, NodeWeight, Partition, PartitionEntry, plan_partition, plan_partition_fitting,
 };

@@ -3,6 +3,8 @@
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::ModelMemory;
+
 /// A node as the partitioner sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeWeight {
@@ -83,48 +85,6 @@ impl Partition {
         }
         Ok(())
     }
-
-    pub fn to_wire(&self) -> crate::proto::pb::PartitionPlan {
-        crate::proto::pb::PartitionPlan {
-            model_id: self.model_id.clone(),
-            n_layers: self.n_layers as u32,
-            entries: self
-                .entries
-                .iter()
-                .map(|e| crate::proto::pb::PartitionEntry {
-                    node_id: e.node_id.clone(),
-                    address: e.address.clone(),
-                    start_layer: e.start_layer as u32,
-                    end_layer: e.end_layer as u32,
-                })
-                .collect(),
-        }
-    }
-
-    pub fn from_wire(wire: &crate::proto::pb::PartitionPlan) -> anyhow::Result<Self> {
-        if wire.entries.len() > MAX_PLAN_ENTRIES {
-            anyhow::bail!(
-                "the plan has {} entries; at most {MAX_PLAN_ENTRIES} are accepted",
-                wire.entries.len()
-            );
-        }
-        let plan = Partition {
-            model_id: wire.model_id.clone(),
-            n_layers: wire.n_layers as usize,
-            entries: wire
-                .entries
-                .iter()
-                .map(|e| PartitionEntry {
-                    node_id: e.node_id.clone(),
-                    address: e.address.clone(),
-                    start_layer: e.start_layer as usize,
-                    end_layer: e.end_layer as usize,
-                })
-                .collect(),
-        };
-        plan.validate()?;
-        Ok(plan)
-    }
 }
 
 /// The most entries (nodes) a plan from the wire may have: far above any real ring, and
@@ -196,21 +156,6 @@ pub fn plan_partition(
     };
     partition.validate()?;
     Ok(partition)
-}
-
-/// What a whole model needs in memory: its weights and the KV cache reserve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModelMemory {
-    pub weights: u64,
-    pub kv_reserve: u64,
-    /// The tokens the reserve is for.
-    pub reserve_tokens: usize,
-}
-
-impl ModelMemory {
-    pub fn total(&self) -> u64 {
-        self.weights + self.kv_reserve
-    }
 }
 
 /// Plans a partition of `n_layers` over `nodes` whose `memory_bytes` is what each has
@@ -457,7 +402,5 @@ mod tests {
                 .to_string()
                 .contains("3 entries for 2 layers")
         );
-        let wire = plan_partition("m", 10, &[node("a", 1)]).unwrap().to_wire();
-        assert_eq!(Partition::from_wire(&wire).unwrap().entries.len(), 1);
     }
 }

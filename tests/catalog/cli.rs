@@ -5,9 +5,8 @@ use std::process::Command;
 
 use exo::catalog::Catalog;
 
-use super::fake_hub::FakeHub;
-use super::fixtures::smollm_bytes;
-use super::support::exo_bin;
+use super::fixtures::hub_with_smollm;
+use super::support::{assert_success, default_model, exo_bin};
 
 /// `exo` with a clean Hugging Face environment pointing at `endpoint`.
 fn exo(endpoint: &str, models: &std::path::Path, hf_home: &std::path::Path) -> Command {
@@ -23,11 +22,7 @@ fn exo(endpoint: &str, models: &std::path::Path, hf_home: &std::path::Path) -> C
 
 fn json_list(command: &mut Command) -> Vec<serde_json::Value> {
     let output = command.args(["models", "list", "--json"]).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
@@ -61,15 +56,7 @@ fn list_shows_every_variant_with_memory_presence_and_support() {
 
 #[test]
 fn fetch_layers_by_hand_then_list_shows_them() {
-    let hub = FakeHub::start();
-    let entry = Catalog::builtin().require("smollm2-135m").unwrap().clone();
-    let source = entry.huggingface.clone().unwrap();
-    hub.add(
-        &source.repo,
-        &source.revision,
-        &entry.files[0].path,
-        smollm_bytes(),
-    );
+    let (hub, entry) = hub_with_smollm();
     let models = tempfile::tempdir().unwrap();
     let hf_home = tempfile::tempdir().unwrap();
 
@@ -114,15 +101,7 @@ fn fetch_layers_by_hand_then_list_shows_them() {
 
 #[test]
 fn a_model_fetched_in_two_layer_ranges_answers_like_the_whole_file() {
-    let hub = FakeHub::start();
-    let entry = Catalog::builtin().require("smollm2-135m").unwrap().clone();
-    let source = entry.huggingface.clone().unwrap();
-    hub.add(
-        &source.repo,
-        &source.revision,
-        &entry.files[0].path,
-        smollm_bytes(),
-    );
+    let (hub, _) = hub_with_smollm();
     let models = tempfile::tempdir().unwrap();
     let hf_home = tempfile::tempdir().unwrap();
     for layers in ["0..15", "15..30"] {
@@ -130,46 +109,29 @@ fn a_model_fetched_in_two_layer_ranges_answers_like_the_whole_file() {
             .args(["models", "fetch", "smollm2-135m", "--layers", layers])
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_success(&output);
     }
-    // The engine reads the sparse file with its ordinary GGUF reader.
-    let output = exo(&hub.endpoint, models.path(), hf_home.path())
-        .args([
-            "generate",
-            "--model",
-            "smollm2-135m",
-            "--device",
-            "cpu",
-            "--max-tokens",
-            "12",
-        ])
-        .args(["--prompt", "What is the capital of France?"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("Paris"), "{stdout}");
+    // The engine reads the sparse file with its ordinary GGUF reader, and answers as it
+    // does from the whole file.
+    let answer = |model: &str, models: &std::path::Path| {
+        let output = exo(&hub.endpoint, models, hf_home.path())
+            .args(["generate", "--model", model, "--device", "cpu"])
+            .args(["--max-tokens", "12"])
+            .args(["--prompt", "What is the capital of Germany?"])
+            .output()
+            .unwrap();
+        assert_success(&output);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let sparse = answer("smollm2-135m", models.path());
+    assert!(sparse.contains("Berlin"), "{sparse}");
+    let whole = answer(default_model().to_str().unwrap(), models.path());
+    assert_eq!(sparse, whole);
 }
 
 #[test]
 fn the_token_comes_from_hf_token_or_the_file_in_hf_home() {
-    let hub = FakeHub::start();
-    let entry = Catalog::builtin().require("smollm2-135m").unwrap().clone();
-    let source = entry.huggingface.clone().unwrap();
-    hub.add(
-        &source.repo,
-        &source.revision,
-        &entry.files[0].path,
-        smollm_bytes(),
-    );
+    let (hub, _) = hub_with_smollm();
     hub.require_token("hf_from_the_test");
     let hf_home = tempfile::tempdir().unwrap();
     let fetch = |models: &std::path::Path, token: Option<&str>| {
@@ -197,9 +159,5 @@ fn the_token_comes_from_hf_token_or_the_file_in_hf_home() {
     std::fs::write(hf_home.path().join("token"), "hf_from_the_test\n").unwrap();
     let models = tempfile::tempdir().unwrap();
     let output = fetch(models.path(), None);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
 }

@@ -237,3 +237,31 @@ pub fn assert_same_tensors(path: &Path, original: &[u8], names: &[String]) {
 pub fn smollm_bytes() -> Vec<u8> {
     std::fs::read(super::support::default_model()).unwrap()
 }
+
+/// A fake Hub serving the default model's file (the registry's smollm2-135m entry) as the
+/// registry names it.
+pub fn hub_with_smollm() -> (super::fake_hub::FakeHub, exo::catalog::ModelEntry) {
+    let hub = super::fake_hub::FakeHub::start();
+    let entry = exo::catalog::Catalog::builtin()
+        .require("smollm2-135m")
+        .unwrap()
+        .clone();
+    let source = entry.huggingface.clone().unwrap();
+    hub.add(
+        &source.repo,
+        &source.revision,
+        &entry.files[0].path,
+        smollm_bytes(),
+    );
+    (hub, entry)
+}
+
+/// A fake Hub serving a six-layer tiny GGUF file (REPO, REVISION, FILE); the file's bytes,
+/// an empty models directory and the registry entry that names it.
+pub fn tiny_on_a_hub() -> (FakeHub, Vec<u8>, tempfile::TempDir, ModelEntry) {
+    let hub = FakeHub::start();
+    let bytes = tiny_gguf(6, false);
+    hub.add(REPO, REVISION, FILE, bytes.clone());
+    let models = tempfile::tempdir().unwrap();
+    (hub, bytes, models, entry("tiny", REPO, FILE, 6))
+}

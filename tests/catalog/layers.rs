@@ -4,18 +4,14 @@
 use std::collections::HashMap;
 
 use candle_core::Device;
-use exo::catalog::{Catalog, Presence, TensorCheck, WeightFormat, presence};
+use exo::catalog::{Presence, TensorCheck, WeightFormat, presence};
 
 use super::fake_hub::FakeHub;
 use super::fixtures::*;
 
 #[test]
 fn a_layer_range_fetches_only_its_tensors_into_a_file_candle_reads() {
-    let hub = FakeHub::start();
-    let bytes = tiny_gguf(6, false);
-    hub.add(REPO, REVISION, FILE, bytes.clone());
-    let models = tempfile::tempdir().unwrap();
-    let entry = entry("tiny", REPO, FILE, 6);
+    let (hub, bytes, models, entry) = tiny_on_a_hub();
     let (header_len, all) = candle_tensors(&bytes);
 
     let path = fetcher(&hub, None, 2)
@@ -69,11 +65,7 @@ fn a_layer_range_fetches_only_its_tensors_into_a_file_candle_reads() {
 
 #[test]
 fn a_second_range_reuses_what_is_on_disk() {
-    let hub = FakeHub::start();
-    let bytes = tiny_gguf(6, false);
-    hub.add(REPO, REVISION, FILE, bytes.clone());
-    let models = tempfile::tempdir().unwrap();
-    let entry = entry("tiny", REPO, FILE, 6);
+    let (hub, bytes, models, entry) = tiny_on_a_hub();
     let (_, all) = candle_tensors(&bytes);
     let fetcher = fetcher(&hub, None, 2);
 
@@ -133,16 +125,8 @@ fn the_last_shard_of_a_tied_model_fetches_the_embedding_as_its_head() {
 
 #[test]
 fn a_shard_of_the_real_default_model_is_fetched_and_checked_against_its_manifest() {
-    let hub = FakeHub::start();
+    let (hub, entry) = hub_with_smollm();
     let bytes = smollm_bytes();
-    let entry = Catalog::builtin().require("smollm2-135m").unwrap().clone();
-    let source = entry.huggingface.clone().unwrap();
-    hub.add(
-        &source.repo,
-        &source.revision,
-        &entry.files[0].path,
-        bytes.clone(),
-    );
     let models = tempfile::tempdir().unwrap();
 
     let path = fetcher(&hub, None, 2)

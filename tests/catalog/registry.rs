@@ -73,7 +73,10 @@ fn only_files_fetched_here_are_marked_verified_and_their_manifests_match() {
         .filter(|m| m.verified)
         .map(|m| m.id.as_str())
         .collect();
-    assert_eq!(verified, ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]);
+    assert_eq!(
+        verified,
+        ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]
+    );
     for id in verified {
         let entry = catalog.require(id).unwrap();
         let file = &entry.files[0];

@@ -4,16 +4,11 @@
 use exo::catalog::sparse_store::read_sidecar;
 use exo::catalog::{DownloadProgress, DownloadState, Fetcher, HubClient, HubConfig};
 
-use super::fake_hub::FakeHub;
 use super::fixtures::*;
 
 #[test]
 fn an_interrupted_download_resumes_without_refetching() {
-    let hub = FakeHub::start();
-    let bytes = tiny_gguf(6, false);
-    hub.add(REPO, REVISION, FILE, bytes.clone());
-    let models = tempfile::tempdir().unwrap();
-    let entry = entry("tiny", REPO, FILE, 6);
+    let (hub, bytes, models, entry) = tiny_on_a_hub();
     let (header_len, all) = candle_tensors(&bytes);
     let names = needed_names(&all, &(0..6), 6);
     let expected = bytes_of(&all, &names);
@@ -73,11 +68,7 @@ fn an_interrupted_download_resumes_without_refetching() {
 
 #[test]
 fn a_download_cut_midway_is_retried_from_where_it_stopped() {
-    let hub = FakeHub::start();
-    let bytes = tiny_gguf(6, false);
-    hub.add(REPO, REVISION, FILE, bytes.clone());
-    let models = tempfile::tempdir().unwrap();
-    let entry = entry("tiny", REPO, FILE, 6);
+    let (hub, bytes, models, entry) = tiny_on_a_hub();
     let (header_len, _) = candle_tensors(&bytes);
     hub.cut_at_total(2 * header_len + 200_000);
 

@@ -79,10 +79,27 @@ async fn api_keys_admin_keys_cors_and_json_only_chat() {
     )
     .await;
     let base = format!("http://127.0.0.1:{}", node.api_port());
-    let models = format!("{base}/v1/models");
-    let json = ("content-type", "application/json".to_string());
-    let auth = |k: &str| ("authorization", format!("Bearer {k}"));
+    api_keys_are_required(&base).await;
+    admin_keys_guard_the_resources(&base).await;
+    cross_site_requests_need_an_allowed_origin(&base, node.api_port()).await;
+    chat_takes_json_only(&base).await;
+    cli_clients_send_their_keys(&base).await;
+    node.shutdown().await.unwrap();
+}
 
+/// An `authorization` header with the key.
+fn auth(key: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {key}"))
+}
+
+/// A JSON `content-type` header.
+fn json() -> (&'static str, String) {
+    ("content-type", "application/json".to_string())
+}
+
+/// No key, a wrong key: 401 with OpenAI's error body; either key works; /healthz needs none.
+async fn api_keys_are_required(base: &str) {
+    let models = format!("{base}/v1/models");
     // No key, a wrong key: 401 with OpenAI's error body.
     for headers in [vec![], vec![auth("sk-three")]] {
         let (status, _, _, body) = call_async("GET", models.clone(), headers, None).await;
@@ -93,7 +110,7 @@ async fn api_keys_admin_keys_cors_and_json_only_chat() {
     let (status, ..) = call_async(
         "POST",
         format!("{base}/v1/chat/completions"),
-        vec![json.clone()],
+        vec![json()],
         Some(chat_body("hi", 1, false).to_string()),
     )
     .await;
@@ -105,8 +122,10 @@ async fn api_keys_admin_keys_cors_and_json_only_chat() {
     }
     let (status, ..) = call_async("GET", format!("{base}/healthz"), vec![], None).await;
     assert_eq!(status, 200);
+}
 
-    // Admin: the API key is not enough, the admin key is.
+/// Admin: the API key is not enough, the admin key is; no key leaks into the report.
+async fn admin_keys_guard_the_resources(base: &str) {
     let report = format!("{base}/v1/resources/report");
     let (status, _, _, body) = call_async("GET", report.clone(), vec![auth("sk-one")], None).await;
     assert_eq!(status, 403, "{body}");
@@ -133,7 +152,11 @@ async fn api_keys_admin_keys_cors_and_json_only_chat() {
         !body.to_string().contains("sk-one"),
         "a key leaked into the report"
     );
+}
 
+/// Cross-site: an unknown origin gets nothing; the allowed one gets CORS headers; the node's own page is same-origin.
+async fn cross_site_requests_need_an_allowed_origin(base: &str, api_port: u16) {
+    let models = format!("{base}/v1/models");
     // Cross-site: an unknown origin gets nothing; the allowed one gets CORS headers.
     let (status, _, allow, _) = call_async(
         "GET",
@@ -171,16 +194,16 @@ async fn api_keys_admin_keys_cors_and_json_only_chat() {
     let (status, _, allow, body) = call_async(
         "POST",
         format!("{base}/v1/chat/completions"),
-        vec![auth("sk-one"), json.clone(), ("origin", base.clone())],
+        vec![auth("sk-one"), json(), ("origin", base.to_string())],
         Some(chat_body("Say hi.", 1, false).to_string()),
     )
     .await;
     assert_eq!((status, allow), (200, None), "{body}");
-    let other = format!("http://127.0.0.1:{}", node.api_port() + 1);
+    let other = format!("http://127.0.0.1:{}", api_port + 1);
     let (status, _, allow, _) = call_async(
         "POST",
         format!("{base}/v1/chat/completions"),
-        vec![auth("sk-one"), json.clone(), ("origin", other)],
+        vec![auth("sk-one"), json(), ("origin", other)],
         Some(chat_body("Say hi.", 1, false).to_string()),
     )
     .await;
@@ -193,8 +216,10 @@ async fn api_keys_admin_keys_cors_and_json_only_chat() {
     assert_eq!(status, 401);
     let (status, ..) = call_async("GET", format!("{base}/v1/events"), vec![], None).await;
     assert_eq!(status, 401);
+}
 
-    // A chat request that is not JSON (what a cross-site form could send): 415.
+/// A chat request that is not JSON (what a cross-site form could send): 415.
+async fn chat_takes_json_only(base: &str) {
     let (status, _, _, body) = call_async(
         "POST",
         format!("{base}/v1/chat/completions"),
@@ -209,13 +234,15 @@ async fn api_keys_admin_keys_cors_and_json_only_chat() {
     let (status, _, _, body) = call_async(
         "POST",
         format!("{base}/v1/chat/completions"),
-        vec![auth("sk-one"), json],
+        vec![auth("sk-one"), json()],
         Some(chat_body("Say hi.", 2, false).to_string()),
     )
     .await;
     assert_eq!(status, 200, "{body}");
+}
 
-    // The CLI clients send the keys they are given.
+/// The CLI clients send the keys they are given.
+async fn cli_clients_send_their_keys(base: &str) {
     let exo = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
             std::process::Command::new(crate::support::exo_bin())
@@ -230,7 +257,7 @@ async fn api_keys_admin_keys_cors_and_json_only_chat() {
         let mut args: Vec<String> = [
             "chat",
             "--node",
-            &base,
+            base,
             "--prompt",
             "Say hi.",
             "--max-tokens",
@@ -255,7 +282,7 @@ async fn api_keys_admin_keys_cors_and_json_only_chat() {
     let listed = exo([
         "resources",
         "--node",
-        &base,
+        base,
         "--admin-key",
         "adm",
         "--json",
@@ -267,16 +294,13 @@ async fn api_keys_admin_keys_cors_and_json_only_chat() {
     .await
     .unwrap();
     assert!(listed.status.success(), "{listed:?}");
-    let refused = exo(
-        ["resources", "--node", &base, "--api-key", "sk-one", "list"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    )
+    let refused = exo(["resources", "--node", base, "--api-key", "sk-one", "list"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect())
     .await
     .unwrap();
     assert!(!refused.status.success(), "{refused:?}");
-    node.shutdown().await.unwrap();
 }
 
 /// The node's limiter figures, waited on until `ready` holds.

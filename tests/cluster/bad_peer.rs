@@ -15,13 +15,12 @@ use exo::catalog::{Catalog, DownloadProgress, ModelEntry, presence};
 use exo::proto::pb;
 use exo::proto::pb::node_client::NodeClient;
 use exo::resource::Managed;
-use exo::server::{
-    GrpcServer, NodeHandler, StepInput, StepOutcome, ValidatedContext, WeightStream,
-};
+use exo::server::{GrpcServer, WeightStream};
 use exo::supply::serve::serve;
 use exo::supply::{PeerSource, fetch_from_peer, local_holding};
 use tonic::Status;
 
+use crate::support::stand_in::StandIn;
 use crate::support::{default_model, models_dir};
 
 /// How a fake peer spoils what it sends.
@@ -38,88 +37,48 @@ enum Fault {
 
 /// A peer that serves the real model file through the node's own serving code, spoiled
 /// by `fault`.
-struct FakePeer {
-    entry: ModelEntry,
+fn spoiled(
+    entry: &ModelEntry,
     fault: Fault,
-}
-
-#[tonic::async_trait]
-impl NodeHandler for FakePeer {
-    fn node_id(&self) -> String {
-        "fake".into()
-    }
-    async fn run_steps(
-        &self,
-        steps: Vec<(ValidatedContext, StepInput)>,
-    ) -> Vec<Result<(), Status>> {
-        steps
-            .iter()
-            .map(|_| Err(Status::unimplemented("no steps")))
-            .collect()
-    }
-    async fn step_results(
-        &self,
-        results: Vec<(ValidatedContext, String, StepOutcome)>,
-    ) -> Vec<Result<(), Status>> {
-        results
-            .iter()
-            .map(|_| Err(Status::unimplemented("no results")))
-            .collect()
-    }
-    async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
-        Ok(pb::TopologyResponse::default())
-    }
-    async fn status(&self, _: pb::StatusMessage) -> Result<(), Status> {
-        Ok(())
-    }
-    async fn finish(&self, _: String, _: String) -> Result<(), Status> {
-        Ok(())
-    }
-    async fn fetch_weights(&self, request: pb::WeightRequest) -> Result<WeightStream, Status> {
-        let mut honest = serve(
-            &self.entry,
-            &models_dir(),
-            &request,
-            Arc::new(AtomicU64::new(0)),
-        )?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        let fault = self.fault;
-        tokio::spawn(async move {
-            let mut sent = 0u64;
-            while let Some(item) = honest.recv().await {
-                let Ok(mut chunk) = item else {
-                    let _ = sender.send(item).await;
-                    return;
-                };
-                if let Fault::StopAfter(limit) = fault
-                    && sent >= limit
-                {
-                    return;
-                }
-                let covers =
-                    |at: u64| chunk.offset <= at && at < chunk.offset + chunk.data.len() as u64;
-                match fault {
-                    Fault::WrongBytes(at) if covers(at) => {
-                        let mut data = chunk.data.to_vec();
-                        data[(at - chunk.offset) as usize] ^= 0xff;
-                        chunk.crc32 = crc32fast::hash(&data);
-                        chunk.data = data.into();
-                    }
-                    Fault::DamagedChunk(at) if covers(at) => {
-                        let mut data = chunk.data.to_vec();
-                        data[(at - chunk.offset) as usize] ^= 0xff;
-                        chunk.data = data.into();
-                    }
-                    _ => {}
-                }
-                sent += chunk.data.len() as u64;
-                if sender.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
+    request: pb::WeightRequest,
+) -> Result<WeightStream, Status> {
+    let mut honest = serve(entry, &models_dir(), &request, Arc::new(AtomicU64::new(0)))?;
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut sent = 0u64;
+        while let Some(item) = honest.recv().await {
+            let Ok(mut chunk) = item else {
+                let _ = sender.send(item).await;
+                return;
+            };
+            if let Fault::StopAfter(limit) = fault
+                && sent >= limit
+            {
+                return;
             }
-        });
-        Ok(receiver)
-    }
+            let covers =
+                |at: u64| chunk.offset <= at && at < chunk.offset + chunk.data.len() as u64;
+            match fault {
+                Fault::WrongBytes(at) if covers(at) => {
+                    let mut data = chunk.data.to_vec();
+                    data[(at - chunk.offset) as usize] ^= 0xff;
+                    chunk.crc32 = crc32fast::hash(&data);
+                    chunk.data = data.into();
+                }
+                Fault::DamagedChunk(at) if covers(at) => {
+                    let mut data = chunk.data.to_vec();
+                    data[(at - chunk.offset) as usize] ^= 0xff;
+                    chunk.data = data.into();
+                }
+                _ => {}
+            }
+            sent += chunk.data.len() as u64;
+            if sender.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(receiver)
 }
 
 fn entry() -> ModelEntry {
@@ -133,10 +92,10 @@ async fn fake_peer(fault: Fault) -> (Arc<Managed<GrpcServer>>, PeerSource) {
         "grpc_server",
         GrpcServer::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            Arc::new(FakePeer {
-                entry: entry(),
-                fault,
-            }),
+            Arc::new(StandIn::new("fake").serving_weights({
+                let entry = entry();
+                Arc::new(move |request| spoiled(&entry, fault, request))
+            })),
             Arc::new(AtomicU16::new(0)),
         ),
     );

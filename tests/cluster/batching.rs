@@ -1,16 +1,15 @@
 //! Many users at once through a three-node ring: batching never changes a token, and a
 //! request cancelled mid-batch frees its caches and leaves the others untouched.
 
-use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exo::catalog::{ModelFormat, ResolvedModel};
-use exo::engine::local::{LocalRequest, generate};
+use exo::engine::serve::local::{LocalRequest, generate};
 use exo::engine::{ChatMessage, DeviceChoice, EngineConfig, LoadedModel, SamplingParams};
 
 use crate::e2e::three_node_ring;
-use crate::harness::{WAIT, get_json};
+use crate::harness::{WAIT, get_json, sse_chunks};
 use crate::support::default_model;
 
 /// A request of the load: its prompt and how many tokens it asks for.
@@ -173,15 +172,7 @@ fn a_request_cancelled_mid_batch_frees_its_caches_and_the_others_finish_unchange
                     .send_json(body)
                     .unwrap();
                 let mut text = String::new();
-                for line in BufReader::new(response.into_reader()).lines() {
-                    let line = line.unwrap();
-                    let Some(data) = line.strip_prefix("data: ") else {
-                        continue;
-                    };
-                    if data == "[DONE]" {
-                        break;
-                    }
-                    let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
+                for chunk in sse_chunks(response) {
                     if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
                         text.push_str(piece);
                     }

@@ -111,6 +111,24 @@ impl NodeProcess {
         Self::start_full(dir, name, discovery_port, models, env, &[])
     }
 
+    /// Nodes with an empty models directory each (`<dir>/<name>-models`): what they serve
+    /// comes from their peers or the Hub.
+    pub fn start_without_weights(
+        dir: &std::path::Path,
+        names: &[&str],
+        discovery_port: u16,
+        env: &[(&str, &str)],
+    ) -> Vec<Self> {
+        names
+            .iter()
+            .map(|name| {
+                let empty = dir.join(format!("{name}-models"));
+                std::fs::create_dir_all(&empty).unwrap();
+                Self::start_with(dir, name, discovery_port, &empty, env)
+            })
+            .collect()
+    }
+
     /// A node with extra command-line arguments.
     pub fn start_args(
         dir: &std::path::Path,
@@ -224,17 +242,10 @@ pub fn get_json(url: &str) -> Result<serde_json::Value, String> {
 
 /// POSTs JSON; returns the status and the body.
 pub fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-    match ureq::post(url)
+    let response = ureq::post(url)
         .timeout(Duration::from_secs(120))
-        .send_json(body)
-    {
-        Ok(response) => (response.status(), response.into_json().unwrap()),
-        Err(ureq::Error::Status(code, response)) => (
-            code,
-            response.into_json().unwrap_or(serde_json::Value::Null),
-        ),
-        Err(error) => panic!("POST {url} failed: {error}"),
-    }
+        .send_json(body);
+    status_and_body(url, response)
 }
 
 /// POSTs raw bytes; returns the status and the body.
@@ -242,7 +253,15 @@ pub fn post_raw(url: &str, body: &str) -> (u16, serde_json::Value) {
     let request = ureq::post(url)
         .timeout(Duration::from_secs(30))
         .set("content-type", "application/json");
-    match request.send_string(body) {
+    status_and_body(url, request.send_string(body))
+}
+
+/// The status and JSON body of a POST's answer, whatever the status.
+fn status_and_body(
+    url: &str,
+    response: Result<ureq::Response, ureq::Error>,
+) -> (u16, serde_json::Value) {
+    match response {
         Ok(response) => (response.status(), response.into_json().unwrap()),
         Err(ureq::Error::Status(code, response)) => (
             code,
@@ -271,5 +290,40 @@ pub fn wait_for_ring(node: &NodeProcess, count: usize) {
             node.log_text()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The JSON chunks of a server-sent-events response, up to `data: [DONE]`.
+pub struct SseChunks {
+    lines: std::io::Lines<std::io::BufReader<Box<dyn std::io::Read + Send + Sync>>>,
+    /// Whether the stream ended with `data: [DONE]`.
+    pub done: bool,
+}
+
+impl Iterator for SseChunks {
+    type Item = serde_json::Value;
+
+    fn next(&mut self) -> Option<serde_json::Value> {
+        for line in &mut self.lines {
+            let line = line.unwrap();
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                self.done = true;
+                return None;
+            }
+            return Some(serde_json::from_str(data).unwrap());
+        }
+        None
+    }
+}
+
+/// Reads `response` as server-sent events.
+pub fn sse_chunks(response: ureq::Response) -> SseChunks {
+    use std::io::BufRead;
+    SseChunks {
+        lines: std::io::BufReader::new(response.into_reader()).lines(),
+        done: false,
     }
 }

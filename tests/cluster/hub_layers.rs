@@ -23,23 +23,12 @@ fn nodes_with_nothing_fetch_only_their_layers_from_the_hub_and_answer_exactly() 
     let dir = tempfile::tempdir().unwrap();
     let hf_home = dir.path().join("hf-home");
     let port = free_udp_port();
-    let mut nodes = Vec::new();
-    for name in ["n1", "n2"] {
-        let empty = dir.path().join(format!("{name}-models"));
-        std::fs::create_dir_all(&empty).unwrap();
-        let env = [
-            ("HF_ENDPOINT", hub.endpoint.as_str()),
-            ("HF_HOME", hf_home.to_str().unwrap()),
-            ("EXO_PEER_WAIT_MS", "300"),
-        ];
-        nodes.push(NodeProcess::start_with(
-            dir.path(),
-            name,
-            port,
-            &empty,
-            &env,
-        ));
-    }
+    let env = [
+        ("HF_ENDPOINT", hub.endpoint.as_str()),
+        ("HF_HOME", hf_home.to_str().unwrap()),
+        ("EXO_PEER_WAIT_MS", "300"),
+    ];
+    let nodes = NodeProcess::start_without_weights(dir.path(), &["n1", "n2"], port, &env);
     for node in &nodes {
         wait_for_ring(node, 2);
     }

@@ -33,7 +33,7 @@ fn logprobs_of(node: &NodeProcess) -> (String, Vec<serde_json::Value>) {
 
 /// Checks one node's logprobs on their own.
 fn check_real(content: &[serde_json::Value]) {
-    // "The capital of France is Paris." then end of sequence (which has no entry).
+    // "The capital of Germany is Berlin." then end of sequence (which has no entry).
     assert!(content.len() >= 5, "{content:?}");
     for entry in content {
         let logprob = entry["logprob"].as_f64().unwrap();

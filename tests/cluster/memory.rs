@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::e2e::{PROMPT, chat_body, generate_locally};
 use crate::harness::{NodeProcess, WAIT, free_udp_port, get_json, post_json, wait_for_ring};
 use crate::support::{default_model, models_dir};
+use crate::weights::engine_info;
 
 const NO_HUB: &str = "http://127.0.0.1:9";
 
@@ -54,17 +55,6 @@ fn wait_for_nodes(node: &NodeProcess, count: usize) -> serde_json::Value {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn engine_info(node: &NodeProcess) -> serde_json::Value {
-    let resources = get_json(&format!("{}/v1/resources", node.url())).unwrap();
-    resources["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["type"] == "inference_engine")
-        .unwrap()["info"]
-        .clone()
 }
 
 #[test]

@@ -11,43 +11,11 @@ use std::sync::atomic::AtomicU16;
 use exo::proto::pb;
 use exo::proto::pb::node_client::NodeClient;
 use exo::resource::{Managed, Resource};
-use exo::server::{
-    GrpcServer, MessageLimits, NodeHandler, StepInput, StepOutcome, ValidatedContext,
-};
+use exo::server::{GrpcServer, MessageLimits};
 use tonic::{Code, Status};
 
 use super::tensors::context;
-
-/// A node that accepts every step and result.
-struct Accept;
-
-#[tonic::async_trait]
-impl NodeHandler for Accept {
-    fn node_id(&self) -> String {
-        "sink".into()
-    }
-    async fn run_steps(
-        &self,
-        steps: Vec<(ValidatedContext, StepInput)>,
-    ) -> Vec<Result<(), Status>> {
-        steps.iter().map(|_| Ok(())).collect()
-    }
-    async fn step_results(
-        &self,
-        results: Vec<(ValidatedContext, String, StepOutcome)>,
-    ) -> Vec<Result<(), Status>> {
-        results.iter().map(|_| Ok(())).collect()
-    }
-    async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
-        Ok(pb::TopologyResponse::default())
-    }
-    async fn status(&self, _: pb::StatusMessage) -> Result<(), Status> {
-        Ok(())
-    }
-    async fn finish(&self, _: String, _: String) -> Result<(), Status> {
-        Ok(())
-    }
-}
+use crate::support::stand_in::StandIn;
 
 const CONTROL: usize = 4 << 10;
 const BATCH: usize = 256 << 10;
@@ -85,7 +53,7 @@ async fn oversize_messages_of_each_kind_are_refused_and_normal_traffic_passes() 
         "grpc_server",
         GrpcServer::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            Arc::new(Accept),
+            Arc::new(StandIn::new("sink")),
             Arc::new(AtomicU16::new(0)),
         )
         .with_limits(limits),

@@ -5,9 +5,9 @@ use std::process::Command;
 
 use crate::support::{default_model, exo_bin, models_dir, root};
 
-#[test]
-fn three_nodes_in_network_namespaces_find_each_other_and_drop_a_killed_one() {
-    // SAFETY-free check of the effective user: the script needs root for `ip netns`.
+/// Runs `scripts/<script>` (as root: it makes network namespaces) with this build and
+/// the default model; its standard output, once it succeeded.
+fn run_netns_script(script: &str) -> String {
     let uid = Command::new("id").arg("-u").output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&uid.stdout).trim(),
@@ -16,17 +16,23 @@ fn three_nodes_in_network_namespaces_find_each_other_and_drop_a_killed_one() {
     );
     default_model();
     let output = Command::new("bash")
-        .arg(root().join("scripts").join("netns-cluster.sh"))
+        .arg(root().join("scripts").join(script))
         .env("EXO_BIN", exo_bin())
         .env("EXO_MODELS_DIR", models_dir())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "netns-cluster.sh failed:\n{stdout}\n{stderr}"
+        "{script} failed:\n{stdout}\n{stderr}"
     );
+    stdout
+}
+
+#[test]
+fn three_nodes_in_network_namespaces_find_each_other_and_drop_a_killed_one() {
+    let stdout = run_netns_script("netns-cluster.sh");
     assert_eq!(
         stdout.matches("dropped the killed node within").count(),
         2,
@@ -45,25 +51,7 @@ fn three_nodes_in_network_namespaces_find_each_other_and_drop_a_killed_one() {
 /// answers, and a capture of the bridge shows no prompt text.
 #[test]
 fn a_keyed_cluster_in_network_namespaces_shuts_out_an_intruder_and_hides_prompts() {
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "this test creates network namespaces and must run as root (as CI does)"
-    );
-    default_model();
-    let output = Command::new("bash")
-        .arg(root().join("scripts").join("netns-trust.sh"))
-        .env("EXO_BIN", exo_bin())
-        .env("EXO_MODELS_DIR", models_dir())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "netns-trust.sh failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = run_netns_script("netns-trust.sh");
     assert!(stdout.contains("netns-trust: ok"), "{stdout}");
     assert_eq!(stdout.matches("refused {").count(), 3, "{stdout}");
 }

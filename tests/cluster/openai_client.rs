@@ -4,7 +4,8 @@ use std::process::Command;
 
 use crate::e2e::{PROMPT, generate_locally};
 use crate::harness::{NodeProcess, free_udp_port, wait_for_ring};
-use crate::support::{default_model, openai_python};
+use crate::support::default_model;
+use crate::support::venv::openai_python;
 
 const CLIENT: &str = r#"
 import json, sys
@@ -159,9 +160,33 @@ fn the_official_openai_python_client_works_against_a_node() {
     assert_eq!(result["usage_chunk_choices"], 0);
     assert_eq!(result["completion_finish"], "length");
 
-    // Chat logprobs: one entry per generated token, whose bytes make the text, each the
-    // most likely of its alternatives (temperature 0), the alternatives in order, and
-    // their probabilities a part of the whole.
+    check_chat_logprobs(&result);
+    check_completion_logprobs(&result);
+
+    // What is not supported is refused by name, with 400.
+    let refusals = &result["refusals"];
+    assert_eq!(refusals["n"], serde_json::json!([400, "n"]), "{refusals}");
+    assert_eq!(
+        refusals["json_object"],
+        serde_json::json!([400, "response_format"]),
+        "{refusals}"
+    );
+    assert_eq!(
+        refusals["batched_prompt"],
+        serde_json::json!([400, "prompt"]),
+        "{refusals}"
+    );
+    assert_eq!(
+        refusals["too_many_logprobs"],
+        serde_json::json!([400, "logprobs"]),
+        "{refusals}"
+    );
+}
+
+/// Chat logprobs: one entry per generated token, whose bytes make the text, each the most
+/// likely of its alternatives (temperature 0), the alternatives in order, and their
+/// probabilities a part of the whole; streamed, the same tokens and numbers.
+fn check_chat_logprobs(result: &serde_json::Value) {
     let entries = result["chat_logprobs"].as_array().unwrap();
     assert!(!entries.is_empty());
     let mut bytes = Vec::new();
@@ -197,8 +222,11 @@ fn the_official_openai_python_client_works_against_a_node() {
         assert_eq!(s["token"], e["token"]);
         assert_eq!(s["logprob"], e["logprob"]);
     }
+}
 
-    // Completion logprobs: parallel lists, one entry per token.
+/// Completion logprobs: parallel lists, one entry per token, each token the most likely of
+/// its alternatives, offsets in order.
+fn check_completion_logprobs(result: &serde_json::Value) {
     let lp = &result["completion_logprobs"];
     let tokens = lp["tokens"].as_array().unwrap();
     assert_eq!(tokens.len(), 6, "{lp}");
@@ -224,23 +252,4 @@ fn the_official_openai_python_client_works_against_a_node() {
         .map(|v| v.as_u64().unwrap())
         .collect();
     assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{lp}");
-
-    // What is not supported is refused by name, with 400.
-    let refusals = &result["refusals"];
-    assert_eq!(refusals["n"], serde_json::json!([400, "n"]), "{refusals}");
-    assert_eq!(
-        refusals["json_object"],
-        serde_json::json!([400, "response_format"]),
-        "{refusals}"
-    );
-    assert_eq!(
-        refusals["batched_prompt"],
-        serde_json::json!([400, "prompt"]),
-        "{refusals}"
-    );
-    assert_eq!(
-        refusals["too_many_logprobs"],
-        serde_json::json!([400, "logprobs"]),
-        "{refusals}"
-    );
 }

@@ -3,12 +3,11 @@
 //! mid-answer; the client receives the whole answer without an error, byte for byte what
 //! one process answers, and the final chunk says the request was planned again.
 
-use std::io::{BufRead, BufReader};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::e2e::{chat_body, generate_locally};
-use crate::harness::{NodeProcess, free_udp_port, get_json, wait_for_ring};
+use crate::harness::{NodeProcess, free_udp_port, get_json, sse_chunks, wait_for_ring};
 use crate::support::{default_model, models_dir};
 
 const STORY: &str = "Write a very long story about a dragon who learns to bake bread.";
@@ -78,15 +77,8 @@ fn stream_with_fault(url: &str, body: &serde_json::Value, fault: impl FnOnce()) 
         resumed_after: None,
     };
     let mut pieces = 0;
-    for line in BufReader::new(response.into_reader()).lines() {
-        let line = line.unwrap();
-        let Some(data) = line.strip_prefix("data: ") else {
-            continue;
-        };
-        if data == "[DONE]" {
-            return out;
-        }
-        let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
+    let mut chunks = sse_chunks(response);
+    for chunk in &mut chunks {
         if chunk.get("error").is_some() {
             out.error = Some(chunk);
             return out;
@@ -110,7 +102,8 @@ fn stream_with_fault(url: &str, body: &serde_json::Value, fault: impl FnOnce()) 
         }
         out.chunks.push(chunk);
     }
-    panic!("the stream ended without [DONE] or an error")
+    assert!(chunks.done, "the stream ended without [DONE] or an error");
+    out
 }
 
 /// The re-plans the final chunk reports.

@@ -6,64 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU16;
 
 use candle_core::{DType, Device, Tensor};
-use exo::engine::{HiddenState, SamplingParams};
+use exo::engine::HiddenState;
 use exo::peer::{GrpcPeerHandle, PeerTimeouts};
 use exo::proto::{encode_tensor, pb};
 use exo::resource::Managed;
-use exo::server::{GrpcServer, NodeHandler, StepInput, StepOutcome, ValidatedContext};
+use exo::server::GrpcServer;
 use exo::topology::{Partition, PartitionEntry};
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-/// A node that only keeps what arrives.
-struct Capture {
-    received: mpsc::UnboundedSender<HiddenState>,
-}
-
-#[tonic::async_trait]
-impl NodeHandler for Capture {
-    fn node_id(&self) -> String {
-        "sink".into()
-    }
-    async fn run_steps(
-        &self,
-        steps: Vec<(ValidatedContext, StepInput)>,
-    ) -> Vec<Result<(), Status>> {
-        steps
-            .into_iter()
-            .map(|(_, input)| {
-                if let StepInput::Hidden(tensor) = input {
-                    let _ = self.received.send(tensor);
-                }
-                Ok(())
-            })
-            .collect()
-    }
-    async fn step_results(
-        &self,
-        results: Vec<(ValidatedContext, String, StepOutcome)>,
-    ) -> Vec<Result<(), Status>> {
-        results
-            .into_iter()
-            .map(|(context, _, _)| {
-                Err(Status::not_found(format!(
-                    "unknown request id {}",
-                    context.request_id
-                )))
-            })
-            .collect()
-    }
-    async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
-        Ok(pb::TopologyResponse::default())
-    }
-    async fn status(&self, _: pb::StatusMessage) -> Result<(), Status> {
-        Ok(())
-    }
-    async fn finish(&self, _: String, _: String) -> Result<(), Status> {
-        Ok(())
-    }
-}
+use crate::support::stand_in::{StandIn, greedy_context};
 
 fn plan(nodes: &[&str]) -> Partition {
     let per = 30 / nodes.len();
@@ -88,33 +41,20 @@ fn plan(nodes: &[&str]) -> Partition {
 }
 
 pub fn context(request_id: &str, nodes: &[&str], index: usize) -> pb::RequestContext {
-    exo::node::to_wire(&ValidatedContext {
-        request_id: request_id.into(),
-        origin_node_id: nodes[0].into(),
-        origin_address: "127.0.0.1:1".into(),
-        plan: plan(nodes),
-        index,
-        sampling: SamplingParams::greedy(),
-        position: 0,
-        step: 0,
-        sample: true,
-        reserve_positions: 0,
-        token_index: 0,
-        top_logprobs: None,
-    })
+    greedy_context(request_id, nodes[0], plan(nodes), index, 0)
 }
 
 async fn sink() -> (
     Arc<Managed<GrpcServer>>,
     Arc<Managed<GrpcPeerHandle>>,
-    mpsc::UnboundedReceiver<HiddenState>,
+    mpsc::UnboundedReceiver<(HiddenState, std::time::Instant)>,
 ) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (stand_in, rx) = StandIn::new("sink").refusing_results().capturing();
     let server = Managed::new(
         "grpc_server",
         GrpcServer::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            Arc::new(Capture { received: tx }),
+            Arc::new(stand_in),
             Arc::new(AtomicU16::new(0)),
         ),
     );
@@ -164,7 +104,7 @@ async fn hidden_states_round_trip_exactly_in_f32_f16_and_bf16_up_to_64_mib() {
                 .await
                 .unwrap();
             assert_eq!(refused, vec![String::new()]);
-            let back = received.recv().await.unwrap();
+            let (back, _) = received.recv().await.unwrap();
             assert_eq!((back.rows, back.cols), (tokens, hidden));
             let sent: Vec<f32> = tensor
                 .to_dtype(DType::F32)
@@ -239,7 +179,7 @@ async fn bad_tensors_and_plans_are_refused_item_by_item_and_the_server_keeps_ser
         assert!(error.contains(wanted), "{error:?} should say {wanted:?}");
     }
     assert_eq!(errors[8], "", "the good item is accepted");
-    assert_eq!((received.recv().await.unwrap().rows), 2);
+    assert_eq!((received.recv().await.unwrap().0.rows), 2);
 
     let code = |error: anyhow::Error| {
         error

@@ -198,20 +198,10 @@ async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refus
     );
 
     // The status says what the node is.
-    let topology: serde_json::Value = tokio::task::spawn_blocking({
-        let url = format!("http://127.0.0.1:{}/v1/topology", k1.api_port());
-        move || ureq::get(&url).call().unwrap().into_json().unwrap()
-    })
-    .await
-    .unwrap();
+    let topology = topology_of(k1.api_port()).await;
     assert_eq!(topology["security"]["cluster"], "keyed", "{topology}");
     assert_eq!(topology["security"]["warning"], serde_json::Value::Null);
-    let open_topology: serde_json::Value = tokio::task::spawn_blocking({
-        let url = format!("http://127.0.0.1:{}/v1/topology", open.api_port());
-        move || ureq::get(&url).call().unwrap().into_json().unwrap()
-    })
-    .await
-    .unwrap();
+    let open_topology = topology_of(open.api_port()).await;
     assert_eq!(open_topology["security"]["cluster"], "open");
     assert!(
         open_topology["security"]["warning"]
@@ -223,6 +213,14 @@ async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refus
     for node in [k1, k2, wrong, open] {
         node.shutdown().await.unwrap();
     }
+}
+
+/// A node's `/v1/topology`.
+async fn topology_of(api_port: u16) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{api_port}/v1/topology");
+    tokio::task::spawn_blocking(move || ureq::get(&url).call().unwrap().into_json().unwrap())
+        .await
+        .unwrap()
 }
 
 /// Calls HealthCheck through `endpoint`; Err when the connection or the call fails.

@@ -48,7 +48,7 @@ fn the_web_ui_chats_with_a_three_node_ring_and_shows_it_in_headless_chromium() {
             browser.to_str().unwrap(),
             &url,
             screenshot.to_str().unwrap(),
-            "What is the capital of France?",
+            "What is the capital of Germany?",
         ],
     );
     eprintln!("{seen:#}");
@@ -87,7 +87,7 @@ fn the_web_ui_chats_with_a_three_node_ring_and_shows_it_in_headless_chromium() {
     // with its timings under it.
     let chat = &seen["chat"];
     assert_eq!(chat["error"], false, "{chat}");
-    assert!(chat["text"].as_str().unwrap().contains("Paris"), "{chat}");
+    assert!(chat["text"].as_str().unwrap().contains("Berlin"), "{chat}");
     assert!(chat["updates"].as_u64().unwrap() >= 2, "{chat}");
     let stats = chat["stats"].as_str().unwrap();
     assert!(stats.contains("TTFT") && stats.contains("tok/s"), "{stats}");

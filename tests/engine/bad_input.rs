@@ -4,7 +4,7 @@ use std::io::Write;
 
 use candle_core::quantized::GgmlDType;
 use exo::catalog::{ModelFormat, resolve_model};
-use exo::engine::local::{LocalRequest, generate};
+use exo::engine::serve::local::{LocalRequest, generate};
 use exo::engine::{SamplingParams, ShardInput};
 
 use crate::real_model::smollm;

@@ -3,7 +3,7 @@
 
 use candle_core::quantized::GgmlDType;
 use exo::catalog::{ModelFormat, ResolvedModel};
-use exo::engine::kv_cache::CacheLimits;
+use exo::engine::serve::kv_cache::CacheLimits;
 use exo::engine::{DeviceChoice, EngineConfig, LoadedModel, ShardInput};
 
 use crate::synthetic::{LAYERS, Tiny, random_weights, write_gguf};

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod agreement;
 mod bad_input;
 mod cache;
 mod families;

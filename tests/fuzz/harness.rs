@@ -178,3 +178,16 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .expect("a current-thread runtime")
         .block_on(future)
 }
+
+/// What a header reader that asks for more bytes must ask: more than it has, and no more
+/// than the file holds.
+pub fn check_need_more(needs: u64, have: usize, size: u64) -> Result<(), TestCaseError> {
+    proptest::prop_assert!(
+        needs > have as u64 && needs <= size,
+        "needs {} with {} of {}",
+        needs,
+        have,
+        size
+    );
+    Ok(())
+}

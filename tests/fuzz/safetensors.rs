@@ -6,7 +6,7 @@ use exo::catalog::safetensors_header::read_safetensors_header;
 use proptest::prelude::*;
 use serde_json::json;
 
-use super::harness::{edge_u64, fuzz, mutate, mutations};
+use super::harness::{check_need_more, edge_u64, fuzz, mutate, mutations};
 
 /// Reads `bytes` as the catalog does, growing the prefix as the reader asks.
 fn read(bytes: &[u8]) -> Result<(), TestCaseError> {
@@ -22,13 +22,7 @@ fn read(bytes: &[u8]) -> Result<(), TestCaseError> {
                 return Ok(());
             }
             Ok(HeaderRead::NeedMore(n)) => {
-                prop_assert!(
-                    n > have as u64 && n <= size,
-                    "needs {} with {} of {}",
-                    n,
-                    have,
-                    size
-                );
+                check_need_more(n, have, size)?;
                 have = n as usize;
             }
             Err(error) => {

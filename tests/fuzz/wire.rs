@@ -4,71 +4,22 @@
 
 use exo::engine::HiddenState;
 use exo::proto::{decode_hidden, decode_tensor, encode_hidden, pb};
-use exo::server::{NodeHandler, NodeService, StepInput, StepOutcome, ValidatedContext};
+use exo::server::NodeService;
 use pb::node_server::Node;
 use proptest::prelude::*;
 use prost::Message;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tonic::{Code, Request, Status};
 
-use super::harness::{block_on, edge_u64, fuzz, mutate, mutations};
+use super::harness::{Mutation, block_on, edge_u64, fuzz, mutate, mutations};
+use crate::support::stand_in::StandIn;
 
-/// Steps and results the service let through to the handler: a target whose inputs never
-/// get past the checks would test only the refusals.
-static ACCEPTED_STEPS: AtomicU64 = AtomicU64::new(0);
-static ACCEPTED_RESULTS: AtomicU64 = AtomicU64::new(0);
-
-/// A handler that accepts everything the service lets through, and checks what it gets
-/// is what the service promises: a plan that includes this node, tensors of the right size.
-struct Checker;
-
+/// The node the messages are for: the shared stand-in, which checks that what it gets
+/// is what the service promises (a plan that includes this node, tensors of the right
+/// size) and counts it — a target whose inputs never get past the checks would test only
+/// the refusals.
 const NODE: &str = "n1";
-
-#[tonic::async_trait]
-impl NodeHandler for Checker {
-    fn node_id(&self) -> String {
-        NODE.to_string()
-    }
-
-    async fn run_steps(
-        &self,
-        steps: Vec<(ValidatedContext, StepInput)>,
-    ) -> Vec<Result<(), Status>> {
-        for (context, input) in &steps {
-            assert_eq!(context.plan.entries[context.index].node_id, NODE);
-            assert!(context.plan.validate().is_ok());
-            if let StepInput::Hidden(h) = input {
-                assert_eq!(h.data.len(), h.rows * h.cols);
-            }
-        }
-        ACCEPTED_STEPS.fetch_add(steps.len() as u64, Ordering::Relaxed);
-        steps.iter().map(|_| Ok(())).collect()
-    }
-
-    async fn step_results(
-        &self,
-        results: Vec<(ValidatedContext, String, StepOutcome)>,
-    ) -> Vec<Result<(), Status>> {
-        for (context, _, _) in &results {
-            assert_eq!(context.origin_node_id, NODE);
-        }
-        ACCEPTED_RESULTS.fetch_add(results.len() as u64, Ordering::Relaxed);
-        results.iter().map(|_| Ok(())).collect()
-    }
-
-    async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
-        Ok(pb::TopologyResponse::default())
-    }
-
-    async fn status(&self, _message: pb::StatusMessage) -> Result<(), Status> {
-        Ok(())
-    }
-
-    async fn finish(&self, _request_id: String, _reason: String) -> Result<(), Status> {
-        Ok(())
-    }
-}
 
 fn small_text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -166,47 +117,33 @@ fn sampling() -> impl Strategy<Value = pb::SamplingParams> {
         })
 }
 
-fn context() -> impl Strategy<Value = pb::RequestContext> {
-    (
-        small_text(),
-        small_text(),
-        small_text(),
-        proptest::option::of(wire_plan()),
-        proptest::option::of(sampling()),
-        any::<u32>(),
-        any::<u64>(),
-        any::<bool>(),
-        any::<u32>(),
-        (any::<u64>(), proptest::option::of(any::<u32>())),
-    )
-        .prop_map(
-            |(
-                request_id,
-                origin_node_id,
-                origin_address,
-                plan,
-                sampling,
-                position,
-                step,
-                sample,
-                reserve,
-                (token_index, top_logprobs),
-            )| {
-                pb::RequestContext {
-                    request_id,
-                    origin_node_id,
-                    origin_address,
-                    plan,
-                    sampling,
-                    position,
-                    step,
-                    sample,
-                    reserve_positions: reserve,
-                    token_index,
-                    top_logprobs,
-                }
-            },
-        )
+prop_compose! {
+    fn context()(
+        request_id in small_text(),
+        origin_node_id in small_text(),
+        origin_address in small_text(),
+        plan in proptest::option::of(wire_plan()),
+        sampling in proptest::option::of(sampling()),
+        position in any::<u32>(),
+        step in any::<u64>(),
+        sample in any::<bool>(),
+        reserve_positions in any::<u32>(),
+        (token_index, top_logprobs) in (any::<u64>(), proptest::option::of(any::<u32>())),
+    ) -> pb::RequestContext {
+        pb::RequestContext {
+            request_id,
+            origin_node_id,
+            origin_address,
+            plan,
+            sampling,
+            position,
+            step,
+            sample,
+            reserve_positions,
+            token_index,
+            top_logprobs,
+        }
+    }
 }
 
 /// Tensors: mostly consistent (data matches dtype × shape), sometimes not.
@@ -330,7 +267,7 @@ fn serve_bytes(service: &NodeService, bytes: &[u8]) -> Result<(), TestCaseError>
 
 #[test]
 fn arbitrary_bytes_as_any_message_never_panic() {
-    let service = NodeService::new(std::sync::Arc::new(Checker));
+    let service = NodeService::new(Arc::new(StandIn::new(NODE)));
     fuzz(
         "wire/arbitrary-bytes",
         proptest::collection::vec(any::<u8>(), 0..4096),
@@ -338,9 +275,30 @@ fn arbitrary_bytes_as_any_message_never_panic() {
     );
 }
 
+/// Encodes `batch`, checks that decoding and encoding again gives the same bytes (byte for
+/// byte: floats may be NaN, which no == would call equal), then serves the bytes, mutated
+/// by `mutations` when given.
+fn round_trip_and_serve<M: Message + Default>(
+    service: &NodeService,
+    batch: &M,
+    mutations: Option<&[Mutation]>,
+) -> Result<(), TestCaseError> {
+    let bytes = batch.encode_to_vec();
+    prop_assert_eq!(
+        M::decode(bytes.as_slice()).unwrap().encode_to_vec(),
+        bytes.clone()
+    );
+    let bytes = match mutations {
+        Some(mutations) => mutate(&bytes, mutations),
+        None => bytes,
+    };
+    serve_bytes(service, &bytes)
+}
+
 #[test]
 fn step_batches_encode_decode_and_serve_without_panic() {
-    let service = NodeService::new(std::sync::Arc::new(Checker));
+    let node = Arc::new(StandIn::new(NODE));
+    let service = NodeService::new(node.clone());
     fuzz(
         "wire/step-batches",
         (
@@ -349,31 +307,17 @@ fn step_batches_encode_decode_and_serve_without_panic() {
             any::<bool>(),
         ),
         |(items, mutations, mutate_it)| {
-            let bytes = pb::StepBatch { items }.encode_to_vec();
-            // Byte-for-byte (floats may be NaN, which no == would call equal).
-            prop_assert_eq!(
-                pb::StepBatch::decode(bytes.as_slice())
-                    .unwrap()
-                    .encode_to_vec(),
-                bytes.clone()
-            );
-            let bytes = if mutate_it {
-                mutate(&bytes, &mutations)
-            } else {
-                bytes
-            };
-            serve_bytes(&service, &bytes)
+            let batch = pb::StepBatch { items };
+            round_trip_and_serve(&service, &batch, mutate_it.then_some(mutations.as_slice()))
         },
     );
-    assert!(
-        ACCEPTED_STEPS.load(Ordering::Relaxed) > 0,
-        "no step ever passed the checks"
-    );
+    assert!(node.taken().0 > 0, "no step ever passed the checks");
 }
 
 #[test]
 fn result_batches_encode_decode_and_serve_without_panic() {
-    let service = NodeService::new(std::sync::Arc::new(Checker));
+    let node = Arc::new(StandIn::new(NODE));
+    let service = NodeService::new(node.clone());
     fuzz(
         "wire/result-batches",
         (
@@ -382,25 +326,11 @@ fn result_batches_encode_decode_and_serve_without_panic() {
             any::<bool>(),
         ),
         |(items, mutations, mutate_it)| {
-            let bytes = pb::ResultBatch { items }.encode_to_vec();
-            prop_assert_eq!(
-                pb::ResultBatch::decode(bytes.as_slice())
-                    .unwrap()
-                    .encode_to_vec(),
-                bytes.clone()
-            );
-            let bytes = if mutate_it {
-                mutate(&bytes, &mutations)
-            } else {
-                bytes
-            };
-            serve_bytes(&service, &bytes)
+            let batch = pb::ResultBatch { items };
+            round_trip_and_serve(&service, &batch, mutate_it.then_some(mutations.as_slice()))
         },
     );
-    assert!(
-        ACCEPTED_RESULTS.load(Ordering::Relaxed) > 0,
-        "no result ever passed the checks"
-    );
+    assert!(node.taken().1 > 0, "no result ever passed the checks");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use exo::resource::{ResourceError, ResourceState::*};
 
-use crate::probe::{Probe, probe};
+use crate::probe::{Probe, fail_health_to_error, probe};
 
 #[tokio::test]
 async fn one_failure_degrades_a_pass_restores_n_failures_are_an_error() {
@@ -112,11 +112,7 @@ async fn a_failed_reconnect_is_recorded_and_ensure_ready_fails() {
 async fn ensure_ready_re_initializes_a_resource_that_health_checks_took_to_error() {
     let (r, knobs) = probe("h6", Probe::new());
     r.initialize().await.unwrap();
-    knobs.unhealthy.store(true, SeqCst);
-    for _ in 0..r.config().health_failure_threshold {
-        r.check_health().await;
-    }
-    assert_eq!(r.state(), Error);
+    fail_health_to_error(&r, &knobs).await;
     knobs.unhealthy.store(false, SeqCst);
     r.ensure_ready().await.unwrap();
     assert_eq!(r.state(), Ready);

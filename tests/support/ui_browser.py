@@ -107,7 +107,7 @@ def first_load(url):
 
 def main():
     chromium, url, screenshot = sys.argv[1:4]
-    prompt = sys.argv[4] if len(sys.argv) > 4 else "What is the capital of France?"
+    prompt = sys.argv[4] if len(sys.argv) > 4 else "What is the capital of Germany?"
     profile = tempfile.mkdtemp(prefix="exo-ui-")
     process = None
     try:

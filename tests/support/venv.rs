@@ -1,12 +1,21 @@
-//! The tools of the web UI and metrics tests: a Python virtualenv under target/ with the
-//! packages they use (from pip, made once, a lock against parallel tests), and headless
-//! Chromium from the distribution (scripts/install-chromium.sh installs it when missing).
+//! The tools of the tests that drive outside programs: Python virtualenvs under target/
+//! with the packages they use (from pip, made once, a lock against parallel tests) — the
+//! official OpenAI client; the web UI and metrics tests' tools — and headless Chromium
+//! from the distribution (scripts/install-chromium.sh installs it when missing).
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
 use super::root;
+
+/// A Python with the official `openai` client.
+pub fn openai_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| venv("openai-venv", "import openai", &["openai>=1.40,<3"]))
+        .clone()
+}
 
 /// Python with `websocket-client` (to speak the DevTools protocol), `prometheus-client`
 /// (its text-format parser) and `pillow` (to look at screenshots).

@@ -11,6 +11,7 @@
 use std::sync::OnceLock;
 
 use super::formats::BLOCK;
+use super::int8::Int8Rows;
 
 /// The largest quantized magnitude. Below i16's range so that the kernels' 32-bit lane
 /// sums cannot overflow within one unit (see `formats`): 32 products of at most
@@ -117,6 +118,8 @@ pub struct Activations<'a> {
     pub cols: usize,
     by_block: OnceLock<QuantizedRows>,
     by_super: OnceLock<QuantizedRows>,
+    int8_by_block: OnceLock<Int8Rows>,
+    int8_by_super: OnceLock<Int8Rows>,
 }
 
 impl<'a> Activations<'a> {
@@ -128,6 +131,8 @@ impl<'a> Activations<'a> {
             cols,
             by_block: OnceLock::new(),
             by_super: OnceLock::new(),
+            int8_by_block: OnceLock::new(),
+            int8_by_super: OnceLock::new(),
         }
     }
 
@@ -139,6 +144,16 @@ impl<'a> Activations<'a> {
             &self.by_super
         };
         slot.get_or_init(|| QuantizedRows::quantize(self.values, self.rows, self.cols, group))
+    }
+
+    /// The rows rounded to 8 bits with one step per `group` (32 or 256) values.
+    pub fn int8(&self, group: usize) -> &Int8Rows {
+        let slot = if group == BLOCK {
+            &self.int8_by_block
+        } else {
+            &self.int8_by_super
+        };
+        slot.get_or_init(|| Int8Rows::quantize(self.values, self.rows, self.cols, group))
     }
 
     pub fn row(&self, j: usize) -> &[f32] {

@@ -8,6 +8,7 @@ use super::attention::{AttentionShape, KvLayer, ROWS, Scratch, attend};
 use super::isa::Isa;
 use super::matrix::{ActivationPrecision, CpuMatrix, MatmulJob, Weights, matmul};
 use super::ops::{self, Activation};
+use super::par_rows::for_rows;
 use super::rope::RopeTable;
 use crate::engine::backend::{Backend, SeqRows};
 use crate::engine::config::RopeSpec;
@@ -54,6 +55,13 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// The element at `offset` (the caller keeps it inside the buffer).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 impl Backend for CpuBackend {
     type Act = Rows;
     type Matrix = CpuMatrix;
@@ -63,6 +71,7 @@ impl Backend for CpuBackend {
 
     fn describe(&self) -> String {
         let precision = match self.precision {
+            ActivationPrecision::Int8 => "int8 activations",
             ActivationPrecision::Int16 => "int16 activations",
             ActivationPrecision::F32 => "f32 activations",
         };
@@ -86,7 +95,14 @@ impl Backend for CpuBackend {
                     &candle_core::Device::Cpu,
                 )
                 .with_context(|| format!("tensor {}", tensor.name))?;
-                CpuMatrix::from_qtensor(&tensor.name, &qtensor)
+                let matrix = CpuMatrix::from_qtensor(&tensor.name, &qtensor)?;
+                if self.precision == ActivationPrecision::Int8 {
+                    matrix
+                        .packed()
+                        .with_context(|| format!("tensor {}", tensor.name))
+                } else {
+                    Ok(matrix)
+                }
             }
             Encoding::Dense(dtype) => {
                 let b = &tensor.bytes;
@@ -172,7 +188,11 @@ impl Backend for CpuBackend {
             bail!("a norm of width {} on rows of {}", weight.len(), x.cols);
         }
         let mut data = vec![0f32; x.data.len()];
-        ops::rms_norm(&x.data, weight, eps, &mut data);
+        let cols = x.cols;
+        for_rows(&mut data, cols, |first, out| {
+            let from = first * cols;
+            ops::rms_norm(&x.data[from..from + out.len()], weight, eps, out);
+        });
         Ok(Rows {
             data,
             rows: x.rows,
@@ -257,16 +277,18 @@ impl Backend for CpuBackend {
         seqs: &[SeqRows],
     ) -> anyhow::Result<Rows> {
         let cols = x.cols;
+        // Each row's position, from the sequence it belongs to.
+        let mut positions = vec![0usize; x.rows];
         for seq in seqs {
             for i in 0..seq.len {
-                let r = seq.start + i;
-                rope.apply(
-                    &mut x.data[r * cols..(r + 1) * cols],
-                    head_dim,
-                    seq.position + i,
-                );
+                positions[seq.start + i] = seq.position + i;
             }
         }
+        for_rows(&mut x.data, cols, |first, rows| {
+            for (i, row) in rows.chunks_exact_mut(cols).enumerate() {
+                rope.apply(row, head_dim, positions[first + i]);
+            }
+        });
         Ok(x)
     }
 
@@ -319,7 +341,6 @@ impl Backend for CpuBackend {
         let cols = q.cols;
         let isa = self.isa;
         let run = |range: std::ops::Range<usize>| {
-            let shared = shared;
             SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 for &(s, first, count, g) in &items[range] {
@@ -334,10 +355,7 @@ impl Backend for CpuBackend {
                     let mut outs: Vec<&mut [f32]> = rows
                         .iter()
                         .map(|&r| unsafe {
-                            std::slice::from_raw_parts_mut(
-                                shared.0.add(r * cols + g * width),
-                                width,
-                            )
+                            std::slice::from_raw_parts_mut(shared.at(r * cols + g * width), width)
                         })
                         .collect();
                     attend(
@@ -375,7 +393,11 @@ impl Backend for CpuBackend {
             bail!("gate and up differ in shape");
         }
         let mut data = vec![0f32; gate.data.len()];
-        ops::gated(activation, &gate.data, &up.data, &mut data);
+        let cols = gate.cols;
+        for_rows(&mut data, cols, |first, out| {
+            let from = first * cols..first * cols + out.len();
+            ops::gated(activation, &gate.data[from.clone()], &up.data[from], out);
+        });
         Ok(Rows {
             data,
             rows: gate.rows,
@@ -383,17 +405,38 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn add(&self, x: &Rows, y: &Rows) -> anyhow::Result<Rows> {
+    fn gated_halves(
+        &self,
+        activation: Activation,
+        fused: Rows,
+        width: usize,
+    ) -> anyhow::Result<Rows> {
+        if fused.cols != 2 * width {
+            bail!("rows of {} are not two halves of {width}", fused.cols);
+        }
+        let mut data = vec![0f32; fused.rows * width];
+        for_rows(&mut data, width, |first, out| {
+            for (i, out) in out.chunks_exact_mut(width).enumerate() {
+                let (gate, up) = fused.row(first + i).split_at(width);
+                ops::gated(activation, gate, up, out);
+            }
+        });
+        Ok(Rows {
+            data,
+            rows: fused.rows,
+            cols: width,
+        })
+    }
+
+    fn add(&self, mut x: Rows, y: &Rows) -> anyhow::Result<Rows> {
         if x.rows != y.rows || x.cols != y.cols {
             bail!("cannot add {}×{} and {}×{}", x.rows, x.cols, y.rows, y.cols);
         }
-        let mut data = x.data.clone();
-        ops::add(&mut data, &y.data);
-        Ok(Rows {
-            data,
-            rows: x.rows,
-            cols: x.cols,
-        })
+        let cols = x.cols;
+        for_rows(&mut x.data, cols, |first, rows| {
+            ops::add(rows, &y.data[first * cols..first * cols + rows.len()]);
+        });
+        Ok(x)
     }
 
     fn select_rows(&self, x: &Rows, rows: &[usize]) -> anyhow::Result<Rows> {

@@ -89,7 +89,7 @@ pub fn dot_raw_rows(
     scratch: &mut DecodedRow,
     mut out: impl FnMut(usize, usize, f32),
 ) {
-    debug_assert!(count >= 1 && count <= TILE && j0 + count <= x.rows);
+    debug_assert!((1..=TILE).contains(&count) && j0 + count <= x.rows);
     let mut values = [0f32; TILE];
     match isa {
         #[cfg(target_arch = "x86_64")]

@@ -17,14 +17,19 @@ use super::decode::{DecodedRow, decode_row};
 use super::dot::dot_f32;
 use super::formats::QuantFormat;
 use super::int_dot::{self, TILE};
+use super::int8::{self, PackedMatrix};
 use super::isa::Isa;
 
 /// How quantized weights meet their activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ActivationPrecision {
-    /// Activations rounded to 16-bit integers per 32 or 256 values, integer dot products
-    /// (the default: fast, and the greedy tokens match the f32 path's).
+    /// Weights repacked at load into panels, activations rounded to 8-bit integers per
+    /// 32 or 256 values, `vpdpbusd` dot products (the default: llama.cpp's arithmetic, at
+    /// its speed or better; see [`super::int8`]).
     #[default]
+    Int8,
+    /// Activations rounded to 16-bit integers per 32 or 256 values, integer dot products
+    /// on the file's blocks (a reference: closer to f32, slower).
     Int16,
     /// Activations kept in f32, weights dequantized on the fly (the reference).
     F32,
@@ -39,7 +44,12 @@ const FUSED_ROWS: usize = 8;
 
 /// How the weights are held.
 pub enum Weights {
-    Quant { format: QuantFormat, data: Vec<u8> },
+    Quant {
+        format: QuantFormat,
+        data: Vec<u8>,
+    },
+    /// Repacked for the int8 kernels.
+    Packed(PackedMatrix),
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
@@ -111,6 +121,7 @@ impl CpuMatrix {
                 data.len(),
                 rows * cols / format.unit_len() * format.unit_bytes(),
             ),
+            Weights::Packed(m) => (m.rows * m.cols, rows * cols),
             Weights::F32(v) => (v.len(), rows * cols),
             Weights::F16(v) => (v.len(), rows * cols),
             Weights::BF16(v) => (v.len(), rows * cols),
@@ -125,6 +136,17 @@ impl CpuMatrix {
         })
     }
 
+    /// The same matrix repacked for the int8 kernels when it is quantized (once, at load).
+    pub fn packed(self) -> anyhow::Result<Self> {
+        match self.weights {
+            Weights::Quant { format, data } => Ok(CpuMatrix {
+                weights: Weights::Packed(PackedMatrix::pack(format, self.rows, self.cols, &data)?),
+                ..self
+            }),
+            _ => Ok(self),
+        }
+    }
+
     /// Stacks matrices of the same width and storage into one (fused q/k/v, gate/up).
     /// None when their storage differs.
     pub fn stack_refs(parts: &[&CpuMatrix]) -> Option<CpuMatrix> {
@@ -135,6 +157,16 @@ impl CpuMatrix {
         }
         let rows = parts.iter().map(|p| p.rows).sum();
         let weights = match &first.weights {
+            Weights::Packed(_) => {
+                let packed: Option<Vec<&PackedMatrix>> = parts
+                    .iter()
+                    .map(|p| match &p.weights {
+                        Weights::Packed(m) => Some(m),
+                        _ => None,
+                    })
+                    .collect();
+                Weights::Packed(PackedMatrix::stack(&packed?)?)
+            }
             Weights::Quant { format, .. } => {
                 let mut data = Vec::new();
                 for p in parts {
@@ -200,6 +232,7 @@ impl CpuMatrix {
     pub fn bytes(&self) -> usize {
         match &self.weights {
             Weights::Quant { data, .. } => data.len(),
+            Weights::Packed(m) => m.data.len(),
             Weights::F32(v) => v.len() * 4,
             Weights::F16(v) => v.len() * 2,
             Weights::BF16(v) => v.len() * 2,
@@ -209,6 +242,7 @@ impl CpuMatrix {
     pub fn format_name(&self) -> &'static str {
         match &self.weights {
             Weights::Quant { format, .. } => format.name(),
+            Weights::Packed(m) => m.format().name(),
             Weights::F32(_) => "F32",
             Weights::F16(_) => "F16",
             Weights::BF16(_) => "BF16",
@@ -236,6 +270,7 @@ impl CpuMatrix {
                     format.dequantize_unit(unit, o);
                 }
             }
+            Weights::Packed(m) => m.row_f32(r, out),
             Weights::F32(v) => out.copy_from_slice(&v[r * cols..(r + 1) * cols]),
             Weights::F16(v) => {
                 for (o, w) in out.iter_mut().zip(&v[r * cols..(r + 1) * cols]) {
@@ -314,11 +349,15 @@ pub fn matmul(
         }
     }
     // The integer forms of the activations are made before the workers start.
-    if precision == ActivationPrecision::Int16 {
-        for job in jobs.iter() {
-            if let Some((format, _)) = job.matrix.quant() {
+    for job in jobs.iter() {
+        match (&job.matrix.weights, precision) {
+            (Weights::Packed(m), _) => {
+                x.int8(m.layout.block);
+            }
+            (Weights::Quant { format, .. }, ActivationPrecision::Int16) => {
                 x.quantized(format.unit_len());
             }
+            _ => {}
         }
     }
     let outs: Vec<SharedOut> = jobs
@@ -329,25 +368,44 @@ pub fn matmul(
         })
         .collect();
     let matrices: Vec<&CpuMatrix> = jobs.iter().map(|j| j.matrix).collect();
+    // Work is handed out in units: groups of panels for packed weights, rows otherwise.
+    let group = int8::gemm::panel_group(isa, x.rows);
+    let units: Vec<usize> = matrices
+        .iter()
+        .map(|m| match &m.weights {
+            Weights::Packed(p) => p.panels().div_ceil(group),
+            _ => m.rows,
+        })
+        .collect();
+    let total_units: usize = units.iter().sum();
     let total_rows: usize = matrices.iter().map(|m| m.rows).sum();
     let run = |range: std::ops::Range<usize>| {
-        // Map the global row range onto the jobs it covers.
+        // Map the global unit range onto the jobs it covers.
         let mut first = 0;
-        for (matrix, out) in matrices.iter().zip(&outs) {
-            let last = first + matrix.rows;
-            let start = range.start.max(first);
-            let end = range.end.min(last);
+        for ((matrix, out), &count) in matrices.iter().zip(&outs).zip(&units) {
+            let last = first + count;
+            let start = range.start.max(first) - first;
+            let end = range.end.min(last).saturating_sub(first);
             if start < end {
-                run_rows(isa, precision, matrix, x, start - first..end - first, *out);
+                match &matrix.weights {
+                    Weights::Packed(m) => {
+                        let panels = start * group..(end * group).min(m.panels());
+                        let x8 = x.int8(m.layout.block);
+                        // SAFETY: the output holds x.rows × m.rows floats, and each unit
+                        // (hence each panel's rows) goes to one worker only.
+                        unsafe { int8::gemm::run_panels(isa, m, x8, panels, out.ptr) };
+                    }
+                    _ => run_rows(isa, precision, matrix, x, start..end, *out),
+                }
             }
             first = last;
         }
     };
     if total_rows * x.rows * x.cols < 1 << 14 {
         // Too small to be worth waking the workers.
-        run(0..total_rows);
+        run(0..total_units);
     } else {
-        super::pool::pool().chunked(total_rows, &run);
+        super::pool::pool().chunked(total_units, &run);
     }
     Ok(())
 }

@@ -80,7 +80,7 @@ impl RequestFlow {
         DrainStatus {
             draining: self.is_draining(),
             own_requests: self.active_requests(),
-            queued_steps: self.running.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            queued_steps: self.shard.queued_steps(),
             cached_requests,
         }
     }

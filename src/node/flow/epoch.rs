@@ -4,23 +4,20 @@
 //! epoch so that the origin can plan again (`continuation`).
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::continuation::{Interruption, Replan};
 use super::deadline::StepTimes;
 use super::outbox::Item;
-use super::{GenerateRequest, GenerationEvent, RequestFlow, describe, to_wire};
+use super::{GenerateRequest, GenerationEvent, RequestFlow, describe};
 use crate::discovery::PeerInfo;
-use crate::engine::sampling::TokenLogprobs;
-use crate::engine::tokenizer::TextTokenizer;
+use crate::engine::serve::sampling::TokenLogprobs;
+use crate::engine::text::tokenizer::TextTokenizer;
 use crate::engine::{Decoding, FinishReason, TokenOutcome};
-use crate::proto::pb;
-use crate::resource::Resource;
-use crate::server::{StepInput, StepOutcome, ValidatedContext};
+use crate::proto::{StepInput, StepOutcome, ValidatedContext, step_to_wire};
 use crate::topology::Partition;
 
 /// What the origin keeps of a request across its epochs.
@@ -49,57 +46,68 @@ pub(super) enum EpochEnd {
     Interrupted(Interruption),
 }
 
-impl RequestFlow {
-    /// Runs one epoch of a request over `plan`: the prompt and every token generated so
-    /// far go through the ring as a prefill (in chunks), whose last row samples the next
-    /// token; then one step per token until the request ends or the epoch is interrupted.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn run_epoch(
-        &self,
-        wire_id: &str,
-        plan: &Partition,
-        request: &GenerateRequest,
-        tokenizer: &Arc<TextTokenizer>,
-        state: &mut RequestState,
-        events: &mpsc::Sender<GenerationEvent>,
-        results: &mut mpsc::UnboundedReceiver<(u64, StepOutcome)>,
-    ) -> anyhow::Result<EpochEnd> {
-        let history: Vec<u32> = request
+/// One epoch of a request: its wire id and plan, where its results arrive and its events
+/// go. [`Epoch::start`] registers it for its results; dropping it stops them.
+pub(super) struct Epoch<'a> {
+    flow: &'a RequestFlow,
+    wire_id: String,
+    plan: &'a Partition,
+    request: &'a GenerateRequest,
+    tokenizer: &'a TextTokenizer,
+    events: &'a mpsc::Sender<GenerationEvent>,
+    results: mpsc::UnboundedReceiver<(u64, StepOutcome)>,
+    /// The joined peers: a member of the plan leaving them ends the epoch.
+    joined: watch::Receiver<Vec<PeerInfo>>,
+}
+
+impl<'a> Epoch<'a> {
+    /// An epoch of `request` under `wire_id` over `plan`, waiting for its results.
+    pub(super) fn start(
+        flow: &'a RequestFlow,
+        wire_id: String,
+        plan: &'a Partition,
+        request: &'a GenerateRequest,
+        tokenizer: &'a TextTokenizer,
+        events: &'a mpsc::Sender<GenerationEvent>,
+    ) -> Self {
+        let (results_tx, results) = mpsc::unbounded_channel();
+        flow.origin.wait_for(&wire_id, results_tx);
+        let joined = flow.peers.subscribe();
+        Epoch {
+            flow,
+            wire_id,
+            plan,
+            request,
+            tokenizer,
+            events,
+            results,
+            joined,
+        }
+    }
+
+    /// Runs the epoch: the prompt and every token generated so far go through the ring
+    /// as a prefill (in chunks), whose last row samples the next token; then one step per
+    /// token until the request ends or the epoch is interrupted.
+    pub(super) async fn run(&mut self, state: &mut RequestState) -> anyhow::Result<EpochEnd> {
+        let history: Vec<u32> = self
+            .request
             .prompt
             .iter()
             .chain(state.decoding.generated())
             .copied()
             .collect();
-        let reserve_positions = request.prompt.len() + state.max_tokens;
-        let mut joined = self.peers.subscribe();
-        let context =
-            |step: u64, position: usize, sample: bool, token_index: u64| ValidatedContext {
-                request_id: wire_id.to_string(),
-                origin_node_id: self.node_id.clone(),
-                origin_address: self.address(),
-                plan: plan.clone(),
-                index: 0,
-                sampling: request.sampling,
-                position,
-                step,
-                sample,
-                reserve_positions,
-                token_index,
-                top_logprobs: request.top_logprobs,
-            };
+        let reserve = self.request.prompt.len() + state.max_tokens;
         // The history, in chunks the shards can interleave with other requests' steps;
         // only the last chunk's logits are sampled, as token number `generated.len()`.
-        let chunk = self.config.prefill_chunk.max(1);
+        let chunk = self.flow.config.prefill_chunk.max(1);
         let mut step = 0u64;
         let mut position = 0usize;
         let chunks: Vec<&[u32]> = history.chunks(chunk).collect();
         let token_index = state.decoding.generated().len() as u64;
         for (i, tokens) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
-            if let Err(why) = self
-                .send_to_first_shard(context(step, position, last, token_index), tokens.to_vec())
-                .await
-            {
+            let context = self.context(step, position, last, token_index, reserve);
+            if let Err(why) = self.send(context, tokens.to_vec()).await {
                 return Ok(EpochEnd::Interrupted(why));
             }
             position += tokens.len();
@@ -109,25 +117,15 @@ impl RequestFlow {
         let mut first_of_epoch = true;
         loop {
             let step_started = Instant::now();
-            let patience = state.step_times.patience(self.config.step_timeout);
-            let (token, logprobs) = match self
-                .await_token(
-                    wire_id,
-                    plan,
-                    awaited,
-                    first_of_epoch.then_some(history.len()),
-                    patience,
-                    events,
-                    results,
-                    &mut joined,
-                )
-                .await?
-            {
+            let patience = state.step_times.patience(self.flow.config.step_timeout);
+            let prefill = first_of_epoch.then_some(history.len());
+            let (token, logprobs) = match self.await_token(awaited, prefill, patience).await? {
                 Ok(token) => token,
                 Err(end) => return Ok(end),
             };
             tracing::debug!(
-                "{wire_id} step {awaited}: token after {:.2} ms",
+                "{} step {awaited}: token after {:.2} ms",
+                self.wire_id,
                 step_started.elapsed().as_secs_f64() * 1e3
             );
             if !first_of_epoch {
@@ -135,49 +133,12 @@ impl RequestFlow {
             }
             first_of_epoch = false;
             state.first_token_at.get_or_insert_with(Instant::now);
-            if let Some((noticed, mut replan)) = state.replanning.take() {
-                replan.seconds = noticed.elapsed().as_secs_f64();
-                tracing::info!(
-                    "{wire_id}: first token {:.3} s after the loss was noticed",
-                    replan.seconds
-                );
-                state.replans.push(replan.clone());
-                if events
-                    .send(GenerationEvent::Replanned(replan))
-                    .await
-                    .is_err()
-                {
-                    return Ok(EpochEnd::Cancelled);
-                }
-            }
-            let counted = state.decoding.generated().len();
-            let pushed = state.decoding.push(tokenizer, token)?;
-            // A token the generation kept (not an end-of-sequence token) has its logprobs
-            // reported before its text.
-            if let Some(logprobs) = logprobs
-                && state.decoding.generated().len() > counted
-                && events
-                    .send(GenerationEvent::Logprobs(logprobs))
-                    .await
-                    .is_err()
-            {
-                return Ok(EpochEnd::Cancelled);
-            }
-            let (text, finish) = match pushed {
-                TokenOutcome::Continue(text) => (text, None),
-                TokenOutcome::Finished(text, reason) => (text, Some(reason)),
-            };
-            if !text.is_empty() && events.send(GenerationEvent::Text(text)).await.is_err() {
-                return Ok(EpochEnd::Cancelled);
-            }
-            if let Some(finish) = finish {
-                return Ok(EpochEnd::Finished(finish));
+            if let Some(end) = self.take_token(state, token, logprobs).await? {
+                return Ok(end);
             }
             let token_index = state.decoding.generated().len() as u64;
-            if let Err(why) = self
-                .send_to_first_shard(context(step, position, true, token_index), vec![token])
-                .await
-            {
+            let context = self.context(step, position, true, token_index, reserve);
+            if let Err(why) = self.send(context, vec![token]).await {
                 return Ok(EpochEnd::Interrupted(why));
             }
             awaited = step;
@@ -186,34 +147,103 @@ impl RequestFlow {
         }
     }
 
+    /// The context of a step of this epoch.
+    fn context(
+        &self,
+        step: u64,
+        position: usize,
+        sample: bool,
+        token_index: u64,
+        reserve_positions: usize,
+    ) -> ValidatedContext {
+        ValidatedContext {
+            request_id: self.wire_id.clone(),
+            origin_node_id: self.flow.node_id.clone(),
+            origin_address: self.flow.address(),
+            plan: self.plan.clone(),
+            index: 0,
+            sampling: self.request.sampling,
+            position,
+            step,
+            sample,
+            reserve_positions,
+            token_index,
+            top_logprobs: self.request.top_logprobs,
+        }
+    }
+
+    /// A sampled token reaches the client: the first after a re-plan reports the re-plan,
+    /// then the token's logprobs and its text. Some(end): the request ends with it (or its
+    /// client went away).
+    async fn take_token(
+        &self,
+        state: &mut RequestState,
+        token: u32,
+        logprobs: Option<TokenLogprobs>,
+    ) -> anyhow::Result<Option<EpochEnd>> {
+        if let Some((noticed, mut replan)) = state.replanning.take() {
+            replan.seconds = noticed.elapsed().as_secs_f64();
+            tracing::info!(
+                "{}: first token {:.3} s after the loss was noticed",
+                self.wire_id,
+                replan.seconds
+            );
+            state.replans.push(replan.clone());
+            if self
+                .events
+                .send(GenerationEvent::Replanned(replan))
+                .await
+                .is_err()
+            {
+                return Ok(Some(EpochEnd::Cancelled));
+            }
+        }
+        let counted = state.decoding.generated().len();
+        let pushed = state.decoding.push(self.tokenizer, token)?;
+        // A token the generation kept (not an end-of-sequence token) has its logprobs
+        // reported before its text.
+        if let Some(logprobs) = logprobs
+            && state.decoding.generated().len() > counted
+            && self
+                .events
+                .send(GenerationEvent::Logprobs(logprobs))
+                .await
+                .is_err()
+        {
+            return Ok(Some(EpochEnd::Cancelled));
+        }
+        let (text, finish) = match pushed {
+            TokenOutcome::Continue(text) => (text, None),
+            TokenOutcome::Finished(text, reason) => (text, Some(reason)),
+        };
+        if !text.is_empty() && self.events.send(GenerationEvent::Text(text)).await.is_err() {
+            return Ok(Some(EpochEnd::Cancelled));
+        }
+        Ok(finish.map(EpochEnd::Finished))
+    }
+
     /// Waits for the token of step `awaited`. `prefill`: the epoch's first token, after a
     /// prefill of that many tokens (the hard cap allows for the prefill and for loading
     /// the plan's weights). Ok(Err(end)): the epoch ends without a token.
-    #[allow(clippy::too_many_arguments)]
     async fn await_token(
-        &self,
-        wire_id: &str,
-        plan: &Partition,
+        &mut self,
         awaited: u64,
         prefill: Option<usize>,
         patience: Duration,
-        events: &mpsc::Sender<GenerationEvent>,
-        results: &mut mpsc::UnboundedReceiver<(u64, StepOutcome)>,
-        joined: &mut tokio::sync::watch::Receiver<Vec<PeerInfo>>,
     ) -> anyhow::Result<Result<(u32, Option<TokenLogprobs>), EpochEnd>> {
+        let config = &self.flow.config;
+        let (wire_id, plan) = (&self.wire_id, self.plan);
         let started = Instant::now();
         let allowance = match prefill {
-            Some(tokens) => {
-                self.config.load_allowance + self.config.prefill_time_per_token * tokens as u32
-            }
+            Some(tokens) => config.load_allowance + config.prefill_time_per_token * tokens as u32,
             None => Duration::ZERO,
         };
-        let hard_stop = started + patience + allowance + self.config.busy_cap;
+        let hard_stop = started + patience + allowance + config.busy_cap;
         let mut armed = started;
         loop {
             let expires = (armed + patience).min(hard_stop);
             let (for_step, outcome) = tokio::select! {
-                outcome = results.recv() => outcome.context("the request's result channel closed")?,
+                outcome = self.results.recv() => outcome.context("the request's result channel closed")?,
                 _ = tokio::time::sleep_until(expires.into()) => {
                     let reason = format!(
                         "no result for step {awaited} of {wire_id} after {:.1?} from the ring {}",
@@ -222,7 +252,7 @@ impl RequestFlow {
                     );
                     // A slow ring is not a dead one (see `deadline`): only nodes that do
                     // not answer a health check now are lost. All answering, wait on.
-                    let silent = self.unresponsive(plan, &[]).await;
+                    let silent = self.flow.unresponsive(plan, &[]).await;
                     if !silent.is_empty() {
                         return Ok(Err(EpochEnd::Interrupted(Interruption {
                             lost: silent,
@@ -235,8 +265,8 @@ impl RequestFlow {
                     armed = Instant::now();
                     continue;
                 }
-                _ = events.closed() => return Ok(Err(EpochEnd::Cancelled)),
-                (gone, draining) = member_lost(joined, plan, &self.node_id) => {
+                _ = self.events.closed() => return Ok(Err(EpochEnd::Cancelled)),
+                (gone, draining) = member_lost(&mut self.joined, plan, &self.flow.node_id) => {
                     let reason = if draining {
                         format!("node {gone} is draining (leaving the cluster)")
                     } else {
@@ -262,47 +292,13 @@ impl RequestFlow {
         }
     }
 
-    /// The nodes of `plan` (other than this one and those in `known`) that are not
-    /// joined peers or do not answer a health check within the health timeout.
-    pub(super) async fn unresponsive(&self, plan: &Partition, known: &[String]) -> Vec<String> {
-        let timeout = self.peers.config().timeouts.health;
-        let probes = plan
-            .entries
-            .iter()
-            .filter(|e| e.node_id != self.node_id && !known.contains(&e.node_id))
-            .map(|entry| async move {
-                let answers = match self.peers.handle(&entry.node_id) {
-                    Some(handle) if handle.state().is_usable() => {
-                        tokio::time::timeout(timeout, async {
-                            match handle.ensure_ready().await {
-                                Ok(peer) => peer.health().await.is_ok(),
-                                Err(_) => false,
-                            }
-                        })
-                        .await
-                        .unwrap_or(false)
-                    }
-                    _ => false,
-                };
-                (!answers).then(|| entry.node_id.clone())
-            });
-        futures::future::join_all(probes)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-
     /// A step for the plan's first shard: run here, or queued for that node. Err: this
     /// node (the first shard) refused it.
-    async fn send_to_first_shard(
-        &self,
-        context: ValidatedContext,
-        tokens: Vec<u32>,
-    ) -> Result<(), Interruption> {
+    async fn send(&self, context: ValidatedContext, tokens: Vec<u32>) -> Result<(), Interruption> {
+        let flow = self.flow;
         let first = context.plan.entries[0].clone();
-        if first.node_id == self.node_id {
-            let mut answers = self
+        if first.node_id == flow.node_id {
+            let mut answers = flow
                 .accept_steps(vec![(context, StepInput::Tokens(tokens))])
                 .await;
             if let Some(Err(status)) = answers.pop() {
@@ -310,12 +306,16 @@ impl RequestFlow {
             }
             return Ok(());
         }
-        let item = pb::StepItem {
-            context: Some(to_wire(&context)),
-            input: Some(pb::step_item::Input::Tokens(pb::TokenList { tokens })),
-        };
-        self.send_to(&first.node_id, &first.address, Item::Step(item));
+        let item = step_to_wire(&context, StepInput::Tokens(tokens));
+        flow.send_to(&first.node_id, &first.address, Item::Step(item));
         Ok(())
+    }
+}
+
+impl Drop for Epoch<'_> {
+    /// Results of this epoch that arrive late find nobody waiting (and are dropped).
+    fn drop(&mut self) {
+        self.flow.origin.stop_waiting(&self.wire_id);
     }
 }
 

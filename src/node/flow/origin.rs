@@ -10,11 +10,12 @@ use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::continuation::{Replan, epoch_id};
+use super::continuation::{Interruption, Replan, epoch_id};
 use super::deadline::StepTimes;
-use super::epoch::{EpochEnd, RequestState};
+use super::epoch::{Epoch, EpochEnd, RequestState};
 use super::{GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow, describe};
 use crate::engine::Decoding;
+use crate::engine::text::tokenizer::TextTokenizer;
 use crate::topology::Partition;
 
 /// The epoch of a request running now, so that its nodes can be told when it ends.
@@ -93,6 +94,50 @@ impl RequestFlow {
         events: &mpsc::Sender<GenerationEvent>,
         current: &mut Current,
     ) -> anyhow::Result<Option<GenerationSummary>> {
+        let Some((mut plan, tokenizer, mut state)) =
+            self.begin(request_id, request, events).await?
+        else {
+            return Ok(None);
+        };
+        let mut epoch = 0u32;
+        loop {
+            let wire_id = epoch_id(request_id, epoch);
+            *current = Some((wire_id.clone(), plan.clone()));
+            let ended = Epoch::start(self, wire_id, &plan, request, &tokenizer, events)
+                .run(&mut state)
+                .await;
+            let why = match ended? {
+                EpochEnd::Finished(finish) => {
+                    let first = state.first_token_at.unwrap_or(state.started);
+                    return Ok(Some(GenerationSummary {
+                        request_id: request_id.to_string(),
+                        finish,
+                        prompt_tokens: request.prompt.len(),
+                        completion_tokens: state.decoding.generated().len(),
+                        prefill_seconds: (first - state.started).as_secs_f64(),
+                        decode_seconds: first.elapsed().as_secs_f64(),
+                        partition: plan,
+                        replans: state.replans,
+                    }));
+                }
+                EpochEnd::Cancelled => return Ok(None),
+                EpochEnd::Interrupted(why) => why,
+            };
+            epoch += 1;
+            plan = self
+                .replan(request_id, why, epoch, &plan, &mut state, current)
+                .await?;
+        }
+    }
+
+    /// Checks a new request and plans it; tells the client it started. None: the client
+    /// went away.
+    async fn begin(
+        &self,
+        request_id: &str,
+        request: &GenerateRequest,
+        events: &mpsc::Sender<GenerationEvent>,
+    ) -> anyhow::Result<Option<(Partition, Arc<TextTokenizer>, RequestState)>> {
         if request.prompt.is_empty() {
             bail!("the prompt is empty");
         }
@@ -111,7 +156,7 @@ impl RequestFlow {
                 request.prompt.len()
             );
         }
-        let mut plan = self.plan_for(&model, &HashSet::new())?;
+        let plan = self.plan_for(&model, &HashSet::new())?;
         let tokenizer = model.tokenizer().clone();
         drop(model);
         if events
@@ -128,7 +173,7 @@ impl RequestFlow {
         let max_tokens = request
             .max_tokens
             .min(context_length - request.prompt.len());
-        let mut state = RequestState {
+        let state = RequestState {
             decoding: Decoding::new(max_tokens, request.stop.clone())
                 .ignoring_eos(request.ignore_eos),
             max_tokens,
@@ -139,114 +184,93 @@ impl RequestFlow {
             step_times: StepTimes::default(),
             replanning: None,
         };
-        let mut epoch = 0u32;
-        loop {
-            let wire_id = epoch_id(request_id, epoch);
-            let (results_tx, mut results) = mpsc::unbounded_channel();
-            self.lock_pending().insert(wire_id.clone(), results_tx);
-            *current = Some((wire_id.clone(), plan.clone()));
-            let ended = self
-                .run_epoch(
-                    &wire_id,
-                    &plan,
-                    request,
-                    &tokenizer,
-                    &mut state,
-                    events,
-                    &mut results,
-                )
-                .await;
-            self.lock_pending().remove(&wire_id);
-            let why = match ended? {
-                EpochEnd::Finished(finish) => {
-                    let first = state.first_token_at.unwrap_or(state.started);
-                    return Ok(Some(GenerationSummary {
-                        request_id: request_id.to_string(),
-                        finish,
-                        prompt_tokens: request.prompt.len(),
-                        completion_tokens: state.decoding.generated().len(),
-                        prefill_seconds: (first - state.started).as_secs_f64(),
-                        decode_seconds: first.elapsed().as_secs_f64(),
-                        partition: plan,
-                        replans: state.replans,
-                    }));
-                }
-                EpochEnd::Cancelled => return Ok(None),
-                EpochEnd::Interrupted(why) => why,
-            };
-            let noticed = Instant::now();
-            // A re-plan whose epoch failed before its first token is reported as it is.
-            if let Some((earlier, mut replan)) = state.replanning.take() {
-                replan.seconds = earlier.elapsed().as_secs_f64();
-                state.replans.push(replan);
+        Ok(Some((plan, tokenizer, state)))
+    }
+
+    /// After an interrupted epoch: finds which nodes of the plan are gone, lets the old
+    /// epoch's nodes drop it, and plans epoch number `epoch` over the nodes left (the
+    /// re-plan is reported with the new epoch's first token).
+    async fn replan(
+        &self,
+        request_id: &str,
+        why: Interruption,
+        epoch: u32,
+        plan: &Partition,
+        state: &mut RequestState,
+        current: &mut Current,
+    ) -> anyhow::Result<Partition> {
+        let noticed = Instant::now();
+        // A re-plan whose epoch failed before its first token is reported as it is.
+        if let Some((earlier, mut replan)) = state.replanning.take() {
+            replan.seconds = earlier.elapsed().as_secs_f64();
+            state.replans.push(replan);
+        }
+        if state.replans.len() >= self.config.max_replans {
+            bail!(
+                "{} (the request was planned again {} time(s), the most allowed)",
+                why.reason,
+                self.config.max_replans
+            );
+        }
+        // Which nodes of the plan are gone: those named, and those that do not answer
+        // a health check now.
+        let mut lost = why.lost.clone();
+        for node in self.unresponsive(plan, &lost).await {
+            lost.push(node);
+        }
+        lost.sort();
+        lost.dedup();
+        tracing::warn!(
+            "request {request_id}: {} (lost: {}); planning again over the nodes left",
+            why.reason,
+            if lost.is_empty() {
+                "none found".into()
+            } else {
+                lost.join(", ")
             }
-            if state.replans.len() >= self.config.max_replans {
-                bail!(
-                    "{} (the request was planned again {} time(s), the most allowed)",
-                    why.reason,
-                    self.config.max_replans
-                );
-            }
-            // Which nodes of the plan are gone: those named, and those that do not answer
-            // a health check now.
-            let mut lost = why.lost.clone();
-            for node in self.unresponsive(&plan, &lost).await {
-                lost.push(node);
-            }
-            lost.sort();
-            lost.dedup();
-            tracing::warn!(
-                "request {request_id}: {} (lost: {}); planning again over the nodes left",
+        );
+        // The old epoch's nodes drop what they hold of it, in the background: the
+        // client waits for the new epoch, not for them.
+        if let Some((old_id, old_plan)) = current.take()
+            && let Some(this) = self.this.upgrade()
+        {
+            tokio::spawn(async move {
+                this.finish_everywhere(&old_id, &old_plan, "replanned")
+                    .await;
+            });
+        }
+        for node in &lost {
+            let incarnation = self
+                .peers
+                .handle(node)
+                .map_or(0, |h| Arc::as_ptr(&h) as usize);
+            self.origin.losses.record(node, incarnation);
+            state.excluded.insert(node.clone());
+        }
+        let model = self.model().await?;
+        let plan = self.plan_for(&model, &state.excluded).with_context(|| {
+            format!(
+                "{} — the nodes left cannot carry the request on without {}",
                 why.reason,
                 if lost.is_empty() {
-                    "none found".into()
+                    "the failed ring".into()
                 } else {
                     lost.join(", ")
                 }
-            );
-            // The old epoch's nodes drop what they hold of it, in the background: the
-            // client waits for the new epoch, not for them.
-            if let Some((old_id, old_plan)) = current.take()
-                && let Some(this) = self.this.upgrade()
-            {
-                tokio::spawn(async move {
-                    this.finish_everywhere(&old_id, &old_plan, "replanned")
-                        .await;
-                });
-            }
-            for node in &lost {
-                let incarnation = self
-                    .peers
-                    .handle(node)
-                    .map_or(0, |h| Arc::as_ptr(&h) as usize);
-                self.losses.record(node, incarnation);
-                state.excluded.insert(node.clone());
-            }
-            let model = self.model().await?;
-            plan = self.plan_for(&model, &state.excluded).with_context(|| {
-                format!(
-                    "{} — the nodes left cannot carry the request on without {}",
-                    why.reason,
-                    if lost.is_empty() {
-                        "the failed ring".into()
-                    } else {
-                        lost.join(", ")
-                    }
-                )
-            })?;
-            drop(model);
-            epoch += 1;
-            self.count(|s| s.replans += 1);
-            let replan = Replan {
-                epoch,
-                lost,
-                reason: why.reason,
-                ring: describe(&plan),
-                seconds: 0.0,
-            };
-            tracing::info!("request {request_id}: epoch {epoch} over {}", replan.ring);
-            state.replanning = Some((noticed, replan));
-        }
+            )
+        })?;
+        drop(model);
+        self.count(|s| s.replans += 1);
+        let replan = Replan {
+            epoch,
+            lost,
+            reason: why.reason,
+            ring: describe(&plan),
+            seconds: 0.0,
+        };
+        tracing::info!("request {request_id}: epoch {epoch} over {}", replan.ring);
+        state.replanning = Some((noticed, replan));
+        Ok(plan)
     }
 
     /// Tells every node of the plan that the request is over (in parallel, best effort).

@@ -1,5 +1,5 @@
-//! Which nodes a request runs on: the peers a plan may use, the partition, and the handle
-//! on a node of a plan.
+//! Which nodes a request runs on: the peers a plan may use, the partition, the handle on
+//! a node of a plan, and which of a plan's nodes still answer.
 
 use std::collections::HashSet;
 
@@ -9,11 +9,29 @@ use super::RequestFlow;
 use super::outbox::Item;
 use crate::discovery::PeerInfo;
 use crate::engine::LoadedModel;
-use crate::resource::ResourceState;
-use crate::server::ValidatedContext;
+use crate::proto::ValidatedContext;
+use crate::resource::{Resource, ResourceState};
 use crate::topology::{DeviceCapabilities, NodeWeight, Partition, plan_partition_fitting};
 
 impl RequestFlow {
+    /// The host part of this node's address in plans (informational: each node reaches
+    /// the others at the addresses it discovered).
+    pub fn set_host(&self, host: String) {
+        *self.address.write().unwrap_or_else(|p| p.into_inner()) = host;
+    }
+
+    pub fn address(&self) -> String {
+        let host = self
+            .address
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        format!(
+            "{host}:{}",
+            self.grpc_port.load(std::sync::atomic::Ordering::Relaxed)
+        )
+    }
+
     /// The peers a plan may use now: Ready (not merely Degraded), serving our model, not
     /// draining, not flapping (lost twice within a minute, see `continuation`), and not
     /// in `excluded` (nodes this request has lost).
@@ -27,7 +45,7 @@ impl RequestFlow {
                     && p.capabilities.is_some()
                     && !p.draining
                     && !excluded.contains(&p.node_id)
-                    && !self.losses.is_flapping(&p.node_id)
+                    && !self.origin.losses.is_flapping(&p.node_id)
             })
             .collect()
     }
@@ -40,7 +58,7 @@ impl RequestFlow {
 
     /// Nodes left out of new plans for flapping.
     pub fn flapping(&self) -> Vec<super::Flapping> {
-        self.losses.flapping()
+        self.origin.losses.flapping()
     }
 
     pub(super) fn plan_for(
@@ -73,6 +91,37 @@ impl RequestFlow {
         )
     }
 
+    /// The nodes of `plan` (other than this one and those in `known`) that are not
+    /// joined peers or do not answer a health check within the health timeout.
+    pub(super) async fn unresponsive(&self, plan: &Partition, known: &[String]) -> Vec<String> {
+        let timeout = self.peers.config().timeouts.health;
+        let probes = plan
+            .entries
+            .iter()
+            .filter(|e| e.node_id != self.node_id && !known.contains(&e.node_id))
+            .map(|entry| async move {
+                let answers = match self.peers.handle(&entry.node_id) {
+                    Some(handle) if handle.state().is_usable() => {
+                        tokio::time::timeout(timeout, async {
+                            match handle.ensure_ready().await {
+                                Ok(peer) => peer.health().await.is_ok(),
+                                Err(_) => false,
+                            }
+                        })
+                        .await
+                        .unwrap_or(false)
+                    }
+                    _ => false,
+                };
+                (!answers).then(|| entry.node_id.clone())
+            });
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Queues `item` for a node of a plan. A node this one may not take on (a keyed
     /// cluster's node that has not proven the key here, or an open node's peer off
     /// loopback) gets nothing: the item fails as undeliverable, as if the node were
@@ -101,4 +150,13 @@ impl RequestFlow {
             }
         }
     }
+}
+
+/// "a[0,10) → b[10,20) → c[20,30)"
+pub fn describe(plan: &Partition) -> String {
+    plan.entries
+        .iter()
+        .map(|e| format!("{}[{},{})", e.node_id, e.start_layer, e.end_layer))
+        .collect::<Vec<_>>()
+        .join(" → ")
 }

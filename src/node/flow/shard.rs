@@ -2,21 +2,47 @@
 //! batcher, and send each finished batch's outputs on — hidden states to the next node,
 //! tokens (or the end of a prompt chunk, or an error) to the request's origin.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::outbox::Item;
-use super::{RequestFlow, logprobs_to_wire, to_wire};
-use crate::engine::batcher::{StepDone, StepJob};
-use crate::engine::model::{ShardInput, ShardOutput};
-use crate::engine::sampling::{TokenLogprobs, logprobs, sample};
-use crate::proto::{encode_hidden, pb};
-use crate::server::{StepInput, StepOutcome, ValidatedContext};
+use super::RequestFlow;
+use super::outbox::{Item, OnFailure};
+use crate::engine::model::shard_io::{ShardInput, ShardOutput};
+use crate::engine::serve::batcher::{StepDone, StepJob};
+use crate::engine::serve::sampling::{TokenLogprobs, logprobs, sample};
+use crate::proto::{StepInput, StepOutcome, ValidatedContext, result_to_wire, step_to_wire};
 
 impl RequestFlow {
+    /// The flow's task that takes the batches the engine finished.
+    pub(super) async fn take_finished_batches(
+        flow: Weak<RequestFlow>,
+        mut batches: mpsc::UnboundedReceiver<Vec<StepDone>>,
+    ) {
+        while let Some(done) = batches.recv().await {
+            let Some(flow) = flow.upgrade() else { return };
+            flow.batch_finished(done);
+        }
+    }
+
+    /// The request is over on this node: its later steps are refused and its caches
+    /// dropped.
+    pub(super) async fn finish_local(&self, request_id: &str) {
+        self.shard.finish(request_id);
+        self.drop_caches(request_id).await;
+    }
+
+    /// Drops every cache of `request_id` on this node, if the engine is up: an engine in
+    /// trouble holds no cache worth starting it for.
+    pub(super) async fn drop_caches(&self, request_id: &str) {
+        if self.engine.state().is_usable()
+            && let Ok(model) = self.model().await
+        {
+            model.finish(request_id);
+        }
+    }
+
     /// Checks steps for this node's shard and queues them on the batcher; each caller gets
     /// its answer at once, the outcome travels on through the ring.
     pub(super) async fn accept_steps(
@@ -60,7 +86,7 @@ impl RequestFlow {
             )));
         }
         self.check_plan_nodes(&context)?;
-        if self.is_finished(&context.request_id) {
+        if self.shard.is_finished(&context.request_id) {
             return Err(Status::not_found(format!(
                 "request {} has already finished",
                 context.request_id
@@ -70,11 +96,7 @@ impl RequestFlow {
         // plans without it (this node's announcements say it is draining).
         if self.is_draining()
             && context.origin_node_id != self.node_id
-            && !self
-                .accepted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .knows(&context.request_id)
+            && !self.shard.knows(&context.request_id)
         {
             self.count(|s| s.refused_draining += 1);
             return Err(Status::unavailable(format!(
@@ -82,11 +104,7 @@ impl RequestFlow {
                 self.node_id, context.request_id
             )));
         }
-        let is_new = self
-            .accepted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .accept(&context.request_id, context.step);
+        let is_new = self.shard.accept(&context.request_id, context.step);
         if !is_new {
             tracing::debug!(
                 "step {} of {} arrived again (a retried send): already queued",
@@ -106,13 +124,10 @@ impl RequestFlow {
             },
             position: context.position,
             reserve_positions: context.reserve_positions,
-            tag: self.next_tag.fetch_add(1, Ordering::Relaxed),
-            sink: self.completions.clone(),
+            tag: self.shard.next_tag(),
+            sink: self.shard.completions.clone(),
         };
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(job.tag, (context, std::time::Instant::now()));
+        self.shard.queued(job.tag, context);
         self.count(|s| s.steps_run += 1);
         let layers = job.start..job.end;
         match self.supply() {
@@ -126,12 +141,7 @@ impl RequestFlow {
                     match outcome {
                         Ok(()) => model.submit(job),
                         Err(error) => {
-                            let context = flow
-                                .running
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .remove(&job.tag);
-                            if let Some((context, _)) = context {
+                            if let Some(context) = flow.shard.take(job.tag) {
                                 flow.fail_step(&context, format!("{error:#}"));
                             }
                         }
@@ -146,12 +156,7 @@ impl RequestFlow {
     /// Sends each output of a finished batch where it goes next.
     fn batch_finished(&self, done: Vec<StepDone>) {
         for step in done {
-            let Some((context, _queued_at)) = self
-                .running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&step.tag)
-            else {
+            let Some(context) = self.shard.take(step.tag) else {
                 continue;
             };
             match step.output {
@@ -175,10 +180,7 @@ impl RequestFlow {
                         let next = next.clone();
                         let mut next_context = context.clone();
                         next_context.index += 1;
-                        let item = pb::StepItem {
-                            context: Some(to_wire(&next_context)),
-                            input: Some(pb::step_item::Input::Tensor(encode_hidden(&hidden))),
-                        };
+                        let item = step_to_wire(&next_context, StepInput::Hidden(hidden));
                         self.send_to(&next.node_id, &next.address, Item::Step(item));
                     }
                     None => self.fail_step(
@@ -209,7 +211,10 @@ impl RequestFlow {
     /// Sends a step's outcome to the request's origin.
     fn deliver(&self, context: &ValidatedContext, outcome: StepOutcome) {
         if context.origin_node_id == self.node_id {
-            if let Err(status) = self.route_result(&context.request_id, context.step, outcome) {
+            if let Err(status) = self
+                .origin
+                .route(&context.request_id, context.step, outcome)
+            {
                 // The request ended while this step ran (its client went away): its cache
                 // was made after the request was finished here, so drop it now.
                 tracing::debug!("{}", status.message());
@@ -220,25 +225,22 @@ impl RequestFlow {
             }
             return;
         }
-        let logprobs = match &outcome {
-            StepOutcome::Token(_, Some(logprobs)) => Some(logprobs_to_wire(logprobs)),
-            _ => None,
-        };
-        let item = pb::ResultItem {
-            context: Some(to_wire(context)),
-            node_id: self.node_id.clone(),
-            logprobs,
-            outcome: Some(match outcome {
-                StepOutcome::Token(token, _) => pb::result_item::Outcome::Token(token),
-                StepOutcome::Done => pb::result_item::Outcome::Done(true),
-                StepOutcome::Error(error) => pb::result_item::Outcome::Error(error),
-            }),
-        };
+        let item = result_to_wire(context.to_wire(), self.node_id.clone(), outcome);
         self.send_to(
             &context.origin_node_id,
             &context.origin_address,
             Item::Result(item),
         );
+    }
+
+    /// What the outbox calls with items it could not deliver (see
+    /// [`RequestFlow::undelivered`]).
+    pub(super) fn on_undelivered(this: Weak<Self>) -> OnFailure {
+        Arc::new(move |failed: Vec<(Item, String)>| {
+            if let Some(flow) = this.upgrade() {
+                flow.undelivered(failed);
+            }
+        })
     }
 
     /// Items a peer refused or that could not reach it: a step becomes an error result to
@@ -262,7 +264,7 @@ impl RequestFlow {
                         tokio::spawn(async move { this.drop_caches(&request_id).await });
                     }
                     if context.origin_node_id == self.node_id {
-                        let _ = self.route_result(
+                        let _ = self.origin.route(
                             &context.request_id,
                             context.step,
                             StepOutcome::Error(message),
@@ -272,12 +274,11 @@ impl RequestFlow {
                             context.origin_node_id.clone(),
                             context.origin_address.clone(),
                         );
-                        let item = pb::ResultItem {
-                            context: Some(context),
-                            node_id: self.node_id.clone(),
-                            logprobs: None,
-                            outcome: Some(pb::result_item::Outcome::Error(message)),
-                        };
+                        let item = result_to_wire(
+                            context,
+                            self.node_id.clone(),
+                            StepOutcome::Error(message),
+                        );
                         self.send_to(&origin.0, &origin.1, Item::Result(item));
                     }
                 }
@@ -308,16 +309,5 @@ fn with_logprobs(
     match top_logprobs {
         None => Ok((token, None)),
         Some(k) => Ok((token, Some(logprobs(logits, token, k as usize)?))),
-    }
-}
-
-/// The flow's task that takes the batches the engine finished.
-pub(super) async fn take_finished_batches(
-    flow: Weak<RequestFlow>,
-    mut batches: mpsc::UnboundedReceiver<Vec<StepDone>>,
-) {
-    while let Some(done) = batches.recv().await {
-        let Some(flow) = flow.upgrade() else { return };
-        flow.batch_finished(done);
     }
 }

@@ -215,7 +215,7 @@ fn nan_weights_are_reported_not_propagated() {
             "{kernels}: {text}"
         );
         // Generation ends with the error, on one shard or several.
-        let request = exo::engine::local::LocalRequest {
+        let request = exo::engine::serve::local::LocalRequest {
             prompt: prompt(6),
             max_tokens: 4,
             sampling: exo::engine::SamplingParams::greedy(),
@@ -224,7 +224,7 @@ fn nan_weights_are_reported_not_propagated() {
         };
         for shards in [1, 3] {
             let ranges = model.even_ranges(shards).unwrap();
-            let text = error_text(exo::engine::local::generate(
+            let text = error_text(exo::engine::serve::local::generate(
                 &model,
                 &ranges,
                 &request,

@@ -30,74 +30,46 @@ use candle_transformers::models::gemma3::{Config, Model};
 use serde_json::json;
 
 use super::generate::{Family, dim, number};
-use super::{Reference, Written, check_shards_of, input, logits, prompt};
+use super::{Candle, Written, check_shards_of, prompt, tiny_config};
 
 const WINDOW: usize = 8;
 
 pub(super) fn config(query_pre_attn_scalar: usize) -> serde_json::Value {
-    json!({
-        "architectures": ["Gemma3ForCausalLM"],
-        "model_type": "gemma3_text",
-        "attention_bias": false,
-        "head_dim": 32,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 6,
-        "vocab_size": super::generate::vocab_size(),
-        "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
-        "rope_local_base_freq": 10000.0,
-        "query_pre_attn_scalar": query_pre_attn_scalar,
-        "sliding_window": WINDOW,
-        "sliding_window_pattern": 6,
-        "final_logit_softcapping": null,
-        "attn_logit_softcapping": null,
-        "tie_word_embeddings": true
-    })
+    tiny_config(
+        "Gemma3ForCausalLM",
+        "gemma3_text",
+        json!({
+            "attention_bias": false,
+            "head_dim": 32,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "num_hidden_layers": 6,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0,
+            "query_pre_attn_scalar": query_pre_attn_scalar,
+            "sliding_window": WINDOW,
+            "sliding_window_pattern": 6,
+            "final_logit_softcapping": null,
+            "attn_logit_softcapping": null,
+            "tie_word_embeddings": true
+        }),
+    )
 }
 
 /// candle's gemma3, fed one token at a time (see the file's notes).
-struct CandleGemma3 {
-    model: Model,
-}
-
-impl CandleGemma3 {
-    fn load(written: &Written) -> Self {
-        let c = &written.model.config;
-        // Every query times √(head_dim / query_pre_attn_scalar), through the q norms.
-        let factor = (dim(c, "head_dim") as f64 / number(c, "query_pre_attn_scalar")).sqrt();
-        let mut weights = written.model.weights.clone();
-        for (name, w) in weights.iter_mut() {
-            if name.ends_with("self_attn.q_norm.weight") {
-                *w = (((w.clone() + 1.0).unwrap() * factor).unwrap() - 1.0).unwrap();
-            }
-        }
-        let config: Config = serde_json::from_value(c.clone()).unwrap();
-        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-        CandleGemma3 {
-            model: Model::new(false, &config, vb).unwrap(),
+fn candle_gemma3(written: &Written) -> Candle<Model> {
+    let c = &written.model.config;
+    // Every query times √(head_dim / query_pre_attn_scalar), through the q norms.
+    let factor = (dim(c, "head_dim") as f64 / number(c, "query_pre_attn_scalar")).sqrt();
+    let mut weights = written.model.weights.clone();
+    for (name, w) in weights.iter_mut() {
+        if name.ends_with("self_attn.q_norm.weight") {
+            *w = (((w.clone() + 1.0).unwrap() * factor).unwrap() - 1.0).unwrap();
         }
     }
-}
-
-impl Reference for CandleGemma3 {
-    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
-        self.model.clear_kv_cache();
-        let mut last = Vec::new();
-        for (position, &t) in tokens.iter().enumerate() {
-            last = logits(self.model.forward(&input(&[t]), position));
-        }
-        last
-    }
-
-    fn cached(&mut self, _tokens: &[u32], _prompt: usize) -> Option<Vec<Vec<f32>>> {
-        // `full` already runs the cached path.
-        None
-    }
+    let config: Config = serde_json::from_value(c.clone()).unwrap();
+    let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+    Candle::one_token_at_a_time(Model::new(false, &config, vb).unwrap())
 }
 
 #[test]
@@ -107,7 +79,7 @@ fn gemma3_matches_candle_transformers_gemma3() {
     assert_eq!(engine_config.layer_window(0), Some(WINDOW));
     assert_eq!(engine_config.layer_window(5), None);
     let tokens = written.sequence(&prompt(20), 4);
-    written.check_reference(&mut CandleGemma3::load(&written), &tokens, 20);
+    written.check_reference(&mut candle_gemma3(&written), &tokens, 20);
 }
 
 #[test]

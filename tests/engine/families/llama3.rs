@@ -8,78 +8,62 @@
 //!
 //! candle's quantized llama reads no `rope_freqs`, so it is no reference for this family.
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig};
 use serde_json::json;
 
 use super::generate::Family;
-use super::{Reference, Written, check_shards_of, input, logits, prompt};
+use super::{Candle, CandleModel, Written, check_shards_of, prompt, tiny_config};
 
 pub(super) fn config() -> serde_json::Value {
-    json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 4,
-        "vocab_size": super::generate::vocab_size(),
-        "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 500.0,
-        "rope_scaling": {
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 64
-        },
-        "tie_word_embeddings": false
-    })
+    tiny_config(
+        "LlamaForCausalLM",
+        "llama",
+        json!({
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 500.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64
+            },
+            "tie_word_embeddings": false
+        }),
+    )
 }
 
+/// candle's llama, whose cache is a value of its own.
 struct CandleLlama {
     model: Llama,
     config: Config,
+    cache: Cache,
 }
 
 impl CandleLlama {
-    fn load(written: &Written) -> Self {
+    fn load(written: &Written) -> Candle<Self> {
         let config: LlamaConfig = serde_json::from_value(written.model.config.clone()).unwrap();
         let config = config.into_config(false);
         let vb = VarBuilder::from_tensors(written.model.weights.clone(), DType::F32, &Device::Cpu);
         let model = Llama::load(vb, &config).unwrap();
-        CandleLlama { model, config }
-    }
-
-    fn cache(&self) -> Cache {
-        Cache::new(true, DType::F32, &self.config, &Device::Cpu).unwrap()
+        let cache = Cache::new(true, DType::F32, &config, &Device::Cpu).unwrap();
+        Candle::new(CandleLlama {
+            model,
+            config,
+            cache,
+        })
     }
 }
 
-impl Reference for CandleLlama {
-    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
-        let mut cache = self.cache();
-        logits(self.model.forward(&input(tokens), 0, &mut cache))
+impl CandleModel for CandleLlama {
+    fn forward(&mut self, input: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
+        self.model.forward(input, offset, &mut self.cache)
     }
 
-    fn cached(&mut self, tokens: &[u32], prompt: usize) -> Option<Vec<Vec<f32>>> {
-        let mut cache = self.cache();
-        let mut out = vec![logits(self.model.forward(
-            &input(&tokens[..prompt]),
-            0,
-            &mut cache,
-        ))];
-        for (i, &t) in tokens[prompt..].iter().enumerate() {
-            out.push(logits(self.model.forward(
-                &input(&[t]),
-                prompt + i,
-                &mut cache,
-            )));
-        }
-        Some(out)
+    fn clear(&mut self) {
+        self.cache = Cache::new(true, DType::F32, &self.config, &Device::Cpu).unwrap();
     }
 }
 

@@ -19,82 +19,32 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 use serde_json::json;
 
 use super::generate::Family;
-use super::{Reference, Written, check_shards_of, input, logits, prompt, read_gguf};
+use super::{Candle, Written, check_shards_of, prompt, read_gguf, tiny_config};
 
 const WINDOW: usize = 8;
 
 pub(super) fn config() -> serde_json::Value {
-    json!({
-        "architectures": ["MistralForCausalLM"],
-        "model_type": "mistral",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 4,
-        "vocab_size": super::generate::vocab_size(),
-        "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "sliding_window": WINDOW,
-        "hidden_act": "silu",
-        "tie_word_embeddings": false
-    })
+    tiny_config(
+        "MistralForCausalLM",
+        "mistral",
+        json!({
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "sliding_window": WINDOW,
+            "hidden_act": "silu",
+            "tie_word_embeddings": false
+        }),
+    )
 }
 
-struct CandleMistral {
-    model: Model,
-}
-
-impl CandleMistral {
-    fn load(written: &Written) -> Self {
-        let mut config: Config = serde_json::from_value(written.model.config.clone()).unwrap();
-        // candle's mask keeps window + 1 keys; Hugging Face's keeps window.
-        config.sliding_window = Some(WINDOW - 1);
-        let vb = VarBuilder::from_tensors(written.model.weights.clone(), DType::F32, &Device::Cpu);
-        CandleMistral {
-            model: Model::new(&config, vb).unwrap(),
-        }
-    }
-}
-
-impl Reference for CandleMistral {
-    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
-        self.model.clear_kv_cache();
-        logits(self.model.forward(&input(tokens), 0))
-    }
-
-    fn cached(&mut self, _tokens: &[u32], _prompt: usize) -> Option<Vec<Vec<f32>>> {
-        // Its cached path drops the window (see the file's notes).
-        None
-    }
-}
-
-/// candle's quantized llama on the GGUF file: no window, interleaved rope.
-struct CandleQuantizedLlama {
-    path: std::path::PathBuf,
-}
-
-impl CandleQuantizedLlama {
-    fn model(&self) -> ModelWeights {
-        let (content, mut file) = read_gguf(&self.path);
-        ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap()
-    }
-}
-
-impl Reference for CandleQuantizedLlama {
-    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
-        logits(self.model().forward(&input(tokens), 0))
-    }
-
-    fn cached(&mut self, tokens: &[u32], prompt: usize) -> Option<Vec<Vec<f32>>> {
-        let mut model = self.model();
-        let mut out = vec![logits(model.forward(&input(&tokens[..prompt]), 0))];
-        for (i, &t) in tokens[prompt..].iter().enumerate() {
-            out.push(logits(model.forward(&input(&[t]), prompt + i)));
-        }
-        Some(out)
-    }
+/// candle's mistral, its mask made Hugging Face's; its cached path drops the window (see
+/// the file's notes).
+fn candle_mistral(written: &Written) -> Candle<Model> {
+    let mut config: Config = serde_json::from_value(written.model.config.clone()).unwrap();
+    // candle's mask keeps window + 1 keys; Hugging Face's keeps window.
+    config.sliding_window = Some(WINDOW - 1);
+    let vb = VarBuilder::from_tensors(written.model.weights.clone(), DType::F32, &Device::Cpu);
+    Candle::without_cached_path(Model::new(&config, vb).unwrap())
 }
 
 #[test]
@@ -105,7 +55,7 @@ fn mistral_sliding_window_matches_candle_transformers_mistral() {
         Some(WINDOW)
     );
     let tokens = written.sequence(&prompt(20), 4);
-    written.check_reference(&mut CandleMistral::load(&written), &tokens, 20);
+    written.check_reference(&mut candle_mistral(&written), &tokens, 20);
 }
 
 #[test]
@@ -116,9 +66,10 @@ fn mistral_gguf_matches_the_safetensors_and_candle_quantized_llama() {
     // Within the window, candle's quantized llama computes the same model.
     let short = written.sequence(&prompt(5), WINDOW - 5);
     assert_eq!(short.len(), WINDOW);
-    let mut reference = CandleQuantizedLlama {
-        path: written.gguf.clone(),
-    };
+    // candle's quantized llama on the GGUF file: no window, interleaved rope.
+    let (content, mut file) = read_gguf(&written.gguf);
+    let model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
+    let mut reference = Candle::new(model);
     written.check_gguf_reference(&mut reference, &short, 5);
 }
 

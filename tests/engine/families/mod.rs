@@ -33,10 +33,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
+use candle_transformers::models;
 use exo::catalog::ModelFormat;
-use exo::engine::local::{LocalRequest, generate as generate_tokens};
-use exo::engine::sampling::argmax;
-use exo::engine::{CpuMatmul, LoadedModel, SamplingParams, ShardInput, ShardOutput};
+use exo::engine::serve::sampling::argmax;
+use exo::engine::{CpuMatmul, LoadedModel, ShardInput, ShardOutput};
 use serde_json::Value as Json;
 
 use crate::synthetic::open_with;
@@ -64,7 +64,7 @@ const F16_ROUNDOFF: f32 = 1.0 / 2048.0;
 pub fn tolerance(kernels: CpuMatmul, scale: f32) -> f32 {
     match kernels {
         CpuMatmul::Candle => 1e-5 * scale,
-        CpuMatmul::F32 | CpuMatmul::Int16 => 4.0 * F16_ROUNDOFF * scale,
+        CpuMatmul::F32 | CpuMatmul::Int8 | CpuMatmul::Int16 => 4.0 * F16_ROUNDOFF * scale,
     }
 }
 
@@ -76,7 +76,7 @@ pub fn tolerance(kernels: CpuMatmul, scale: f32) -> f32 {
 fn gguf_tolerance(kernels: CpuMatmul, scale: f32) -> f32 {
     match kernels {
         CpuMatmul::Candle => tolerance(kernels, scale),
-        CpuMatmul::F32 | CpuMatmul::Int16 => F16_ROUNDOFF * scale,
+        CpuMatmul::F32 | CpuMatmul::Int8 | CpuMatmul::Int16 => F16_ROUNDOFF * scale,
     }
 }
 
@@ -85,9 +85,14 @@ fn scale(logits: &[Vec<f32>]) -> f32 {
     logits.iter().flatten().fold(0f32, |m, v| m.max(v.abs()))
 }
 
-/// Every way our engine runs a model on the CPU: our kernels in f32 and with 16-bit
-/// integer activations (both use f32 matmuls on dense weights), and candle's kernels.
-pub const KERNELS: [CpuMatmul; 3] = [CpuMatmul::F32, CpuMatmul::Int16, CpuMatmul::Candle];
+/// Every way our engine runs a model on the CPU: our kernels in f32 and with 8- and 16-bit
+/// integer activations (all use f32 matmuls on dense weights), and candle's kernels.
+pub const KERNELS: [CpuMatmul; 4] = [
+    CpuMatmul::F32,
+    CpuMatmul::Int8,
+    CpuMatmul::Int16,
+    CpuMatmul::Candle,
+];
 
 /// A reference implementation of a family (candle-transformers' model).
 pub trait Reference {
@@ -98,6 +103,103 @@ pub trait Reference {
     /// fed alone, through the reference's own cache. None where that path does not
     /// compute the family's attention (see the family's file).
     fn cached(&mut self, tokens: &[u32], prompt: usize) -> Option<Vec<Vec<f32>>>;
+}
+
+/// A candle-transformers model as the family tests drive it: tokens in at an offset onto
+/// its cache, logits out; and its cache emptied.
+pub trait CandleModel {
+    fn forward(&mut self, input: &Tensor, offset: usize) -> candle_core::Result<Tensor>;
+    fn clear(&mut self);
+}
+
+/// candle's models that take (tokens, offset) and empty their cache with
+/// `clear_kv_cache`.
+macro_rules! candle_model {
+    ($($model:ty),* $(,)?) => {$(
+        impl CandleModel for $model {
+            fn forward(&mut self, input: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
+                <$model>::forward(self, input, offset)
+            }
+            fn clear(&mut self) {
+                self.clear_kv_cache();
+            }
+        }
+    )*};
+}
+
+candle_model!(
+    models::gemma3::Model,
+    models::mistral::Model,
+    models::phi3::Model,
+    models::qwen2::ModelForCausalLM,
+    models::qwen3::ModelForCausalLM,
+    models::quantized_llama::ModelWeights,
+    models::quantized_qwen2::ModelWeights,
+    models::quantized_qwen3::ModelWeights,
+);
+
+/// The reference adapter of every family: a candle model run from an empty cache in one
+/// pass, and through its own cache where that path computes the family's attention.
+pub struct Candle<M> {
+    model: M,
+    /// Whether the cached path is a reference too.
+    cached: bool,
+    /// Every token goes in alone, a prompt too (a model whose prompt path fails: then
+    /// `full` runs the cached path).
+    one_at_a_time: bool,
+}
+
+impl<M: CandleModel> Candle<M> {
+    pub fn new(model: M) -> Self {
+        Candle {
+            model,
+            cached: true,
+            one_at_a_time: false,
+        }
+    }
+
+    /// A model whose cached path does not compute the family's attention.
+    pub fn without_cached_path(model: M) -> Self {
+        Candle {
+            cached: false,
+            ..Candle::new(model)
+        }
+    }
+
+    /// A model fed one token at a time.
+    pub fn one_token_at_a_time(model: M) -> Self {
+        Candle {
+            cached: false,
+            one_at_a_time: true,
+            ..Candle::new(model)
+        }
+    }
+}
+
+impl<M: CandleModel> Reference for Candle<M> {
+    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
+        self.model.clear();
+        if !self.one_at_a_time {
+            return logits(self.model.forward(&input(tokens), 0));
+        }
+        let mut last = Vec::new();
+        for (position, &t) in tokens.iter().enumerate() {
+            last = logits(self.model.forward(&input(&[t]), position));
+        }
+        last
+    }
+
+    fn cached(&mut self, tokens: &[u32], prompt: usize) -> Option<Vec<Vec<f32>>> {
+        if !self.cached {
+            return None;
+        }
+        self.model.clear();
+        let mut out = vec![logits(self.model.forward(&input(&tokens[..prompt]), 0))];
+        for (i, &t) in tokens[prompt..].iter().enumerate() {
+            out.push(logits(self.model.forward(&input(&[t]), prompt + i)));
+        }
+        Some(out)
+    }
 }
 
 /// A one-row batch of token ids for a candle model.
@@ -111,6 +213,26 @@ pub fn input(tokens: &[u32]) -> Tensor {
 /// A candle model's logits as one vector (they come as (1, vocab) or (1, 1, vocab)).
 pub fn logits(t: candle_core::Result<Tensor>) -> Vec<f32> {
     t.unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// The shape every generated family model starts from (64 wide, 4 layers of 4 heads over
+/// 2 key/value heads, 128 positions), with the family's own keys on top.
+pub fn tiny_config(architecture: &str, model_type: &str, family: Json) -> Json {
+    let mut config = serde_json::json!({
+        "architectures": [architecture],
+        "model_type": model_type,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 4,
+        "vocab_size": generate::vocab_size(),
+        "max_position_embeddings": 128,
+    });
+    for (key, value) in family.as_object().expect("a JSON object") {
+        config[key] = value.clone();
+    }
+    config
 }
 
 /// The 20-token prompt of every family test: distinct, spread over the vocabulary.
@@ -127,6 +249,26 @@ pub struct Written {
 }
 
 impl Written {
+    /// The generated weights, for a candle model built as the reference (f32, CPU).
+    pub fn var_builder(&self) -> candle_nn::VarBuilder<'static> {
+        candle_nn::VarBuilder::from_tensors(
+            self.model.weights.clone(),
+            candle_core::DType::F32,
+            &Device::Cpu,
+        )
+    }
+
+    /// The config, read as a candle model's own config type.
+    pub fn candle_config<C: serde::de::DeserializeOwned>(&self) -> C {
+        serde_json::from_value(self.model.config.clone()).unwrap()
+    }
+
+    /// Checks `reference` on the 20-token prompt and then 4 greedy tokens.
+    pub fn check_reference_on_the_prompt(&self, reference: &mut dyn Reference) {
+        let tokens = self.sequence(&prompt(20), 4);
+        self.check_reference(reference, &tokens, 20);
+    }
+
     pub fn new(family: Family, config: Json, seed: u64) -> Written {
         let dir = tempfile::tempdir().unwrap();
         let model = Model::generate(family, config, seed);
@@ -284,17 +426,7 @@ pub fn max_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 
 /// Greedy tokens of `model` split into `shards` even shards.
 pub fn greedy(model: &LoadedModel, shards: usize, prompt: &[u32], tokens: usize) -> Vec<u32> {
-    let request = LocalRequest {
-        prompt: prompt.to_vec(),
-        max_tokens: tokens,
-        sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
-        ignore_eos: true,
-    };
-    let ranges = model.even_ranges(shards).unwrap();
-    generate_tokens(model, &ranges, &request, |_| {})
-        .unwrap()
-        .tokens
+    crate::synthetic::greedy(model, &model.even_ranges(shards).unwrap(), prompt, tokens)
 }
 
 /// 1, 2 and 3 shards of `model` generate the same 16 greedy tokens.

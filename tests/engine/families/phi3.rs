@@ -23,79 +23,52 @@ use candle_transformers::models::phi3::{Config, Model};
 use serde_json::json;
 
 use super::generate::{Family, dim, head_dim, longrope_attention_factor};
-use super::{Reference, Written, check_shards_of, input, logits, prompt};
+use super::{Candle, Written, check_shards_of, prompt, tiny_config};
 
 pub(super) fn config() -> serde_json::Value {
     let half = 8;
     let short: Vec<f32> = (0..half).map(|i| 1.0 + 0.25 * i as f32).collect();
     let long = vec![4.0f32; half];
-    json!({
-        "architectures": ["Phi3ForCausalLM"],
-        "model_type": "phi3",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 4,
-        "vocab_size": super::generate::vocab_size(),
-        "max_position_embeddings": 256,
-        "original_max_position_embeddings": 64,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": long},
-        "hidden_act": "silu",
-        "tie_word_embeddings": false
-    })
+    tiny_config(
+        "Phi3ForCausalLM",
+        "phi3",
+        json!({
+            "max_position_embeddings": 256,
+            "original_max_position_embeddings": 64,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": long},
+            "hidden_act": "silu",
+            "tie_word_embeddings": false
+        }),
+    )
 }
 
-struct CandlePhi3 {
-    model: Model,
-}
-
-impl CandlePhi3 {
-    fn load(written: &Written) -> Self {
-        let c = &written.model.config;
-        let mut reference_config = c.clone();
-        for kind in ["short_factor", "long_factor"] {
-            let factors: Vec<f64> =
-                serde_json::from_value(c["rope_scaling"][kind].clone()).unwrap();
-            reference_config["rope_scaling"][kind] =
-                json!(factors.iter().map(|f| 1.0 / f).collect::<Vec<_>>());
-        }
-        let config: Config = serde_json::from_value(reference_config).unwrap();
-        // q and k rows of each fused projection times the attention factor.
-        let attention = longrope_attention_factor(c);
-        let qk_rows = (dim(c, "num_attention_heads") + dim(c, "num_key_value_heads")) * head_dim(c);
-        let mut weights = written.model.weights.clone();
-        for (name, w) in weights.iter_mut() {
-            if name.ends_with("self_attn.qkv_proj.weight") {
-                let rows = w.dim(0).unwrap();
-                let qk = (w.narrow(0, 0, qk_rows).unwrap() * attention).unwrap();
-                let v = w.narrow(0, qk_rows, rows - qk_rows).unwrap();
-                *w = Tensor::cat(&[&qk, &v], 0).unwrap();
-            }
-        }
-        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-        CandlePhi3 {
-            model: Model::new(&config, vb).unwrap(),
+/// candle's phi3 computing Hugging Face's model: its rope factors inverted, the LongRoPE
+/// attention factor folded into the q and k rows.
+fn candle_phi3(written: &Written) -> Candle<Model> {
+    let c = &written.model.config;
+    let mut reference_config = c.clone();
+    for kind in ["short_factor", "long_factor"] {
+        let factors: Vec<f64> = serde_json::from_value(c["rope_scaling"][kind].clone()).unwrap();
+        reference_config["rope_scaling"][kind] =
+            json!(factors.iter().map(|f| 1.0 / f).collect::<Vec<_>>());
+    }
+    let config: Config = serde_json::from_value(reference_config).unwrap();
+    // q and k rows of each fused projection times the attention factor.
+    let attention = longrope_attention_factor(c);
+    let qk_rows = (dim(c, "num_attention_heads") + dim(c, "num_key_value_heads")) * head_dim(c);
+    let mut weights = written.model.weights.clone();
+    for (name, w) in weights.iter_mut() {
+        if name.ends_with("self_attn.qkv_proj.weight") {
+            let rows = w.dim(0).unwrap();
+            let qk = (w.narrow(0, 0, qk_rows).unwrap() * attention).unwrap();
+            let v = w.narrow(0, qk_rows, rows - qk_rows).unwrap();
+            *w = Tensor::cat(&[&qk, &v], 0).unwrap();
         }
     }
-}
-
-impl Reference for CandlePhi3 {
-    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
-        self.model.clear_kv_cache();
-        logits(self.model.forward(&input(tokens), 0))
-    }
-
-    fn cached(&mut self, tokens: &[u32], prompt: usize) -> Option<Vec<Vec<f32>>> {
-        self.model.clear_kv_cache();
-        let mut out = vec![logits(self.model.forward(&input(&tokens[..prompt]), 0))];
-        for (i, &t) in tokens[prompt..].iter().enumerate() {
-            out.push(logits(self.model.forward(&input(&[t]), prompt + i)));
-        }
-        Some(out)
-    }
+    let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+    Candle::new(Model::new(&config, vb).unwrap())
 }
 
 #[test]
@@ -105,7 +78,7 @@ fn phi3_longrope_and_fused_projections_match_candle_transformers_phi3() {
     assert_eq!(engine_config.context_length, 64);
     assert!(engine_config.rope.magnitude > 1.15);
     let tokens = written.sequence(&prompt(20), 4);
-    written.check_reference(&mut CandlePhi3::load(&written), &tokens, 20);
+    written.check_reference(&mut candle_phi3(&written), &tokens, 20);
 }
 
 #[test]

@@ -5,93 +5,36 @@
 //! false`); candle's qwen2 applies it regardless, so the generated config sets it to the
 //! whole context, where it changes nothing for either.
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
+use candle_core::Device;
 use candle_transformers::models::quantized_qwen2::ModelWeights;
 use candle_transformers::models::qwen2::{Config, ModelForCausalLM};
 use serde_json::json;
 
 use super::generate::Family;
-use super::{Reference, Written, check_shards_of, input, logits, prompt, read_gguf};
+use super::{Candle, Written, check_shards_of, prompt, read_gguf, tiny_config};
 
 pub(super) fn config() -> serde_json::Value {
-    json!({
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_hidden_layers": 4,
-        "vocab_size": super::generate::vocab_size(),
-        "max_position_embeddings": 128,
-        "sliding_window": 128,
-        "max_window_layers": 4,
-        "use_sliding_window": false,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0,
-        "hidden_act": "silu",
-        "tie_word_embeddings": true
-    })
-}
-
-struct CandleQwen2 {
-    model: ModelForCausalLM,
-}
-
-impl Reference for CandleQwen2 {
-    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
-        self.model.clear_kv_cache();
-        logits(self.model.forward(&input(tokens), 0))
-    }
-
-    fn cached(&mut self, tokens: &[u32], prompt: usize) -> Option<Vec<Vec<f32>>> {
-        self.model.clear_kv_cache();
-        let mut out = vec![logits(self.model.forward(&input(&tokens[..prompt]), 0))];
-        for (i, &t) in tokens[prompt..].iter().enumerate() {
-            out.push(logits(self.model.forward(&input(&[t]), prompt + i)));
-        }
-        Some(out)
-    }
-}
-
-/// candle's quantized qwen2 on the GGUF file.
-struct CandleQuantizedQwen2 {
-    path: std::path::PathBuf,
-}
-
-impl CandleQuantizedQwen2 {
-    fn model(&self) -> ModelWeights {
-        let (content, mut file) = read_gguf(&self.path);
-        ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap()
-    }
-}
-
-impl Reference for CandleQuantizedQwen2 {
-    fn full(&mut self, tokens: &[u32]) -> Vec<f32> {
-        logits(self.model().forward(&input(tokens), 0))
-    }
-
-    fn cached(&mut self, tokens: &[u32], prompt: usize) -> Option<Vec<Vec<f32>>> {
-        let mut model = self.model();
-        let mut out = vec![logits(model.forward(&input(&tokens[..prompt]), 0))];
-        for (i, &t) in tokens[prompt..].iter().enumerate() {
-            out.push(logits(model.forward(&input(&[t]), prompt + i)));
-        }
-        Some(out)
-    }
+    tiny_config(
+        "Qwen2ForCausalLM",
+        "qwen2",
+        json!({
+            "sliding_window": 128,
+            "max_window_layers": 4,
+            "use_sliding_window": false,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0,
+            "hidden_act": "silu",
+            "tie_word_embeddings": true
+        }),
+    )
 }
 
 #[test]
 fn qwen2_biases_match_candle_transformers_qwen2() {
     let written = Written::new(Family::Qwen2, config(), 51);
-    let config: Config = serde_json::from_value(written.model.config.clone()).unwrap();
-    let vb = VarBuilder::from_tensors(written.model.weights.clone(), DType::F32, &Device::Cpu);
-    let mut reference = CandleQwen2 {
-        model: ModelForCausalLM::new(&config, vb).unwrap(),
-    };
-    let tokens = written.sequence(&prompt(20), 4);
-    written.check_reference(&mut reference, &tokens, 20);
+    let config: Config = written.candle_config();
+    let model = ModelForCausalLM::new(&config, written.var_builder()).unwrap();
+    written.check_reference_on_the_prompt(&mut Candle::new(model));
 }
 
 #[test]
@@ -99,9 +42,9 @@ fn qwen2_gguf_matches_the_safetensors_and_candle_quantized_qwen2() {
     let written = Written::new(Family::Qwen2, config(), 51);
     let tokens = written.sequence(&prompt(20), 4);
     written.check_gguf_matches_safetensors(&tokens, 20);
-    let mut reference = CandleQuantizedQwen2 {
-        path: written.gguf.clone(),
-    };
+    let (content, mut file) = read_gguf(&written.gguf);
+    let model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
+    let mut reference = Candle::new(model);
     written.check_gguf_reference(&mut reference, &tokens, 20);
 }
 

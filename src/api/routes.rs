@@ -1,0 +1,45 @@
+//! Every route of the API, and the layers in front of them: the access guard, the body
+//! limit, the request limiter.
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use super::error::ApiError;
+use super::state::ApiState;
+use super::{access, admin, chat, completions, events, info, limit, metrics, ui};
+
+/// Every route of the API.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/style.css", get(ui::style))
+        .route("/v1/events", get(events::events))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/models", get(info::models))
+        .route("/v1/topology", get(info::topology))
+        .route("/healthz", get(info::healthz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/v1/resources", get(admin::list))
+        .route("/v1/resources/health", get(admin::health))
+        .route("/v1/resources/report", get(admin::report))
+        .route("/v1/resources/{id}/reset", post(admin::reset))
+        .route(
+            "/v1/admin/drain",
+            post(admin::drain).get(admin::drain_status),
+        )
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.limiter.clone(),
+            limit::limit,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.max_body_bytes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.clone(),
+            access::guard,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,23 @@
+//! The model: a shard of layers of any supported family, read tensor by tensor from GGUF
+//! or safetensors ([`weights`], [`tensor_names`], [`config`], `loader`) and run by the
+//! sharded decoder ([`shard_model`], a `layer` at a time; [`shard_io`] in and out, a
+//! [`sequence_cache`] per sequence) over a [`backend`]: our CPU kernels (`crate::engine::cpu`)
+//! or candle's ([`candle_backend`], for GPUs); [`device`] and [`cpu_matmul`] pick which.
+//! [`loaded_shard`]: a shard on whichever backend runs it; [`memory`]: what a whole model
+//! needs in memory.
+
+pub mod backend;
+pub mod candle_backend;
+pub mod config;
+pub mod cpu_matmul;
+pub mod device;
+mod layer;
+pub mod loaded_shard;
+mod loader;
+pub mod memory;
+pub mod sequence_cache;
+pub mod shard;
+pub mod shard_io;
+pub mod shard_model;
+pub mod tensor_names;
+pub mod weights;

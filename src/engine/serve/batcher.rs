@@ -1,0 +1,365 @@
+//! Continuous batching: the steps of different requests that are ready on a node at the
+//! same time run as one batched forward pass.
+//!
+//! Steps are queued; a worker thread takes every ready step at once — all single-token
+//! decode steps and at most one prompt chunk (so a new prompt holds the users already
+//! decoding up for one chunk at most) — groups them by layer range, and runs each group
+//! through its shard in one pass: matmuls read every weight once per batch, not once per
+//! request. Requests join and leave the batch at any step. A request's steps run in
+//! position order, whatever order they arrived in. Each finished batch is handed back in
+//! one piece, so that the outputs can travel on together.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::metrics::{Histogram, LATENCY_BUCKETS};
+
+use super::kv_cache::CachePosition;
+use crate::engine::model::shard_io::{ShardInput, ShardOutput};
+
+/// One request's step on one of this node's layer ranges.
+pub struct StepJob {
+    pub request_id: String,
+    pub start: usize,
+    pub end: usize,
+    pub input: ShardInput,
+    /// The request's position (its cache length) before this step.
+    pub position: usize,
+    /// Positions to reserve in the KV budget when this step starts the request here.
+    pub reserve_positions: usize,
+    /// The caller's handle on the step, handed back with its outcome.
+    pub tag: u64,
+    /// Where the finished batch goes.
+    pub sink: StepSink,
+}
+
+/// A step's outcome.
+pub struct StepDone {
+    pub tag: u64,
+    pub request_id: String,
+    pub output: anyhow::Result<ShardOutput>,
+}
+
+/// Where a finished batch's outcomes go, one message per batch.
+pub type StepSink = mpsc::UnboundedSender<Vec<StepDone>>;
+
+/// What the batcher drives: the model whose steps it queues (the engine's loaded model).
+pub trait StepRunner: Send + Sync + 'static {
+    /// Where `request_id` stands on the layer range `[start, end)`.
+    fn cache_position(&self, request_id: &str, start: usize, end: usize) -> CachePosition;
+
+    /// Runs a batch of steps of one layer range; each step's outcome, with its sink.
+    fn run_batch(&self, jobs: Vec<StepJob>) -> Vec<(StepDone, StepSink)>;
+}
+
+/// How batches are formed.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Rows (tokens) a batch may hold; single-token steps always fit, a prompt chunk joins
+    /// only if it fits too (or the batch would otherwise be empty).
+    pub max_rows: usize,
+    /// A step waiting longer than this for its predecessor fails (its request is lost).
+    pub max_wait: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_rows: 1024,
+            max_wait: Duration::from_secs(120),
+        }
+    }
+}
+
+struct Queued {
+    job: StepJob,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    running: bool,
+}
+
+/// The queue and its worker.
+pub struct Batcher {
+    state: Mutex<State>,
+    ready: Condvar,
+    /// Set when the model goes away (without the lock: the last reference to the model
+    /// may be dropped by the worker itself).
+    stopping: std::sync::atomic::AtomicBool,
+    limits: BatchLimits,
+    batches: std::sync::atomic::AtomicU64,
+    batched_steps: std::sync::atomic::AtomicU64,
+    /// How long each batch took, per layer range (for `/metrics`: step time per shard).
+    step_times: Mutex<Vec<(usize, usize, Arc<Histogram>)>>,
+}
+
+impl Batcher {
+    pub fn new(limits: BatchLimits) -> Self {
+        Batcher {
+            state: Mutex::new(State::default()),
+            ready: Condvar::new(),
+            stopping: Default::default(),
+            limits,
+            batches: Default::default(),
+            batched_steps: Default::default(),
+            step_times: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Batch durations per layer range `(start, end)` this node has run.
+    pub fn step_times(&self) -> Vec<(usize, usize, Arc<Histogram>)> {
+        self.step_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn record_batch(&self, start: usize, end: usize, took: Duration) {
+        let mut times = self.step_times.lock().unwrap_or_else(|p| p.into_inner());
+        let histogram = match times.iter().find(|(s, e, _)| (*s, *e) == (start, end)) {
+            Some((_, _, h)) => h.clone(),
+            None => {
+                let h = Arc::new(Histogram::new(LATENCY_BUCKETS));
+                times.push((start, end, h.clone()));
+                h
+            }
+        };
+        drop(times);
+        histogram.observe(took);
+    }
+
+    /// Queues a step; the worker starts on first use and lives as long as the model.
+    pub fn submit(self: &Arc<Self>, model: Weak<dyn StepRunner>, job: StepJob) {
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            fail_all(vec![(
+                job,
+                "the inference engine is shutting down".to_string(),
+            )]);
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.queue.push_back(Queued {
+            job,
+            since: Instant::now(),
+        });
+        if !state.running {
+            state.running = true;
+            let batcher = self.clone();
+            std::thread::Builder::new()
+                .name("exo-batcher".into())
+                .spawn(move || run(batcher, model))
+                .expect("the batcher thread starts");
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Steps waiting to run.
+    pub fn queued(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queue
+            .len()
+    }
+
+    /// Batches run and steps they held (their ratio is the mean batch size).
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.batches.load(Relaxed), self.batched_steps.load(Relaxed))
+    }
+
+    /// Stops the worker after the batch it is running; queued steps fail. Takes no lock
+    /// (the model's drop calls it, possibly on the worker itself).
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.ready.notify_all();
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits for ready steps and takes a batch of them, with the steps that can never run
+    /// (None: stop; the queued steps are failed).
+    #[allow(clippy::type_complexity)]
+    fn next_batch(
+        &self,
+        model: &Weak<dyn StepRunner>,
+    ) -> Option<(Arc<dyn StepRunner>, Vec<StepJob>, Vec<(StepJob, String)>)> {
+        loop {
+            let strong = model.upgrade().filter(|_| !self.is_stopping());
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(strong) = strong else {
+                let left: Vec<(StepJob, String)> = state
+                    .queue
+                    .drain(..)
+                    .map(|q| (q.job, "the inference engine is shutting down".to_string()))
+                    .collect();
+                state.running = false;
+                drop(state);
+                fail_all(left);
+                return None;
+            };
+            let (batch, failed) = take_ready(&mut state.queue, strong.as_ref(), &self.limits);
+            if !batch.is_empty() || !failed.is_empty() {
+                return Some((strong, batch, failed));
+            }
+            // Nothing ready: wait for a new step (and look at waiting ones now and then).
+            // The model is let go of first, outside the lock.
+            drop(state);
+            drop(strong);
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if !self.is_stopping() {
+                drop(
+                    self.ready
+                        .wait_timeout(state, Duration::from_secs(1))
+                        .unwrap_or_else(|p| p.into_inner()),
+                );
+            }
+        }
+    }
+}
+
+/// Fails steps that cannot run, each to its sink.
+fn fail_all(steps: Vec<(StepJob, String)>) {
+    deliver(
+        steps
+            .into_iter()
+            .map(|(job, reason)| {
+                (
+                    StepDone {
+                        tag: job.tag,
+                        request_id: job.request_id,
+                        output: Err(anyhow::anyhow!(reason)),
+                    },
+                    job.sink,
+                )
+            })
+            .collect(),
+    );
+}
+
+/// Takes the steps that can run now: for each request only its earliest queued step, and
+/// only if it is at its cache's position; every single-token step; at most one multi-row
+/// step (a prompt chunk), if it fits the row budget or nothing else is ready; all of one
+/// layer range (the range of the oldest ready step). Steps that can never run (behind
+/// their cache, or a continuation with no cache and nothing before it, or waiting too
+/// long) are taken out to fail, with the reason.
+fn take_ready(
+    queue: &mut VecDeque<Queued>,
+    model: &dyn StepRunner,
+    limits: &BatchLimits,
+) -> (Vec<StepJob>, Vec<(StepJob, String)>) {
+    let mut taken = Vec::new();
+    let mut failed = Vec::new();
+    let mut range = None;
+    let mut rows = 0;
+    let mut chunk_taken = false;
+    let mut seen = std::collections::HashSet::new();
+    let mut i = 0;
+    while i < queue.len() {
+        let q = &queue[i];
+        let job = &q.job;
+        // Only a request's earliest queued step on a range may run.
+        if !seen.insert((job.request_id.clone(), job.start, job.end)) {
+            i += 1;
+            continue;
+        }
+        let at = model.cache_position(&job.request_id, job.start, job.end);
+        let runnable = match at {
+            CachePosition::At(len) => job.position == len,
+            CachePosition::Absent => job.position == 0,
+            CachePosition::Busy => false,
+        };
+        let problem = match at {
+            CachePosition::At(len) if job.position < len => Some(format!(
+                "step at position {} of request {} arrived after the request reached {len}",
+                job.position, job.request_id
+            )),
+            CachePosition::Absent if job.position > 0 => Some(format!(
+                "no KV cache for request {} at position {}: it was evicted or never started \
+                 on this shard",
+                job.request_id, job.position
+            )),
+            // Only a step held back by its own request's earlier steps can wait too long:
+            // one that could run but waits its turn behind other requests is just queued.
+            CachePosition::At(_) if !runnable && q.since.elapsed() > limits.max_wait => {
+                Some(format!(
+                    "step at position {} of request {} waited {:?} for the steps before it",
+                    job.position, job.request_id, limits.max_wait
+                ))
+            }
+            _ => None,
+        };
+        if let Some(reason) = problem {
+            let job = queue.remove(i).expect("index in range").job;
+            failed.push((job, reason));
+            continue;
+        }
+        if !runnable || range.is_some_and(|r| r != (job.start, job.end)) {
+            i += 1;
+            continue;
+        }
+        let len = job.input.len();
+        let fits = len <= 1 || (!chunk_taken && (rows + len <= limits.max_rows || rows == 0));
+        if !fits {
+            i += 1;
+            continue;
+        }
+        chunk_taken |= len > 1;
+        rows += len;
+        range = Some((job.start, job.end));
+        taken.push(queue.remove(i).expect("index in range").job);
+    }
+    (taken, failed)
+}
+
+/// The worker: runs batches until the model is dropped or stopped.
+fn run(batcher: Arc<Batcher>, model: Weak<dyn StepRunner>) {
+    while let Some((strong, batch, failed)) = batcher.next_batch(&model) {
+        fail_all(failed);
+        if batch.is_empty() {
+            continue;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        batcher.batches.fetch_add(1, Relaxed);
+        batcher.batched_steps.fetch_add(batch.len() as u64, Relaxed);
+        let (steps, rows) = (
+            batch.len(),
+            batch.iter().map(|j| j.input.len()).sum::<usize>(),
+        );
+        let range = (batch[0].start, batch[0].end);
+        let started = Instant::now();
+        let done = strong.run_batch(batch);
+        batcher.record_batch(range.0, range.1, started.elapsed());
+        tracing::debug!(
+            "batch of {steps} steps ({rows} rows) in {:.2} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        drop(strong);
+        deliver(done);
+    }
+}
+
+/// Hands each finished step to its sink, one message per sink per batch.
+fn deliver(done: Vec<(StepDone, StepSink)>) {
+    let mut groups: Vec<(StepSink, Vec<StepDone>)> = Vec::new();
+    for (step, sink) in done {
+        match groups.iter_mut().find(|(s, _)| s.same_channel(&sink)) {
+            Some((_, steps)) => steps.push(step),
+            None => groups.push((sink, vec![step])),
+        }
+    }
+    for (sink, steps) in groups {
+        // A sink that is gone belongs to a node that is shutting down.
+        let _ = sink.send(steps);
+    }
+}

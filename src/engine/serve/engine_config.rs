@@ -1,0 +1,41 @@
+//! How to build the engine: the model, the device, and the limits of what it holds.
+
+use std::sync::Arc;
+
+use super::batcher::BatchLimits;
+use super::kv_cache::CacheLimits;
+use super::supplier::WeightSupplier;
+use crate::catalog::ResolvedModel;
+use crate::engine::model::cpu_matmul::CpuMatmul;
+use crate::engine::model::device::DeviceChoice;
+
+/// How to build the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model: ResolvedModel,
+    pub device: DeviceChoice,
+    pub cache_limits: CacheLimits,
+    /// Loaded shards kept at once (a node's range changes when the cluster does).
+    pub max_loaded_shards: usize,
+    /// Which kernels run quantized matmuls on the CPU.
+    pub cpu_matmul: CpuMatmul,
+    /// How steps of different requests are batched.
+    pub batch_limits: BatchLimits,
+    /// Where the model's header comes from when it is not on this disk yet (a node whose
+    /// weights come from its peers or the Hub); `None`: the files must be here.
+    pub supply: Option<Arc<dyn WeightSupplier>>,
+}
+
+impl EngineConfig {
+    pub fn new(model: ResolvedModel, device: DeviceChoice) -> Self {
+        EngineConfig {
+            model,
+            device,
+            cache_limits: CacheLimits::default(),
+            max_loaded_shards: 2,
+            cpu_matmul: CpuMatmul::default(),
+            batch_limits: BatchLimits::default(),
+            supply: None,
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Serving requests with the model: per-request KV caches ([`kv_cache`]), continuous
+//! batching of the steps ready on a node ([`batcher`]), picking tokens ([`sampling`]),
+//! generation with in-process shards ([`local`]), the opened model ([`loaded_model`]), and
+//! the engine as a lifecycle-managed resource ([`inference_engine`], built from an
+//! [`engine_config`]), which asks a [`supplier`] for the model's header when
+//! the files are not here yet.
+
+pub mod batcher;
+pub mod engine_config;
+pub mod inference_engine;
+pub mod kv_cache;
+pub mod loaded_model;
+pub mod local;
+pub mod sampling;
+pub mod supplier;
