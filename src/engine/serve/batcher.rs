@@ -53,7 +53,31 @@ pub trait StepRunner: Send + Sync + 'static {
 
     /// Runs a batch of steps of one layer range; each step's outcome, with its sink.
     fn run_batch(&self, jobs: Vec<StepJob>) -> Vec<(StepDone, StepSink)>;
+
+    /// Forgets a step that never finished (its batch panicked): drops its request's cache
+    /// on the range, checked out or not, and the reservation it holds.
+    fn abandon(&self, request_id: &str, start: usize, end: usize);
 }
+
+/// The error of a step whose batch panicked: the engine itself is in question (the flow
+/// marks it degraded), not the request.
+#[derive(Debug)]
+pub struct BatchPanicked {
+    /// What the panic said.
+    pub message: String,
+}
+
+impl std::fmt::Display for BatchPanicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the engine panicked running this step's batch ({}); the step was dropped and the batcher restarted",
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for BatchPanicked {}
 
 /// How batches are formed.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +119,8 @@ pub struct Batcher {
     limits: BatchLimits,
     batches: std::sync::atomic::AtomicU64,
     batched_steps: std::sync::atomic::AtomicU64,
+    /// Batches that panicked.
+    panics: std::sync::atomic::AtomicU64,
     /// How long each batch took, per layer range (for `/metrics`: step time per shard).
     step_times: Mutex<Vec<(usize, usize, Arc<Histogram>)>>,
 }
@@ -108,6 +134,7 @@ impl Batcher {
             limits,
             batches: Default::default(),
             batched_steps: Default::default(),
+            panics: Default::default(),
             step_times: Mutex::new(Vec::new()),
         }
     }
@@ -173,6 +200,11 @@ impl Batcher {
     pub fn counts(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (self.batches.load(Relaxed), self.batched_steps.load(Relaxed))
+    }
+
+    /// Batches that panicked (each failed its steps; the worker went on).
+    pub fn panics(&self) -> u64 {
+        self.panics.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stops the worker after the batch it is running; queued steps fail. Takes no lock
