@@ -306,6 +306,16 @@ async fn engine(state: &ApiState, out: &mut Exposition) {
     )
     .sample("exo_kv_cache_entries", &[], entries as f64);
     out.family(
+        "exo_batch_panics_total",
+        Kind::Counter,
+        "Batches that panicked on this node (their steps failed, the batcher went on).",
+    )
+    .sample(
+        "exo_batch_panics_total",
+        &[],
+        model.as_ref().map_or(0, |m| m.batcher().panics()) as f64,
+    );
+    out.family(
         "exo_step_duration_seconds",
         Kind::Histogram,
         "How long a batch of steps took on this node, per shard (layer range).",

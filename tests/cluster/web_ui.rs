@@ -191,6 +191,7 @@ fn metrics_parse_with_the_prometheus_client_and_move_as_requests_run() {
         ("exo_active_requests", "gauge"),
         ("exo_kv_cache_bytes", "gauge"),
         ("exo_kv_cache_entries", "gauge"),
+        ("exo_batch_panics", "counter"),
         ("exo_resource_state", "gauge"),
         ("exo_resource_errors", "counter"),
         ("exo_peer_rtt_seconds", "gauge"),

@@ -354,8 +354,10 @@ fn take_ready(
     (taken, failed)
 }
 
-/// The worker: runs batches until the model is dropped or stopped.
+/// The worker: runs batches until the model is dropped or stopped. A batch that panics
+/// fails its own steps (freeing what they held) and the worker goes on with the next.
 fn run(batcher: Arc<Batcher>, model: Weak<dyn StepRunner>) {
+    let _restart = RestartAfterPanic(&batcher);
     while let Some((strong, batch, failed)) = batcher.next_batch(&model) {
         fail_all(failed);
         if batch.is_empty() {
@@ -369,15 +371,102 @@ fn run(batcher: Arc<Batcher>, model: Weak<dyn StepRunner>) {
             batch.iter().map(|j| j.input.len()).sum::<usize>(),
         );
         let range = (batch[0].start, batch[0].end);
+        // What a panic would leave of the batch: enough to fail each step and free its cache.
+        let held: Vec<HeldStep> = batch
+            .iter()
+            .map(|job| HeldStep {
+                tag: job.tag,
+                request_id: job.request_id.clone(),
+                start: job.start,
+                end: job.end,
+                sink: job.sink.clone(),
+            })
+            .collect();
         let started = Instant::now();
-        let done = strong.run_batch(batch);
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| strong.run_batch(batch)));
         batcher.record_batch(range.0, range.1, started.elapsed());
-        tracing::debug!(
-            "batch of {steps} steps ({rows} rows) in {:.2} ms",
-            started.elapsed().as_secs_f64() * 1e3
-        );
+        let done = match outcome {
+            Ok(done) => {
+                tracing::debug!(
+                    "batch of {steps} steps ({rows} rows) in {:.2} ms",
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+                done
+            }
+            Err(panic) => batcher.panicked(strong.as_ref(), panic_message(&*panic), held),
+        };
         drop(strong);
         deliver(done);
+    }
+}
+
+/// A step of a running batch, as the worker keeps it in case the batch panics.
+struct HeldStep {
+    tag: u64,
+    request_id: String,
+    start: usize,
+    end: usize,
+    sink: StepSink,
+}
+
+impl Batcher {
+    /// A batch panicked: counts it, frees each step's cache and reservation (a cache the
+    /// step had checked out would otherwise stay busy for good) and fails the steps with
+    /// [`BatchPanicked`].
+    fn panicked(
+        &self,
+        model: &dyn StepRunner,
+        message: String,
+        held: Vec<HeldStep>,
+    ) -> Vec<(StepDone, StepSink)> {
+        self.panics
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(
+            "a batch of {} step(s) panicked ({message}): they fail, their caches are dropped, and the batcher goes on",
+            held.len()
+        );
+        held.into_iter()
+            .map(|step| {
+                model.abandon(&step.request_id, step.start, step.end);
+                let error = BatchPanicked {
+                    message: message.clone(),
+                };
+                (
+                    StepDone {
+                        tag: step.tag,
+                        request_id: step.request_id,
+                        output: Err(anyhow::Error::new(error)),
+                    },
+                    step.sink,
+                )
+            })
+            .collect()
+    }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => text.to_string(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic without a message".into(),
+    }
+}
+
+/// Should the worker itself end by a panic (outside a batch), the next submit starts a
+/// new one instead of queueing behind a worker that is gone.
+struct RestartAfterPanic<'a>(&'a Batcher);
+
+impl Drop for RestartAfterPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .running = false;
+        }
     }
 }
 
