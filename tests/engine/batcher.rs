@@ -1,6 +1,6 @@
 //! The batcher's worker outlives what goes wrong inside a batch: a panic fails that
 //! batch's steps (with an error the flow can tell apart), frees what they held, and the
-//! next steps run.
+//! next steps run; a step submitted while the worker turns to wait is not left waiting.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -145,5 +145,49 @@ async fn a_panic_in_a_batch_fails_its_steps_frees_their_caches_and_the_next_step
         "{:?}",
         done[0].output.as_ref().err()
     );
+    drop(model);
+}
+
+#[tokio::test]
+async fn a_step_submitted_while_the_worker_turns_to_wait_runs_at_once() {
+    let runner = Arc::new(Runner::default());
+    let model: Arc<dyn StepRunner> = runner.clone();
+    // Nothing but a submit may wake the worker within the test's bound.
+    let batcher = Arc::new(Batcher::new(BatchLimits {
+        recheck: Duration::from_secs(60),
+        ..BatchLimits::default()
+    }));
+    let (sink, mut batches) = mpsc::unbounded_channel();
+
+    batcher.submit(Arc::downgrade(&model), job("first", 1, &sink));
+    assert_eq!(next_batch(&mut batches).await[0].tag, 1);
+
+    // The next time the worker finds the queue empty, a step arrives between its look and
+    // its wait: the submit's wake-up must not be lost.
+    let pending = Mutex::new(Some((
+        Arc::downgrade(&batcher),
+        Arc::downgrade(&model),
+        job("second", 2, &sink),
+    )));
+    batcher.on_idle(Arc::new(move || {
+        if let Some((batcher, model, job)) = pending.lock().unwrap().take()
+            && let Some(batcher) = batcher.upgrade()
+        {
+            batcher.submit(model, job);
+        }
+    }));
+    // Wake the worker into an idle round: a step that cannot run yet (its predecessor
+    // never comes) makes it look at the queue and find nothing to run.
+    let mut waiting = job("third", 3, &sink);
+    waiting.position = 5;
+    runner
+        .positions
+        .lock()
+        .unwrap()
+        .insert("third".into(), CachePosition::At(0));
+    batcher.submit(Arc::downgrade(&model), waiting);
+    let done = next_batch(&mut batches).await;
+    assert_eq!(done[0].tag, 2);
+    assert!(done[0].output.is_ok());
     drop(model);
 }

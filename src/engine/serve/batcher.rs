@@ -87,6 +87,9 @@ pub struct BatchLimits {
     pub max_rows: usize,
     /// A step waiting longer than this for its predecessor fails (its request is lost).
     pub max_wait: Duration,
+    /// With nothing new submitted, the worker looks at the steps waiting for their
+    /// predecessors this often (to fail those past `max_wait`).
+    pub recheck: Duration,
 }
 
 impl Default for BatchLimits {
@@ -94,6 +97,7 @@ impl Default for BatchLimits {
         BatchLimits {
             max_rows: 1024,
             max_wait: Duration::from_secs(120),
+            recheck: Duration::from_secs(1),
         }
     }
 }
@@ -123,7 +127,13 @@ pub struct Batcher {
     panics: std::sync::atomic::AtomicU64,
     /// How long each batch took, per layer range (for `/metrics`: step time per shard).
     step_times: Mutex<Vec<(usize, usize, Arc<Histogram>)>>,
+    /// Called each time the worker found nothing to run, before it waits: tests submit
+    /// from here, at the worst moment for a wake-up.
+    idle_hook: Mutex<Option<IdleHook>>,
 }
+
+/// See [`Batcher::on_idle`].
+pub type IdleHook = Arc<dyn Fn() + Send + Sync>;
 
 impl Batcher {
     pub fn new(limits: BatchLimits) -> Self {
@@ -136,7 +146,14 @@ impl Batcher {
             batched_steps: Default::default(),
             panics: Default::default(),
             step_times: Mutex::new(Vec::new()),
+            idle_hook: Mutex::new(None),
         }
+    }
+
+    /// Runs `hook` each time the worker has found nothing to run and is about to wait
+    /// (between its look at the queue and its wait): where a submit must not be missed.
+    pub fn on_idle(&self, hook: IdleHook) {
+        *self.idle_hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// Batch durations per layer range `(start, end)` this node has run.
@@ -248,11 +265,19 @@ impl Batcher {
             // The model is let go of first, outside the lock.
             drop(state);
             drop(strong);
+            let hook = self
+                .idle_hook
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                hook();
+            }
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if !self.is_stopping() {
                 drop(
                     self.ready
-                        .wait_timeout(state, Duration::from_secs(1))
+                        .wait_timeout(state, self.limits.recheck)
                         .unwrap_or_else(|p| p.into_inner()),
                 );
             }
