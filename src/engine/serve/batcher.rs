@@ -111,6 +111,9 @@ struct Queued {
 struct State {
     queue: VecDeque<Queued>,
     running: bool,
+    /// Steps submitted so far: the worker waits only if none came since it last looked
+    /// (a submit between its look and its wait would otherwise go unnoticed).
+    submitted: u64,
 }
 
 /// The queue and its worker.
@@ -192,6 +195,7 @@ impl Batcher {
             job,
             since: Instant::now(),
         });
+        state.submitted += 1;
         if !state.running {
             state.running = true;
             let batcher = self.clone();
@@ -261,6 +265,7 @@ impl Batcher {
             if !batch.is_empty() || !failed.is_empty() {
                 return Some((strong, batch, failed));
             }
+            let looked_at = state.submitted;
             // Nothing ready: wait for a new step (and look at waiting ones now and then).
             // The model is let go of first, outside the lock.
             drop(state);
@@ -274,7 +279,7 @@ impl Batcher {
                 hook();
             }
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if !self.is_stopping() {
+            if !self.is_stopping() && state.submitted == looked_at {
                 drop(
                     self.ready
                         .wait_timeout(state, self.limits.recheck)
