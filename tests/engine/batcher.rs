@@ -107,7 +107,9 @@ async fn a_panic_in_a_batch_fails_its_steps_frees_their_caches_and_the_next_step
     let failed = next_batch(&mut batches).await;
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].tag, 1);
-    let error = failed[0].output.as_ref().err().expect("the step failed");
+    let Err(error) = &failed[0].output else {
+        panic!("the step of the panicked batch did not fail");
+    };
     assert!(
         error.downcast_ref::<BatchPanicked>().is_some(),
         "the failure says the batch panicked (so the flow marks the engine degraded): {error:#}"
