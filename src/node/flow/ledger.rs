@@ -44,6 +44,12 @@ impl StepLedger {
     pub fn forget(&mut self, request_id: &str) {
         self.last.remove(request_id);
     }
+
+    /// Requests remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.last.len()
+    }
 }
 
 /// Requests that have finished, the most recent ones.
@@ -69,5 +75,45 @@ impl Finished {
 
     pub fn contains(&self, request_id: &str) -> bool {
         self.ids.contains(request_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_requests_make_no_room_for_evicting_a_live_one() {
+        let mut ledger = StepLedger::default();
+        assert!(ledger.accept("long", 1));
+        // Far more requests than the bound come and finish while "long" runs on.
+        for i in 0..2 * StepLedger::CAPACITY {
+            let id = format!("short-{i}");
+            assert!(ledger.accept(&id, 0));
+            ledger.forget(&id);
+        }
+        assert!(ledger.knows("long"), "a live request was forgotten");
+        assert!(!ledger.accept("long", 1), "a retried step would run twice");
+        assert!(ledger.accept("long", 2));
+    }
+
+    #[test]
+    fn past_the_bound_the_request_idle_longest_goes_first() {
+        let mut ledger = StepLedger::default();
+        assert!(ledger.accept("live", 0));
+        // Requests whose origins went away without finishing them fill the ledger, while
+        // "live" keeps taking steps.
+        for i in 0..2 * StepLedger::CAPACITY {
+            assert!(ledger.accept(&format!("abandoned-{i}"), 0));
+            if i % 64 == 0 {
+                assert!(ledger.accept("live", 1 + i as u64 / 64));
+            }
+            assert!(
+                ledger.knows("live"),
+                "the live request was evicted before idle ones (after {i} others)"
+            );
+        }
+        assert!(!ledger.knows("abandoned-0"), "the ledger is bounded");
+        assert!(ledger.len() <= StepLedger::CAPACITY);
     }
 }
