@@ -2,14 +2,19 @@
 //! accepted (a retried message whose first copy arrived must not run twice), and the
 //! requests that have finished (late steps of them are refused).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-/// The last step of each request this node accepted, bounded (the oldest requests are
-/// forgotten first).
+/// The last step of each request this node accepted, bounded: past the bound, the request
+/// that has gone longest without a step is forgotten first (a request that finished is
+/// forgotten at once and takes no room, so a live request is never pushed out by ones
+/// that came and went).
 #[derive(Default)]
 pub struct StepLedger {
-    last: HashMap<String, u64>,
-    order: VecDeque<String>,
+    /// Per request: its last step, and when it was last touched (a counter).
+    last: HashMap<String, (u64, u64)>,
+    /// The requests by when they were last touched, oldest first.
+    by_touch: BTreeMap<u64, String>,
+    clock: u64,
 }
 
 impl StepLedger {
@@ -17,20 +22,25 @@ impl StepLedger {
 
     /// Whether `step` of `request_id` is new here (and records it).
     pub fn accept(&mut self, request_id: &str, step: u64) -> bool {
+        self.clock += 1;
+        let now = self.clock;
         match self.last.get_mut(request_id) {
-            Some(last) if *last >= step => false,
-            Some(last) => {
+            Some((last, _)) if *last >= step => false,
+            Some((last, touched)) => {
                 *last = step;
+                self.by_touch.remove(touched);
+                *touched = now;
+                self.by_touch.insert(now, request_id.to_string());
                 true
             }
             None => {
-                if self.order.len() == Self::CAPACITY
-                    && let Some(oldest) = self.order.pop_front()
+                if self.last.len() >= Self::CAPACITY
+                    && let Some((_, oldest)) = self.by_touch.pop_first()
                 {
                     self.last.remove(&oldest);
                 }
-                self.order.push_back(request_id.to_string());
-                self.last.insert(request_id.to_string(), step);
+                self.by_touch.insert(now, request_id.to_string());
+                self.last.insert(request_id.to_string(), (step, now));
                 true
             }
         }
@@ -42,7 +52,9 @@ impl StepLedger {
     }
 
     pub fn forget(&mut self, request_id: &str) {
-        self.last.remove(request_id);
+        if let Some((_, touched)) = self.last.remove(request_id) {
+            self.by_touch.remove(&touched);
+        }
     }
 
     /// Requests remembered.
