@@ -63,6 +63,11 @@ impl Outbox {
             (self.on_failure)(vec![(item, format!("the queue to {peer} was closed"))]);
         }
     }
+
+    /// Peers with a queue (and a sender task).
+    pub fn peers(&self) -> usize {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 /// One peer's sender: takes everything queued, sends steps and results (one message each
@@ -133,5 +138,52 @@ fn report(sent: anyhow::Result<Vec<String>>, items: Vec<Item>, on_failure: &OnFa
     };
     if !failed.is_empty() {
         on_failure(failed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::PeerTimeouts;
+
+    #[tokio::test]
+    async fn a_departed_peers_queue_and_sender_go_and_what_it_held_fails() {
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let seen = failed.clone();
+        let outbox = Outbox::new(Arc::new(move |items: Vec<(Item, String)>| {
+            seen.lock()
+                .unwrap()
+                .extend(items.into_iter().map(|(_, why)| why));
+        }));
+        // A peer nobody listens for: what is sent to it fails.
+        let handle = Managed::new(
+            "peer:gone",
+            GrpcPeerHandle::new("gone", "127.0.0.1:1", PeerTimeouts::default()),
+        );
+        outbox.send(
+            "gone",
+            handle.clone(),
+            Item::Result(pb::ResultItem::default()),
+        );
+        assert_eq!(outbox.peers(), 1);
+
+        // The peer leaves: the peer table retires its handle.
+        handle.cleanup().await.unwrap();
+        let gone = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while outbox.peers() > 0 || Arc::strong_count(&handle) > 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(
+            gone.is_ok(),
+            "the queue of a departed peer is kept ({} queue(s)), and its sender task holds the handle",
+            outbox.peers()
+        );
+        assert_eq!(
+            failed.lock().unwrap().len(),
+            1,
+            "the queued item was reported"
+        );
     }
 }
