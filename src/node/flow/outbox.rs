@@ -75,7 +75,8 @@ impl Outbox {
     }
 
     /// Peers with a queue (and a sender task).
-    pub fn peers(&self) -> usize {
+    #[cfg(test)]
+    fn peers(&self) -> usize {
         self.queues.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
