@@ -115,3 +115,68 @@ impl RequestFlow {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU16;
+
+    use super::*;
+    use crate::catalog::{ModelFormat, ResolvedModel};
+    use crate::discovery::{PeerTable, PeerTableConfig};
+    use crate::engine::{DeviceChoice, EngineConfig, InferenceEngine, SamplingParams};
+    use crate::node::{FlowConfig, GenerateRequest};
+    use crate::resource::{Managed, ResourceRegistry};
+
+    /// A request of this node's own holds a drain for as long as it runs, also while no
+    /// epoch of it waits for a result (before its first plan, or between two epochs).
+    #[tokio::test]
+    async fn a_request_of_its_own_holds_a_drain_while_it_holds_no_epoch() {
+        // An engine that cannot open: the request fails before any epoch is planned.
+        let engine = Managed::new(
+            "engine",
+            InferenceEngine::new(EngineConfig::new(
+                ResolvedModel {
+                    id: "absent".into(),
+                    path: "/nonexistent/absent.gguf".into(),
+                    format: ModelFormat::Gguf,
+                },
+                DeviceChoice::Cpu,
+            )),
+        );
+        let peers = PeerTable::new("a", PeerTableConfig::default(), ResourceRegistry::new());
+        let flow = RequestFlow::new(
+            "a",
+            "absent",
+            Arc::new(AtomicU16::new(0)),
+            Default::default(),
+            engine,
+            peers,
+            FlowConfig::default(),
+        );
+        let mut events = flow.generate(GenerateRequest {
+            prompt: vec![1, 2, 3],
+            max_tokens: 4,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+            top_logprobs: None,
+            request_id: None,
+        });
+        assert_eq!(
+            flow.drain_status().await.own_requests,
+            1,
+            "a drain would stop the node under a request of its own"
+        );
+        while events.recv().await.is_some() {}
+        let released = tokio::time::timeout(Duration::from_secs(2), async {
+            while flow.drain_status().await.own_requests > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(
+            released.is_ok(),
+            "the request ended but still holds the node"
+        );
+    }
+}
