@@ -10,7 +10,7 @@
 //! the old epoch). Then the node stops as it always did.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -33,6 +33,24 @@ impl DrainStatus {
     /// Nothing holds the node any more.
     pub fn is_idle(&self) -> bool {
         self.own_requests == 0 && self.queued_steps == 0 && self.cached_requests == 0
+    }
+}
+
+/// A generation this node originated, counted from `generate` until its outcome is known
+/// (re-plans included: between two epochs no epoch waits for a result, and a drain must
+/// not take that for idle). Dropping it (also by a panic) uncounts it.
+pub(super) struct LiveGeneration(Arc<AtomicUsize>);
+
+impl LiveGeneration {
+    pub(super) fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        LiveGeneration(count.clone())
+    }
+}
+
+impl Drop for LiveGeneration {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
