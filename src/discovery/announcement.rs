@@ -288,21 +288,18 @@ impl DatagramStats {
 
     /// Datagrams ignored for any reason but being our own.
     pub fn ignored(&self) -> u64 {
-        [
+        let unread = [
             &self.too_large,
             &self.malformed,
             &self.foreign,
             &self.wrong_version,
             &self.invalid,
-            &self.unauthenticated,
-            &self.stale,
-            &self.replayed,
-            &self.not_loopback,
-            &self.wrong_sender,
-        ]
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .sum()
+        ];
+        unread
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + self.refused()
     }
 
     pub fn to_json(&self) -> serde_json::Value {

@@ -189,15 +189,8 @@ fn without_listen_or_a_key_the_api_listens_on_loopback() {
     default_model();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(exo_bin())
-        .args([
-            "node",
-            "--device",
-            "cpu",
-            "--discovery",
-            "none",
-            "--api-port",
-            "0",
-        ])
+        .args(crate::support::LONE_CPU_NODE)
+        .args(["--api-port", "0"])
         .arg("--data-dir")
         .arg(dir.path().join("quiet"))
         .env("EXO_MODELS_DIR", crate::support::models_dir())

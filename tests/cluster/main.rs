@@ -17,6 +17,7 @@ mod e2e;
 #[path = "../catalog/fake_hub.rs"]
 mod fake_hub;
 mod harness;
+mod host_check;
 mod hub_layers;
 mod logprobs;
 mod memory;

@@ -61,25 +61,7 @@ fn a_keyed_cluster_in_network_namespaces_shuts_out_an_intruder_and_hides_prompts
 /// or dialled, and neither the node's API nor its gRPC port answers it.
 #[test]
 fn a_stranger_on_the_lan_gets_nothing_from_an_open_node() {
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "this test creates network namespaces and must run as root (as CI does)"
-    );
-    default_model();
-    let output = Command::new("bash")
-        .arg(root().join("scripts").join("netns-open.sh"))
-        .env("EXO_BIN", exo_bin())
-        .env("EXO_MODELS_DIR", models_dir())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "netns-open.sh failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = run_netns_script("netns-open.sh");
     assert!(stdout.contains("netns-open: ok"), "{stdout}");
     assert!(
         stdout.contains("stranger: adopted 0, dials 0, reachable {'api': False, 'grpc': False}"),

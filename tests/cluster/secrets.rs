@@ -56,17 +56,8 @@ fn keygen_writes_a_key_only_its_owner_can_read_and_never_overwrites_one() {
 /// after WAIT (it is then killed).
 fn node_exit(dir: &Path, args: &[&str]) -> Option<(bool, String)> {
     let mut child = Command::new(exo_bin())
-        .args([
-            "node",
-            "--device",
-            "cpu",
-            "--discovery",
-            "none",
-            "--listen",
-            "127.0.0.1",
-            "--api-port",
-            "0",
-        ])
+        .args(crate::support::LONE_CPU_NODE)
+        .args(["--listen", "127.0.0.1", "--api-port", "0"])
         .arg("--data-dir")
         .arg(dir.join("node"))
         .args(args)

@@ -159,22 +159,7 @@ async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refus
     })
     .await;
 
-    for node in [&k1, &k2] {
-        let listed: Vec<String> = node.peers.peers().into_iter().map(|p| p.node_id).collect();
-        let other = if node.node_id() == "k1" { "k2" } else { "k1" };
-        assert_eq!(
-            listed,
-            vec![other.to_string()],
-            "{} lists {listed:?}",
-            node.node_id()
-        );
-        let plan = node.flow.plan().await.unwrap();
-        let ids: Vec<&str> = plan.entries.iter().map(|e| e.node_id.as_str()).collect();
-        assert!(
-            ids.len() == 2 && ids.contains(&"k1") && ids.contains(&"k2"),
-            "{ids:?}"
-        );
-    }
+    assert_only_each_other(&k1, &k2).await;
     // Every forgery reached both and was refused, and nothing else from the forger.
     for node in [&k1, &k2] {
         let stats = discovery_stats(node).await;
@@ -213,6 +198,41 @@ async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refus
     for node in [k1, k2, wrong, open] {
         node.shutdown().await.unwrap();
     }
+}
+
+/// k1 and k2 list only each other, and plan over the two of them.
+async fn assert_only_each_other(k1: &Node, k2: &Node) {
+    for node in [k1, k2] {
+        let listed: Vec<String> = node.peers.peers().into_iter().map(|p| p.node_id).collect();
+        let other = if node.node_id() == "k1" { "k2" } else { "k1" };
+        assert_eq!(
+            listed,
+            vec![other.to_string()],
+            "{} lists {listed:?}",
+            node.node_id()
+        );
+        let plan = node.flow.plan().await.unwrap();
+        let ids: Vec<&str> = plan.entries.iter().map(|e| e.node_id.as_str()).collect();
+        assert!(
+            ids.len() == 2 && ids.contains(&"k1") && ids.contains(&"k2"),
+            "{ids:?}"
+        );
+    }
+}
+
+/// A gRPC server over `node`'s flow that shows `tls`'s certificate (another cluster's).
+async fn stranger_serving(node: &Node, tls: &NodeTls) -> (Arc<Managed<GrpcServer>>, SocketAddr) {
+    let server = Managed::new(
+        "grpc_server",
+        GrpcServer::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            node.flow.clone(),
+            Arc::new(std::sync::atomic::AtomicU16::new(0)),
+        )
+        .with_tls(Some(tls.server_config())),
+    );
+    let at = server.ensure_ready().await.unwrap().local_addr().unwrap();
+    (server, at)
 }
 
 /// A node's `/v1/topology`.
@@ -297,19 +317,7 @@ async fn a_keyed_ring_answers_like_one_node_and_refuses_grpc_from_anyone_without
     .await
     .unwrap_or_else(|_| panic!("{:?}", gate.stats()));
     // The stranger cannot pass for a node either: a member refuses its certificate.
-    let (_server_side, stranger_server) = {
-        let server = Managed::new(
-            "grpc_server",
-            GrpcServer::new(
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                nodes[1].flow.clone(),
-                Arc::new(std::sync::atomic::AtomicU16::new(0)),
-            )
-            .with_tls(Some(stranger.server_config())),
-        );
-        let at = server.ensure_ready().await.unwrap().local_addr().unwrap();
-        (server, at)
-    };
+    let (_server_side, stranger_server) = stranger_serving(&nodes[1], &stranger).await;
     let outcome = health_check(endpoint(stranger_server, Some(member.client_config()))).await;
     assert!(
         outcome.is_err(),
