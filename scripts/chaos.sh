@@ -46,8 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$exo" keygen >"$work/cluster.key" 2>/dev/null
-chmod 600 "$work/cluster.key"
+"$exo" keygen --out "$work/cluster.key" 2>/dev/null
 ip netns add "$switch"
 ip -n "$switch" link add "br$tag" type bridge
 ip -n "$switch" link set "br$tag" up

@@ -37,6 +37,7 @@ DOCS = os.path.join(ROOT, "docs")
 LAYERS = [
     "resource",  # the lifecycle pattern; knows nothing of models or networks
     "metrics",  # histograms and the Prometheus text format
+    "listener",  # accepting connections: caps, timeouts, keepalive, the open-file limit
     "trust",  # the cluster key, sealed datagrams, mutual TLS
     "catalog",  # known models, their files, fetching
     "engine",  # the sharded model, tokenizers, batching (a leaf above catalog)

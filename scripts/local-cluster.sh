@@ -56,8 +56,7 @@ PY
 
 # One cluster key for the three: discovery is authenticated and the nodes talk over
 # mutual TLS (docs/SECURITY.md).
-"$exo" keygen >"$work/cluster.key" 2>/dev/null
-chmod 600 "$work/cluster.key"
+"$exo" keygen --out "$work/cluster.key" 2>/dev/null
 
 ports=()
 echo "== starting three nodes (cluster key $work/cluster.key)"

@@ -6,6 +6,8 @@
 //! - [`resource`]: the lifecycle pattern (states, `Managed<R>`, registry, groups, monitor);
 //!   knows nothing of models or networking.
 //! - [`metrics`]: histograms and the Prometheus text format.
+//! - [`listener`]: accepting connections: caps per server and per address, keepalive,
+//!   the open-file limit; used by the API and gRPC servers.
 //! - [`trust`]: the cluster key, sealed discovery datagrams, key-derived mutual TLS.
 //! - [`catalog`]: known models, where their files come from, fetching, checksums.
 //! - [`engine`]: the sharded inference engine, a resource and a leaf: text in and out
@@ -28,6 +30,7 @@ pub mod catalog;
 pub mod cli;
 pub mod discovery;
 pub mod engine;
+pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod peer;

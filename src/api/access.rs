@@ -1,7 +1,8 @@
 //! Who may call the API: bearer keys on /v1, admin endpoints for the admin key (or
-//! loopback when there is none), no cross-site use unless an origin is allowed, and chat
-//! requests only as JSON (a cross-site form post cannot be JSON without a CORS preflight).
-//! /healthz stays open for load balancers and probes.
+//! loopback when there is none, and no proxy in between), no cross-site use unless an
+//! origin is allowed, only the names the node serves in `Host` (no DNS rebinding), and
+//! chat requests and admin POSTs only as JSON (a cross-site form post cannot be JSON
+//! without a CORS preflight). /healthz stays open for load balancers and probes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,63 @@ fn is_admin(path: &str) -> bool {
 /// page asks for an API key and sends it with the calls it makes).
 pub fn is_static(path: &str) -> bool {
     path == "/" || path.starts_with("/ui/")
+}
+
+/// Whether `host` (a Host header: `name`, `name:port`, `[v6]:port`) names this node: an
+/// IP address, a loopback name, or one of `public_names` (`--public-name`). A
+/// DNS-rebinding page reaches the node under the attacker's own name (whose DNS answer
+/// was moved to the node's address), with an Origin to match, so any other name is
+/// refused. An IP address cannot be such a name: a page is same-origin with it only when
+/// it was served from it.
+fn host_is_served(host: &str, public_names: &[String]) -> bool {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || public_names.iter().any(|p| {
+            let p = p.strip_suffix('.').unwrap_or(p);
+            p.eq_ignore_ascii_case(name)
+        })
+}
+
+/// The host a request names: its Host header, or the authority of its URI (HTTP/2, or a
+/// request in absolute form).
+fn request_host(request: &Request) -> Option<String> {
+    match request.headers().get(header::HOST) {
+        Some(host) => Some(host.to_str().unwrap_or("\u{fffd}").to_string()),
+        None => request.uri().authority().map(|a| a.to_string()),
+    }
+}
+
+/// Headers a reverse proxy adds: a request with any of them came through one, and its
+/// loopback source address says nothing about who sent it.
+const FORWARDING_HEADERS: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "via",
+];
+
+fn forwarded(headers: &HeaderMap) -> Option<&'static str> {
+    FORWARDING_HEADERS
+        .into_iter()
+        .find(|name| headers.contains_key(*name))
+}
+
+/// Whether a request's body is declared JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Whether `origin` is the origin the request was sent to (the node's own web UI: a
@@ -88,6 +146,16 @@ pub async fn guard(
     next: Next,
 ) -> Response {
     let path = request.uri().path().to_string();
+    // Health probes may use any name; everything else answers only to the names this
+    // node serves (a request without any name comes from no browser).
+    if path != "/healthz"
+        && let Some(host) = request_host(&request)
+        && !host_is_served(&host, &config.public_names)
+    {
+        return forbidden(format!(
+            "this node does not serve the name {host:?}: only its IP addresses, localhost and the names given with --public-name"
+        ));
+    }
     let origin = request.headers().get(header::ORIGIN).cloned();
     // Browsers send Origin on cross-site requests (and on the node's own page's POSTs);
     // tools and SDKs do not. An origin that is neither this node's own nor named by
@@ -114,22 +182,22 @@ pub async fn guard(
         if let Err(response) = authorize(&config, peer, &path, request.headers()) {
             return *response;
         }
-        if is_generation(request.method(), &path) {
-            let json = request
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(';').next())
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-            if !json {
-                return ApiError {
-                    status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    ..ApiError::bad_request(
-                        "completion requests must have Content-Type: application/json",
-                    )
-                }
-                .into_response();
+        // A page of another site can send a POST without asking first only with a simple
+        // content type and no Authorization: JSON (or a key) means a CORS preflight,
+        // which the origin check above refuses.
+        let admin_post = request.method() == Method::POST && is_admin(&path);
+        let needs_json = is_generation(request.method(), &path)
+            || (admin_post && !request.headers().contains_key(header::AUTHORIZATION));
+        if needs_json && !is_json(request.headers()) {
+            return ApiError {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ..ApiError::bad_request(if admin_post {
+                    "admin requests must have Content-Type: application/json (or carry the admin key)"
+                } else {
+                    "completion requests must have Content-Type: application/json"
+                })
             }
+            .into_response();
         }
     }
     let mut response = next.run(request).await;
@@ -144,8 +212,8 @@ pub async fn guard(
     response
 }
 
-/// API keys on every /v1 path; the admin key (or loopback, when there is none) on the
-/// admin paths.
+/// API keys on every /v1 path; the admin key (or loopback, when there is none and no
+/// proxy forwarded the request) on the admin paths.
 fn authorize(
     config: &ApiConfig,
     peer: SocketAddr,
@@ -167,6 +235,12 @@ fn authorize(
             return Err(Box::new(forbidden(
                 "the admin endpoints answer only on loopback unless the node has --admin-key",
             )));
+        }
+        // A proxy on this host makes everyone's requests come from loopback.
+        if let Some(header) = forwarded(headers) {
+            return Err(Box::new(forbidden(format!(
+                "this request came through a proxy ({header}): the admin endpoints answer on loopback only to requests sent there directly; give the node --admin-key"
+            ))));
         }
     }
     if config.api_keys.is_empty() || one_of(token, &config.api_keys) {
@@ -252,6 +326,35 @@ mod tests {
         assert!(!same_origin("null", &headers));
         assert!(!same_origin("127.0.0.1:52415", &headers));
         assert!(!same_origin("http://127.0.0.1:52415", &HeaderMap::new()));
+    }
+
+    #[test]
+    fn only_the_names_a_node_serves_are_served() {
+        let public = vec!["exo.example".to_string()];
+        for host in [
+            "127.0.0.1:52415",
+            "10.0.0.7",
+            "[::1]:52415",
+            "[fe80::1]",
+            "localhost:52415",
+            "LOCALHOST.",
+            "exo.example:443",
+            "Exo.Example.",
+        ] {
+            assert!(host_is_served(host, &public), "{host}");
+        }
+        for host in [
+            "evil.example:52415",
+            "exo.example.evil.example",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "[::1",
+            "[evil]:52415",
+            "",
+        ] {
+            assert!(!host_is_served(host, &public), "{host}");
+        }
+        assert!(!host_is_served("exo.example", &[]));
     }
 
     #[test]

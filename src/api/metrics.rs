@@ -40,6 +40,7 @@ pub async fn render(state: &ApiState) -> String {
         1.0,
     );
     requests(state, &mut out);
+    connections(state, &mut out);
     tokens(state, &mut out);
     engine(state, &mut out).await;
     let snapshots: Vec<ResourceSnapshot> =
@@ -101,6 +102,26 @@ fn requests(state: &ApiState, out: &mut Exposition) {
         "Chat requests waiting for a slot of the API's limiter.",
     )
     .sample("exo_queue_depth", &[], state.limiter.queued() as f64);
+    out.family(
+        "exo_event_streams",
+        Kind::Gauge,
+        "/v1/events streams open now (capped by --max-event-streams).",
+    )
+    .sample(
+        "exo_event_streams",
+        &[],
+        state.limiter.event_streams() as f64,
+    );
+    out.family(
+        "exo_event_streams_rejected_total",
+        Kind::Counter,
+        "/v1/events streams refused with 429 for being past the cap.",
+    )
+    .sample(
+        "exo_event_streams_rejected_total",
+        &[],
+        state.limiter.event_streams_rejected() as f64,
+    );
     for (name, help, value) in [
         (
             "exo_steps_total",
@@ -130,6 +151,93 @@ fn requests(state: &ApiState, out: &mut Exposition) {
     ] {
         out.family(name, Kind::Counter, help)
             .sample(name, &[], value as f64);
+    }
+}
+
+/// The connection caps of the API and gRPC servers at work (`crate::listener`).
+fn connections(state: &ApiState, out: &mut Exposition) {
+    let gates: Vec<_> = state
+        .connections
+        .iter()
+        .map(|g| (g.server(), g.stats()))
+        .collect();
+    out.family(
+        "exo_connections",
+        Kind::Gauge,
+        "Connections each server (api, grpc) holds now.",
+    );
+    for (server, stats) in &gates {
+        out.sample("exo_connections", &[("server", server)], stats.open as f64);
+    }
+    out.family(
+        "exo_connections_accepted_total",
+        Kind::Counter,
+        "Connections each server admitted.",
+    );
+    for (server, stats) in &gates {
+        out.sample(
+            "exo_connections_accepted_total",
+            &[("server", server)],
+            stats.accepted as f64,
+        );
+    }
+    out.family(
+        "exo_connections_refused_total",
+        Kind::Counter,
+        "Connections closed at once for a cap: the server's (--max-connections) or their address's (--max-connections-per-ip).",
+    );
+    for (server, stats) in &gates {
+        for (reason, count) in [
+            ("server_cap", stats.refused_server_cap),
+            ("ip_cap", stats.refused_ip_cap),
+        ] {
+            out.sample(
+                "exo_connections_refused_total",
+                &[("server", server), ("reason", reason)],
+                count as f64,
+            );
+        }
+    }
+    out.family(
+        "exo_connections_timed_out_total",
+        Kind::Counter,
+        "Connections closed for staying silent past --connection-timeout-secs (no request headers, no first bytes, an idle keep-alive).",
+    );
+    for (server, stats) in &gates {
+        out.sample(
+            "exo_connections_timed_out_total",
+            &[("server", server)],
+            stats.timed_out as f64,
+        );
+    }
+    out.family(
+        "exo_tls_handshake_failures_total",
+        Kind::Counter,
+        "TLS handshakes of the gRPC server that failed (no certificate of the cluster, not TLS) or did not finish in time.",
+    );
+    for (server, stats) in gates.iter().filter(|(s, _)| *s == "grpc") {
+        for (reason, count) in [
+            ("failed", stats.tls_failed),
+            ("timed_out", stats.tls_timed_out),
+        ] {
+            out.sample(
+                "exo_tls_handshake_failures_total",
+                &[("server", server), ("reason", reason)],
+                count as f64,
+            );
+        }
+    }
+    out.family(
+        "exo_connection_accept_errors_total",
+        Kind::Counter,
+        "Failures of accept itself (above all: out of file descriptors).",
+    );
+    for (server, stats) in &gates {
+        out.sample(
+            "exo_connection_accept_errors_total",
+            &[("server", server)],
+            stats.accept_errors as f64,
+        );
     }
 }
 
@@ -197,6 +305,16 @@ async fn engine(state: &ApiState, out: &mut Exposition) {
         "KV caches (one per request and layer range) on this node.",
     )
     .sample("exo_kv_cache_entries", &[], entries as f64);
+    out.family(
+        "exo_batch_panics_total",
+        Kind::Counter,
+        "Batches that panicked on this node (their steps failed, the batcher went on).",
+    )
+    .sample(
+        "exo_batch_panics_total",
+        &[],
+        model.as_ref().map_or(0, |m| m.batcher().panics()) as f64,
+    );
     out.family(
         "exo_step_duration_seconds",
         Kind::Histogram,

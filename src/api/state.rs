@@ -32,4 +32,6 @@ pub struct ApiState {
     pub peers: Arc<PeerTable>,
     /// Token timings of the generations served here (`/metrics`).
     pub timing: Arc<TokenTiming>,
+    /// The connection caps and counts of the node's servers (API, gRPC), for `/metrics`.
+    pub connections: Vec<Arc<crate::listener::ConnectionGate>>,
 }

@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub grpc_limits: crate::server::MessageLimits,
     /// Who may use the HTTP API, and how much at once.
     pub api: ApiConfig,
+    /// Connection caps and deadlines of the API and gRPC servers (each its own).
+    pub connections: crate::listener::ConnectionLimits,
     /// Where a registry model's files live; `Some` gives the node a weight supply: it
     /// fetches the tensors its plans need from peers or the Hub, and serves what it holds.
     pub models_dir: Option<PathBuf>,
@@ -62,7 +64,8 @@ impl NodeConfig {
             model,
             device: DeviceChoice::Auto,
             cpu_matmul: CpuMatmul::default(),
-            api_listen: SocketAddr::from(([0, 0, 0, 0], 52415)),
+            // An open API is anyone's who reaches it: loopback unless told otherwise.
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 52415)),
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             data_dir: None,
             node_id: None,
@@ -74,6 +77,7 @@ impl NodeConfig {
             insecure: false,
             grpc_limits: crate::server::MessageLimits::default(),
             api: ApiConfig::default(),
+            connections: crate::listener::ConnectionLimits::default(),
             models_dir: None,
             supply: SupplyConfig::default(),
             memory_limit: None,

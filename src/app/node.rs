@@ -79,10 +79,10 @@ impl Node {
         let supply = parts.supply();
         let engine = parts.engine(supply.as_ref());
         let flow = parts.flow(&engine, supply.as_ref());
-        let grpc = parts.grpc(&flow);
+        let (grpc, grpc_connections) = parts.grpc(&flow);
         let discovery = parts.discovery(&flow);
         let monitor = parts.monitor();
-        let (api, api_port) = parts.api(security, &flow, &engine, &monitor);
+        let (api, api_port) = parts.api(security, &flow, &engine, &monitor, grpc_connections);
 
         let mut group = ResourceGroup::new(format!("node {}", parts.node_id));
         if supply.is_some() {

@@ -10,6 +10,7 @@ use crate::discovery::{
     Announcement, ManualDiscovery, PROTOCOL, PROTOCOL_VERSION, PeerTable, UdpDiscovery,
 };
 use crate::engine::{EngineConfig, InferenceEngine, WeightSupplier};
+use crate::listener::ConnectionGate;
 use crate::node::RequestFlow;
 use crate::resource::{AnyResource, Managed, ResourceMonitor, ResourceRegistry};
 use crate::server::GrpcServer;
@@ -82,15 +83,22 @@ impl Parts {
         flow
     }
 
-    pub(super) fn grpc(&self, flow: &Arc<RequestFlow>) -> Arc<Managed<GrpcServer>> {
+    /// The gRPC server, with the gate that counts and caps its connections (for /metrics).
+    pub(super) fn grpc(
+        &self,
+        flow: &Arc<RequestFlow>,
+    ) -> (Arc<Managed<GrpcServer>>, Arc<ConnectionGate>) {
         let config = &self.config;
         let server = GrpcServer::new(config.grpc_listen, flow.clone(), self.grpc_port.clone())
             .with_tls(config.trust.as_ref().map(|t| t.tls.server_config()))
-            .with_limits(config.grpc_limits);
-        Managed::builder("grpc_server", server)
+            .with_limits(config.grpc_limits)
+            .with_connection_limits(config.connections);
+        let gate = server.connection_gate();
+        let grpc = Managed::builder("grpc_server", server)
             .name("gRPC server")
             .register_in(&self.registry)
-            .build()
+            .build();
+        (grpc, gate)
     }
 
     /// UDP discovery (announcing the node while its gRPC server serves, and whether it
@@ -120,6 +128,7 @@ impl Parts {
                         draining: draining.load(Ordering::Relaxed),
                         sent_at_ms: 0,
                         nonce: String::new(),
+                        sender_addresses: Vec::new(),
                     })
                 });
                 Managed::builder(
@@ -161,9 +170,11 @@ impl Parts {
         flow: &Arc<RequestFlow>,
         engine: &Arc<Managed<InferenceEngine>>,
         monitor: &Arc<Managed<Arc<ResourceMonitor>>>,
+        grpc_connections: Arc<ConnectionGate>,
     ) -> (Arc<Managed<ApiServer>>, Arc<AtomicU16>) {
         let config = &self.config;
-        let api_server = ApiServer::new(config.api_listen, config.api.clone(), security.clone());
+        let api_server = ApiServer::new(config.api_listen, config.api.clone(), security.clone())
+            .with_connection_limits(config.connections);
         let api_port = api_server.port_handle();
         let (api_config, limiter) = api_server.access();
         api_server.set_state(ApiState {
@@ -177,6 +188,7 @@ impl Parts {
             limiter,
             peers: self.peers.clone(),
             timing: Default::default(),
+            connections: vec![api_server.connection_gate(), grpc_connections],
         });
         let api = Managed::builder("api_server", api_server)
             .name("HTTP API")

@@ -45,6 +45,7 @@ pub(super) fn apply_trust(config: &mut NodeConfig) -> anyhow::Result<()> {
                 if let DiscoveryMode::Udp(udp) = &mut config.discovery {
                     udp.loopback_only = true;
                 }
+                config.peers.loopback_only = true;
             } else {
                 tracing::warn!(
                     "--insecure: an open cluster announced and reachable beyond loopback"

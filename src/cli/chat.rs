@@ -29,6 +29,9 @@ pub struct ChatArgs {
     /// holds a comma-separated list).
     #[arg(long, env = "EXO_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Read the API key from this file (its first key; readable by its owner only).
+    #[arg(long, env = "EXO_API_KEY_FILE")]
+    pub api_key_file: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
@@ -41,7 +44,8 @@ fn run_blocking(args: ChatArgs) -> anyhow::Result<()> {
         .timeout_connect(Duration::from_secs(3))
         .timeout(Duration::from_secs(600))
         .build();
-    let authorization = super::shared::bearer(args.api_key.as_deref());
+    let key = super::shared::client_key(args.api_key.as_deref(), args.api_key_file.as_deref())?;
+    let authorization = super::shared::bearer(key.as_deref());
     let with_key = |request: ureq::Request| match &authorization {
         Some(value) => request.set("authorization", value),
         None => request,

@@ -50,9 +50,9 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode tokens/s.
     Bench(bench::BenchArgs),
-    /// Print a new cluster key (`exo keygen > cluster.key`; give it to every node with
-    /// --cluster-key).
-    Keygen,
+    /// Make a new cluster key (`exo keygen --out cluster.key`; give it to every node
+    /// with --cluster-key).
+    Keygen(keygen::KeygenArgs),
     /// List or fetch models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -71,7 +71,7 @@ impl Cli {
             Command::Generate(args) => generate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Models(command) => models::run(command).await,
-            Command::Keygen => keygen::run(),
+            Command::Keygen(args) => keygen::run(args),
             Command::BenchTransfer(args) => bench::transfer::run(args).await,
         }
     }

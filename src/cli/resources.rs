@@ -28,6 +28,12 @@ pub struct ResourcesArgs {
     /// --admin-key.
     #[arg(long, env = "EXO_ADMIN_KEY", global = true, hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// Read the API key from this file (its first key; readable by its owner only).
+    #[arg(long, env = "EXO_API_KEY_FILE", global = true)]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Read the admin key from this file, like --api-key-file.
+    #[arg(long, env = "EXO_ADMIN_KEY_FILE", global = true)]
+    pub admin_key_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: ResourcesCommand,
 }
@@ -79,8 +85,10 @@ pub async fn run(args: ResourcesArgs) -> anyhow::Result<()> {
 fn run_blocking(args: ResourcesArgs) -> anyhow::Result<()> {
     let base = args.node.trim_end_matches('/').to_string();
     let agent = agent();
-    let authorization =
-        super::shared::bearer(args.admin_key.as_deref().or(args.api_key.as_deref()));
+    let admin_key =
+        super::shared::client_key(args.admin_key.as_deref(), args.admin_key_file.as_deref())?;
+    let api_key = super::shared::client_key(args.api_key.as_deref(), args.api_key_file.as_deref())?;
+    let authorization = super::shared::bearer(admin_key.as_deref().or(api_key.as_deref()));
     let call = |request: ureq::Request, node: &str| match &authorization {
         Some(value) => call(request.set("authorization", value), node),
         None => call(request, node),
@@ -139,7 +147,9 @@ fn run_blocking(args: ResourcesArgs) -> anyhow::Result<()> {
             if let Some(kind) = kind {
                 url.push_str(&format!("?type={}", encode(kind)));
             }
-            let (code, body) = call(agent.post(&url), &base)?;
+            // JSON, as every admin POST must be (no web page can send one unasked).
+            let request = agent.post(&url).set("content-type", "application/json");
+            let (code, body) = call(request, &base)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&body)?);
             }

@@ -36,6 +36,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.prompt.trim().is_empty() {
         bail!("the prompt is empty");
     }
+    super::node::prepare_fd_limit(&args.node);
     let node = Node::start(args.node.config()?).await?;
     let outcome = answer(&node, &args).await;
     node.shutdown().await?;

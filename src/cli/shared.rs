@@ -64,3 +64,32 @@ pub fn bearer(key: Option<&str>) -> Option<String> {
     let key = key?.split(',').next()?.trim();
     (!key.is_empty()).then(|| format!("Bearer {key}"))
 }
+
+/// The keys in a key file: one a line; blank lines and lines starting with `#` are
+/// skipped. A file other users may read is refused (`crate::trust::read_private_file`).
+pub fn keys_from_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = crate::trust::read_private_file(path)?;
+    let keys: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    anyhow::ensure!(
+        !keys.is_empty(),
+        "the key file {} holds no key",
+        path.display()
+    );
+    Ok(keys)
+}
+
+/// A client's key: the first of `file` when given, else `key` (a flag or the environment).
+pub fn client_key(
+    key: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<String>> {
+    match file {
+        Some(path) => Ok(keys_from_file(path)?.into_iter().next()),
+        None => Ok(key.map(String::from)),
+    }
+}

@@ -1,5 +1,8 @@
 //! The discovery datagram: what a node says about itself, and how a receiver checks it.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +16,11 @@ pub const PROTOCOL: &str = "exo-rs";
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Larger datagrams are ignored unread (a real announcement is a few hundred bytes).
 pub const MAX_DATAGRAM_BYTES: usize = 8 * 1024;
+/// At most this many sender addresses in one announcement.
+pub const MAX_SENDER_ADDRESSES: usize = 64;
+/// Refused datagrams are counted per source address for this many sources (the rest
+/// together), so that an operator sees who talks to the port without the key.
+const MAX_REFUSED_SOURCES: usize = 64;
 
 /// One node's announcement, sent on every suitable interface every announce interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +48,11 @@ pub struct Announcement {
     pub sent_at_ms: u64,
     #[serde(default)]
     pub nonce: String,
+    /// The addresses the sender announces from (its interfaces'). With a cluster key
+    /// they are under the MAC, and a datagram arriving from any other address is refused:
+    /// a host that relays a member's datagram cannot move the member to its own address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sender_addresses: Vec<IpAddr>,
 }
 
 /// Why a datagram was ignored.
@@ -58,6 +71,9 @@ pub enum DatagramError {
     /// Refused by the cluster key: no valid MAC, stale, or replayed.
     #[error("refused: {0}")]
     Refused(SealError),
+    /// Sealed, but sent from an address its body does not name: relayed by another host.
+    #[error("refused: sent from {0}, an address the sealed announcement does not name")]
+    WrongSender(IpAddr),
 }
 
 impl Announcement {
@@ -73,12 +89,16 @@ impl Announcement {
         }
     }
 
-    /// Opens a datagram: with a cluster key, it must carry a valid MAC, be fresh and not a
-    /// replay; then it is decoded and checked as [`decode`](Self::decode) does. Never panics.
+    /// Opens a datagram that arrived from `source`: with a cluster key, it must carry a
+    /// valid MAC, name `source` among its sender addresses, be fresh and not a replay (the
+    /// nonce is remembered only once all else holds, so a relayed copy arriving first
+    /// cannot spend the genuine copy's nonce); then it is decoded and checked as
+    /// [`decode`](Self::decode) does. Never panics.
     pub fn open(
         bytes: &[u8],
         seal: Option<&DatagramSeal>,
         now_ms: u64,
+        source: IpAddr,
     ) -> Result<Self, DatagramError> {
         let Some(seal) = seal else {
             return Self::decode(bytes);
@@ -88,6 +108,9 @@ impl Announcement {
         }
         let body = seal.open(bytes).map_err(DatagramError::Refused)?;
         let announcement = Self::decode(body)?;
+        if !announcement.sender_addresses.contains(&source) {
+            return Err(DatagramError::WrongSender(source));
+        }
         seal.check_fresh(announcement.sent_at_ms, &announcement.nonce, now_ms)
             .map_err(DatagramError::Refused)?;
         Ok(announcement)
@@ -134,6 +157,9 @@ impl Announcement {
         if announcement.grpc_port == 0 {
             return Err(DatagramError::Invalid("gRPC port 0"));
         }
+        if announcement.sender_addresses.len() > MAX_SENDER_ADDRESSES {
+            return Err(DatagramError::Invalid("more than 64 sender addresses"));
+        }
         Ok(announcement)
     }
 }
@@ -155,6 +181,12 @@ pub struct DatagramStats {
     pub unauthenticated: AtomicU64,
     pub stale: AtomicU64,
     pub replayed: AtomicU64,
+    /// Refused by an open node that hears only from loopback: sent from elsewhere.
+    pub not_loopback: AtomicU64,
+    /// Sealed, but relayed from an address the sender does not name.
+    pub wrong_sender: AtomicU64,
+    /// Refused datagrams by source address (bounded; see `MAX_REFUSED_SOURCES`).
+    refused_from: Mutex<BTreeMap<String, u64>>,
     pub sent: AtomicU64,
     pub send_errors: AtomicU64,
 }
@@ -174,6 +206,9 @@ impl Default for DatagramStats {
             unauthenticated: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            not_loopback: AtomicU64::new(0),
+            wrong_sender: AtomicU64::new(0),
+            refused_from: Mutex::new(BTreeMap::new()),
             sent: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
         }
@@ -191,7 +226,14 @@ impl DatagramStats {
         self.handled.subscribe()
     }
 
-    pub fn count_error(&self, error: &DatagramError) {
+    /// Counts a datagram from `source` that was not taken, by why.
+    pub fn count_error(&self, error: &DatagramError, source: IpAddr) {
+        if matches!(
+            error,
+            DatagramError::Refused(_) | DatagramError::WrongSender(_)
+        ) {
+            self.count_refused_source(source);
+        }
         let counter = match error {
             DatagramError::TooLarge(_) => &self.too_large,
             DatagramError::Malformed(_) => &self.malformed,
@@ -201,33 +243,63 @@ impl DatagramStats {
             DatagramError::Refused(SealError::Unauthenticated) => &self.unauthenticated,
             DatagramError::Refused(SealError::Stale(_)) => &self.stale,
             DatagramError::Refused(SealError::Replayed | SealError::BadNonce) => &self.replayed,
+            DatagramError::WrongSender(_) => &self.wrong_sender,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Datagrams refused by the cluster key (no valid MAC, stale, replayed).
+    /// Counts a datagram an open node refused for not coming from loopback.
+    pub fn count_not_loopback(&self, source: IpAddr) -> u64 {
+        self.count_refused_source(source);
+        self.not_loopback.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn count_refused_source(&self, source: IpAddr) {
+        let mut sources = self.refused_from.lock().unwrap_or_else(|p| p.into_inner());
+        let key = source.to_string();
+        let key = if sources.contains_key(&key) || sources.len() < MAX_REFUSED_SOURCES {
+            key
+        } else {
+            "others".to_string()
+        };
+        *sources.entry(key).or_insert(0) += 1;
+    }
+
+    /// Refused datagrams from `source` so far.
+    pub fn refused_from(&self, source: IpAddr) -> u64 {
+        let sources = self.refused_from.lock().unwrap_or_else(|p| p.into_inner());
+        sources.get(&source.to_string()).copied().unwrap_or(0)
+    }
+
+    /// Datagrams refused: by the cluster key (no valid MAC, stale, replayed), or by an
+    /// open node for not coming from loopback.
     pub fn refused(&self) -> u64 {
-        [&self.unauthenticated, &self.stale, &self.replayed]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        [
+            &self.unauthenticated,
+            &self.stale,
+            &self.replayed,
+            &self.not_loopback,
+            &self.wrong_sender,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
     }
 
     /// Datagrams ignored for any reason but being our own.
     pub fn ignored(&self) -> u64 {
-        [
+        let unread = [
             &self.too_large,
             &self.malformed,
             &self.foreign,
             &self.wrong_version,
             &self.invalid,
-            &self.unauthenticated,
-            &self.stale,
-            &self.replayed,
-        ]
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .sum()
+        ];
+        unread
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + self.refused()
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -247,7 +319,10 @@ impl DatagramStats {
                 "unauthenticated": get(&self.unauthenticated),
                 "stale": get(&self.stale),
                 "replayed": get(&self.replayed),
+                "not_loopback": get(&self.not_loopback),
+                "wrong_sender": get(&self.wrong_sender),
             },
+            "refused_from": *self.refused_from.lock().unwrap_or_else(|p| p.into_inner()),
             "sent": get(&self.sent),
             "send_errors": get(&self.send_errors),
         })

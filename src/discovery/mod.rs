@@ -8,7 +8,8 @@ mod peer_table;
 mod udp;
 
 pub use announcement::{
-    Announcement, DatagramError, DatagramStats, MAX_DATAGRAM_BYTES, PROTOCOL, PROTOCOL_VERSION,
+    Announcement, DatagramError, DatagramStats, MAX_DATAGRAM_BYTES, MAX_SENDER_ADDRESSES, PROTOCOL,
+    PROTOCOL_VERSION,
 };
 pub use interfaces::{BroadcastTarget, InterfaceFilter, broadcast_targets};
 pub use manual::{ManualDiscovery, parse_peers_file, read_peers_file};

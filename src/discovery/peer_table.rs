@@ -35,6 +35,10 @@ pub struct PeerTableConfig {
     /// The most peers the table keeps; sightings of new ones past it are refused (an open
     /// cluster's neighbours could otherwise make it hold any number of handles).
     pub max_peers: usize,
+    /// An open node not told `--insecure`: only peers at loopback addresses are taken on
+    /// (from announcements, the peers file or plans), so that no host on the network is
+    /// listed or dialled.
+    pub loopback_only: bool,
 }
 
 impl Default for PeerTableConfig {
@@ -54,6 +58,7 @@ impl Default for PeerTableConfig {
             timeouts,
             tls: None,
             max_peers: DEFAULT_MAX_PEERS,
+            loopback_only: false,
         }
     }
 }
@@ -111,6 +116,8 @@ pub struct PeerTable {
     joined: watch::Sender<Vec<PeerInfo>>,
     /// Sightings of new peers refused because the table was full.
     refused_full: std::sync::atomic::AtomicU64,
+    /// Sightings and plan addresses refused for being off loopback (`loopback_only`).
+    refused_off_loopback: std::sync::atomic::AtomicU64,
 }
 
 impl PeerTable {
@@ -126,6 +133,7 @@ impl PeerTable {
             entries: Mutex::new(HashMap::new()),
             joined: watch::channel(Vec::new()).0,
             refused_full: std::sync::atomic::AtomicU64::new(0),
+            refused_off_loopback: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -139,6 +147,9 @@ impl PeerTable {
     /// an announcement of its own at once, instead of at its next tick).
     pub fn observe(self: &Arc<Self>, sighting: Sighting) -> bool {
         if sighting.node_id == self.self_id {
+            return false;
+        }
+        if !self.may_reach(&sighting.node_id, &sighting.address) {
             return false;
         }
         let now = Instant::now();
@@ -229,41 +240,71 @@ impl PeerTable {
     /// know it yet. Plans carry every node's address for this: in an open cluster a node
     /// may be asked to forward to a peer whose announcement has not reached it yet (they
     /// go out twice a second), and the request must not fail for that. In a keyed cluster
-    /// a plan alone never makes a peer: None unless the node proved the key to this one
-    /// (an authenticated datagram, or the operator's peers file).
+    /// a plan alone never makes a peer: refused unless the node proved the key to this one
+    /// (an authenticated datagram, or the operator's peers file); an open node that keeps
+    /// to loopback refuses an address off loopback. The error says why.
     pub fn adopt(
         self: &Arc<Self>,
         node_id: &str,
         address: &str,
         model_id: &str,
-    ) -> Option<Arc<Managed<GrpcPeerHandle>>> {
+    ) -> Result<Arc<Managed<GrpcPeerHandle>>, String> {
         if let Some(entry) = self.lock().get_mut(node_id) {
             // In use: not to be retired as silent while a request needs it.
             entry.last_seen = Instant::now();
-            return Some(entry.handle.clone());
+            return Ok(entry.handle.clone());
         }
         if self.is_keyed() {
-            return None;
+            return Err(format!(
+                "node {node_id} has not proven the cluster key to node {}",
+                self.self_id
+            ));
         }
-        self.observe(Sighting {
+        if !self.may_reach(node_id, address) {
+            return Err(format!(
+                "node {node_id} is at {address}, off loopback, and node {} is open: it keeps to loopback (give every node --cluster-key, or --insecure)",
+                self.self_id
+            ));
+        }
+        let sighting = Sighting {
             node_id: node_id.to_string(),
             address: address.to_string(),
             priority: 0,
             model_id: model_id.to_string(),
             capabilities: None,
-        });
-        Some(match self.handle(node_id) {
+        };
+        self.observe(sighting.clone());
+        Ok(match self.handle(node_id) {
             Some(handle) => handle,
             // Only our own id is never taken on; a plan naming us as a peer is a bug of the
             // sender's, and a handle that fails on use says so.
-            None => self.new_handle(&Sighting {
-                node_id: node_id.to_string(),
-                address: address.to_string(),
-                priority: 0,
-                model_id: model_id.to_string(),
-                capabilities: None,
-            }),
+            None => self.new_handle(&sighting),
         })
+    }
+
+    /// Whether this node may take on a peer at `address`: anywhere, unless it keeps to
+    /// loopback. A refusal is counted (and logged, the first time at warning level).
+    fn may_reach(&self, node_id: &str, address: &str) -> bool {
+        if !self.config.loopback_only || is_loopback_address(address) {
+            return true;
+        }
+        let refused = self
+            .refused_off_loopback
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if refused == 0 {
+            tracing::warn!(
+                "refused peer {node_id} at {address}: an open node takes peers on loopback only (give every node --cluster-key, or --insecure)"
+            );
+        } else {
+            tracing::debug!("refused peer {node_id} at {address}: off loopback");
+        }
+        false
+    }
+
+    /// Peers refused for being off loopback (an open node that keeps to loopback).
+    pub fn refused_off_loopback(&self) -> u64 {
+        self.refused_off_loopback
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sightings of new peers refused because the table was full.
@@ -441,6 +482,16 @@ impl PeerTable {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Whether `address` (host:port, as sightings and plans carry it) is on loopback.
+fn is_loopback_address(address: &str) -> bool {
+    match address.parse::<std::net::SocketAddr>() {
+        Ok(address) => address.ip().is_loopback(),
+        Err(_) => address
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
     }
 }
 

@@ -31,7 +31,8 @@ pub struct UdpDiscoveryConfig {
     pub filter: InterfaceFilter,
     /// With a cluster key: datagrams are sealed and only sealed ones are accepted.
     pub seal: Option<Arc<DatagramSeal>>,
-    /// Announce on loopback interfaces only (an open cluster not told `--insecure`).
+    /// Announce on loopback interfaces only, and hear only datagrams from loopback (an
+    /// open cluster not told `--insecure`).
     pub loopback_only: bool,
 }
 
@@ -125,10 +126,18 @@ async fn announce_once(
             return;
         }
     };
+    let targets: Vec<_> = targets
+        .into_iter()
+        .filter(|t| !config.loopback_only || t.address.is_loopback())
+        .collect();
+    // Every address a copy may leave from; a receiver with the key refuses the datagram
+    // from any other (a relay).
+    announcement.sender_addresses = targets
+        .iter()
+        .map(|t| std::net::IpAddr::V4(t.address))
+        .take(super::announcement::MAX_SENDER_ADDRESSES)
+        .collect();
     for target in targets {
-        if config.loopback_only && !target.address.is_loopback() {
-            continue;
-        }
         announcement.interface_priority = target.priority;
         // Every copy is fresh: a receiver refuses a nonce it has seen.
         announcement.sent_at_ms = now_ms();
@@ -151,14 +160,18 @@ async fn announce_once(
     }
 }
 
-async fn listen(
-    socket: Arc<UdpSocket>,
+/// What the listening task needs to judge and record a datagram.
+struct Receiver {
     self_id: String,
     stats: Arc<DatagramStats>,
     peers: Arc<PeerTable>,
     newcomer: Arc<Notify>,
     seal: Option<Arc<DatagramSeal>>,
-) {
+    /// An open node not told `--insecure` hears only from loopback.
+    loopback_only: bool,
+}
+
+async fn listen(socket: Arc<UdpSocket>, receiver: Receiver) {
     // One byte more than the limit, so that an oversized datagram shows as such.
     let mut buffer = vec![0u8; MAX_DATAGRAM_BYTES + 1];
     loop {
@@ -170,62 +183,66 @@ async fn listen(
                 continue;
             }
         };
-        stats.received.fetch_add(1, Ordering::Relaxed);
-        if handle_datagram(
-            &buffer[..length],
-            source,
-            &self_id,
-            &stats,
-            &peers,
-            seal.as_deref(),
-        ) {
-            newcomer.notify_one();
+        receiver.stats.received.fetch_add(1, Ordering::Relaxed);
+        if receiver.handle(&buffer[..length], source) {
+            receiver.newcomer.notify_one();
         }
-        stats.handled();
+        receiver.stats.handled();
     }
 }
 
-/// Checks one datagram and tells the peer table what it says; anything else is counted
-/// and ignored. Returns whether it came from a node new to the table.
-fn handle_datagram(
-    bytes: &[u8],
-    source: SocketAddr,
-    self_id: &str,
-    stats: &DatagramStats,
-    peers: &Arc<PeerTable>,
-    seal: Option<&DatagramSeal>,
-) -> bool {
-    let announcement = match Announcement::open(bytes, seal, now_ms()) {
-        Ok(announcement) => announcement,
-        Err(error) => {
-            if matches!(error, super::DatagramError::Refused(_)) {
-                tracing::debug!("refused a datagram from {source}: {error}");
-            } else {
-                tracing::debug!("ignored a datagram from {source}: {error}");
+impl Receiver {
+    /// Checks one datagram and tells the peer table what it says; anything else is
+    /// counted and ignored. Returns whether it came from a node new to the table.
+    fn handle(&self, bytes: &[u8], source: SocketAddr) -> bool {
+        let stats = &self.stats;
+        if self.loopback_only && !source.ip().is_loopback() {
+            // An open node's peers are on this host: anyone else could join it without a
+            // key. (The kernel drops packets from the network that claim a loopback source.)
+            if stats.count_not_loopback(source.ip()) == 0 {
+                tracing::warn!(
+                    "refused a discovery datagram from {source}: an open node hears only from loopback (give every node --cluster-key, or --insecure)"
+                );
             }
-            stats.count_error(&error);
             return false;
         }
-    };
-    if announcement.node_id == self_id {
-        stats.own.fetch_add(1, Ordering::Relaxed);
-        return false;
+        let opened = Announcement::open(bytes, self.seal.as_deref(), now_ms(), source.ip());
+        let announcement = match opened {
+            Ok(announcement) => announcement,
+            Err(error) => {
+                if matches!(
+                    error,
+                    super::DatagramError::Refused(_) | super::DatagramError::WrongSender(_)
+                ) {
+                    tracing::debug!("refused a datagram from {source}: {error}");
+                } else {
+                    tracing::debug!("ignored a datagram from {source}: {error}");
+                }
+                stats.count_error(&error, source.ip());
+                return false;
+            }
+        };
+        if announcement.node_id == self.self_id {
+            stats.own.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let peers = &self.peers;
+        if announcement.departing {
+            peers.forget(&announcement.node_id);
+            return false;
+        }
+        let (node_id, draining) = (announcement.node_id.clone(), announcement.draining);
+        let is_new = peers.observe(Sighting {
+            node_id: announcement.node_id,
+            address: SocketAddr::new(source.ip(), announcement.grpc_port).to_string(),
+            priority: announcement.interface_priority,
+            model_id: announcement.model_id,
+            capabilities: Some(announcement.capabilities),
+        });
+        peers.set_draining(&node_id, draining);
+        is_new
     }
-    stats.accepted.fetch_add(1, Ordering::Relaxed);
-    if announcement.departing {
-        peers.forget(&announcement.node_id);
-        return false;
-    }
-    let (node_id, draining) = (announcement.node_id.clone(), announcement.draining);
-    let is_new = peers.observe(Sighting {
-        node_id: announcement.node_id,
-        address: SocketAddr::new(source.ip(), announcement.grpc_port).to_string(),
-        priority: announcement.interface_priority,
-        model_id: announcement.model_id,
-        capabilities: Some(announcement.capabilities),
-    });
-    peers.set_draining(&node_id, draining);
-    is_new
 }
 
 impl Resource for UdpDiscovery {
@@ -237,11 +254,14 @@ impl Resource for UdpDiscovery {
         let newcomer = Arc::new(Notify::new());
         tasks.push(tokio::spawn(listen(
             socket.clone(),
-            self.self_id.clone(),
-            self.stats.clone(),
-            self.peers.clone(),
-            newcomer.clone(),
-            self.config.seal.clone(),
+            Receiver {
+                self_id: self.self_id.clone(),
+                stats: self.stats.clone(),
+                peers: self.peers.clone(),
+                newcomer: newcomer.clone(),
+                seal: self.config.seal.clone(),
+                loopback_only: self.config.loopback_only,
+            },
         )));
         tasks.push(tokio::spawn({
             let (socket, config, stats, announce, newcomer) = (
@@ -321,6 +341,7 @@ impl Resource for UdpDiscovery {
             "peers": self.peers.peers(),
             "max_peers": self.peers.config().max_peers,
             "refused_table_full": self.peers.refused_full(),
+            "refused_off_loopback": self.peers.refused_off_loopback(),
         })
     }
 }

@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Server, ServerTlsConfig};
+use tokio_rustls::rustls::ServerConfig;
+use tonic::transport::Server;
 
 use super::handler::NodeHandler;
+use super::incoming::accept_connections;
 use super::limits::MessageLimits;
 use super::service::NodeService;
+use crate::listener::{ConnectionGate, ConnectionLimits};
 use crate::proto::pb::node_server::NodeServer;
 use crate::resource::Resource;
 
@@ -27,9 +29,16 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 /// How long cleanup waits for open calls to finish before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// A connection without a call for this long is pinged, and closed when the ping is not
+/// answered within `KEEPALIVE_TIMEOUT`: a peer that vanished gives its place back.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 struct Running {
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Accepts connections and runs their handshakes; aborted on cleanup.
+    acceptor: JoinHandle<()>,
     local_addr: SocketAddr,
     service: Arc<NodeService>,
 }
@@ -44,9 +53,11 @@ pub struct GrpcServer {
     /// The bound port, shared with those that announce it (0 while not serving).
     port: Arc<AtomicU16>,
     /// With a cluster key: TLS that requires a client certificate of the cluster's CA.
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<ServerConfig>>,
     /// Per-kind caps on received messages.
     limits: MessageLimits,
+    /// Caps on connections, and their counts.
+    gate: Arc<ConnectionGate>,
 }
 
 impl GrpcServer {
@@ -60,7 +71,20 @@ impl GrpcServer {
             port,
             tls: None,
             limits: MessageLimits::default(),
+            gate: ConnectionGate::new("grpc", ConnectionLimits::default()),
         }
+    }
+
+    /// Caps the connections the server holds, and how long a new one may take to finish
+    /// its TLS handshake (or, without TLS, to send its first bytes).
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.gate = ConnectionGate::new("grpc", limits);
+        self
+    }
+
+    /// The server's connection caps and counts (for `/metrics`).
+    pub fn connection_gate(&self) -> Arc<ConnectionGate> {
+        self.gate.clone()
     }
 
     /// Caps received messages per kind: control messages small, batches of hidden states
@@ -72,7 +96,7 @@ impl GrpcServer {
 
     /// Serves over mutually authenticated TLS (a keyed cluster): a caller without a
     /// certificate of the cluster's CA fails the handshake before any call is read.
-    pub fn with_tls(mut self, tls: Option<ServerTlsConfig>) -> Self {
+    pub fn with_tls(mut self, tls: Option<Arc<ServerConfig>>) -> Self {
         self.tls = tls;
         self
     }
@@ -103,8 +127,7 @@ impl Resource for GrpcServer {
 
     async fn initialize(&self) -> anyhow::Result<()> {
         let listen = *self.listen.lock().unwrap_or_else(|p| p.into_inner());
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
+        let listener = crate::listener::bind_listener(listen)
             .with_context(|| format!("cannot listen for gRPC on {listen}"))?;
         let local_addr = listener.local_addr()?;
         self.listen
@@ -122,13 +145,18 @@ impl Resource for GrpcServer {
             .set_serving::<NodeServer<NodeService>>()
             .await;
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let mut builder = Server::builder().max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS));
-        if let Some(tls) = &self.tls {
-            builder = builder
-                .tls_config(tls.clone())
-                .context("cannot set up the gRPC server's TLS")?;
-        }
+        let (ready, incoming) = mpsc::channel(64);
+        let acceptor = tokio::spawn(accept_connections(
+            listener,
+            self.gate.clone(),
+            self.tls.clone(),
+            ready,
+        ));
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
+        let mut builder = Server::builder()
+            .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
         let task = tokio::spawn(
             builder
                 .add_service(health_service)
@@ -142,6 +170,7 @@ impl Resource for GrpcServer {
         *self.lock() = Some(Running {
             shutdown,
             task,
+            acceptor,
             local_addr,
             service,
         });
@@ -154,6 +183,7 @@ impl Resource for GrpcServer {
         let Some(running) = running else {
             return Ok(());
         };
+        running.acceptor.abort();
         let _ = running.shutdown.send(());
         let mut task = running.task;
         match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
@@ -186,6 +216,7 @@ impl Resource for GrpcServer {
             "max_concurrent_streams": MAX_CONCURRENT_STREAMS,
             "rejected_messages": running.as_ref().map_or(0, |r| r.service.rejected()),
             "oversize_messages": running.as_ref().map_or(0, |r| r.service.oversize()),
+            "connections": self.gate.to_json(),
             "flow": self.handler.report(),
         })
     }

@@ -3,6 +3,7 @@
 
 mod grpc_server;
 mod handler;
+mod incoming;
 mod limits;
 mod service;
 

@@ -6,8 +6,10 @@
 //! Every chunk must be the next bytes asked for and match its CRC-32; bytes are recorded
 //! as present only once written and synced, so a peer that stops mid-stream leaves a copy
 //! that resumes where it stopped. Each tensor is then checked whole (sha256 against the
-//! manifest where one exists); one that fails is forgotten — never left to pass for good
-//! bytes — and the transfer fails with the reason, for the caller to try another peer.
+//! manifest); one that fails is forgotten — never left to pass for good bytes — and the
+//! transfer fails with the reason, for the caller to try another peer. Where no manifest
+//! describes the file, nothing is taken from a peer unless the node trusts its peers'
+//! weights (`--trust-peer-weights`; then sizes are all that is checked).
 //!
 //! Runs on a blocking thread (file I/O and hashing), pulling chunks from the async stream
 //! through the runtime's handle.
@@ -48,6 +50,9 @@ pub struct PeerSource {
     pub runtime: Handle,
     /// A stream silent this long is given up (the peer hung).
     pub idle_timeout: Duration,
+    /// Take this peer's tensors even where no manifest can check them (`--trust-peer-weights`):
+    /// then only their sizes are checked, and a peer could send any bytes of those sizes.
+    pub trust_without_manifest: bool,
 }
 
 /// What to fetch: the header and shared tensors (enough to open the model), or also the
@@ -83,6 +88,14 @@ pub fn fetch_from_peer(
         .clone()
         .or_else(|| (!info.sha256.is_empty()).then(|| info.sha256.clone()));
     let manifest = find_manifest(&local, info.size, sha256.as_deref());
+    if manifest.is_none() && !peer.trust_without_manifest {
+        bail!(
+            "no tensor manifest describes {} ({} bytes, as peer {} has it): its tensors could be checked for size only, so they are not taken from a peer; place the file's manifest beside it (`exo models manifest FILE` on a verified copy), or start the node with --trust-peer-weights",
+            info.name,
+            info.size,
+            peer.node_id
+        );
+    }
     let check = if manifest.is_some() {
         TensorCheck::Sha256
     } else {

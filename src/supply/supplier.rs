@@ -36,6 +36,8 @@ pub struct SupplyConfig {
     pub idle_timeout: Duration,
     /// Whether to fetch from the Hub when no peer holds what is needed.
     pub hub: bool,
+    /// Take tensors from peers even where no manifest can check them (size only).
+    pub trust_peer_weights: bool,
 }
 
 impl Default for SupplyConfig {
@@ -44,6 +46,7 @@ impl Default for SupplyConfig {
             peer_wait: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             hub: true,
+            trust_peer_weights: false,
         }
     }
 }
@@ -323,6 +326,7 @@ impl WeightSupply {
                             client,
                             runtime: tokio::runtime::Handle::current(),
                             idle_timeout: self.config.idle_timeout,
+                            trust_without_manifest: self.config.trust_peer_weights,
                         },
                     ));
                 }
@@ -360,6 +364,7 @@ impl WeightSupply {
             client: source.client.clone(),
             runtime: source.runtime.clone(),
             idle_timeout: source.idle_timeout,
+            trust_without_manifest: source.trust_without_manifest,
         };
         let received = Arc::new(AtomicU64::new(0));
         let counter = received.clone();

@@ -13,13 +13,22 @@ pub const KEY_BYTES: usize = 32;
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read the cluster key file {path}: {source}")]
+    #[error("cannot read the key file {path}: {source}")]
     Read {
         path: String,
         source: std::io::Error,
     },
+    /// A secret that other users of the machine can read (or replace) is no secret.
     #[error(
-        "the cluster key file {0} does not hold a key: expected {hex} hex digits (make one with `exo keygen > cluster.key`)",
+        "the key file {path} is {how} by other users (mode {mode:04o}): `chmod 600 {path}`, and keep it so"
+    )]
+    Exposed {
+        path: String,
+        mode: u32,
+        how: &'static str,
+    },
+    #[error(
+        "the cluster key file {0} does not hold a key: expected {hex} hex digits (make one with `exo keygen --out cluster.key`)",
         hex = KEY_BYTES * 2
     )]
     Format(String),
@@ -65,25 +74,10 @@ impl ClusterKey {
         Ok(ClusterKey { bytes })
     }
 
-    /// Reads a key file. A file that others may read is used, with a warning.
+    /// Reads a key file; one that other users may read is refused ([`read_private_file`]).
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: name.clone(),
-            source,
-        })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if let Ok(meta) = std::fs::metadata(path)
-                && meta.permissions().mode() & 0o077 != 0
-            {
-                tracing::warn!(
-                    "the cluster key file {name} is readable by other users; `chmod 600 {name}`"
-                );
-            }
-        }
-        Self::parse(&text, &name)
+        let text = read_private_file(path)?;
+        Self::parse(&text, &path.display().to_string())
     }
 
     /// A secret derived for one purpose (`label` keeps purposes apart).
@@ -108,6 +102,35 @@ impl std::fmt::Debug for ClusterKey {
         // Never the secret itself.
         write!(f, "ClusterKey({})", self.key_id())
     }
+}
+
+/// Reads a file that holds a secret (a cluster key, API or admin keys). One that users
+/// other than its owner may read or write is refused with the `chmod` that fixes it: a
+/// warning scrolls by, a node that will not start is noticed.
+pub fn read_private_file(path: &Path) -> Result<String, KeyError> {
+    let name = path.display().to_string();
+    let read_error = |source| KeyError::Read {
+        path: name.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata().map_err(read_error)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Exposed {
+                path: name,
+                mode,
+                how: if mode & 0o044 != 0 {
+                    "readable"
+                } else {
+                    "writable"
+                },
+            });
+        }
+    }
+    std::io::read_to_string(file).map_err(read_error)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -135,6 +158,29 @@ mod tests {
             "é".repeat(32).as_str(),
         ] {
             assert!(ClusterKey::parse(text, "t").is_err(), "{text:?}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_can_read_or_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, ClusterKey::generate().to_file_text()).unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, false),
+            (0o604, false),
+            (0o620, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let outcome = ClusterKey::load(&path);
+            assert_eq!(outcome.is_ok(), ok, "{mode:o}: {outcome:?}");
+            if let Err(error) = outcome {
+                assert!(error.to_string().contains("chmod 600"), "{error}");
+            }
         }
     }
 

@@ -11,7 +11,7 @@ mod key;
 mod seal;
 mod tls;
 
-pub use key::{ClusterKey, KeyError};
+pub use key::{ClusterKey, KeyError, read_private_file};
 pub use seal::{DatagramSeal, SealError, TAG_BYTES, new_nonce, now_ms};
 pub use tls::{NodeTls, TLS_SERVER_NAME};
 
@@ -41,7 +41,7 @@ impl std::fmt::Debug for ClusterTrust {
 }
 
 /// Warns operators of an open cluster, at start, in /v1/topology and in the report.
-pub const OPEN_CLUSTER_WARNING: &str = "this cluster is OPEN: no cluster key, so any host that can reach this node can join the cluster, read prompts and answers, and steer requests; start every node with --cluster-key FILE (make one with `exo keygen`)";
+pub const OPEN_CLUSTER_WARNING: &str = "this cluster is OPEN: no cluster key, so any host that can reach this node can join the cluster, read prompts and answers, and steer requests; start every node with --cluster-key FILE (make one with `exo keygen --out cluster.key`)";
 
 /// What a node says about its own security, for people and tools.
 #[derive(Debug, Clone, serde::Serialize)]

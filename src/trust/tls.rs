@@ -12,13 +12,16 @@
 //! key, and a member's certificate proves it without depending on which announcement
 //! arrived first (plans and peers files work the same as UDP discovery).
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
 };
-use rustls_pki_types::PrivatePkcs8KeyDer;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use super::ClusterKey;
 
@@ -32,6 +35,7 @@ pub struct NodeTls {
     ca_pem: String,
     cert_pem: String,
     key_pem: String,
+    server: Arc<rustls::ServerConfig>,
 }
 
 impl NodeTls {
@@ -58,19 +62,23 @@ impl NodeTls {
         let leaf_cert = leaf
             .signed_by(&leaf_key, &issuer)
             .context("cannot sign the node certificate")?;
+        let server = server_config(
+            ca_cert.der().clone(),
+            leaf_cert.der().clone(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )?;
         Ok(NodeTls {
             ca_pem: ca_cert.pem(),
             cert_pem: leaf_cert.pem(),
             key_pem: leaf_key.serialize_pem(),
+            server,
         })
     }
 
-    /// For the gRPC server: present our certificate, require one from the cluster CA.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(false)
+    /// For the gRPC server: present our certificate, require one from the cluster CA (the
+    /// server runs the handshake itself, to time and count it).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server.clone()
     }
 
     /// For peer channels: trust only the cluster CA, present our certificate.
@@ -92,6 +100,34 @@ impl std::fmt::Debug for NodeTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("NodeTls")
     }
+}
+
+/// The server side of the node's TLS: TLS 1.3 with the ring provider (as the client side),
+/// our certificate, a client certificate of the cluster CA required, HTTP/2 by ALPN.
+fn server_config(
+    ca: rustls_pki_types::CertificateDer<'static>,
+    cert: rustls_pki_types::CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca)
+        .context("the cluster CA is not a usable trust anchor")?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .context("cannot check client certificates against the cluster CA")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with the ring provider")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert], key)
+        .context("the node certificate and key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The CA every key holder derives alike: the same name and the same key pair, so the

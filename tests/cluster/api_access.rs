@@ -12,7 +12,7 @@ use exo::resource::Managed;
 use crate::e2e::chat_body;
 use crate::harness::{WAIT, loopback_config};
 
-async fn lone_node(dir: &std::path::Path, api: ApiConfig) -> Node {
+pub(crate) async fn lone_node(dir: &std::path::Path, api: ApiConfig) -> Node {
     let mut config = loopback_config(dir, "solo", 0);
     config.discovery = DiscoveryMode::None;
     config.api = api;
@@ -51,7 +51,7 @@ fn call(
     (status, retry_after, allow_origin, json)
 }
 
-async fn call_async(
+pub(crate) async fn call_async(
     method: &'static str,
     url: String,
     headers: Vec<(&'static str, String)>,
@@ -363,5 +363,95 @@ async fn a_burst_past_the_cap_gets_429_and_every_queued_request_is_answered() {
         l["in_flight"] == 0 && l["queued"] == 0 && l["served"] == 3 && l["rejected_429"] == 4
     })
     .await;
+    node.shutdown().await.unwrap();
+}
+
+/// Opens `GET /v1/events` on a raw connection and reads the status code; the stream (if
+/// any) stays open while the returned socket lives.
+fn open_events(port: u16) -> (u16, std::net::TcpStream) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {line:?}"));
+    (status, stream)
+}
+
+/// `/v1/events` streams cost a task each that renders the cluster state four times a
+/// second: they are capped and counted like chat requests (429 past the cap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(dir.path(), ApiConfig::default()).await;
+    let port = node.api_port();
+    let (mut open, refused) = tokio::task::spawn_blocking(move || {
+        let mut open = Vec::new();
+        loop {
+            let (status, stream) = open_events(port);
+            match status {
+                200 => open.push(stream),
+                429 => return (open, Some(stream)),
+                other => panic!("GET /v1/events: {other}"),
+            }
+            if open.len() > 100 {
+                return (open, None);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        refused.is_some(),
+        "{} event streams were opened and none refused",
+        open.len()
+    );
+    let limits = node.api.ensure_ready().await.unwrap().access().1.to_json();
+    assert_eq!(limits["max_event_streams"], open.len(), "{limits}");
+    assert_eq!(limits["event_streams"], open.len(), "{limits}");
+    assert_eq!(limits["event_streams_rejected_429"], 1, "{limits}");
+    let metrics = tokio::task::spawn_blocking(move || {
+        ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains(&format!("exo_event_streams {}\n", open.len()))
+            && metrics.contains("exo_event_streams_rejected_total 1\n"),
+        "{metrics}"
+    );
+    // A stream that ends gives its place back.
+    drop(open.pop());
+    let limiter = node.api.ensure_ready().await.unwrap().access().1;
+    let want = open.len();
+    tokio::time::timeout(WAIT, async {
+        while limiter.to_json()["event_streams"] != want {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("a closed stream kept its place: {}", limiter.to_json()));
+    let (status, _again) = tokio::task::spawn_blocking(move || open_events(port))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    drop(open);
     node.shutdown().await.unwrap();
 }

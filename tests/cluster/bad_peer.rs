@@ -109,6 +109,7 @@ async fn fake_peer(fault: Fault) -> (Arc<Managed<GrpcServer>>, PeerSource) {
         client,
         runtime: tokio::runtime::Handle::current(),
         idle_timeout: Duration::from_secs(10),
+        trust_without_manifest: false,
     };
     (server, source)
 }
@@ -119,9 +120,18 @@ async fn fetch(
     dir: &Path,
     layers: std::ops::Range<usize>,
 ) -> (u64, Result<u64, String>) {
+    fetch_entry(source, dir, layers, entry()).await
+}
+
+/// [`fetch`] with the receiving node's own registry entry of the model.
+async fn fetch_entry(
+    source: PeerSource,
+    dir: &Path,
+    layers: std::ops::Range<usize>,
+    entry: ModelEntry,
+) -> (u64, Result<u64, String>) {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let entry = entry();
         let holding = local_holding(&entry, &models_dir()).unwrap().unwrap();
         let received = AtomicU64::new(0);
         let progress = DownloadProgress::default().start(&entry.id, "test", 0);
@@ -250,4 +260,54 @@ async fn a_peer_that_stops_mid_stream_leaves_a_copy_that_resumes() {
         "the resumed transfer fetched only what was missing"
     );
     assert!(presence(&entry(), dir.path()).covers(&(3..6), 30));
+}
+
+/// The registry entry of a model without a tensor manifest (as every entry not verified
+/// here is): a partial copy could only be checked for size.
+fn entry_without_manifest() -> ModelEntry {
+    let mut entry = entry();
+    for file in &mut entry.files {
+        file.manifest = None;
+    }
+    entry
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_from_a_peer_without_a_manifest_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (start, end) = tensor_start("blk.4.ffn_down.weight");
+    let (_bad, source) = fake_peer(Fault::WrongBytes(start + 100)).await;
+    let (_, outcome) = fetch_entry(source, dir.path(), 3..6, entry_without_manifest()).await;
+    let error = outcome.expect_err("wrong bytes of the right size were taken from a peer");
+    assert!(
+        error.contains("no tensor manifest") && error.contains("--trust-peer-weights"),
+        "{error}"
+    );
+    let here = presence(&entry_without_manifest(), dir.path());
+    assert!(!here.covers(&(3..6), 30), "{here:?}");
+    let model = dir
+        .path()
+        .join("smollm2-135m")
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let recorded = read_sidecar(&model).ok().flatten();
+    assert!(
+        recorded.is_none_or(|s| !s.present.contains(&(start..end))),
+        "the peer's bytes were recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_trust_peer_weights_a_copy_without_a_manifest_is_taken_checked_for_size_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, mut source) = fake_peer(Fault::None).await;
+    source.trust_without_manifest = true;
+    let (received, outcome) = fetch_entry(source, dir.path(), 3..6, entry_without_manifest()).await;
+    assert_eq!(outcome, Ok(received));
+    assert!(presence(&entry_without_manifest(), dir.path()).covers(&(3..6), 30));
+    let model = dir
+        .path()
+        .join("smollm2-135m")
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let sidecar = read_sidecar(&model).unwrap().unwrap();
+    assert_eq!(sidecar.tensor_check, exo::catalog::TensorCheck::SizeOnly);
 }

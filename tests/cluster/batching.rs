@@ -85,10 +85,14 @@ fn engine_caches(url: &str) -> (u64, u64) {
         .find(|r| r["type"] == "inference_engine")
         .cloned()
         .unwrap();
-    (
-        engine["info"]["active_requests"].as_u64().unwrap_or(0),
-        engine["info"]["kv_cache_bytes"].as_u64().unwrap_or(0),
-    )
+    // A missing field is not "nothing held": an engine that has not loaded its model
+    // reports neither, and that must fail the check, not pass it.
+    let field = |name: &str| {
+        engine["info"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("the engine's info has no {name}: {engine}"))
+    };
+    (field("active_requests"), field("kv_cache_bytes"))
 }
 
 #[test]

@@ -31,6 +31,39 @@ async fn a_full_peer_table_refuses_newcomers_and_counts_them() {
     table.clear().await;
 }
 
+#[tokio::test]
+async fn an_open_table_that_keeps_to_loopback_takes_no_peer_from_elsewhere() {
+    let table = PeerTable::new(
+        "me",
+        PeerTableConfig {
+            loopback_only: true,
+            ..PeerTableConfig::default()
+        },
+        ResourceRegistry::new(),
+    );
+    let sighting = |id: &str, address: &str| Sighting {
+        node_id: id.into(),
+        address: address.into(),
+        priority: 0,
+        model_id: "m".into(),
+        capabilities: None,
+    };
+    // From an announcement or a peers file, and from a plan's address.
+    table.observe(sighting("lan", "10.0.0.5:50051"));
+    table.observe(sighting("v6", "[fe80::1]:50051"));
+    let Err(error) = table.adopt("planned", "192.168.1.9:50051", "m") else {
+        panic!("a plan made the table dial off loopback");
+    };
+    assert!(error.contains("off loopback"), "{error}");
+    assert_eq!(table.refused_off_loopback(), 3);
+    // Peers on this host are taken on as before.
+    table.observe(sighting("here", "127.0.0.1:50051"));
+    assert!(table.adopt("also-here", "[::1]:50052", "m").is_ok());
+    let ids: Vec<String> = table.peers().into_iter().map(|p| p.node_id).collect();
+    assert_eq!(ids, vec!["also-here", "here"]);
+    table.clear().await;
+}
+
 #[test]
 fn a_plan_with_too_many_entries_is_refused_before_it_is_checked() {
     let entry = |i: usize| pb::PartitionEntry {

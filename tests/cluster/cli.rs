@@ -180,3 +180,55 @@ fn exo_chat_asks_a_running_node() {
     );
     assert!(err.contains("ring: chatty[0,30)"), "{err}");
 }
+
+/// An open API is anyone's who can reach it: without --listen or an API key, a node's
+/// API listens on loopback only (its gRPC too, the cluster being open).
+#[test]
+fn without_listen_or_a_key_the_api_listens_on_loopback() {
+    use std::io::{BufRead, BufReader};
+    default_model();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(exo_bin())
+        .args(crate::support::LONE_CPU_NODE)
+        .args(["--api-port", "0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("quiet"))
+        .env("EXO_MODELS_DIR", crate::support::models_dir())
+        .env_remove("EXO_LISTEN")
+        .env_remove("EXO_API_KEY")
+        .env_remove("EXO_API_KEY_FILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split("API ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(String::from);
+    let info = url
+        .as_ref()
+        .map(|url| get_json(&format!("{url}/v1/resources")));
+    let _ = child.kill();
+    let _ = child.wait();
+    let url = url.unwrap_or_else(|| panic!("no API address in {line:?}"));
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    let info = info.unwrap().unwrap();
+    let listen = |kind: &str| {
+        info["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["type"] == kind)
+            .unwrap()["info"]["listen"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(listen("api_server").starts_with("127.0.0.1:"), "{info}");
+    assert!(listen("grpc_server").starts_with("127.0.0.1:"), "{info}");
+}

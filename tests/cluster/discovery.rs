@@ -162,6 +162,7 @@ async fn bad_datagrams_are_ignored_and_counted_and_discovery_keeps_working() {
         draining: false,
         sent_at_ms: 0,
         nonce: String::new(),
+        sender_addresses: Vec::new(),
     };
     let mut wrong_version = serde_json::to_value(&valid).unwrap();
     wrong_version["version"] = 99.into();

@@ -139,7 +139,7 @@ impl NodeProcess {
         Self::start_full(dir, name, discovery_port, &models_dir(), &[], args)
     }
 
-    fn start_full(
+    pub fn start_full(
         dir: &std::path::Path,
         name: &str,
         discovery_port: u16,

@@ -10,12 +10,14 @@ mod bad_peer;
 mod batching;
 mod bounds;
 mod cli;
+mod connections;
 mod discovery;
 mod e2e;
 #[allow(dead_code)]
 #[path = "../catalog/fake_hub.rs"]
 mod fake_hub;
 mod harness;
+mod host_check;
 mod hub_layers;
 mod logprobs;
 mod memory;
@@ -23,6 +25,7 @@ mod message_caps;
 mod netns;
 mod openai_client;
 mod peers_file;
+mod secrets;
 mod survival;
 mod tensors;
 mod tracing;

@@ -55,3 +55,16 @@ fn a_keyed_cluster_in_network_namespaces_shuts_out_an_intruder_and_hides_prompts
     assert!(stdout.contains("netns-trust: ok"), "{stdout}");
     assert_eq!(stdout.matches("refused {").count(), 3, "{stdout}");
 }
+
+/// scripts/netns-open.sh: an open node (no key, default flags) and a stranger on the same
+/// link. The stranger's unicast announcements are refused and counted, it is never listed
+/// or dialled, and neither the node's API nor its gRPC port answers it.
+#[test]
+fn a_stranger_on_the_lan_gets_nothing_from_an_open_node() {
+    let stdout = run_netns_script("netns-open.sh");
+    assert!(stdout.contains("netns-open: ok"), "{stdout}");
+    assert!(
+        stdout.contains("stranger: adopted 0, dials 0, reachable {'api': False, 'grpc': False}"),
+        "{stdout}"
+    );
+}

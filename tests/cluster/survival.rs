@@ -255,8 +255,10 @@ fn the_admin_drain_endpoint_drains_and_stops_the_node() {
     default_model();
     let mut node = NodeProcess::start(dir.path(), "lonely", free_udp_port());
     wait_for_ring(&node, 1);
+    // Admin POSTs are JSON (no web page can send one without a preflight).
     let response = ureq::post(&format!("{}/v1/admin/drain", node.url()))
-        .call()
+        .set("content-type", "application/json")
+        .send_string("{}")
         .unwrap();
     assert_eq!(response.status(), 202);
     let body: serde_json::Value = response.into_json().unwrap();

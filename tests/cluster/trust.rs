@@ -32,6 +32,15 @@ fn discovery(node: &Node) -> Arc<Managed<UdpDiscovery>> {
     node.group.get("discovery").unwrap()
 }
 
+async fn discovery_stats(node: &Node) -> Arc<exo::discovery::DatagramStats> {
+    discovery(node)
+        .ensure_ready()
+        .await
+        .unwrap()
+        .stats()
+        .clone()
+}
+
 async fn grpc_address(node: &Node) -> SocketAddr {
     let server: Arc<Managed<GrpcServer>> = node.grpc.clone();
     server.ensure_ready().await.unwrap().local_addr().unwrap()
@@ -76,6 +85,8 @@ fn forged(node_id: &str) -> Announcement {
         draining: false,
         sent_at_ms: now_ms(),
         nonce: new_nonce(),
+        // What a node on loopback names as its address.
+        sender_addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
     }
 }
 
@@ -102,28 +113,29 @@ async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refus
     let mut stale = forged("stale-visitor");
     stale.sent_at_ms = now_ms() - 120_000;
     // Sent to loopback's broadcast address: every node on the port hears it (a unicast
-    // datagram would reach only one of the sockets sharing the port).
+    // datagram would reach only one of the sockets sharing the port). The forgeries come
+    // from an address of their own, so that the count of refusals from it is the
+    // forger's alone (the outsiders' nodes are refused too, from 127.0.0.1).
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     socket.set_broadcast(true).unwrap();
+    let forger = tokio::net::UdpSocket::bind("127.0.0.9:0").await.unwrap();
+    forger.set_broadcast(true).unwrap();
+    let forger_ip = forger.local_addr().unwrap().ip();
     let everyone = ("127.255.255.255", port);
     let discovery = discovery(&k1);
     let stats = discovery.ensure_ready().await.unwrap().stats().clone();
-    let before = stats.unauthenticated.load(Ordering::Relaxed);
-    for datagram in [
+    let forgeries = [
         forged("mallory").encode(),
         forged("mallory").encode_sealed(Some(&wrong_seal)),
         goodbye.encode(),
         goodbye.encode_sealed(Some(&wrong_seal)),
-    ] {
-        socket
-            .send_to(&datagram, ("127.0.0.1", port))
-            .await
-            .unwrap();
+    ];
+    for datagram in &forgeries {
+        forger.send_to(datagram, everyone).await.unwrap();
     }
-    wait_for_count(&k1, before + 4, |s| {
-        s.unauthenticated.load(Ordering::Relaxed)
-    })
-    .await;
+    for node in [&k1, &k2] {
+        wait_for_count(node, forgeries.len() as u64, |s| s.refused_from(forger_ip)).await;
+    }
     // A stale one, even with the right key (a recording played back later).
     socket
         .send_to(&stale.encode_sealed(Some(&right_seal)), everyone)
@@ -147,23 +159,19 @@ async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refus
     })
     .await;
 
+    assert_only_each_other(&k1, &k2).await;
+    // Every forgery reached both and was refused, and nothing else from the forger.
     for node in [&k1, &k2] {
-        let listed: Vec<String> = node.peers.peers().into_iter().map(|p| p.node_id).collect();
-        let other = if node.node_id() == "k1" { "k2" } else { "k1" };
+        let stats = discovery_stats(node).await;
         assert_eq!(
-            listed,
-            vec![other.to_string()],
-            "{} lists {listed:?}",
-            node.node_id()
-        );
-        let plan = node.flow.plan().await.unwrap();
-        let ids: Vec<&str> = plan.entries.iter().map(|e| e.node_id.as_str()).collect();
-        assert!(
-            ids.len() == 2 && ids.contains(&"k1") && ids.contains(&"k2"),
-            "{ids:?}"
+            stats.refused_from(forger_ip),
+            forgeries.len() as u64,
+            "{}",
+            stats.to_json()
         );
     }
-    // The forged goodbye did not drop k2, and the outsiders see no one either.
+    // The forged goodbye did not drop k2 (k1 handled it: counted above), and the
+    // outsiders see no one either.
     assert!(k1.peers.handle("k2").is_some());
     assert!(wrong.peers.peers().is_empty(), "{:?}", wrong.peers.peers());
     // The open node takes on anyone who asks (mallory, unsealed) but cannot read the
@@ -190,6 +198,41 @@ async fn only_key_holders_join_and_forged_stale_and_replayed_datagrams_are_refus
     for node in [k1, k2, wrong, open] {
         node.shutdown().await.unwrap();
     }
+}
+
+/// k1 and k2 list only each other, and plan over the two of them.
+async fn assert_only_each_other(k1: &Node, k2: &Node) {
+    for node in [k1, k2] {
+        let listed: Vec<String> = node.peers.peers().into_iter().map(|p| p.node_id).collect();
+        let other = if node.node_id() == "k1" { "k2" } else { "k1" };
+        assert_eq!(
+            listed,
+            vec![other.to_string()],
+            "{} lists {listed:?}",
+            node.node_id()
+        );
+        let plan = node.flow.plan().await.unwrap();
+        let ids: Vec<&str> = plan.entries.iter().map(|e| e.node_id.as_str()).collect();
+        assert!(
+            ids.len() == 2 && ids.contains(&"k1") && ids.contains(&"k2"),
+            "{ids:?}"
+        );
+    }
+}
+
+/// A gRPC server over `node`'s flow that shows `tls`'s certificate (another cluster's).
+async fn stranger_serving(node: &Node, tls: &NodeTls) -> (Arc<Managed<GrpcServer>>, SocketAddr) {
+    let server = Managed::new(
+        "grpc_server",
+        GrpcServer::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            node.flow.clone(),
+            Arc::new(std::sync::atomic::AtomicU16::new(0)),
+        )
+        .with_tls(Some(tls.server_config())),
+    );
+    let at = server.ensure_ready().await.unwrap().local_addr().unwrap();
+    (server, at)
 }
 
 /// A node's `/v1/topology`.
@@ -259,20 +302,22 @@ async fn a_keyed_ring_answers_like_one_node_and_refuses_grpc_from_anyone_without
         let outcome = health_check(endpoint(address, tls)).await;
         assert!(outcome.is_err(), "{what}: {outcome:?}");
     }
+    // The failed handshakes are counted (a client may try a refused one more than once).
+    let gate = nodes[0]
+        .grpc
+        .ensure_ready()
+        .await
+        .unwrap()
+        .connection_gate();
+    tokio::time::timeout(crate::harness::WAIT, async {
+        while gate.stats().tls_failed < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{:?}", gate.stats()));
     // The stranger cannot pass for a node either: a member refuses its certificate.
-    let (_server_side, stranger_server) = {
-        let server = Managed::new(
-            "grpc_server",
-            GrpcServer::new(
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                nodes[1].flow.clone(),
-                Arc::new(std::sync::atomic::AtomicU16::new(0)),
-            )
-            .with_tls(Some(stranger.server_config())),
-        );
-        let at = server.ensure_ready().await.unwrap().local_addr().unwrap();
-        (server, at)
-    };
+    let (_server_side, stranger_server) = stranger_serving(&nodes[1], &stranger).await;
     let outcome = health_check(endpoint(stranger_server, Some(member.client_config()))).await;
     assert!(
         outcome.is_err(),
@@ -334,6 +379,62 @@ async fn a_keyed_ring_answers_like_one_node_and_refuses_grpc_from_anyone_without
     let plan = nodes[0].flow.plan().await.unwrap();
     assert_eq!(plan.entries.len(), 3);
     for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// A host that holds a member's genuine datagram (recorded on another link, or sent
+/// before the member's own copy arrives) relays it from its own address: the member's
+/// address must not move to the relay's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_datagram_relayed_from_another_address_does_not_move_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let key = ClusterKey::generate();
+    let k1 = start(dir.path(), "k1", port, Some(&key)).await;
+    let k2 = start(dir.path(), "k2", port, Some(&key)).await;
+    wait_for_peers(&k1, 1).await;
+    let address_of_k2 = |node: &Node| {
+        node.peers
+            .peers()
+            .into_iter()
+            .find(|p| p.node_id == "k2")
+            .map(|p| p.address)
+    };
+    let before = address_of_k2(&k1).unwrap();
+    assert!(before.starts_with("127.0.0.1:"), "{before}");
+
+    // What k2 says of itself, sealed with the key, fresh: sent from 127.0.0.9, and
+    // claiming a better link than loopback (a node moves to a better-ranked address).
+    let mut genuine = forged("k2");
+    genuine.grpc_port = grpc_address(&k2).await.port();
+    genuine.capabilities = k2.flow.capabilities().clone();
+    let relay = tokio::net::UdpSocket::bind("127.0.0.9:0").await.unwrap();
+    relay.set_broadcast(true).unwrap();
+    relay
+        .send_to(
+            &genuine.encode_sealed(Some(&DatagramSeal::new(&key))),
+            ("127.255.255.255", port),
+        )
+        .await
+        .unwrap();
+    let stats = discovery(&k1).ensure_ready().await.unwrap().stats().clone();
+    let mut handled = stats.subscribe();
+    let refused = |stats: &exo::discovery::DatagramStats| {
+        stats.to_json()["refused"]["wrong_sender"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    tokio::time::timeout(
+        WAIT,
+        handled.wait_for(|_| refused(&stats) >= 1 || address_of_k2(&k1) != Some(before.clone())),
+    )
+    .await
+    .expect("k1 never handled the relayed datagram")
+    .unwrap();
+    assert_eq!(address_of_k2(&k1), Some(before), "k2 moved to the relay");
+    assert_eq!(refused(&stats), 1, "{}", stats.to_json());
+    for node in [k1, k2] {
         node.shutdown().await.unwrap();
     }
 }

@@ -146,9 +146,12 @@ impl Scrape {
         Scrape { families, samples }
     }
 
-    /// The value of the sample `name` whose labels include `labels` (0 when absent).
+    /// The sum of the samples `name` whose labels include `labels`. A series that is not
+    /// in the scrape fails the test: reading it as 0 would pass checks of "nothing yet"
+    /// (or of a delta) on a metric that does not exist.
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples
+        let values: Vec<f64> = self
+            .samples
             .iter()
             .filter(|(n, l, _)| {
                 n == name
@@ -157,7 +160,12 @@ impl Scrape {
                         .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
             })
             .map(|(_, _, v)| *v)
-            .sum()
+            .collect();
+        assert!(
+            !values.is_empty(),
+            "no sample {name} with {labels:?} in the scrape"
+        );
+        values.iter().sum()
     }
 }
 
@@ -183,6 +191,7 @@ fn metrics_parse_with_the_prometheus_client_and_move_as_requests_run() {
         ("exo_active_requests", "gauge"),
         ("exo_kv_cache_bytes", "gauge"),
         ("exo_kv_cache_entries", "gauge"),
+        ("exo_batch_panics", "counter"),
         ("exo_resource_state", "gauge"),
         ("exo_resource_errors", "counter"),
         ("exo_peer_rtt_seconds", "gauge"),
@@ -191,6 +200,14 @@ fn metrics_parse_with_the_prometheus_client_and_move_as_requests_run() {
         ("exo_peer_received_bytes", "counter"),
         ("exo_step_duration_seconds", "histogram"),
         ("exo_weight_bytes", "counter"),
+        ("exo_event_streams", "gauge"),
+        ("exo_event_streams_rejected", "counter"),
+        ("exo_connections", "gauge"),
+        ("exo_connections_accepted", "counter"),
+        ("exo_connections_refused", "counter"),
+        ("exo_connections_timed_out", "counter"),
+        ("exo_tls_handshake_failures", "counter"),
+        ("exo_connection_accept_errors", "counter"),
     ] {
         assert_eq!(
             before.families.get(family).map(String::as_str),

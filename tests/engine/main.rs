@@ -6,6 +6,7 @@ mod support;
 
 mod agreement;
 mod bad_input;
+mod batcher;
 mod cache;
 mod families;
 mod kernels;

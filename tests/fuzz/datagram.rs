@@ -1,5 +1,7 @@
 //! Discovery datagrams, open and sealed (`Announcement::decode`, `Announcement::open`).
 
+use std::net::IpAddr;
+
 use exo::discovery::{Announcement, DatagramError, MAX_DATAGRAM_BYTES, PROTOCOL, PROTOCOL_VERSION};
 use exo::topology::DeviceCapabilities;
 use exo::trust::{ClusterKey, DatagramSeal, SealError};
@@ -8,6 +10,8 @@ use proptest::prelude::*;
 use super::harness::{fuzz, mutate, mutations};
 
 const NOW_MS: u64 = 1_800_000_000_000;
+/// Where the sealed datagrams under test arrive from.
+const SOURCE: [u8; 4] = [127, 0, 0, 1];
 
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -62,7 +66,17 @@ fn announcement() -> impl Strategy<Value = Announcement> {
             any::<u64>(),
             (NOW_MS - 40_000..NOW_MS + 40_000)
         ],
-        nonce(),
+        (
+            nonce(),
+            proptest::collection::vec(
+                prop_oneof![
+                    Just(IpAddr::from(SOURCE)),
+                    any::<[u8; 4]>().prop_map(IpAddr::from),
+                    any::<[u8; 16]>().prop_map(IpAddr::from),
+                ],
+                0..4,
+            ),
+        ),
     )
         .prop_map(
             |(
@@ -75,7 +89,7 @@ fn announcement() -> impl Strategy<Value = Announcement> {
                 caps,
                 (departing, draining),
                 sent,
-                nonce,
+                (nonce, sender_addresses),
             )| {
                 Announcement {
                     protocol,
@@ -89,6 +103,7 @@ fn announcement() -> impl Strategy<Value = Announcement> {
                     draining,
                     sent_at_ms: sent,
                     nonce,
+                    sender_addresses,
                 }
             },
         )
@@ -120,7 +135,7 @@ fn arbitrary_bytes_never_panic_open_or_sealed() {
         |bytes| {
             let _ = Announcement::decode(&bytes);
             // Random bytes never carry a valid MAC.
-            prop_assert!(Announcement::open(&bytes, Some(&seal), NOW_MS).is_err());
+            prop_assert!(Announcement::open(&bytes, Some(&seal), NOW_MS, SOURCE.into()).is_err());
             Ok(())
         },
     );
@@ -138,7 +153,7 @@ fn encode_then_decode_is_identity_for_valid_announcements() {
         }
         // Sealed: opens to the same announcement when fresh and its nonce is well formed.
         let sealed = a.encode_sealed(Some(&seal));
-        match Announcement::open(&sealed, Some(&seal), NOW_MS) {
+        match Announcement::open(&sealed, Some(&seal), NOW_MS, SOURCE.into()) {
             Ok(opened) => prop_assert_eq!(opened, a),
             Err(DatagramError::Refused(SealError::Unauthenticated)) => {
                 prop_assert!(false, "our own seal was refused")
@@ -165,11 +180,11 @@ fn mutated_announcements_never_panic_and_mutated_seals_never_open() {
             }
             let sealed = a.encode_sealed(Some(&seal));
             let mutated = mutate(&sealed, &mutations);
-            let opened = Announcement::open(&mutated, Some(&seal), NOW_MS);
+            let opened = Announcement::open(&mutated, Some(&seal), NOW_MS, SOURCE.into());
             if mutated != sealed {
                 prop_assert!(opened.is_err(), "a changed datagram opened");
             }
-            prop_assert!(Announcement::open(&sealed, Some(&other), NOW_MS).is_err());
+            prop_assert!(Announcement::open(&sealed, Some(&other), NOW_MS, SOURCE.into()).is_err());
             Ok(())
         },
     );

@@ -71,6 +71,9 @@ pub fn exo_bin() -> PathBuf {
 pub const GENERATE_DEFAULT_MODEL: [&str; 5] =
     ["generate", "--model", "smollm2-135m", "--device", "cpu"];
 
+/// `exo node` on the CPU without discovery (a node of its own); more arguments follow.
+pub const LONE_CPU_NODE: [&str; 5] = ["node", "--device", "cpu", "--discovery", "none"];
+
 /// Fails the test, showing the command's stderr, unless the command succeeded.
 pub fn assert_success(output: &std::process::Output) {
     assert!(

@@ -58,8 +58,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub served_model: Option<String>,
     /// With --concurrency: the API key to send.
-    #[arg(long, env = "EXO_API_KEY")]
+    #[arg(long, env = "EXO_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// With --concurrency: read the API key from this file (readable by its owner only).
+    #[arg(long, env = "EXO_API_KEY_FILE")]
+    pub api_key_file: Option<std::path::PathBuf>,
     /// Also time a decode step of N rows at once (N sequences in lock-step through the
     /// engine's batch path) against a step of one row, and report what the batch costs.
     #[arg(long)]
@@ -176,7 +179,7 @@ fn load(args: BenchArgs, concurrency: usize) -> anyhow::Result<()> {
             .served_model
             .clone()
             .unwrap_or_else(|| args.model.model.clone()),
-        api_key: args.api_key.clone(),
+        api_key: super::shared::client_key(args.api_key.as_deref(), args.api_key_file.as_deref())?,
     };
     let (report, target, model) = match &args.node {
         Some(url) => (

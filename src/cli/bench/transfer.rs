@@ -215,12 +215,7 @@ async fn measure(args: &TransferBenchArgs, entry: ModelEntry, dir: PathBuf) -> a
         let grpc_time = started.elapsed();
 
         let scratch = tempfile_dir()?;
-        let source = PeerSource {
-            node_id: "bench-peer".into(),
-            client: client.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            idle_timeout: Duration::from_secs(30),
-        };
+        let source = bench_peer(client.clone());
         let (fetch_entry, fetch_holding, fetch_dir) =
             (entry.clone(), holding.clone(), scratch.clone());
         let started = Instant::now();
@@ -290,6 +285,18 @@ async fn measure(args: &TransferBenchArgs, entry: ModelEntry, dir: PathBuf) -> a
         );
     }
     Ok(())
+}
+
+/// The serving process as a peer that weights come from.
+fn bench_peer(client: NodeClient<tonic::transport::Channel>) -> PeerSource {
+    PeerSource {
+        node_id: "bench-peer".into(),
+        client,
+        runtime: tokio::runtime::Handle::current(),
+        idle_timeout: Duration::from_secs(30),
+        // The bench model has a manifest: the transfer measured is the checked one.
+        trust_without_manifest: false,
+    }
 }
 
 fn tcp_copy(socket: &mut TcpStream, size: u64) -> anyhow::Result<()> {

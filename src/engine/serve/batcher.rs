@@ -53,7 +53,31 @@ pub trait StepRunner: Send + Sync + 'static {
 
     /// Runs a batch of steps of one layer range; each step's outcome, with its sink.
     fn run_batch(&self, jobs: Vec<StepJob>) -> Vec<(StepDone, StepSink)>;
+
+    /// Forgets a step that never finished (its batch panicked): drops its request's cache
+    /// on the range, checked out or not, and the reservation it holds.
+    fn abandon(&self, request_id: &str, start: usize, end: usize);
 }
+
+/// The error of a step whose batch panicked: the engine itself is in question (the flow
+/// marks it degraded), not the request.
+#[derive(Debug)]
+pub struct BatchPanicked {
+    /// What the panic said.
+    pub message: String,
+}
+
+impl std::fmt::Display for BatchPanicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the engine panicked running this step's batch ({}); the step was dropped and the batcher restarted",
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for BatchPanicked {}
 
 /// How batches are formed.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +87,9 @@ pub struct BatchLimits {
     pub max_rows: usize,
     /// A step waiting longer than this for its predecessor fails (its request is lost).
     pub max_wait: Duration,
+    /// With nothing new submitted, the worker looks at the steps waiting for their
+    /// predecessors this often (to fail those past `max_wait`).
+    pub recheck: Duration,
 }
 
 impl Default for BatchLimits {
@@ -70,6 +97,7 @@ impl Default for BatchLimits {
         BatchLimits {
             max_rows: 1024,
             max_wait: Duration::from_secs(120),
+            recheck: Duration::from_secs(1),
         }
     }
 }
@@ -83,6 +111,9 @@ struct Queued {
 struct State {
     queue: VecDeque<Queued>,
     running: bool,
+    /// Steps submitted so far: the worker waits only if none came since it last looked
+    /// (a submit between its look and its wait would otherwise go unnoticed).
+    submitted: u64,
 }
 
 /// The queue and its worker.
@@ -95,9 +126,17 @@ pub struct Batcher {
     limits: BatchLimits,
     batches: std::sync::atomic::AtomicU64,
     batched_steps: std::sync::atomic::AtomicU64,
+    /// Batches that panicked.
+    panics: std::sync::atomic::AtomicU64,
     /// How long each batch took, per layer range (for `/metrics`: step time per shard).
     step_times: Mutex<Vec<(usize, usize, Arc<Histogram>)>>,
+    /// Called each time the worker found nothing to run, before it waits: tests submit
+    /// from here, at the worst moment for a wake-up.
+    idle_hook: Mutex<Option<IdleHook>>,
 }
+
+/// See [`Batcher::on_idle`].
+pub type IdleHook = Arc<dyn Fn() + Send + Sync>;
 
 impl Batcher {
     pub fn new(limits: BatchLimits) -> Self {
@@ -108,8 +147,16 @@ impl Batcher {
             limits,
             batches: Default::default(),
             batched_steps: Default::default(),
+            panics: Default::default(),
             step_times: Mutex::new(Vec::new()),
+            idle_hook: Mutex::new(None),
         }
+    }
+
+    /// Runs `hook` each time the worker has found nothing to run and is about to wait
+    /// (between its look at the queue and its wait): where a submit must not be missed.
+    pub fn on_idle(&self, hook: IdleHook) {
+        *self.idle_hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// Batch durations per layer range `(start, end)` this node has run.
@@ -148,6 +195,7 @@ impl Batcher {
             job,
             since: Instant::now(),
         });
+        state.submitted += 1;
         if !state.running {
             state.running = true;
             let batcher = self.clone();
@@ -173,6 +221,11 @@ impl Batcher {
     pub fn counts(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (self.batches.load(Relaxed), self.batched_steps.load(Relaxed))
+    }
+
+    /// Batches that panicked (each failed its steps; the worker went on).
+    pub fn panics(&self) -> u64 {
+        self.panics.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stops the worker after the batch it is running; queued steps fail. Takes no lock
@@ -212,15 +265,24 @@ impl Batcher {
             if !batch.is_empty() || !failed.is_empty() {
                 return Some((strong, batch, failed));
             }
+            let looked_at = state.submitted;
             // Nothing ready: wait for a new step (and look at waiting ones now and then).
             // The model is let go of first, outside the lock.
             drop(state);
             drop(strong);
+            let hook = self
+                .idle_hook
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                hook();
+            }
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if !self.is_stopping() {
+            if !self.is_stopping() && state.submitted == looked_at {
                 drop(
                     self.ready
-                        .wait_timeout(state, Duration::from_secs(1))
+                        .wait_timeout(state, self.limits.recheck)
                         .unwrap_or_else(|p| p.into_inner()),
                 );
             }
@@ -322,8 +384,10 @@ fn take_ready(
     (taken, failed)
 }
 
-/// The worker: runs batches until the model is dropped or stopped.
+/// The worker: runs batches until the model is dropped or stopped. A batch that panics
+/// fails its own steps (freeing what they held) and the worker goes on with the next.
 fn run(batcher: Arc<Batcher>, model: Weak<dyn StepRunner>) {
+    let _restart = RestartAfterPanic(&batcher);
     while let Some((strong, batch, failed)) = batcher.next_batch(&model) {
         fail_all(failed);
         if batch.is_empty() {
@@ -337,15 +401,102 @@ fn run(batcher: Arc<Batcher>, model: Weak<dyn StepRunner>) {
             batch.iter().map(|j| j.input.len()).sum::<usize>(),
         );
         let range = (batch[0].start, batch[0].end);
+        // What a panic would leave of the batch: enough to fail each step and free its cache.
+        let held: Vec<HeldStep> = batch
+            .iter()
+            .map(|job| HeldStep {
+                tag: job.tag,
+                request_id: job.request_id.clone(),
+                start: job.start,
+                end: job.end,
+                sink: job.sink.clone(),
+            })
+            .collect();
         let started = Instant::now();
-        let done = strong.run_batch(batch);
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| strong.run_batch(batch)));
         batcher.record_batch(range.0, range.1, started.elapsed());
-        tracing::debug!(
-            "batch of {steps} steps ({rows} rows) in {:.2} ms",
-            started.elapsed().as_secs_f64() * 1e3
-        );
+        let done = match outcome {
+            Ok(done) => {
+                tracing::debug!(
+                    "batch of {steps} steps ({rows} rows) in {:.2} ms",
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+                done
+            }
+            Err(panic) => batcher.panicked(strong.as_ref(), panic_message(&*panic), held),
+        };
         drop(strong);
         deliver(done);
+    }
+}
+
+/// A step of a running batch, as the worker keeps it in case the batch panics.
+struct HeldStep {
+    tag: u64,
+    request_id: String,
+    start: usize,
+    end: usize,
+    sink: StepSink,
+}
+
+impl Batcher {
+    /// A batch panicked: counts it, frees each step's cache and reservation (a cache the
+    /// step had checked out would otherwise stay busy for good) and fails the steps with
+    /// [`BatchPanicked`].
+    fn panicked(
+        &self,
+        model: &dyn StepRunner,
+        message: String,
+        held: Vec<HeldStep>,
+    ) -> Vec<(StepDone, StepSink)> {
+        self.panics
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(
+            "a batch of {} step(s) panicked ({message}): they fail, their caches are dropped, and the batcher goes on",
+            held.len()
+        );
+        held.into_iter()
+            .map(|step| {
+                model.abandon(&step.request_id, step.start, step.end);
+                let error = BatchPanicked {
+                    message: message.clone(),
+                };
+                (
+                    StepDone {
+                        tag: step.tag,
+                        request_id: step.request_id,
+                        output: Err(anyhow::Error::new(error)),
+                    },
+                    step.sink,
+                )
+            })
+            .collect()
+    }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => text.to_string(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic without a message".into(),
+    }
+}
+
+/// Should the worker itself end by a panic (outside a batch), the next submit starts a
+/// new one instead of queueing behind a worker that is gone.
+struct RestartAfterPanic<'a>(&'a Batcher);
+
+impl Drop for RestartAfterPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .running = false;
+        }
     }
 }
 

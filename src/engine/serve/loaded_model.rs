@@ -475,6 +475,10 @@ impl StepRunner for LoadedModel {
     fn run_batch(&self, jobs: Vec<StepJob>) -> Vec<(StepDone, StepSink)> {
         LoadedModel::run_batch(self, jobs)
     }
+
+    fn abandon(&self, request_id: &str, start: usize, end: usize) {
+        self.finish_range(request_id, start, end);
+    }
 }
 
 /// A step this recent stands in for a health probe.

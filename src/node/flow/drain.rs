@@ -10,7 +10,7 @@
 //! the old epoch). Then the node stops as it always did.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -33,6 +33,24 @@ impl DrainStatus {
     /// Nothing holds the node any more.
     pub fn is_idle(&self) -> bool {
         self.own_requests == 0 && self.queued_steps == 0 && self.cached_requests == 0
+    }
+}
+
+/// A generation this node originated, counted from `generate` until its outcome is known
+/// (re-plans included: between two epochs no epoch waits for a result, and a drain must
+/// not take that for idle). Dropping it (also by a panic) uncounts it.
+pub(super) struct LiveGeneration(Arc<AtomicUsize>);
+
+impl LiveGeneration {
+    pub(super) fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        LiveGeneration(count.clone())
+    }
+}
+
+impl Drop for LiveGeneration {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -113,5 +131,70 @@ impl RequestFlow {
                 return status;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU16;
+
+    use super::*;
+    use crate::catalog::{ModelFormat, ResolvedModel};
+    use crate::discovery::{PeerTable, PeerTableConfig};
+    use crate::engine::{DeviceChoice, EngineConfig, InferenceEngine, SamplingParams};
+    use crate::node::{FlowConfig, GenerateRequest};
+    use crate::resource::{Managed, ResourceRegistry};
+
+    /// A request of this node's own holds a drain for as long as it runs, also while no
+    /// epoch of it waits for a result (before its first plan, or between two epochs).
+    #[tokio::test]
+    async fn a_request_of_its_own_holds_a_drain_while_it_holds_no_epoch() {
+        // An engine that cannot open: the request fails before any epoch is planned.
+        let engine = Managed::new(
+            "engine",
+            InferenceEngine::new(EngineConfig::new(
+                ResolvedModel {
+                    id: "absent".into(),
+                    path: "/nonexistent/absent.gguf".into(),
+                    format: ModelFormat::Gguf,
+                },
+                DeviceChoice::Cpu,
+            )),
+        );
+        let peers = PeerTable::new("a", PeerTableConfig::default(), ResourceRegistry::new());
+        let flow = RequestFlow::new(
+            "a",
+            "absent",
+            Arc::new(AtomicU16::new(0)),
+            Default::default(),
+            engine,
+            peers,
+            FlowConfig::default(),
+        );
+        let mut events = flow.generate(GenerateRequest {
+            prompt: vec![1, 2, 3],
+            max_tokens: 4,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+            top_logprobs: None,
+            request_id: None,
+        });
+        assert_eq!(
+            flow.drain_status().await.own_requests,
+            1,
+            "a drain would stop the node under a request of its own"
+        );
+        while events.recv().await.is_some() {}
+        let released = tokio::time::timeout(Duration::from_secs(2), async {
+            while flow.drain_status().await.own_requests > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(
+            released.is_ok(),
+            "the request ended but still holds the node"
+        );
     }
 }

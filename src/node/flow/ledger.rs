@@ -2,14 +2,19 @@
 //! accepted (a retried message whose first copy arrived must not run twice), and the
 //! requests that have finished (late steps of them are refused).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-/// The last step of each request this node accepted, bounded (the oldest requests are
-/// forgotten first).
+/// The last step of each request this node accepted, bounded: past the bound, the request
+/// that has gone longest without a step is forgotten first (a request that finished is
+/// forgotten at once and takes no room, so a live request is never pushed out by ones
+/// that came and went).
 #[derive(Default)]
 pub struct StepLedger {
-    last: HashMap<String, u64>,
-    order: VecDeque<String>,
+    /// Per request: its last step, and when it was last touched (a counter).
+    last: HashMap<String, (u64, u64)>,
+    /// The requests by when they were last touched, oldest first.
+    by_touch: BTreeMap<u64, String>,
+    clock: u64,
 }
 
 impl StepLedger {
@@ -17,20 +22,25 @@ impl StepLedger {
 
     /// Whether `step` of `request_id` is new here (and records it).
     pub fn accept(&mut self, request_id: &str, step: u64) -> bool {
+        self.clock += 1;
+        let now = self.clock;
         match self.last.get_mut(request_id) {
-            Some(last) if *last >= step => false,
-            Some(last) => {
+            Some((last, _)) if *last >= step => false,
+            Some((last, touched)) => {
                 *last = step;
+                self.by_touch.remove(touched);
+                *touched = now;
+                self.by_touch.insert(now, request_id.to_string());
                 true
             }
             None => {
-                if self.order.len() == Self::CAPACITY
-                    && let Some(oldest) = self.order.pop_front()
+                if self.last.len() >= Self::CAPACITY
+                    && let Some((_, oldest)) = self.by_touch.pop_first()
                 {
                     self.last.remove(&oldest);
                 }
-                self.order.push_back(request_id.to_string());
-                self.last.insert(request_id.to_string(), step);
+                self.by_touch.insert(now, request_id.to_string());
+                self.last.insert(request_id.to_string(), (step, now));
                 true
             }
         }
@@ -42,7 +52,15 @@ impl StepLedger {
     }
 
     pub fn forget(&mut self, request_id: &str) {
-        self.last.remove(request_id);
+        if let Some((_, touched)) = self.last.remove(request_id) {
+            self.by_touch.remove(&touched);
+        }
+    }
+
+    /// Requests remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.last.len()
     }
 }
 
@@ -69,5 +87,45 @@ impl Finished {
 
     pub fn contains(&self, request_id: &str) -> bool {
         self.ids.contains(request_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_requests_make_no_room_for_evicting_a_live_one() {
+        let mut ledger = StepLedger::default();
+        assert!(ledger.accept("long", 1));
+        // Far more requests than the bound come and finish while "long" runs on.
+        for i in 0..2 * StepLedger::CAPACITY {
+            let id = format!("short-{i}");
+            assert!(ledger.accept(&id, 0));
+            ledger.forget(&id);
+        }
+        assert!(ledger.knows("long"), "a live request was forgotten");
+        assert!(!ledger.accept("long", 1), "a retried step would run twice");
+        assert!(ledger.accept("long", 2));
+    }
+
+    #[test]
+    fn past_the_bound_the_request_idle_longest_goes_first() {
+        let mut ledger = StepLedger::default();
+        assert!(ledger.accept("live", 0));
+        // Requests whose origins went away without finishing them fill the ledger, while
+        // "live" keeps taking steps.
+        for i in 0..2 * StepLedger::CAPACITY {
+            assert!(ledger.accept(&format!("abandoned-{i}"), 0));
+            if i % 64 == 0 {
+                assert!(ledger.accept("live", 1 + i as u64 / 64));
+            }
+            assert!(
+                ledger.knows("live"),
+                "the live request was evicted before idle ones (after {i} others)"
+            );
+        }
+        assert!(!ledger.knows("abandoned-0"), "the ledger is bounded");
+        assert!(ledger.len() <= StepLedger::CAPACITY);
     }
 }

@@ -31,7 +31,7 @@ mod shard;
 mod shard_state;
 mod stats;
 
-use std::sync::atomic::{AtomicBool, AtomicU16};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use tokio::sync::{Notify, mpsc};
@@ -69,6 +69,8 @@ pub struct RequestFlow {
     config: FlowConfig,
     /// Requests this node originated, and the nodes they lost.
     origin: OriginState,
+    /// Generations this node originated that are still running (see `LiveGeneration`).
+    generations: Arc<AtomicUsize>,
     /// Other requests' steps on this node.
     shard: ShardState,
     /// Everything bound for peers.
@@ -107,6 +109,7 @@ impl RequestFlow {
             peers,
             config,
             origin: OriginState::default(),
+            generations: Arc::new(AtomicUsize::new(0)),
             shard: ShardState::new(completions),
             outbox: Outbox::new(Self::on_undelivered(this.clone())),
             stats: Mutex::new(FlowStats::default()),
@@ -155,8 +158,8 @@ impl RequestFlow {
         self.engine.ensure_ready().await?.model()
     }
 
-    /// Requests in flight that this node originated.
+    /// Requests in flight that this node originated (from `generate` until each ends).
     pub fn active_requests(&self) -> usize {
-        self.origin.waiting()
+        self.generations.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::continuation::{Interruption, Replan, epoch_id};
 use super::deadline::StepTimes;
+use super::drain::LiveGeneration;
 use super::epoch::{Epoch, EpochEnd, RequestState};
 use super::{GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow, describe};
 use crate::engine::Decoding;
@@ -27,7 +28,8 @@ impl RequestFlow {
     pub fn generate(self: &Arc<Self>, request: GenerateRequest) -> mpsc::Receiver<GenerationEvent> {
         let (events, receiver) = mpsc::channel(256);
         let this = self.clone();
-        tokio::spawn(async move { this.run_generation(request, events).await });
+        let live = LiveGeneration::start(&self.generations);
+        tokio::spawn(async move { this.run_generation(request, events, live).await });
         receiver
     }
 
@@ -35,6 +37,7 @@ impl RequestFlow {
         self: Arc<Self>,
         request: GenerateRequest,
         events: mpsc::Sender<GenerationEvent>,
+        live: LiveGeneration,
     ) {
         let request_id = request
             .request_id
@@ -50,6 +53,8 @@ impl RequestFlow {
             .drive(&request_id, &request, &events, &mut current)
             .instrument(span)
             .await;
+        // Over before the client hears so (what is left is telling the nodes).
+        drop(live);
         let reason = match &outcome {
             Ok(Some(_)) => "finished",
             Ok(None) => "cancelled",

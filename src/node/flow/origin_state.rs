@@ -34,11 +34,6 @@ impl OriginState {
         self.lock().remove(wire_id);
     }
 
-    /// Epochs waiting for results (one per request in flight).
-    pub(super) fn waiting(&self) -> usize {
-        self.lock().len()
-    }
-
     /// Hands a step's outcome to the origin's waiting loop.
     pub(super) fn route(
         &self,

@@ -1,17 +1,18 @@
 //! Messages to peers, one queue per peer: items go out in the order they were queued,
 //! one message in flight per peer, and everything queued while a message travels leaves
 //! together in the next one (so a hop carries a whole batch's outputs, and a request's
-//! prompt chunks arrive in order).
+//! prompt chunks arrive in order). A peer that leaves (the peer table retires its handle)
+//! takes its queue and sender with it; what was still queued for it fails.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use futures::FutureExt;
 use tokio::sync::mpsc;
 
 use crate::peer::GrpcPeerHandle;
 use crate::proto::pb;
-use crate::resource::Managed;
+use crate::resource::{Managed, ResourceState};
 
 /// What can be sent to a peer.
 pub enum Item {
@@ -25,9 +26,12 @@ pub type OnFailure = Arc<dyn Fn(Vec<(Item, String)>) + Send + Sync>;
 /// Largest number of items in one message (the receiving service's cap).
 const MAX_ITEMS: usize = crate::server::MAX_BATCH_ITEMS;
 
+/// The queues by peer id (shared with their sender tasks, which remove their own).
+type Queues = Mutex<HashMap<String, Queue>>;
+
 /// The per-peer queues of a node.
 pub struct Outbox {
-    queues: Mutex<HashMap<String, Queue>>,
+    queues: Arc<Queues>,
     on_failure: OnFailure,
 }
 
@@ -40,7 +44,7 @@ struct Queue {
 impl Outbox {
     pub fn new(on_failure: OnFailure) -> Self {
         Outbox {
-            queues: Mutex::new(HashMap::new()),
+            queues: Arc::new(Mutex::new(HashMap::new())),
             on_failure,
         }
     }
@@ -54,7 +58,13 @@ impl Outbox {
             .is_none_or(|q| !Arc::ptr_eq(&q.handle, &handle) || q.sender.is_closed());
         if fresh {
             let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(drain(receiver, handle.clone(), self.on_failure.clone()));
+            tokio::spawn(drain(
+                peer.to_string(),
+                receiver,
+                handle.clone(),
+                self.on_failure.clone(),
+                Arc::downgrade(&self.queues),
+            ));
             queues.insert(peer.to_string(), Queue { sender, handle });
         }
         let queue = queues.get(peer).expect("inserted above");
@@ -63,16 +73,33 @@ impl Outbox {
             (self.on_failure)(vec![(item, format!("the queue to {peer} was closed"))]);
         }
     }
+
+    /// Peers with a queue (and a sender task).
+    #[cfg(test)]
+    fn peers(&self) -> usize {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 /// One peer's sender: takes everything queued, sends steps and results (one message each
-/// kind), reports refusals, repeats.
+/// kind), reports refusals, repeats; until the peer leaves (its handle is retired), then
+/// removes its queue and fails what was still in it.
 async fn drain(
+    peer: String,
     mut receiver: mpsc::UnboundedReceiver<Item>,
     handle: Arc<Managed<GrpcPeerHandle>>,
     on_failure: OnFailure,
+    queues: Weak<Queues>,
 ) {
-    while let Some(first) = receiver.recv().await {
+    let mut state = handle.subscribe();
+    loop {
+        let first = tokio::select! {
+            item = receiver.recv() => match item {
+                Some(item) => item,
+                None => return,
+            },
+            _ = state.wait_for(|s| *s == ResourceState::Closed) => break,
+        };
         let mut items = vec![first];
         while items.len() < MAX_ITEMS {
             match receiver.try_recv() {
@@ -113,6 +140,25 @@ async fn drain(
             );
         }
     }
+    // The peer left. Its queue goes (unless a newer handle of the same peer has one), and
+    // nothing more can join it; what is left fails, for the origins to hear of it.
+    if let Some(queues) = queues.upgrade() {
+        let mut queues = queues.lock().unwrap_or_else(|p| p.into_inner());
+        if queues
+            .get(&peer)
+            .is_some_and(|q| Arc::ptr_eq(&q.handle, &handle))
+        {
+            queues.remove(&peer);
+        }
+    }
+    receiver.close();
+    let mut left = Vec::new();
+    while let Ok(item) = receiver.try_recv() {
+        left.push((item, format!("peer {peer} left")));
+    }
+    if !left.is_empty() {
+        on_failure(left);
+    }
 }
 
 /// Hands refused or undelivered items to the failure handler.
@@ -133,5 +179,52 @@ fn report(sent: anyhow::Result<Vec<String>>, items: Vec<Item>, on_failure: &OnFa
     };
     if !failed.is_empty() {
         on_failure(failed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::PeerTimeouts;
+
+    #[tokio::test]
+    async fn a_departed_peers_queue_and_sender_go_and_what_it_held_fails() {
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let seen = failed.clone();
+        let outbox = Outbox::new(Arc::new(move |items: Vec<(Item, String)>| {
+            seen.lock()
+                .unwrap()
+                .extend(items.into_iter().map(|(_, why)| why));
+        }));
+        // A peer nobody listens for: what is sent to it fails.
+        let handle = Managed::new(
+            "peer:gone",
+            GrpcPeerHandle::new("gone", "127.0.0.1:1", PeerTimeouts::default()),
+        );
+        outbox.send(
+            "gone",
+            handle.clone(),
+            Item::Result(pb::ResultItem::default()),
+        );
+        assert_eq!(outbox.peers(), 1);
+
+        // The peer leaves: the peer table retires its handle.
+        handle.cleanup().await.unwrap();
+        let gone = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while outbox.peers() > 0 || Arc::strong_count(&handle) > 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(
+            gone.is_ok(),
+            "the queue of a departed peer is kept ({} queue(s)), and its sender task holds the handle",
+            outbox.peers()
+        );
+        assert_eq!(
+            failed.lock().unwrap().len(),
+            1,
+            "the queued item was reported"
+        );
     }
 }

@@ -123,18 +123,13 @@ impl RequestFlow {
     }
 
     /// Queues `item` for a node of a plan. A node this one may not take on (a keyed
-    /// cluster's node that has not proven the key here) gets nothing: the item fails as
-    /// undeliverable, as if the node were unreachable.
+    /// cluster's node that has not proven the key here, or an open node's peer off
+    /// loopback) gets nothing: the item fails as undeliverable, as if the node were
+    /// unreachable.
     pub(super) fn send_to(&self, node_id: &str, address: &str, item: Item) {
         match self.peers.adopt(node_id, address, &self.model_id) {
-            Some(handle) => self.outbox.send(node_id, handle, item),
-            None => self.undelivered(vec![(
-                item,
-                format!(
-                    "node {node_id} has not proven the cluster key to node {}",
-                    self.node_id
-                ),
-            )]),
+            Ok(handle) => self.outbox.send(node_id, handle, item),
+            Err(reason) => self.undelivered(vec![(item, reason)]),
         }
     }
 

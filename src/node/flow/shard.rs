@@ -10,7 +10,7 @@ use tonic::Status;
 use super::RequestFlow;
 use super::outbox::{Item, OnFailure};
 use crate::engine::model::shard_io::{ShardInput, ShardOutput};
-use crate::engine::serve::batcher::{StepDone, StepJob};
+use crate::engine::serve::batcher::{BatchPanicked, StepDone, StepJob};
 use crate::engine::serve::sampling::{TokenLogprobs, logprobs, sample};
 use crate::proto::{StepInput, StepOutcome, ValidatedContext, result_to_wire, step_to_wire};
 
@@ -188,7 +188,15 @@ impl RequestFlow {
                         "the last shard of the plan produced no logits".into(),
                     ),
                 },
-                Err(error) => self.fail_step(&context, format!("node {}: {error:#}", self.node_id)),
+                Err(error) => {
+                    // A panic in the engine puts the engine in question, not the request:
+                    // the engine is marked degraded (its health check decides whether it
+                    // recovers) and the origin re-plans on the error.
+                    if error.downcast_ref::<BatchPanicked>().is_some() {
+                        self.engine.report_problem(format!("{error:#}"));
+                    }
+                    self.fail_step(&context, format!("node {}: {error:#}", self.node_id))
+                }
             }
         }
     }
