@@ -281,6 +281,7 @@ impl Settings {
                 ignore_eos: self.ignore_eos,
                 top_logprobs: self.top_logprobs,
                 request_id: Some(request_id.clone()),
+                grammar: None,
             },
             request_id,
             model: self.model,

@@ -23,6 +23,9 @@ pub struct GenerateRequest {
     /// The id the request goes by on every node (in logs and gRPC metadata); the origin
     /// makes one when empty.
     pub request_id: Option<String>,
+    /// A grammar (llguidance's Lark dialect) every generated token must follow
+    /// (structured output, tool calls); the last shard masks the logits with it.
+    pub grammar: Option<String>,
 }
 
 /// Timings and counts of a finished generation.
