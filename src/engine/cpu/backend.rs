@@ -8,6 +8,7 @@ use super::attention::{AttentionShape, KvLayer, ROWS, Scratch, attend};
 use super::isa::Isa;
 use super::matrix::{ActivationPrecision, CpuMatrix, MatmulJob, Weights, matmul};
 use super::ops::{self, Activation};
+use super::par_rows::for_rows;
 use super::rope::RopeTable;
 use crate::engine::backend::{Backend, SeqRows};
 use crate::engine::config::RopeSpec;
@@ -187,7 +188,11 @@ impl Backend for CpuBackend {
             bail!("a norm of width {} on rows of {}", weight.len(), x.cols);
         }
         let mut data = vec![0f32; x.data.len()];
-        ops::rms_norm(&x.data, weight, eps, &mut data);
+        let cols = x.cols;
+        for_rows(&mut data, cols, |first, out| {
+            let from = first * cols;
+            ops::rms_norm(&x.data[from..from + out.len()], weight, eps, out);
+        });
         Ok(Rows {
             data,
             rows: x.rows,
@@ -272,16 +277,18 @@ impl Backend for CpuBackend {
         seqs: &[SeqRows],
     ) -> anyhow::Result<Rows> {
         let cols = x.cols;
+        // Each row's position, from the sequence it belongs to.
+        let mut positions = vec![0usize; x.rows];
         for seq in seqs {
             for i in 0..seq.len {
-                let r = seq.start + i;
-                rope.apply(
-                    &mut x.data[r * cols..(r + 1) * cols],
-                    head_dim,
-                    seq.position + i,
-                );
+                positions[seq.start + i] = seq.position + i;
             }
         }
+        for_rows(&mut x.data, cols, |first, rows| {
+            for (i, row) in rows.chunks_exact_mut(cols).enumerate() {
+                rope.apply(row, head_dim, positions[first + i]);
+            }
+        });
         Ok(x)
     }
 
@@ -386,7 +393,11 @@ impl Backend for CpuBackend {
             bail!("gate and up differ in shape");
         }
         let mut data = vec![0f32; gate.data.len()];
-        ops::gated(activation, &gate.data, &up.data, &mut data);
+        let cols = gate.cols;
+        for_rows(&mut data, cols, |first, out| {
+            let from = first * cols..first * cols + out.len();
+            ops::gated(activation, &gate.data[from.clone()], &up.data[from], out);
+        });
         Ok(Rows {
             data,
             rows: gate.rows,
@@ -394,17 +405,38 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn add(&self, x: &Rows, y: &Rows) -> anyhow::Result<Rows> {
+    fn gated_halves(
+        &self,
+        activation: Activation,
+        fused: Rows,
+        width: usize,
+    ) -> anyhow::Result<Rows> {
+        if fused.cols != 2 * width {
+            bail!("rows of {} are not two halves of {width}", fused.cols);
+        }
+        let mut data = vec![0f32; fused.rows * width];
+        for_rows(&mut data, width, |first, out| {
+            for (i, out) in out.chunks_exact_mut(width).enumerate() {
+                let (gate, up) = fused.row(first + i).split_at(width);
+                ops::gated(activation, gate, up, out);
+            }
+        });
+        Ok(Rows {
+            data,
+            rows: fused.rows,
+            cols: width,
+        })
+    }
+
+    fn add(&self, mut x: Rows, y: &Rows) -> anyhow::Result<Rows> {
         if x.rows != y.rows || x.cols != y.cols {
             bail!("cannot add {}×{} and {}×{}", x.rows, x.cols, y.rows, y.cols);
         }
-        let mut data = x.data.clone();
-        ops::add(&mut data, &y.data);
-        Ok(Rows {
-            data,
-            rows: x.rows,
-            cols: x.cols,
-        })
+        let cols = x.cols;
+        for_rows(&mut x.data, cols, |first, rows| {
+            ops::add(rows, &y.data[first * cols..first * cols + rows.len()]);
+        });
+        Ok(x)
     }
 
     fn select_rows(&self, x: &Rows, rows: &[usize]) -> anyhow::Result<Rows> {

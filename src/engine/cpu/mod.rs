@@ -11,7 +11,8 @@
 //! - [`isa`]: which SIMD path the CPU offers (chosen at run time);
 //! - [`matrix`]: weight matrices and batched matmuls on the worker pool;
 //! - [`ops`], [`rope`], [`attention`]: the row-wise parts of a layer;
-//! - [`pool`]: the worker threads every parallel call runs on;
+//! - [`pool`]: the worker threads every parallel call runs on; [`par_rows`]: row-wise
+//!   operations spread over them;
 //! - [`backend`]: all of it behind the decoder's [`crate::engine::backend::Backend`].
 //!
 //! Every operation computes each activation row on its own, in a fixed order: a row's
@@ -33,6 +34,7 @@ pub mod int_dot;
 pub mod isa;
 pub mod matrix;
 pub mod ops;
+pub mod par_rows;
 pub mod pool;
 pub mod rope;
 

@@ -100,7 +100,22 @@ pub trait Backend: Send + Sync + Sized + 'static {
         gate: &Self::Act,
         up: &Self::Act,
     ) -> anyhow::Result<Self::Act>;
-    fn add(&self, x: &Self::Act, y: &Self::Act) -> anyhow::Result<Self::Act>;
+    /// `act(g) · u` where each row of `fused` is `g` then `u`, `width` values each (gate
+    /// and up stacked in one matrix); by default through [`Self::split`].
+    fn gated_halves(
+        &self,
+        activation: Activation,
+        fused: Self::Act,
+        width: usize,
+    ) -> anyhow::Result<Self::Act> {
+        let mut parts = self.split(fused, &[width, width])?.into_iter();
+        match (parts.next(), parts.next()) {
+            (Some(gate), Some(up)) => self.gated(activation, &gate, &up),
+            _ => anyhow::bail!("a split into two halves gave fewer parts"),
+        }
+    }
+    /// `x + y` (x is consumed: backends may add in place).
+    fn add(&self, x: Self::Act, y: &Self::Act) -> anyhow::Result<Self::Act>;
     /// The rows `rows` of `x`, in that order.
     fn select_rows(&self, x: &Self::Act, rows: &[usize]) -> anyhow::Result<Self::Act>;
     /// Bytes a layer cache holds.

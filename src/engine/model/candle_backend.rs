@@ -340,7 +340,7 @@ impl Backend for CandleBackend {
         Ok((g * up)?)
     }
 
-    fn add(&self, x: &Tensor, y: &Tensor) -> anyhow::Result<Tensor> {
+    fn add(&self, x: Tensor, y: &Tensor) -> anyhow::Result<Tensor> {
         Ok((x + y)?)
     }
 

@@ -96,26 +96,23 @@ impl<B: Backend> Layer<B> {
         if let Some(norm) = &layer.post_attn_norm {
             o = b.rms_norm(&o, norm, eps)?;
         }
-        let x = b.add(&x, &o)?;
+        let x = b.add(x, &o)?;
         let h = b.rms_norm(&x, &layer.ffn_norm, eps)?;
-        let (gate, up) = match &layer.gate_up {
+        let a = match &layer.gate_up {
             GateUp::Fused(m) => {
                 let fused = b.linear(&h, &[(m, None)])?.remove(0);
-                let mut parts = b
-                    .split(fused, &[c.intermediate_size, c.intermediate_size])?
-                    .into_iter();
-                (parts.next().context("gate")?, parts.next().context("up")?)
+                b.gated_halves(c.activation, fused, c.intermediate_size)?
             }
             GateUp::Separate(g, u) => {
                 let mut out = b.linear(&h, &[(g, None), (u, None)])?.into_iter();
-                (out.next().context("gate")?, out.next().context("up")?)
+                let (gate, up) = (out.next().context("gate")?, out.next().context("up")?);
+                b.gated(c.activation, &gate, &up)?
             }
         };
-        let a = b.gated(c.activation, &gate, &up)?;
         let mut d = b.linear(&a, &[(&layer.down, None)])?.remove(0);
         if let Some(norm) = &layer.post_ffn_norm {
             d = b.rms_norm(&d, norm, eps)?;
         }
-        b.add(&x, &d)
+        b.add(x, &d)
     }
 }
