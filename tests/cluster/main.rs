@@ -23,6 +23,7 @@ mod message_caps;
 mod netns;
 mod openai_client;
 mod peers_file;
+mod prefix_cache;
 mod survival;
 mod tensors;
 mod tracing;

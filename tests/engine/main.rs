@@ -9,6 +9,7 @@ mod bad_input;
 mod cache;
 mod families;
 mod kernels;
+mod prefix;
 mod real_model;
 mod replay;
 mod synthetic;
