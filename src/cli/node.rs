@@ -187,8 +187,9 @@ impl NodeArgs {
         };
         config.supply.peer_wait = Duration::from_millis(self.peer_wait_ms);
         config.memory_limit = self.memory_limit;
-        config.prefix_cache_bytes = usize::try_from(self.prefix_cache_bytes)
-            .map_err(|_| anyhow::anyhow!("--prefix-cache-bytes is larger than this machine's address space"))?;
+        config.prefix_cache_bytes = usize::try_from(self.prefix_cache_bytes).map_err(|_| {
+            anyhow::anyhow!("--prefix-cache-bytes is larger than this machine's address space")
+        })?;
         if self.step_timeout_ms == 0 {
             bail!("--step-timeout-ms must be at least 1");
         }

@@ -61,7 +61,11 @@ fn opening(city: &str, system: bool) -> serde_json::Value {
 }
 
 /// Two turns of a conversation that opens with `messages`; the answers.
-fn conversation(node: &NodeProcess, mut messages: serde_json::Value, next: &str) -> (String, String) {
+fn conversation(
+    node: &NodeProcess,
+    mut messages: serde_json::Value,
+    next: &str,
+) -> (String, String) {
     let first = answer(node, &messages);
     let list = messages.as_array_mut().unwrap();
     list.push(serde_json::json!({"role": "assistant", "content": first}));
@@ -87,7 +91,10 @@ fn the_next_turn_reuses_the_ring_s_prefix_cache_and_answers_the_same() {
     // One node with a prefix cache: the second turn starts from the first's blocks.
     let solo = NodeProcess::start(dir.path(), "solo", free_udp_port());
     wait_for_ring(&solo, 1);
-    assert_eq!(conversation(&solo, opening("Lyon", true), "Porto"), expected);
+    assert_eq!(
+        conversation(&solo, opening("Lyon", true), "Porto"),
+        expected
+    );
     assert_eq!(metric(&solo, "exo_prefix_cache_hits_total"), 1.0);
     assert!(metric(&solo, "exo_prefix_cache_reused_tokens_total") >= 48.0);
     assert!(metric(&solo, "exo_prefix_cache_blocks") > 0.0);
@@ -102,7 +109,10 @@ fn the_next_turn_reuses_the_ring_s_prefix_cache_and_answers_the_same() {
     for node in &ring {
         wait_for_ring(node, 3);
     }
-    assert_eq!(conversation(&ring[0], opening("Lyon", true), "Porto"), expected);
+    assert_eq!(
+        conversation(&ring[0], opening("Lyon", true), "Porto"),
+        expected
+    );
     for node in &ring {
         assert_eq!(
             metric(node, "exo_prefix_cache_hits_total"),

@@ -199,7 +199,15 @@ fn eviction_under_a_small_budget_keeps_the_chain_start_and_answers_right() {
     assert!(stats.bytes <= config.prefix_cache_bytes, "{stats:?}");
     // The evicted end is a miss; the kept start restores exactly.
     let all = hashes.len() * BLOCK_TOKENS;
-    let missed = prefill(&model, "small-miss", None, &second[all..], all, &hashes, 256);
+    let missed = prefill(
+        &model,
+        "small-miss",
+        None,
+        &second[all..],
+        all,
+        &hashes,
+        256,
+    );
     assert!(missed.unwrap_err().is::<PrefixMiss>());
     let kept = KEPT * BLOCK_TOKENS;
     let full = prefill(&model, "small-full", None, &second, 0, &[], 256).unwrap();

@@ -22,7 +22,8 @@ pub trait KvSlot: Backend {
     fn kv_ref(slot: &AnyKv) -> Option<&Self::Kv>;
     /// Positions `[from, to)` of a layer cache whose rows are `width` wide (None when it
     /// holds fewer).
-    fn kv_copy(slot: &AnyKv, from: usize, to: usize, width: usize) -> anyhow::Result<Option<AnyKv>>;
+    fn kv_copy(slot: &AnyKv, from: usize, to: usize, width: usize)
+    -> anyhow::Result<Option<AnyKv>>;
     /// Appends `blocks`' positions after `slot`'s own.
     fn kv_extend(slot: &mut AnyKv, blocks: &[&AnyKv]) -> anyhow::Result<()>;
 }
@@ -43,7 +44,12 @@ impl KvSlot for CpuBackend {
             AnyKv::Candle(_) => None,
         }
     }
-    fn kv_copy(slot: &AnyKv, from: usize, to: usize, width: usize) -> anyhow::Result<Option<AnyKv>> {
+    fn kv_copy(
+        slot: &AnyKv,
+        from: usize,
+        to: usize,
+        width: usize,
+    ) -> anyhow::Result<Option<AnyKv>> {
         let kv = Self::kv_ref(slot).ok_or_else(|| anyhow::anyhow!("a cache of another backend"))?;
         Ok(kv.copy_positions(from, to, width).map(AnyKv::Cpu))
     }
@@ -70,7 +76,12 @@ impl KvSlot for CandleBackend {
             AnyKv::Cpu(_) => None,
         }
     }
-    fn kv_copy(slot: &AnyKv, from: usize, to: usize, _width: usize) -> anyhow::Result<Option<AnyKv>> {
+    fn kv_copy(
+        slot: &AnyKv,
+        from: usize,
+        to: usize,
+        _width: usize,
+    ) -> anyhow::Result<Option<AnyKv>> {
         let kv = Self::kv_ref(slot).ok_or_else(|| anyhow::anyhow!("a cache of another backend"))?;
         Ok(kv.copy_positions(from, to)?.map(AnyKv::Candle))
     }

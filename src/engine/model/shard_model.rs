@@ -198,7 +198,11 @@ impl<B: KvSlot> ShardModel<B> {
                     .with_context(|| format!("the cache lacks positions [{from}, {to})"))?,
             );
         }
-        let bytes = layers.iter().filter_map(|kv| B::kv_ref(kv)).map(B::kv_bytes).sum();
+        let bytes = layers
+            .iter()
+            .filter_map(|kv| B::kv_ref(kv))
+            .map(B::kv_bytes)
+            .sum();
         Ok(SequenceCache {
             layers,
             len: to - from,
@@ -218,7 +222,12 @@ impl<B: KvSlot> ShardModel<B> {
             B::kv_extend(slot, &parts)?;
         }
         cache.len = blocks.iter().map(|b| b.len).sum();
-        cache.bytes = cache.layers.iter().filter_map(|kv| B::kv_ref(kv)).map(B::kv_bytes).sum();
+        cache.bytes = cache
+            .layers
+            .iter()
+            .filter_map(|kv| B::kv_ref(kv))
+            .map(B::kv_bytes)
+            .sum();
         Ok(cache)
     }
 

@@ -489,4 +489,3 @@ const RECENT_STEP: std::time::Duration = std::time::Duration::from_secs(10);
 fn cache_key(request_id: &str, start: usize, end: usize) -> String {
     format!("{request_id}@{start}-{end}")
 }
-

@@ -57,7 +57,9 @@ pub fn block_hashes(tokens: &[u32]) -> Vec<u64> {
 /// A request named a prefix that this node's prefix cache does not hold (all of it, for
 /// the layers asked): its origin runs it again without the prefix.
 #[derive(Debug, thiserror::Error)]
-#[error("layers [{start}, {end}) of this node do not hold the prefix of {tokens} tokens the step names (evicted from the prefix cache, or never kept here)")]
+#[error(
+    "layers [{start}, {end}) of this node do not hold the prefix of {tokens} tokens the step names (evicted from the prefix cache, or never kept here)"
+)]
 pub struct PrefixMiss {
     pub tokens: usize,
     pub start: usize,
@@ -130,7 +132,12 @@ impl PrefixCache {
 
     /// The blocks of `hashes` for the layers `[start, end)`, in order, when every one is
     /// here (each is touched, the last first); None counts a miss.
-    pub fn chain(&mut self, hashes: &[u64], start: usize, end: usize) -> Option<Vec<Arc<SequenceCache>>> {
+    pub fn chain(
+        &mut self,
+        hashes: &[u64],
+        start: usize,
+        end: usize,
+    ) -> Option<Vec<Arc<SequenceCache>>> {
         let keys: Vec<BlockKey> = hashes
             .iter()
             .map(|&hash| BlockKey { hash, start, end })

@@ -32,8 +32,7 @@ impl LoadedModel {
                 start,
                 end,
             })?;
-        let parts: Vec<&SequenceCache> =
-            blocks.iter().map(|b| b.as_ref()).collect();
+        let parts: Vec<&SequenceCache> = blocks.iter().map(|b| b.as_ref()).collect();
         shard.join_blocks(&parts)
     }
 
@@ -82,7 +81,9 @@ impl LoadedModel {
                     prefixes.insert(hashes[i], start, end, block);
                 }
                 Err(error) => {
-                    tracing::warn!("cannot keep a prefix block of layers [{start}, {end}): {error:#}");
+                    tracing::warn!(
+                        "cannot keep a prefix block of layers [{start}, {end}): {error:#}"
+                    );
                     return 0;
                 }
             }
@@ -99,7 +100,6 @@ impl LoadedModel {
             .unwrap_or_else(|p| p.into_inner())
             .stats()
     }
-
 }
 
 /// The layer range of a cache key (`request@start-end`).

@@ -14,10 +14,10 @@ use super::deadline::StepTimes;
 use super::outbox::Item;
 use super::{GenerateRequest, GenerationEvent, RequestFlow, describe};
 use crate::discovery::PeerInfo;
+use crate::engine::serve::prefix_cache::{BLOCK_TOKENS, block_hashes};
 use crate::engine::serve::sampling::TokenLogprobs;
 use crate::engine::text::tokenizer::TextTokenizer;
 use crate::engine::{Decoding, FinishReason, TokenOutcome};
-use crate::engine::serve::prefix_cache::{BLOCK_TOKENS, block_hashes};
 use crate::proto::{ConstraintSpec, StepInput, StepOutcome, ValidatedContext, step_to_wire};
 use crate::topology::Partition;
 

@@ -327,7 +327,13 @@ impl RequestFlow {
     /// Tells every node of the plan that the request is over (in parallel, best effort),
     /// asking each to keep the blocks `keep` names in its prefix cache, and remembers
     /// which each kept.
-    async fn finish_everywhere(&self, request_id: &str, plan: &Partition, reason: &str, keep: &[u64]) {
+    async fn finish_everywhere(
+        &self,
+        request_id: &str,
+        plan: &Partition,
+        reason: &str,
+        keep: &[u64],
+    ) {
         let calls = plan.entries.iter().map(|entry| async move {
             let kept = if entry.node_id == self.node_id {
                 self.finish_local(request_id, keep).await
