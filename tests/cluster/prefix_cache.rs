@@ -73,17 +73,21 @@ fn conversation(
     (first, answer(node, &messages))
 }
 
+/// The reference: a node that keeps no prefixes.
+fn without_prefix_cache(dir: &std::path::Path) -> NodeProcess {
+    NodeProcess::start_args(
+        dir,
+        "plain",
+        free_udp_port(),
+        &["--prefix-cache-bytes", "0"],
+    )
+}
+
 #[test]
 fn the_next_turn_reuses_the_ring_s_prefix_cache_and_answers_the_same() {
     default_model();
     let dir = tempfile::tempdir().unwrap();
-    // The reference: a node that keeps no prefixes.
-    let plain = NodeProcess::start_args(
-        dir.path(),
-        "plain",
-        free_udp_port(),
-        &["--prefix-cache-bytes", "0"],
-    );
+    let plain = without_prefix_cache(dir.path());
     wait_for_ring(&plain, 1);
     let expected = conversation(&plain, opening("Lyon", true), "Porto");
     assert_eq!(metric(&plain, "exo_prefix_cache_hits_total"), 0.0);
@@ -127,12 +131,7 @@ fn the_next_turn_reuses_the_ring_s_prefix_cache_and_answers_the_same() {
 fn eviction_under_a_small_budget_keeps_answers_right() {
     default_model();
     let dir = tempfile::tempdir().unwrap();
-    let plain = NodeProcess::start_args(
-        dir.path(),
-        "plain",
-        free_udp_port(),
-        &["--prefix-cache-bytes", "0"],
-    );
+    let plain = without_prefix_cache(dir.path());
     // About four blocks of the default model's KV (368,640 bytes each).
     let small = NodeProcess::start_args(
         dir.path(),

@@ -198,11 +198,7 @@ impl<B: KvSlot> ShardModel<B> {
                     .with_context(|| format!("the cache lacks positions [{from}, {to})"))?,
             );
         }
-        let bytes = layers
-            .iter()
-            .filter_map(|kv| B::kv_ref(kv))
-            .map(B::kv_bytes)
-            .sum();
+        let bytes = Self::bytes_of(&layers);
         Ok(SequenceCache {
             layers,
             len: to - from,
@@ -222,13 +218,17 @@ impl<B: KvSlot> ShardModel<B> {
             B::kv_extend(slot, &parts)?;
         }
         cache.len = blocks.iter().map(|b| b.len).sum();
-        cache.bytes = cache
-            .layers
+        cache.bytes = Self::bytes_of(&cache.layers);
+        Ok(cache)
+    }
+
+    /// The bytes a cache's layers hold.
+    fn bytes_of(layers: &[AnyKv]) -> usize {
+        layers
             .iter()
             .filter_map(|kv| B::kv_ref(kv))
             .map(B::kv_bytes)
-            .sum();
-        Ok(cache)
+            .sum()
     }
 
     /// Checks that `input` suits this shard; returns its number of tokens. Everything is
@@ -361,12 +361,7 @@ impl<B: KvSlot> ShardModel<B> {
                 }
             }
             cache.len = target;
-            cache.bytes = cache
-                .layers
-                .iter()
-                .filter_map(|kv| B::kv_ref(kv))
-                .map(B::kv_bytes)
-                .sum();
+            cache.bytes = Self::bytes_of(&cache.layers);
         }
         result
     }
