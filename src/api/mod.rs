@@ -1,5 +1,5 @@
-//! The HTTP API of a node: OpenAI-compatible chat and text completions, models, topology,
-//! health, and the admin endpoints over the node's resources.
+//! The HTTP API of a node: OpenAI-compatible chat and text completions, Ollama's API,
+//! models, topology, health, and the admin endpoints over the node's resources.
 
 mod access;
 mod admin;
@@ -12,6 +12,7 @@ mod info;
 mod limit;
 mod logprobs;
 mod metrics;
+mod ollama;
 mod params;
 mod respond;
 mod routes;

@@ -21,6 +21,7 @@ mod logprobs;
 mod memory;
 mod message_caps;
 mod netns;
+mod ollama_client;
 mod openai_client;
 mod peers_file;
 mod prefix_cache;
