@@ -1,4 +1,4 @@
-//! Who may call the API: bearer keys on /v1, admin endpoints for the admin key (or
+//! Who may call the API: bearer keys (or `x-api-key`) on /v1 and /api, admin endpoints for the admin key (or
 //! loopback when there is none), no cross-site use unless an origin is allowed, and chat
 //! requests only as JSON (a cross-site form post cannot be JSON without a CORS preflight).
 //! /healthz stays open for load balancers and probes.
@@ -39,11 +39,15 @@ fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
         .any(|scheme| origin.strip_prefix(scheme) == Some(host))
 }
 
-/// The bearer token of a request, if it has one.
+/// The key a request carries, if any: a bearer token, or `x-api-key` (how Anthropic's
+/// clients send theirs).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let from_authorization = || {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    };
+    from_authorization().or_else(|| Some(headers.get("x-api-key")?.to_str().ok()?.trim()))
 }
 
 /// Whether `token` is one of `keys`, comparing in constant time (no timing oracle).
@@ -114,7 +118,9 @@ pub async fn guard(
         if let Err(response) = authorize(&config, peer, &path, request.headers()) {
             return *response;
         }
-        if is_generation(request.method(), &path) {
+        // Ollama's endpoints take a body of any type, as Ollama does (its documented curl
+        // calls send none); the Origin check above still keeps other sites out.
+        if is_generation(request.method(), &path) && !path.starts_with("/api/") {
             let json = request
                 .headers()
                 .get(header::CONTENT_TYPE)
@@ -189,7 +195,7 @@ fn preflight(origin: &HeaderValue) -> Response {
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type"),
+        HeaderValue::from_static("authorization, content-type, x-api-key, anthropic-version"),
     );
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,

@@ -134,8 +134,16 @@ pub async fn limit(
     Response::from_parts(parts, Body::from_stream(stream))
 }
 
-/// The routes that run a generation: JSON bodies only, and each holds a slot of the
-/// request limiter.
+/// The routes that run a generation: each holds a slot of the request limiter (and all
+/// but Ollama's take JSON bodies only).
 pub(super) fn is_generation(method: &axum::http::Method, path: &str) -> bool {
-    method == axum::http::Method::POST && matches!(path, "/v1/chat/completions" | "/v1/completions")
+    method == axum::http::Method::POST
+        && matches!(
+            path,
+            "/v1/chat/completions"
+                | "/v1/completions"
+                | "/v1/messages"
+                | "/api/chat"
+                | "/api/generate"
+        )
 }

@@ -1,8 +1,10 @@
-//! The HTTP API of a node: OpenAI-compatible chat and text completions, Ollama's API,
-//! models, topology, health, and the admin endpoints over the node's resources.
+//! The HTTP API of a node: OpenAI-compatible chat and text completions, Anthropic's
+//! Messages, Ollama's API, models, topology, health, and the admin endpoints over the
+//! node's resources.
 
 mod access;
 mod admin;
+mod anthropic;
 mod chat;
 mod completions;
 mod config;

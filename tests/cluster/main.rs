@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod anthropic_client;
 mod api_access;
 mod bad_input;
 mod bad_peer;

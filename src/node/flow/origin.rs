@@ -143,6 +143,7 @@ impl RequestFlow {
                     return Ok(Some(GenerationSummary {
                         request_id: request_id.to_string(),
                         finish,
+                        stop_string: state.decoding.stopped_by().map(str::to_string),
                         prompt_tokens: request.prompt.len(),
                         completion_tokens: state.decoding.generated().len(),
                         prefill_seconds: (first - state.started).as_secs_f64(),

@@ -33,6 +33,8 @@ pub struct GenerateRequest {
 pub struct GenerationSummary {
     pub request_id: String,
     pub finish: FinishReason,
+    /// The stop string that ended it, if one did (`finish` is then `Stop`).
+    pub stop_string: Option<String>,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub prefill_seconds: f64,
