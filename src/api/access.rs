@@ -1,7 +1,7 @@
-//! Who may call the API: bearer keys on /v1, admin endpoints for the admin key (or
-//! loopback when there is none, and no proxy in between), no cross-site use unless an
-//! origin is allowed, only the names the node serves in `Host` (no DNS rebinding), and
-//! chat requests and admin POSTs only as JSON (a cross-site form post cannot be JSON
+//! Who may call the API: bearer keys (or `x-api-key`) on /v1 and /api, admin endpoints for
+//! the admin key (or loopback when there is none, and no proxy in between), no cross-site use
+//! unless an origin is allowed, only the names the node serves in `Host` (no DNS rebinding),
+//! and chat requests and admin POSTs only as JSON (a cross-site form post cannot be JSON
 //! without a CORS preflight). /healthz stays open for load balancers and probes.
 
 use std::net::SocketAddr;
@@ -97,11 +97,15 @@ fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
         .any(|scheme| origin.strip_prefix(scheme) == Some(host))
 }
 
-/// The bearer token of a request, if it has one.
+/// The key a request carries, if any: a bearer token, or `x-api-key` (how Anthropic's
+/// clients send theirs).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let from_authorization = || {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    };
+    from_authorization().or_else(|| Some(headers.get("x-api-key")?.to_str().ok()?.trim()))
 }
 
 /// Whether `token` is one of `keys`, comparing in constant time (no timing oracle).
@@ -186,8 +190,12 @@ pub async fn guard(
         // content type and no Authorization: JSON (or a key) means a CORS preflight,
         // which the origin check above refuses.
         let admin_post = request.method() == Method::POST && is_admin(&path);
-        let needs_json = is_generation(request.method(), &path)
-            || (admin_post && !request.headers().contains_key(header::AUTHORIZATION));
+        // Ollama's endpoints take a body of any type, as Ollama does (its documented curl
+        // calls send none); the Origin check above still keeps other sites out.
+        let needs_json = (is_generation(request.method(), &path) && !path.starts_with("/api/"))
+            || (admin_post
+                && !request.headers().contains_key(header::AUTHORIZATION)
+                && !request.headers().contains_key("x-api-key"));
         if needs_json && !is_json(request.headers()) {
             return ApiError {
                 status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -263,7 +271,7 @@ fn preflight(origin: &HeaderValue) -> Response {
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type"),
+        HeaderValue::from_static("authorization, content-type, x-api-key, anthropic-version"),
     );
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,

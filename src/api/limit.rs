@@ -176,10 +176,18 @@ fn hold_until_done(response: Response, permit: tokio::sync::OwnedSemaphorePermit
     Response::from_parts(parts, Body::from_stream(stream))
 }
 
-/// The routes that run a generation: JSON bodies only, and each holds a slot of the
-/// request limiter.
+/// The routes that run a generation: each holds a slot of the request limiter (and all
+/// but Ollama's take JSON bodies only).
 pub(super) fn is_generation(method: &axum::http::Method, path: &str) -> bool {
-    method == axum::http::Method::POST && matches!(path, "/v1/chat/completions" | "/v1/completions")
+    method == axum::http::Method::POST
+        && matches!(
+            path,
+            "/v1/chat/completions"
+                | "/v1/completions"
+                | "/v1/messages"
+                | "/api/chat"
+                | "/api/generate"
+        )
 }
 
 /// The route that streams the cluster state: each stream holds an event slot.

@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use super::state::ApiState;
+use crate::engine::serve::prefix_cache::PrefixStats;
 use crate::metrics::{Exposition, Kind};
 use crate::resource::{ResourceSnapshot, ResourceState};
 
@@ -281,6 +282,61 @@ fn tokens(state: &ApiState, out: &mut Exposition) {
     .histogram("exo_inter_token_latency_seconds", &[], &timing.inter_token);
 }
 
+/// The prefix cache's blocks and what they saved.
+fn prefix_cache(stats: &PrefixStats, out: &mut Exposition) {
+    let gauges = [
+        (
+            "exo_prefix_cache_bytes",
+            "Bytes held by this node's prefix cache (KV of recent prompts' blocks).",
+            stats.bytes as f64,
+        ),
+        (
+            "exo_prefix_cache_blocks",
+            "Blocks in this node's prefix cache (per layer range).",
+            stats.blocks as f64,
+        ),
+        (
+            "exo_prefix_cache_budget_bytes",
+            "What the prefix cache may hold (--prefix-cache-bytes).",
+            stats.budget_bytes as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        out.family(name, Kind::Gauge, help).sample(name, &[], value);
+    }
+    let counters = [
+        (
+            "exo_prefix_cache_hits_total",
+            "Requests whose prefix this node restored from its prefix cache.",
+            stats.hits,
+        ),
+        (
+            "exo_prefix_cache_misses_total",
+            "Requests that named a prefix this node no longer held.",
+            stats.misses,
+        ),
+        (
+            "exo_prefix_cache_reused_tokens_total",
+            "Prompt tokens this node did not prefill thanks to the prefix cache.",
+            stats.reused_tokens,
+        ),
+        (
+            "exo_prefix_cache_stored_blocks_total",
+            "Blocks taken into the prefix cache.",
+            stats.stored_blocks,
+        ),
+        (
+            "exo_prefix_cache_evictions_total",
+            "Blocks evicted from the prefix cache to stay within its budget.",
+            stats.evictions,
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.family(name, Kind::Counter, help)
+            .sample(name, &[], value as f64);
+    }
+}
+
 /// KV caches and batch times, when the engine is ready (a scrape never starts it).
 async fn engine(state: &ApiState, out: &mut Exposition) {
     let model = match state.engine.state() {
@@ -305,6 +361,10 @@ async fn engine(state: &ApiState, out: &mut Exposition) {
         "KV caches (one per request and layer range) on this node.",
     )
     .sample("exo_kv_cache_entries", &[], entries as f64);
+    prefix_cache(
+        &model.as_ref().map(|m| m.prefix_stats()).unwrap_or_default(),
+        out,
+    );
     out.family(
         "exo_batch_panics_total",
         Kind::Counter,

@@ -1,8 +1,10 @@
-//! The HTTP API of a node: OpenAI-compatible chat and text completions, models, topology,
-//! health, and the admin endpoints over the node's resources.
+//! The HTTP API of a node: OpenAI-compatible chat and text completions, Anthropic's
+//! Messages, Ollama's API, models, topology, health, and the admin endpoints over the
+//! node's resources.
 
 mod access;
 mod admin;
+mod anthropic;
 mod chat;
 mod completions;
 mod config;
@@ -12,6 +14,7 @@ mod info;
 mod limit;
 mod logprobs;
 mod metrics;
+mod ollama;
 mod params;
 mod respond;
 mod routes;

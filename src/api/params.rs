@@ -230,6 +230,27 @@ pub async fn loaded_model(state: &ApiState) -> Result<Arc<LoadedModel>, ApiError
 }
 
 impl Settings {
+    /// The settings of an endpoint that is not OpenAI's (Ollama's), which checks its own
+    /// parameters: `max_tokens` None fills the room the context leaves (at most 4096).
+    pub fn checked(
+        model: String,
+        stream: bool,
+        sampling: SamplingParams,
+        stop: Vec<String>,
+        max_tokens: Option<u64>,
+    ) -> Self {
+        Settings {
+            model,
+            stream,
+            include_usage: false,
+            sampling,
+            stop,
+            max_tokens,
+            ignore_eos: false,
+            top_logprobs: None,
+        }
+    }
+
     /// Fits the token limit to the prompt (`prompt_param` names the field the prompt came
     /// from, for errors).
     pub fn finish(
@@ -281,6 +302,7 @@ impl Settings {
                 ignore_eos: self.ignore_eos,
                 top_logprobs: self.top_logprobs,
                 request_id: Some(request_id.clone()),
+                grammar: None,
             },
             request_id,
             model: self.model,

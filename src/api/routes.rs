@@ -6,7 +6,9 @@ use axum::routing::{get, post};
 
 use super::error::ApiError;
 use super::state::ApiState;
-use super::{access, admin, chat, completions, events, info, limit, metrics, ui};
+use super::{
+    access, admin, anthropic, chat, completions, events, info, limit, metrics, ollama, ui,
+};
 
 /// Every route of the API.
 pub fn router(state: ApiState) -> Router {
@@ -17,7 +19,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events", get(events::events))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/messages", post(anthropic::messages))
         .route("/v1/models", get(info::models))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/version", get(ollama::version))
         .route("/v1/topology", get(info::topology))
         .route("/healthz", get(info::healthz))
         .route("/metrics", get(metrics::metrics))

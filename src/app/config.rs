@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub supply: SupplyConfig,
     /// Caps the memory the node announces (and plans are made with).
     pub memory_limit: Option<u64>,
+    /// Bytes of the engine's prefix cache (0 keeps no prefixes).
+    pub prefix_cache_bytes: usize,
 }
 
 impl NodeConfig {
@@ -81,6 +83,7 @@ impl NodeConfig {
             models_dir: None,
             supply: SupplyConfig::default(),
             memory_limit: None,
+            prefix_cache_bytes: crate::engine::serve::prefix_cache::DEFAULT_PREFIX_CACHE_BYTES,
         }
     }
 }

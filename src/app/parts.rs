@@ -55,6 +55,7 @@ impl Parts {
         let config = &self.config;
         let mut engine_config = EngineConfig::new(config.model.clone(), config.device);
         engine_config.cpu_matmul = config.cpu_matmul;
+        engine_config.prefix_cache_bytes = config.prefix_cache_bytes;
         engine_config.supply = supply.map(|s| s.clone() as Arc<dyn WeightSupplier>);
         Managed::builder("engine", InferenceEngine::new(engine_config))
             .name(format!("inference engine ({})", config.model.id))

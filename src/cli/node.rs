@@ -163,6 +163,11 @@ pub struct NodeArgs {
     /// give the node no more layers than fit.
     #[arg(long, env = "EXO_MEMORY_LIMIT", value_parser = parse_bytes)]
     pub memory_limit: Option<u64>,
+    /// Memory for the prefix cache: the keys and values of recent prompts, so that a
+    /// prompt that starts with one (a conversation's next turn, a shared system prompt)
+    /// prefills only the rest (e.g. 512MiB; 0 keeps none).
+    #[arg(long, env = "EXO_PREFIX_CACHE_BYTES", value_parser = parse_bytes, default_value = "512MiB")]
+    pub prefix_cache_bytes: u64,
 }
 
 /// "8GB", "512MiB", "1.5G", "1000000" → bytes.
@@ -221,6 +226,9 @@ impl NodeArgs {
         config.supply.peer_wait = Duration::from_millis(self.peer_wait_ms);
         config.supply.trust_peer_weights = self.trust_peer_weights;
         config.memory_limit = self.memory_limit;
+        config.prefix_cache_bytes = usize::try_from(self.prefix_cache_bytes).map_err(|_| {
+            anyhow::anyhow!("--prefix-cache-bytes is larger than this machine's address space")
+        })?;
         if self.step_timeout_ms == 0 {
             bail!("--step-timeout-ms must be at least 1");
         }

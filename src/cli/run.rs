@@ -82,6 +82,7 @@ async fn answer(node: &Node, args: &RunArgs) -> anyhow::Result<()> {
         ignore_eos: false,
         top_logprobs: None,
         request_id: None,
+        grammar: None,
     });
     let mut stdout = std::io::stdout();
     while let Some(event) = events.recv().await {

@@ -255,19 +255,28 @@ impl GrpcPeerHandle {
         Ok(())
     }
 
-    pub async fn finish_request(&self, request_id: &str, reason: &str) -> anyhow::Result<()> {
-        self.client()?
+    /// Tells the peer that a request is over, asking it to keep the blocks `keep_blocks`
+    /// names in its prefix cache; returns how many leading ones it keeps.
+    pub async fn finish_request(
+        &self,
+        request_id: &str,
+        reason: &str,
+        keep_blocks: &[u64],
+    ) -> anyhow::Result<u32> {
+        let ack = self
+            .client()?
             .finish_request(Self::request_for(
                 pb::FinishRequestMessage {
                     request_id: request_id.to_string(),
                     reason: reason.to_string(),
+                    keep_blocks: keep_blocks.to_vec(),
                 },
                 self.timeouts.health,
                 [request_id],
             ))
             .await
             .map_err(|s| self.call_error("FinishRequest", s))?;
-        Ok(())
+        Ok(ack.into_inner().kept_blocks)
     }
 
     fn call_error(&self, call: &str, status: Status) -> anyhow::Error {

@@ -5,6 +5,7 @@
 
 use super::pb;
 use crate::engine::SamplingParams;
+use crate::engine::serve::prefix_cache::BLOCK_TOKENS;
 use crate::engine::serve::sampling::MAX_TOP_LOGPROBS;
 use crate::topology::Partition;
 
@@ -29,6 +30,21 @@ pub struct ValidatedContext {
     /// Some(k) when the client asked for logprobs: the last shard returns each token's
     /// log-probability and its k most likely alternatives.
     pub top_logprobs: Option<u32>,
+    /// On a request's first step at a position > 0: the chain hashes of the blocks of
+    /// [0, position), which every shard restores from its prefix cache.
+    pub prefix_blocks: Vec<u64>,
+    /// The grammar that masks this request's sampled tokens, if any.
+    pub constraint: Option<ConstraintSpec>,
+}
+
+/// What the last shard needs to constrain a request's tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConstraintSpec {
+    /// The grammar (llguidance's Lark dialect), sent with an epoch's first sampled step
+    /// only; None on the others (the last shard keeps the matcher it built).
+    pub grammar: Option<String>,
+    /// With the grammar: tokens already generated under it (a re-planned request).
+    pub generated: Vec<u32>,
 }
 
 /// Which side of a request a message reaches.
@@ -43,7 +59,14 @@ pub enum Recipient {
 impl ValidatedContext {
     /// The context as it travels.
     pub fn to_wire(&self) -> pb::RequestContext {
+        let constraint = self.constraint.as_ref();
         pb::RequestContext {
+            prefix_blocks: self.prefix_blocks.clone(),
+            constrained: constraint.is_some(),
+            grammar: constraint
+                .and_then(|c| c.grammar.clone())
+                .unwrap_or_default(),
+            constrained_tokens: constraint.map(|c| c.generated.clone()).unwrap_or_default(),
             request_id: self.request_id.clone(),
             origin_node_id: self.origin_node_id.clone(),
             origin_address: self.origin_address.clone(),
@@ -61,6 +84,16 @@ impl ValidatedContext {
             token_index: self.token_index,
             top_logprobs: self.top_logprobs,
         }
+    }
+
+    /// The context as a result carries it back to the origin: what only the shards need
+    /// (the prefix's hashes, the grammar) stays behind.
+    pub fn to_wire_for_result(&self) -> pb::RequestContext {
+        let mut wire = self.to_wire();
+        wire.prefix_blocks.clear();
+        wire.grammar.clear();
+        wire.constrained_tokens.clear();
+        wire
     }
 
     /// Checks a received context for node `node_id`, the `recipient` of its message; Err
@@ -100,7 +133,31 @@ impl ValidatedContext {
         sampling
             .validate()
             .map_err(|e| format!("bad sampling parameters: {e:#}"))?;
+        if !context.prefix_blocks.is_empty()
+            && context.prefix_blocks.len() * BLOCK_TOKENS != context.position as usize
+        {
+            return Err(format!(
+                "request {} names {} prefix blocks for position {}; blocks hold {BLOCK_TOKENS} tokens",
+                context.request_id,
+                context.prefix_blocks.len(),
+                context.position
+            ));
+        }
+        if !context.constrained
+            && (!context.grammar.is_empty() || !context.constrained_tokens.is_empty())
+        {
+            return Err(format!(
+                "request {} carries a grammar but is not constrained",
+                context.request_id
+            ));
+        }
+        let constraint = context.constrained.then(|| ConstraintSpec {
+            grammar: (!context.grammar.is_empty()).then_some(context.grammar),
+            generated: context.constrained_tokens,
+        });
         Ok(ValidatedContext {
+            prefix_blocks: context.prefix_blocks,
+            constraint,
             request_id: context.request_id,
             origin_node_id: context.origin_node_id,
             origin_address: context.origin_address,

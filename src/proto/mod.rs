@@ -18,7 +18,7 @@ pub mod step;
 mod tensor;
 pub mod weights;
 
-pub use context::{Recipient, ValidatedContext};
+pub use context::{ConstraintSpec, Recipient, ValidatedContext};
 pub use result::{StepOutcome, result_from_wire, result_to_wire};
 pub use step::{StepInput, step_from_wire, step_to_wire};
 pub use tensor::{TensorError, decode_hidden, decode_tensor, encode_hidden, encode_tensor};

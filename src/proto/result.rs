@@ -14,6 +14,9 @@ pub enum StepOutcome {
     /// A prompt chunk went through the whole ring (nothing is sampled for it).
     Done,
     Error(String),
+    /// A node lacked the prefix the step was to reuse from its prefix cache: the origin
+    /// runs the request again without it.
+    PrefixMiss(String),
 }
 
 /// A result as it travels: the outcome of a step of `context`, produced by `node_id`.
@@ -34,6 +37,7 @@ pub fn result_to_wire(
             StepOutcome::Token(token, _) => pb::result_item::Outcome::Token(token),
             StepOutcome::Done => pb::result_item::Outcome::Done(true),
             StepOutcome::Error(error) => pb::result_item::Outcome::Error(error),
+            StepOutcome::PrefixMiss(why) => pb::result_item::Outcome::PrefixMiss(why),
         }),
     }
 }
@@ -51,6 +55,7 @@ pub fn result_from_wire(
         }
         Some(pb::result_item::Outcome::Done(_)) => StepOutcome::Done,
         Some(pb::result_item::Outcome::Error(error)) => StepOutcome::Error(error),
+        Some(pb::result_item::Outcome::PrefixMiss(why)) => StepOutcome::PrefixMiss(why),
         None => return Err("the result has neither a token nor an error".into()),
     };
     Ok((context, item.node_id, outcome))

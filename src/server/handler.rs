@@ -63,9 +63,15 @@ pub trait NodeHandler: Send + Sync + 'static {
     }
 
     /// The request is over: drop what it holds here (nothing, unless the node keeps
-    /// something per request).
-    async fn finish(&self, _request_id: String, _reason: String) -> Result<(), Status> {
-        Ok(())
+    /// something per request), first keeping the KV of the blocks `keep_blocks` names in
+    /// its prefix cache. Returns how many leading blocks of them the node keeps.
+    async fn finish(
+        &self,
+        _request_id: String,
+        _reason: String,
+        _keep_blocks: Vec<u64>,
+    ) -> Result<u32, Status> {
+        Ok(0)
     }
 
     /// Byte ranges of a weight file this node holds, as a stream of checksummed chunks

@@ -228,7 +228,7 @@ impl Node for NodeService {
             )));
         }
         self.handler.status(message).await?;
-        Ok(Response::new(pb::Ack {}))
+        Ok(Response::new(pb::Ack::default()))
     }
 
     async fn finish_request(
@@ -240,9 +240,10 @@ impl Node for NodeService {
         if message.request_id.is_empty() {
             return Err(self.reject(Status::invalid_argument("no request id to finish")));
         }
-        self.handler
-            .finish(message.request_id, message.reason)
+        let kept_blocks = self
+            .handler
+            .finish(message.request_id, message.reason, message.keep_blocks)
             .await?;
-        Ok(Response::new(pb::Ack {}))
+        Ok(Response::new(pb::Ack { kept_blocks }))
     }
 }

@@ -97,7 +97,8 @@ fn json() -> (&'static str, String) {
     ("content-type", "application/json".to_string())
 }
 
-/// No key, a wrong key: 401 with OpenAI's error body; either key works; /healthz needs none.
+/// No key, a wrong key: 401 with OpenAI's error body; either key works, as a bearer token
+/// or as x-api-key; /healthz needs none.
 async fn api_keys_are_required(base: &str) {
     let models = format!("{base}/v1/models");
     // No key, a wrong key: 401 with OpenAI's error body.
@@ -120,6 +121,23 @@ async fn api_keys_are_required(base: &str) {
         let (status, ..) = call_async("GET", models.clone(), vec![auth(key)], None).await;
         assert_eq!(status, 200);
     }
+    // Anthropic's clients send the key as x-api-key: it counts as a bearer token does.
+    for (key, expected) in [("sk-one", 200), ("sk-three", 401)] {
+        let headers = vec![("x-api-key", key.to_string())];
+        let (status, ..) = call_async("GET", models.clone(), headers, None).await;
+        assert_eq!(status, expected, "x-api-key {key}");
+    }
+    // Ollama's and Anthropic's endpoints are guarded alike.
+    let (status, ..) = call_async("GET", format!("{base}/api/tags"), vec![], None).await;
+    assert_eq!(status, 401);
+    let (status, ..) = call_async(
+        "POST",
+        format!("{base}/v1/messages"),
+        vec![json()],
+        Some("{}".to_string()),
+    )
+    .await;
+    assert_eq!(status, 401);
     let (status, ..) = call_async("GET", format!("{base}/healthz"), vec![], None).await;
     assert_eq!(status, 200);
 }

@@ -271,6 +271,27 @@ fn status_and_body(
     }
 }
 
+/// Runs the Python client `script` with `python`, given `node`'s URL and `prompt`; what
+/// it printed, as JSON (its errors and the node's log when it fails).
+pub fn run_python_client(
+    python: PathBuf,
+    script: &str,
+    node: &NodeProcess,
+    prompt: &str,
+) -> serde_json::Value {
+    let output = Command::new(python)
+        .args(["-c", script, &node.url(), prompt])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        node.log_text()
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// Waits (checking the node's topology, never sleeping blindly) until `node` sees
 /// `count` nodes in its partition.
 pub fn wait_for_ring(node: &NodeProcess, count: usize) {

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod anthropic_client;
 mod api_access;
 mod bad_input;
 mod bad_peer;
@@ -23,8 +24,10 @@ mod logprobs;
 mod memory;
 mod message_caps;
 mod netns;
+mod ollama_client;
 mod openai_client;
 mod peers_file;
+mod prefix_cache;
 mod secrets;
 mod survival;
 mod tensors;

@@ -75,6 +75,7 @@ async fn oversize_messages_of_each_kind_are_refused_and_normal_traffic_passes() 
         .finish_request(pb::FinishRequestMessage {
             request_id: "r1".into(),
             reason: "done".into(),
+            keep_blocks: Vec::new(),
         })
         .await
         .unwrap();
@@ -82,6 +83,7 @@ async fn oversize_messages_of_each_kind_are_refused_and_normal_traffic_passes() 
         .finish_request(pb::FinishRequestMessage {
             request_id: "r".repeat(CONTROL + 1),
             reason: String::new(),
+            keep_blocks: Vec::new(),
         })
         .await
         .unwrap_err();

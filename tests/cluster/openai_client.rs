@@ -1,9 +1,7 @@
 //! The official OpenAI Python client, pointed at a node, works as with OpenAI's API.
 
-use std::process::Command;
-
 use crate::e2e::{PROMPT, generate_locally};
-use crate::harness::{NodeProcess, free_udp_port, wait_for_ring};
+use crate::harness::{NodeProcess, free_udp_port, run_python_client, wait_for_ring};
 use crate::support::default_model;
 use crate::support::venv::openai_python;
 
@@ -130,17 +128,7 @@ fn the_official_openai_python_client_works_against_a_node() {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProcess::start(dir.path(), "openai", free_udp_port());
     wait_for_ring(&node, 1);
-    let output = Command::new(python)
-        .args(["-c", CLIENT, &node.url(), PROMPT])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        node.log_text()
-    );
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let result = run_python_client(python, CLIENT, &node, PROMPT);
     assert_eq!(result["text"], expected.as_str());
     assert_eq!(result["streamed"], expected.as_str());
     assert_eq!(result["finish"], "stop");

@@ -63,6 +63,7 @@ fn step(model: &LoadedModel, request: &str, tokens: Vec<u32>, position: usize) -
         input: ShardInput::Tokens(tokens),
         position,
         reserve_positions: 1024,
+        prefix: Vec::new(),
         tag: 0,
         sink,
     };

@@ -82,6 +82,7 @@ fn job(request_id: &str, tag: u64, sink: &StepSink) -> StepJob {
         input: ShardInput::Tokens(vec![1, 2, 3]),
         position: 0,
         reserve_positions: 8,
+        prefix: Vec::new(),
         tag,
         sink: sink.clone(),
     }

@@ -10,6 +10,7 @@ mod batcher;
 mod cache;
 mod families;
 mod kernels;
+mod prefix;
 mod real_model;
 mod replay;
 mod synthetic;

@@ -26,6 +26,7 @@ fn batch(model: &LoadedModel, steps: Vec<(&str, Vec<u32>, usize)>) -> Vec<Vec<f3
             input: ShardInput::Tokens(tokens),
             position,
             reserve_positions: 2048,
+            prefix: Vec::new(),
             tag: tag as u64,
             sink: sink.clone(),
         })

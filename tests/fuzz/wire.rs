@@ -129,8 +129,25 @@ prop_compose! {
         sample in any::<bool>(),
         reserve_positions in any::<u32>(),
         (token_index, top_logprobs) in (any::<u64>(), proptest::option::of(any::<u32>())),
+        // The prefix cache's blocks and a constraint: mostly none, sometimes junk.
+        prefix_blocks in prop_oneof![
+            4 => Just(Vec::new()),
+            1 => proptest::collection::vec(any::<u64>(), 0..4),
+        ],
+        (constrained, grammar, constrained_tokens) in prop_oneof![
+            4 => Just((false, String::new(), Vec::new())),
+            1 => (
+                any::<bool>(),
+                small_text(),
+                proptest::collection::vec(any::<u32>(), 0..4),
+            ),
+        ],
     ) -> pb::RequestContext {
         pb::RequestContext {
+            prefix_blocks,
+            constrained,
+            grammar,
+            constrained_tokens,
             request_id,
             origin_node_id,
             origin_address,

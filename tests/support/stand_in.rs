@@ -157,6 +157,8 @@ pub fn greedy_context(
         reserve_positions: 0,
         token_index: 0,
         top_logprobs: None,
+        prefix_blocks: Vec::new(),
+        constraint: None,
     }
     .to_wire()
 }

@@ -1,7 +1,8 @@
 //! The tools of the tests that drive outside programs: Python virtualenvs under target/
 //! with the packages they use (from pip, made once, a lock against parallel tests) — the
-//! official OpenAI client; the web UI and metrics tests' tools — and headless Chromium
-//! from the distribution (scripts/install-chromium.sh installs it when missing).
+//! official OpenAI, Anthropic and Ollama clients; the web UI and metrics tests' tools —
+//! and headless Chromium from the distribution (scripts/install-chromium.sh installs it
+//! when missing).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,6 +15,28 @@ pub fn openai_python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON
         .get_or_init(|| venv("openai-venv", "import openai", &["openai>=1.40,<3"]))
+        .clone()
+}
+
+/// A Python with the official `ollama` client.
+pub fn ollama_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| venv("ollama-venv", "import ollama", &["ollama>=0.4,<1"]))
+        .clone()
+}
+
+/// A Python with the official `anthropic` client.
+pub fn anthropic_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            venv(
+                "anthropic-venv",
+                "import anthropic",
+                &["anthropic>=0.40,<3"],
+            )
+        })
         .clone()
 }
 

@@ -62,6 +62,7 @@ fn median_step_ms(
         input: ShardInput::Tokens(tokens),
         position,
         reserve_positions: prompt.len() + steps + 1,
+        prefix: Vec::new(),
         tag: r as u64,
         sink: sink.clone(),
     };

@@ -50,6 +50,30 @@ impl KvLayer {
     }
 }
 
+/// Copies of cached positions, for the prefix cache (`engine::serve::prefix_cache`): it
+/// keeps blocks of finished requests' positions and builds new requests' caches from them.
+impl KvLayer {
+    /// Positions `[from, to)` as a cache of their own (None when the cache holds fewer).
+    pub fn copy_positions(&self, from: usize, to: usize, width: usize) -> Option<KvLayer> {
+        let range = from * width..to * width;
+        Some(KvLayer {
+            keys: self.keys.get(range.clone())?.to_vec(),
+            values: self.values.get(range)?.to_vec(),
+        })
+    }
+
+    /// Appends `blocks`' positions, in order, after this cache's own.
+    pub fn extend_from(&mut self, blocks: &[&KvLayer]) {
+        let more: usize = blocks.iter().map(|b| b.keys.len()).sum();
+        self.keys.reserve_exact(more);
+        self.values.reserve_exact(more);
+        for block in blocks {
+            self.keys.extend_from_slice(&block.keys);
+            self.values.extend_from_slice(&block.values);
+        }
+    }
+}
+
 /// The shape of an attention computation.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {

@@ -400,6 +400,37 @@ impl CandleKv {
     }
 }
 
+/// Copies of cached positions, for the prefix cache (as `KvLayer`'s, on candle's tensors).
+impl CandleKv {
+    /// Positions `[from, to)` as a cache of their own (None when the cache holds fewer).
+    pub fn copy_positions(&self, from: usize, to: usize) -> anyhow::Result<Option<CandleKv>> {
+        let Some((keys, values)) = &self.buffers else {
+            return Ok((from == to && from == 0).then(CandleKv::default));
+        };
+        if from > to || to > self.len {
+            return Ok(None);
+        }
+        let keys = keys.narrow(2, from, to - from)?.contiguous()?;
+        let values = values.narrow(2, from, to - from)?.contiguous()?;
+        Ok(Some(CandleKv {
+            buffers: Some((keys, values)),
+            len: to - from,
+        }))
+    }
+
+    /// Appends `blocks`' positions, in order, after this cache's own.
+    pub fn extend_from(&mut self, blocks: &[&CandleKv]) -> anyhow::Result<()> {
+        for block in blocks {
+            if let Some((keys, values)) = &block.buffers {
+                let keys = keys.narrow(2, 0, block.len)?;
+                let values = values.narrow(2, 0, block.len)?;
+                self.append(&keys, &values)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Additive mask of shape (t, position + t): query i (at position + i) sees keys up to
 /// and including position + i, and not older than the window.
 fn mask(

@@ -123,6 +123,27 @@ impl LoadedShard {
         }
     }
 
+    /// Positions `[from, to)` of `cache` as a block of the prefix cache.
+    pub fn cut_block(
+        &self,
+        cache: &SequenceCache,
+        from: usize,
+        to: usize,
+    ) -> anyhow::Result<SequenceCache> {
+        match self {
+            LoadedShard::Cpu(m) => m.cut_block(cache, from, to),
+            LoadedShard::Candle(m) => m.cut_block(cache, from, to),
+        }
+    }
+
+    /// A cache made of prefix-cache blocks of this shard, one after another.
+    pub fn join_blocks(&self, blocks: &[&SequenceCache]) -> anyhow::Result<SequenceCache> {
+        match self {
+            LoadedShard::Cpu(m) => m.join_blocks(blocks),
+            LoadedShard::Candle(m) => m.join_blocks(blocks),
+        }
+    }
+
     /// Bytes one more position of a sequence takes in this shard's KV caches.
     pub fn kv_bytes_per_position(&self) -> usize {
         let (config, layers, element) = match self {

@@ -14,11 +14,18 @@ pub enum AnyKv {
     Candle(CandleKv),
 }
 
-/// How a backend finds its own caches in an [`AnyKv`].
+/// How a backend finds its own caches in an [`AnyKv`], and copies positions between them
+/// (the prefix cache's blocks).
 pub trait KvSlot: Backend {
     fn new_kv() -> AnyKv;
     fn kv(slot: &mut AnyKv) -> anyhow::Result<&mut Self::Kv>;
     fn kv_ref(slot: &AnyKv) -> Option<&Self::Kv>;
+    /// Positions `[from, to)` of a layer cache whose rows are `width` wide (None when it
+    /// holds fewer).
+    fn kv_copy(slot: &AnyKv, from: usize, to: usize, width: usize)
+    -> anyhow::Result<Option<AnyKv>>;
+    /// Appends `blocks`' positions after `slot`'s own.
+    fn kv_extend(slot: &mut AnyKv, blocks: &[&AnyKv]) -> anyhow::Result<()>;
 }
 
 impl KvSlot for CpuBackend {
@@ -37,6 +44,20 @@ impl KvSlot for CpuBackend {
             AnyKv::Candle(_) => None,
         }
     }
+    fn kv_copy(
+        slot: &AnyKv,
+        from: usize,
+        to: usize,
+        width: usize,
+    ) -> anyhow::Result<Option<AnyKv>> {
+        let kv = Self::kv_ref(slot).ok_or_else(|| anyhow::anyhow!("a cache of another backend"))?;
+        Ok(kv.copy_positions(from, to, width).map(AnyKv::Cpu))
+    }
+    fn kv_extend(slot: &mut AnyKv, blocks: &[&AnyKv]) -> anyhow::Result<()> {
+        let blocks: Vec<&KvLayer> = blocks.iter().filter_map(|b| Self::kv_ref(b)).collect();
+        Self::kv(slot)?.extend_from(&blocks);
+        Ok(())
+    }
 }
 
 impl KvSlot for CandleBackend {
@@ -54,6 +75,19 @@ impl KvSlot for CandleBackend {
             AnyKv::Candle(kv) => Some(kv),
             AnyKv::Cpu(_) => None,
         }
+    }
+    fn kv_copy(
+        slot: &AnyKv,
+        from: usize,
+        to: usize,
+        _width: usize,
+    ) -> anyhow::Result<Option<AnyKv>> {
+        let kv = Self::kv_ref(slot).ok_or_else(|| anyhow::anyhow!("a cache of another backend"))?;
+        Ok(kv.copy_positions(from, to)?.map(AnyKv::Candle))
+    }
+    fn kv_extend(slot: &mut AnyKv, blocks: &[&AnyKv]) -> anyhow::Result<()> {
+        let blocks: Vec<&CandleKv> = blocks.iter().filter_map(|b| Self::kv_ref(b)).collect();
+        Self::kv(slot)?.extend_from(&blocks)
     }
 }
 

@@ -19,7 +19,7 @@ use super::backend::{Backend, SeqRows};
 use super::config::ModelConfig;
 use super::layer::Layer;
 use super::loader::TensorReader;
-use super::sequence_cache::{KvSlot, SequenceCache};
+use super::sequence_cache::{AnyKv, KvSlot, SequenceCache};
 use super::shard::Shard;
 use super::shard_io::{HiddenState, ShardInput, ShardOutput};
 use super::weights::WeightSource;
@@ -175,6 +175,62 @@ impl<B: KvSlot> ShardModel<B> {
         }
     }
 
+    /// Positions `[from, to)` of `cache` as a cache of their own: a block of the prefix
+    /// cache (`engine::serve::prefix_cache`).
+    pub fn cut_block(
+        &self,
+        cache: &SequenceCache,
+        from: usize,
+        to: usize,
+    ) -> anyhow::Result<SequenceCache> {
+        if from > to || to > cache.len || cache.layers.len() != self.layers.len() {
+            bail!(
+                "positions [{from}, {to}) are not in a cache of {} positions",
+                cache.len
+            );
+        }
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (layer, kv) in self.layers.iter().zip(&cache.layers) {
+            let shape = &layer.attention;
+            let width = shape.n_kv_heads * shape.head_dim;
+            layers.push(
+                B::kv_copy(kv, from, to, width)?
+                    .with_context(|| format!("the cache lacks positions [{from}, {to})"))?,
+            );
+        }
+        let bytes = Self::bytes_of(&layers);
+        Ok(SequenceCache {
+            layers,
+            len: to - from,
+            bytes,
+        })
+    }
+
+    /// A cache made of `blocks`, one after another: a request's prefix restored from the
+    /// prefix cache (each block cut by [`ShardModel::cut_block`] of this shard's layers).
+    pub fn join_blocks(&self, blocks: &[&SequenceCache]) -> anyhow::Result<SequenceCache> {
+        let mut cache = self.new_cache();
+        for (i, slot) in cache.layers.iter_mut().enumerate() {
+            let parts: Vec<&AnyKv> = blocks
+                .iter()
+                .map(|b| b.layers.get(i).context("a block of another layer range"))
+                .collect::<anyhow::Result<_>>()?;
+            B::kv_extend(slot, &parts)?;
+        }
+        cache.len = blocks.iter().map(|b| b.len).sum();
+        cache.bytes = Self::bytes_of(&cache.layers);
+        Ok(cache)
+    }
+
+    /// The bytes a cache's layers hold.
+    fn bytes_of(layers: &[AnyKv]) -> usize {
+        layers
+            .iter()
+            .filter_map(|kv| B::kv_ref(kv))
+            .map(B::kv_bytes)
+            .sum()
+    }
+
     /// Checks that `input` suits this shard; returns its number of tokens. Everything is
     /// checked before anything is allocated: a message naming millions of tokens must be
     /// refused, not embedded.
@@ -305,12 +361,7 @@ impl<B: KvSlot> ShardModel<B> {
                 }
             }
             cache.len = target;
-            cache.bytes = cache
-                .layers
-                .iter()
-                .filter_map(|kv| B::kv_ref(kv))
-                .map(B::kv_bytes)
-                .sum();
+            cache.bytes = Self::bytes_of(&cache.layers);
         }
         result
     }

@@ -30,6 +30,10 @@ pub struct StepJob {
     pub position: usize,
     /// Positions to reserve in the KV budget when this step starts the request here.
     pub reserve_positions: usize,
+    /// A request's first step at a position > 0: the chain hashes of the blocks of
+    /// [0, position), restored from the prefix cache (`super::prefix_cache`); empty
+    /// otherwise.
+    pub prefix: Vec<u64>,
     /// The caller's handle on the step, handed back with its outcome.
     pub tag: u64,
     /// Where the finished batch goes.
@@ -338,7 +342,7 @@ fn take_ready(
         let at = model.cache_position(&job.request_id, job.start, job.end);
         let runnable = match at {
             CachePosition::At(len) => job.position == len,
-            CachePosition::Absent => job.position == 0,
+            CachePosition::Absent => job.position == 0 || !job.prefix.is_empty(),
             CachePosition::Busy => false,
         };
         let problem = match at {
@@ -346,7 +350,7 @@ fn take_ready(
                 "step at position {} of request {} arrived after the request reached {len}",
                 job.position, job.request_id
             )),
-            CachePosition::Absent if job.position > 0 => Some(format!(
+            CachePosition::Absent if job.position > 0 && job.prefix.is_empty() => Some(format!(
                 "no KV cache for request {} at position {}: it was evicted or never started \
                  on this shard",
                 job.request_id, job.position

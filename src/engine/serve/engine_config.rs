@@ -15,6 +15,9 @@ pub struct EngineConfig {
     pub model: ResolvedModel,
     pub device: DeviceChoice,
     pub cache_limits: CacheLimits,
+    /// Bytes of the prefix cache (blocks of finished requests' KV that later prompts
+    /// reuse; 0 keeps none).
+    pub prefix_cache_bytes: usize,
     /// Loaded shards kept at once (a node's range changes when the cluster does).
     pub max_loaded_shards: usize,
     /// Which kernels run quantized matmuls on the CPU.
@@ -32,6 +35,7 @@ impl EngineConfig {
             model,
             device,
             cache_limits: CacheLimits::default(),
+            prefix_cache_bytes: super::prefix_cache::DEFAULT_PREFIX_CACHE_BYTES,
             max_loaded_shards: 2,
             cpu_matmul: CpuMatmul::default(),
             batch_limits: BatchLimits::default(),

@@ -118,6 +118,7 @@ impl InferenceEngine {
                 "loaded_shards": model.loaded_shards().iter().map(|s| format!("[{}, {})", s.start_layer, s.end_layer)).collect::<Vec<_>>(),
                 "active_requests": model.active_requests(),
                 "kv_cache_bytes": model.cache_bytes(),
+                "prefix_cache": model.prefix_stats(),
             }),
             None => json!({
                 "model": self.config.model.id,

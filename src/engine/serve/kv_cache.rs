@@ -81,62 +81,81 @@ impl KvCacheStore {
     }
 
     /// Takes the cache of `request_id` out for a step at `position`: a new request starts
-    /// at 0 (reserving `reserve` bytes of the budget, refused when they are not free); a
-    /// continuing one must find its cache at exactly that position.
+    /// with the cache `new_cache` makes — empty, or its prefix restored from the prefix
+    /// cache — which must end at `position` (reserving `reserve` bytes of the budget,
+    /// refused when they are not free); a continuing one must find its cache at exactly
+    /// that position.
     pub fn checkout(
         &mut self,
         request_id: &str,
         position: usize,
         reserve: usize,
-        new_cache: impl FnOnce() -> SequenceCache,
+        new_cache: impl FnOnce() -> anyhow::Result<SequenceCache>,
     ) -> anyhow::Result<SequenceCache> {
-        match self.entries.get_mut(request_id) {
-            Some(entry) => {
-                let Some(cache) = entry.cache.take() else {
-                    bail!("request {request_id} is already running a step on this shard");
-                };
-                if cache.len != position {
-                    let len = cache.len;
-                    entry.cache = Some(cache);
-                    bail!(
-                        "request {request_id} is at position {len} on this shard, not {position}"
-                    );
-                }
-                entry.last_used = Instant::now();
-                Ok(cache)
+        if let Some(entry) = self.entries.get_mut(request_id) {
+            let Some(cache) = entry.cache.take() else {
+                bail!("request {request_id} is already running a step on this shard");
+            };
+            if cache.len != position {
+                let len = cache.len;
+                entry.cache = Some(cache);
+                bail!("request {request_id} is at position {len} on this shard, not {position}");
             }
-            None if position == 0 => {
-                if reserve > 0 {
-                    let committed = self.reserved();
-                    if committed + reserve > self.limits.max_bytes {
-                        self.refusals += 1;
-                        bail!(
-                            "the KV cache budget is full: request {request_id} needs {:.1} MB, \
-                             {:.1} MB of {:.1} MB are free",
-                            reserve as f64 / 1e6,
-                            self.limits.max_bytes.saturating_sub(committed) as f64 / 1e6,
-                            self.limits.max_bytes as f64 / 1e6
-                        );
-                    }
-                }
-                self.entries.insert(
-                    request_id.to_string(),
-                    Entry {
-                        cache: None,
-                        last_used: Instant::now(),
-                        reserved: reserve,
-                        bytes: 0,
-                    },
+            entry.last_used = Instant::now();
+            return Ok(cache);
+        }
+        if reserve > 0 {
+            let committed = self.reserved();
+            if committed + reserve > self.limits.max_bytes {
+                self.refusals += 1;
+                bail!(
+                    "the KV cache budget is full: request {request_id} needs {:.1} MB, \
+                     {:.1} MB of {:.1} MB are free",
+                    reserve as f64 / 1e6,
+                    self.limits.max_bytes.saturating_sub(committed) as f64 / 1e6,
+                    self.limits.max_bytes as f64 / 1e6
                 );
-                // Unreserved requests may have to make room.
-                self.enforce_limits(request_id);
-                Ok(new_cache())
             }
-            None => bail!(
+        }
+        let cache = new_cache()?;
+        if cache.len != position {
+            bail!(
                 "no KV cache for request {request_id} at position {position}: it was evicted \
                  or never started on this shard"
-            ),
+            );
         }
+        self.entries.insert(
+            request_id.to_string(),
+            Entry {
+                cache: None,
+                last_used: Instant::now(),
+                reserved: reserve,
+                bytes: cache.bytes,
+            },
+        );
+        // Unreserved requests may have to make room.
+        self.enforce_limits(request_id);
+        Ok(cache)
+    }
+
+    /// Takes the caches of `request_id` out of the store for good (every layer range,
+    /// keys `request_id@…`), leaving those a step holds now.
+    pub fn take_prefix(&mut self, prefix: &str) -> Vec<(String, SequenceCache)> {
+        let keys: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|key| key.starts_with(prefix))
+            .cloned()
+            .collect();
+        let mut taken = Vec::new();
+        for key in keys {
+            if let Some(entry) = self.entries.remove(&key)
+                && let Some(cache) = entry.cache
+            {
+                taken.push((key, cache));
+            }
+        }
+        taken
     }
 
     /// Returns a cache after its step, then enforces the bounds.

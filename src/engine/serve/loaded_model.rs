@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use super::batcher::{Batcher, StepDone, StepJob, StepRunner, StepSink};
 use super::engine_config::EngineConfig;
 use super::kv_cache::{CachePosition, KvCacheStore};
+use super::prefix_cache::PrefixCache;
 use crate::catalog::ModelFormat;
 use crate::engine::model::config::ModelConfig;
 use crate::engine::model::cpu_matmul::CpuMatmul;
@@ -34,7 +35,10 @@ pub struct LoadedModel {
     loading: Mutex<()>,
     /// When a step last succeeded (a health probe is redundant right after one).
     last_good_step: Mutex<Option<Instant>>,
-    caches: Mutex<KvCacheStore>,
+    pub(super) caches: Mutex<KvCacheStore>,
+    /// Blocks of finished requests' KV, which new prompts that start with them reuse.
+    /// Locked after `caches` when both are held.
+    pub(super) prefixes: Mutex<PrefixCache>,
     max_loaded_shards: usize,
     cpu_matmul: CpuMatmul,
     batcher: Arc<Batcher>,
@@ -73,6 +77,7 @@ impl LoadedModel {
             loading: Mutex::new(()),
             last_good_step: Mutex::new(None),
             caches: Mutex::new(KvCacheStore::new(config.cache_limits)),
+            prefixes: Mutex::new(PrefixCache::new(config.prefix_cache_bytes)),
             max_loaded_shards: config.max_loaded_shards.max(1),
             cpu_matmul: config.cpu_matmul,
             batcher: Arc::new(Batcher::new(config.batch_limits)),
@@ -178,7 +183,7 @@ impl LoadedModel {
     }
 
     /// The loaded shard, marked most recently used.
-    fn loaded_shard(&self, shard: &Shard) -> Option<Arc<LoadedShard>> {
+    pub(super) fn loaded_shard(&self, shard: &Shard) -> Option<Arc<LoadedShard>> {
         let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
         let i = shards.iter().position(|s| s.shard() == shard)?;
         let found = shards.remove(i);
@@ -201,7 +206,7 @@ impl LoadedModel {
         let mut cache = {
             let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
             caches.checkout(&cache_key(request_id, start, end), position, 0, || {
-                shard.new_cache()
+                Ok(shard.new_cache())
             })?
         };
         match shard.forward(input, &mut cache) {
@@ -278,7 +283,7 @@ impl LoadedModel {
                         &key,
                         job.position,
                         job.reserve_positions * per_position,
-                        || shard.new_cache(),
+                        || self.start_cache(&shard, &job.prefix),
                     )
                 });
                 match checked {

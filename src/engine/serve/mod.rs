@@ -1,4 +1,5 @@
-//! Serving requests with the model: per-request KV caches ([`kv_cache`]), continuous
+//! Serving requests with the model: per-request KV caches ([`kv_cache`]) and the KV of
+//! recent prompts that later ones reuse ([`prefix_cache`]), continuous
 //! batching of the steps ready on a node ([`batcher`]), picking tokens ([`sampling`]),
 //! generation with in-process shards ([`local`]), the opened model ([`loaded_model`]), and
 //! the engine as a lifecycle-managed resource ([`inference_engine`], built from an
@@ -11,5 +12,7 @@ pub mod inference_engine;
 pub mod kv_cache;
 pub mod loaded_model;
 pub mod local;
+pub mod prefix_cache;
+mod prefix_reuse;
 pub mod sampling;
 pub mod supplier;

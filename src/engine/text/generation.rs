@@ -67,6 +67,11 @@ impl Decoding {
         &self.generated
     }
 
+    /// The stop string that ended the generation, if one did.
+    pub fn stopped_by(&self) -> Option<&str> {
+        self.stops.matched()
+    }
+
     /// Feeds one sampled token.
     pub fn push(&mut self, tokenizer: &TextTokenizer, token: u32) -> anyhow::Result<TokenOutcome> {
         if !self.ignore_eos && tokenizer.is_eos(token) {

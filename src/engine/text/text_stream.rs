@@ -56,6 +56,8 @@ impl TextStream {
 pub struct StopMatcher {
     stops: Vec<String>,
     pending: String,
+    /// The stop string that ended the text, once one has (Anthropic's API names it).
+    matched: Option<String>,
 }
 
 /// What the matcher lets through.
@@ -72,6 +74,7 @@ impl StopMatcher {
         StopMatcher {
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
             pending: String::new(),
+            matched: None,
         }
     }
 
@@ -80,9 +83,10 @@ impl StopMatcher {
         let first_stop = self
             .stops
             .iter()
-            .filter_map(|stop| self.pending.find(stop.as_str()))
-            .min();
-        if let Some(at) = first_stop {
+            .filter_map(|stop| Some((self.pending.find(stop.as_str())?, stop)))
+            .min_by_key(|(at, _)| *at);
+        if let Some((at, stop)) = first_stop {
+            self.matched = Some(stop.clone());
             let out = self.pending[..at].to_string();
             self.pending.clear();
             return StopCheck::Stopped(out);
@@ -98,6 +102,11 @@ impl StopMatcher {
         let out = self.pending[..cut].to_string();
         self.pending.drain(..cut);
         StopCheck::Continue(out)
+    }
+
+    /// The stop string that ended the text, if one has.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// The held-back text, once generation has ended for another reason.

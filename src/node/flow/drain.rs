@@ -179,6 +179,7 @@ mod tests {
             ignore_eos: false,
             top_logprobs: None,
             request_id: None,
+            grammar: None,
         });
         assert_eq!(
             flow.drain_status().await.own_requests,

@@ -14,10 +14,11 @@ use super::deadline::StepTimes;
 use super::outbox::Item;
 use super::{GenerateRequest, GenerationEvent, RequestFlow, describe};
 use crate::discovery::PeerInfo;
+use crate::engine::serve::prefix_cache::{BLOCK_TOKENS, block_hashes};
 use crate::engine::serve::sampling::TokenLogprobs;
 use crate::engine::text::tokenizer::TextTokenizer;
 use crate::engine::{Decoding, FinishReason, TokenOutcome};
-use crate::proto::{StepInput, StepOutcome, ValidatedContext, step_to_wire};
+use crate::proto::{ConstraintSpec, StepInput, StepOutcome, ValidatedContext, step_to_wire};
 use crate::topology::Partition;
 
 /// What the origin keeps of a request across its epochs.
@@ -35,6 +36,12 @@ pub(super) struct RequestState {
     /// A re-plan whose epoch has not produced its first token yet, and when the loss
     /// was noticed.
     pub(super) replanning: Option<(Instant, Replan)>,
+    /// Whether an epoch may start from the prefix its nodes keep (not after a miss).
+    pub(super) reuse_prefix: bool,
+    /// The blocks the current epoch's first step named.
+    pub(super) prefix_claimed: Vec<u64>,
+    /// Tokens of prompt + generated that went through the ring (the KV its nodes hold).
+    pub(super) fed: usize,
 }
 
 /// How an epoch of a request ended.
@@ -44,6 +51,8 @@ pub(super) enum EpochEnd {
     Cancelled,
     /// A node was lost (or a step failed): plan again and go on.
     Interrupted(Interruption),
+    /// A node lacked the prefix the epoch named: run it again without one.
+    PrefixMiss(String),
 }
 
 /// One epoch of a request: its wire id and plan, where its results arrive and its events
@@ -97,22 +106,53 @@ impl<'a> Epoch<'a> {
             .copied()
             .collect();
         let reserve = self.request.prompt.len() + state.max_tokens;
-        // The history, in chunks the shards can interleave with other requests' steps;
-        // only the last chunk's logits are sampled, as token number `generated.len()`.
+        // The longest prefix every node of the plan keeps (at least one token must run, to
+        // give the logits the next token is drawn from).
+        let hashes = block_hashes(&history);
+        let blocks = if state.reuse_prefix {
+            self.flow
+                .origin
+                .prefixes
+                .reusable(self.plan, &hashes)
+                .min((history.len() - 1) / BLOCK_TOKENS)
+        } else {
+            0
+        };
+        state.prefix_claimed = hashes[..blocks].to_vec();
+        if blocks > 0 {
+            let tokens = (blocks * BLOCK_TOKENS) as u64;
+            self.flow.count(|s| {
+                s.prefix_reuses += 1;
+                s.prefix_reused_tokens += tokens;
+            });
+        }
+        // The rest of the history, in chunks the shards can interleave with other
+        // requests' steps; only the last chunk's logits are sampled, as token number
+        // `generated.len()`.
         let chunk = self.flow.config.prefill_chunk.max(1);
         let mut step = 0u64;
-        let mut position = 0usize;
-        let chunks: Vec<&[u32]> = history.chunks(chunk).collect();
+        let mut position = blocks * BLOCK_TOKENS;
+        let chunks: Vec<&[u32]> = history[position..].chunks(chunk).collect();
         let token_index = state.decoding.generated().len() as u64;
         for (i, tokens) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
-            let context = self.context(step, position, last, token_index, reserve);
+            let mut context = self.context(step, position, last, token_index, reserve);
+            if i == 0 {
+                context.prefix_blocks = state.prefix_claimed.clone();
+            }
+            if last && let Some(constraint) = context.constraint.as_mut() {
+                // The last shard builds its matcher from the grammar, replaying the
+                // tokens generated before this epoch.
+                constraint.grammar = self.request.grammar.clone();
+                constraint.generated = state.decoding.generated().to_vec();
+            }
             if let Err(why) = self.send(context, tokens.to_vec()).await {
                 return Ok(EpochEnd::Interrupted(why));
             }
             position += tokens.len();
             step += 1;
         }
+        state.fed = position;
         let mut awaited = step - 1;
         let mut first_of_epoch = true;
         loop {
@@ -143,6 +183,7 @@ impl<'a> Epoch<'a> {
             }
             awaited = step;
             position += 1;
+            state.fed = position;
             step += 1;
         }
     }
@@ -169,6 +210,11 @@ impl<'a> Epoch<'a> {
             reserve_positions,
             token_index,
             top_logprobs: self.request.top_logprobs,
+            prefix_blocks: Vec::new(),
+            constraint: self.request.grammar.as_ref().map(|_| ConstraintSpec {
+                grammar: None,
+                generated: Vec::new(),
+            }),
         }
     }
 
@@ -279,6 +325,7 @@ impl<'a> Epoch<'a> {
                 StepOutcome::Error(error) => {
                     return Ok(Err(EpochEnd::Interrupted(Interruption::new(error))));
                 }
+                StepOutcome::PrefixMiss(why) => return Ok(Err(EpochEnd::PrefixMiss(why))),
                 // A prompt chunk made it through, or a late duplicate of a retried
                 // message: nothing to do but wait on.
                 _ if for_step != awaited => {

@@ -105,10 +105,14 @@ impl NodeHandler for RequestFlow {
         Ok(())
     }
 
-    async fn finish(&self, request_id: String, reason: String) -> Result<(), Status> {
+    async fn finish(
+        &self,
+        request_id: String,
+        reason: String,
+        keep_blocks: Vec<u64>,
+    ) -> Result<u32, Status> {
         tracing::debug!("request {request_id} {reason}");
-        self.finish_local(&request_id).await;
-        Ok(())
+        Ok(self.finish_local(&request_id, &keep_blocks).await as u32)
     }
 
     async fn fetch_weights(&self, request: pb::WeightRequest) -> Result<WeightStream, Status> {

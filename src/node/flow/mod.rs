@@ -26,6 +26,7 @@ mod origin;
 mod origin_state;
 mod outbox;
 mod plan;
+mod prefix_directory;
 mod request;
 mod shard;
 mod shard_state;

@@ -16,11 +16,22 @@ use super::drain::LiveGeneration;
 use super::epoch::{Epoch, EpochEnd, RequestState};
 use super::{GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow, describe};
 use crate::engine::Decoding;
+use crate::engine::serve::prefix_cache::block_hashes;
 use crate::engine::text::tokenizer::TextTokenizer;
 use crate::topology::Partition;
 
-/// The epoch of a request running now, so that its nodes can be told when it ends.
-type Current = Option<(String, Partition)>;
+/// The epoch of a request running now, so that its nodes can be told when it ends, and
+/// (once it finished) the blocks its nodes are to keep in their prefix caches.
+#[derive(Default)]
+struct Current {
+    epoch: Option<(String, Partition)>,
+    keep: Vec<u64>,
+}
+
+/// How long a finished request's client waits for its nodes to say which blocks they
+/// kept (so that the conversation's next turn finds them); past it the client hears the
+/// end and the nodes are told on in the background.
+const KEEP_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl RequestFlow {
     /// Starts a generation; its events arrive on the returned channel. Dropping the
@@ -45,7 +56,7 @@ impl RequestFlow {
             .filter(|id| !id.is_empty())
             .unwrap_or_else(new_request_id);
         self.count(|s| s.requests_started += 1);
-        let mut current = None;
+        let mut current = Current::default();
         // Everything logged on this node about the request names it (the peers get the id
         // in each call's metadata, see `crate::proto::request_ids`).
         let span = tracing::info_span!("request", id = %request_id);
@@ -60,8 +71,10 @@ impl RequestFlow {
             Ok(None) => "cancelled",
             Err(_) => "failed",
         };
-        // The client hears first; the nodes are told after (one round trip it need not wait
-        // for).
+        // The client of a failed or cancelled request hears first; the nodes are told after
+        // (one round trip it need not wait for). A finished request's nodes are told
+        // first, so that they keep its blocks before its client can ask the next turn.
+        let epoch = current.epoch.take();
         match outcome {
             Ok(Some(summary)) => {
                 self.count(|s| s.requests_finished += 1);
@@ -72,7 +85,16 @@ impl RequestFlow {
                     summary.completion_tokens,
                     describe(&summary.partition)
                 );
+                if let Some((wire_id, plan)) = epoch {
+                    let this = self.clone();
+                    let keep = std::mem::take(&mut current.keep);
+                    let told = tokio::spawn(async move {
+                        this.finish_everywhere(&wire_id, &plan, reason, &keep).await;
+                    });
+                    let _ = tokio::time::timeout(KEEP_WAIT, told).await;
+                }
                 let _ = events.send(GenerationEvent::Finished(summary)).await;
+                return;
             }
             Ok(None) => {
                 self.count(|s| s.requests_cancelled += 1);
@@ -86,8 +108,8 @@ impl RequestFlow {
             }
         }
         drop(events);
-        if let Some((wire_id, plan)) = current {
-            self.finish_everywhere(&wire_id, &plan, reason).await;
+        if let Some((wire_id, plan)) = epoch {
+            self.finish_everywhere(&wire_id, &plan, reason, &[]).await;
         }
     }
 
@@ -107,16 +129,26 @@ impl RequestFlow {
         let mut epoch = 0u32;
         loop {
             let wire_id = epoch_id(request_id, epoch);
-            *current = Some((wire_id.clone(), plan.clone()));
+            current.epoch = Some((wire_id.clone(), plan.clone()));
             let ended = Epoch::start(self, wire_id, &plan, request, &tokenizer, events)
                 .run(&mut state)
                 .await;
             let why = match ended? {
                 EpochEnd::Finished(finish) => {
+                    // What the nodes hold of the request: the tokens that went through.
+                    let ran: Vec<u32> = request
+                        .prompt
+                        .iter()
+                        .chain(state.decoding.generated())
+                        .take(state.fed)
+                        .copied()
+                        .collect();
+                    current.keep = block_hashes(&ran);
                     let first = state.first_token_at.unwrap_or(state.started);
                     return Ok(Some(GenerationSummary {
                         request_id: request_id.to_string(),
                         finish,
+                        stop_string: state.decoding.stopped_by().map(str::to_string),
                         prompt_tokens: request.prompt.len(),
                         completion_tokens: state.decoding.generated().len(),
                         prefill_seconds: (first - state.started).as_secs_f64(),
@@ -127,6 +159,23 @@ impl RequestFlow {
                 }
                 EpochEnd::Cancelled => return Ok(None),
                 EpochEnd::Interrupted(why) => why,
+                EpochEnd::PrefixMiss(why) => {
+                    // A node no longer holds the prefix this origin thought it kept: run
+                    // the request again over the same plan, prefilling all of it.
+                    tracing::info!("request {request_id}: {why}; prefilling it whole");
+                    self.origin.prefixes.forget(&plan, &state.prefix_claimed);
+                    state.reuse_prefix = false;
+                    epoch += 1;
+                    if let Some((old_id, old_plan)) = current.epoch.take()
+                        && let Some(this) = self.this.upgrade()
+                    {
+                        tokio::spawn(async move {
+                            this.finish_everywhere(&old_id, &old_plan, "prefix miss", &[])
+                                .await;
+                        });
+                    }
+                    continue;
+                }
             };
             epoch += 1;
             plan = self
@@ -188,6 +237,9 @@ impl RequestFlow {
             replans: Vec::new(),
             step_times: StepTimes::default(),
             replanning: None,
+            reuse_prefix: true,
+            prefix_claimed: Vec::new(),
+            fed: 0,
         };
         Ok(Some((plan, tokenizer, state)))
     }
@@ -236,11 +288,11 @@ impl RequestFlow {
         );
         // The old epoch's nodes drop what they hold of it, in the background: the
         // client waits for the new epoch, not for them.
-        if let Some((old_id, old_plan)) = current.take()
+        if let Some((old_id, old_plan)) = current.epoch.take()
             && let Some(this) = self.this.upgrade()
         {
             tokio::spawn(async move {
-                this.finish_everywhere(&old_id, &old_plan, "replanned")
+                this.finish_everywhere(&old_id, &old_plan, "replanned", &[])
                     .await;
             });
         }
@@ -278,25 +330,49 @@ impl RequestFlow {
         Ok(plan)
     }
 
-    /// Tells every node of the plan that the request is over (in parallel, best effort).
-    async fn finish_everywhere(&self, request_id: &str, plan: &Partition, reason: &str) {
+    /// Tells every node of the plan that the request is over (in parallel, best effort),
+    /// asking each to keep the blocks `keep` names in its prefix cache, and remembers
+    /// which each kept.
+    async fn finish_everywhere(
+        &self,
+        request_id: &str,
+        plan: &Partition,
+        reason: &str,
+        keep: &[u64],
+    ) {
         let calls = plan.entries.iter().map(|entry| async move {
-            if entry.node_id == self.node_id {
-                self.finish_local(request_id).await;
+            let kept = if entry.node_id == self.node_id {
+                self.finish_local(request_id, keep).await
             } else if let Some(handle) = self.peers.handle(&entry.node_id) {
                 // Usable peers only: one that is gone or failing is not worth a connection
                 // attempt (its caches go with it, or expire).
                 if !handle.state().is_usable() {
                     return;
                 }
-                if let Ok(peer) = handle.ensure_ready().await
-                    && let Err(error) = peer.finish_request(request_id, reason).await
-                {
-                    tracing::debug!(
-                        "could not tell {} to drop {request_id}: {error:#}",
-                        entry.node_id
-                    );
+                match handle.ensure_ready().await {
+                    Ok(peer) => match peer.finish_request(request_id, reason, keep).await {
+                        Ok(kept) => kept as usize,
+                        Err(error) => {
+                            tracing::debug!(
+                                "could not tell {} to drop {request_id}: {error:#}",
+                                entry.node_id
+                            );
+                            return;
+                        }
+                    },
+                    Err(_) => return,
                 }
+            } else {
+                return;
+            };
+            let kept = kept.min(keep.len());
+            if kept > 0 {
+                self.origin.prefixes.record(
+                    &entry.node_id,
+                    entry.start_layer,
+                    entry.end_layer,
+                    &keep[..kept],
+                );
             }
         });
         futures::future::join_all(calls).await;

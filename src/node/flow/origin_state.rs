@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::continuation::LossRecord;
+use super::prefix_directory::PrefixDirectory;
 use crate::proto::StepOutcome;
 
 /// Where a request's results go: (step, outcome).
@@ -21,6 +22,8 @@ pub(super) struct OriginState {
     pending: Mutex<HashMap<String, ResultSender>>,
     /// Nodes lost recently.
     pub(super) losses: LossRecord,
+    /// The blocks each node kept in its prefix cache.
+    pub(super) prefixes: PrefixDirectory,
 }
 
 impl OriginState {

@@ -23,6 +23,9 @@ pub struct GenerateRequest {
     /// The id the request goes by on every node (in logs and gRPC metadata); the origin
     /// makes one when empty.
     pub request_id: Option<String>,
+    /// A grammar (llguidance's Lark dialect) every generated token must follow
+    /// (structured output, tool calls); the last shard masks the logits with it.
+    pub grammar: Option<String>,
 }
 
 /// Timings and counts of a finished generation.
@@ -30,6 +33,8 @@ pub struct GenerateRequest {
 pub struct GenerationSummary {
     pub request_id: String,
     pub finish: FinishReason,
+    /// The stop string that ended it, if one did (`finish` is then `Stop`).
+    pub stop_string: Option<String>,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub prefill_seconds: f64,

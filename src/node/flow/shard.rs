@@ -11,6 +11,7 @@ use super::RequestFlow;
 use super::outbox::{Item, OnFailure};
 use crate::engine::model::shard_io::{ShardInput, ShardOutput};
 use crate::engine::serve::batcher::{BatchPanicked, StepDone, StepJob};
+use crate::engine::serve::prefix_cache::PrefixMiss;
 use crate::engine::serve::sampling::{TokenLogprobs, logprobs, sample};
 use crate::proto::{StepInput, StepOutcome, ValidatedContext, result_to_wire, step_to_wire};
 
@@ -27,10 +28,24 @@ impl RequestFlow {
     }
 
     /// The request is over on this node: its later steps are refused and its caches
-    /// dropped.
-    pub(super) async fn finish_local(&self, request_id: &str) {
+    /// dropped, after the blocks `keep` names are kept in the prefix cache. Returns how
+    /// many leading blocks of `keep` the prefix cache now holds.
+    pub(super) async fn finish_local(&self, request_id: &str, keep: &[u64]) -> usize {
         self.shard.finish(request_id);
-        self.drop_caches(request_id).await;
+        if keep.is_empty() {
+            self.drop_caches(request_id).await;
+            return 0;
+        }
+        match self.model().await {
+            Ok(model) if self.engine.state().is_usable() => {
+                let (model, id, keep) = (model.clone(), request_id.to_string(), keep.to_vec());
+                // Cutting the blocks copies memory: off the async workers.
+                tokio::task::spawn_blocking(move || model.finish_keeping(&id, &keep))
+                    .await
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        }
     }
 
     /// Drops every cache of `request_id` on this node, if the engine is up: an engine in
@@ -124,6 +139,7 @@ impl RequestFlow {
             },
             position: context.position,
             reserve_positions: context.reserve_positions,
+            prefix: context.prefix_blocks.clone(),
             tag: self.shard.next_tag(),
             sink: self.shard.completions.clone(),
         };
@@ -188,6 +204,12 @@ impl RequestFlow {
                         "the last shard of the plan produced no logits".into(),
                     ),
                 },
+                Err(error) if error.is::<PrefixMiss>() => {
+                    self.count(|s| s.prefix_misses += 1);
+                    let message = format!("node {}: {error:#}", self.node_id);
+                    tracing::info!("{}: {message}", context.request_id);
+                    self.deliver(&context, StepOutcome::PrefixMiss(message));
+                }
                 Err(error) => {
                     // A panic in the engine puts the engine in question, not the request:
                     // the engine is marked degraded (its health check decides whether it
@@ -233,7 +255,7 @@ impl RequestFlow {
             }
             return;
         }
-        let item = result_to_wire(context.to_wire(), self.node_id.clone(), outcome);
+        let item = result_to_wire(context.to_wire_for_result(), self.node_id.clone(), outcome);
         self.send_to(
             &context.origin_node_id,
             &context.origin_address,

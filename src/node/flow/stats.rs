@@ -17,4 +17,10 @@ pub struct FlowStats {
     pub replans: u64,
     /// Steps of new requests refused while this node drains.
     pub refused_draining: u64,
+    /// Steps here that named a prefix this node's prefix cache did not hold.
+    pub prefix_misses: u64,
+    /// Requests this node originated that started from a cached prefix, and the prompt
+    /// tokens they did not prefill.
+    pub prefix_reuses: u64,
+    pub prefix_reused_tokens: u64,
 }

@@ -122,4 +122,16 @@ fn stop_strings_are_held_back_until_they_are_ruled_out() {
     let mut matcher = StopMatcher::new(vec!["é!".into()]);
     assert_eq!(matcher.push("café"), StopCheck::Continue("caf".into()));
     assert_eq!(matcher.flush(), "é");
+    assert_eq!(matcher.matched(), None);
+}
+
+/// The matcher names the stop string that ended the text: the one that occurs first,
+/// whatever its place in the list (Anthropic's `stop_sequence`).
+#[test]
+fn the_stop_string_that_ended_the_text_is_named() {
+    let mut matcher = StopMatcher::new(vec!["zz".into(), "b".into(), "c".into()]);
+    assert_eq!(matcher.push("a"), StopCheck::Continue("a".into()));
+    assert_eq!(matcher.matched(), None);
+    assert_eq!(matcher.push("c b zz"), StopCheck::Stopped(String::new()));
+    assert_eq!(matcher.matched(), Some("c"));
 }
