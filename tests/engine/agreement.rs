@@ -65,6 +65,7 @@ fn step(model: &LoadedModel, request: &str, tokens: Vec<u32>, position: usize) -
         reserve_positions: 1024,
         tag: 0,
         sink,
+        group: None,
     };
     let (done, _) = model.run_batch(vec![job]).pop().unwrap();
     match done.output.unwrap() {

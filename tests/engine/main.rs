@@ -12,4 +12,5 @@ mod kernels;
 mod real_model;
 mod replay;
 mod synthetic;
+mod tensor;
 mod text;

@@ -28,6 +28,7 @@ fn batch(model: &LoadedModel, steps: Vec<(&str, Vec<u32>, usize)>) -> Vec<Vec<f3
             reserve_positions: 2048,
             tag: tag as u64,
             sink: sink.clone(),
+            group: None,
         })
         .collect();
     let mut done = model.run_batch(jobs);

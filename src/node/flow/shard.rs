@@ -126,6 +126,7 @@ impl RequestFlow {
             reserve_positions: context.reserve_positions,
             tag: self.shard.next_tag(),
             sink: self.shard.completions.clone(),
+            group: None,
         };
         self.shard.queued(job.tag, context);
         self.count(|s| s.steps_run += 1);
