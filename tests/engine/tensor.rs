@@ -23,8 +23,10 @@
 //! A wrong slice (a partial sum missing or counted twice, a head or column off by one)
 //! moves the logits by their own scale and fails either bound.
 
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use exo::catalog::{ModelFormat, ResolvedModel};
 use exo::engine::group::local_wire::local_hubs;
@@ -33,6 +35,7 @@ use exo::engine::model::shard_io::{ShardInput, ShardOutput};
 use exo::engine::serve::batcher::StepJob;
 use exo::engine::serve::group_runs::spawn_follower;
 use exo::engine::{CpuMatmul, DeviceChoice, EngineConfig, LoadedModel};
+use exo::peer::GroupLinks;
 
 use crate::support::qwen_model;
 
@@ -63,10 +66,55 @@ struct Group {
     hub: Arc<GroupHub>,
     placement: Arc<GroupPlacement>,
     _followers: Vec<(Arc<LoadedModel>, Arc<GroupHub>)>,
+    _links: Vec<Arc<GroupLinks>>,
 }
 
 fn group(shares: &[f64], kernels: CpuMatmul) -> Group {
     group_of(shares, MODEL, kernels)
+}
+
+/// The same group, its members' hubs joined by TCP streams on loopback (one per pair,
+/// `exo::peer::GroupLinks`) instead of in-process calls.
+fn group_over_sockets(shares: &[f64]) -> Group {
+    let names: Vec<String> = (0..shares.len()).map(|i| format!("member-{i}")).collect();
+    let hubs: Vec<Arc<GroupHub>> = names.iter().map(|n| GroupHub::new(n.clone())).collect();
+    let links: Vec<Arc<GroupLinks>> = hubs.iter().map(GroupLinks::new).collect();
+    let addrs: Vec<_> = links
+        .iter()
+        .map(|l| l.accept(TcpListener::bind("127.0.0.1:0").unwrap()).unwrap())
+        .collect();
+    for i in 0..names.len() {
+        for j in i + 1..names.len() {
+            links[i].connect(&names[j], addrs[j]).unwrap();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while links.iter().any(|l| l.peers().len() < names.len() - 1) {
+        assert!(Instant::now() < deadline, "the links did not come up");
+        std::thread::yield_now();
+    }
+    let leader = open(MODEL, Some(hubs[0].clone()), CpuMatmul::Int8);
+    let slices = leader.split_group(shares).unwrap();
+    let placement = Arc::new(GroupPlacement {
+        members: names,
+        slices,
+        wire: WireDtype::F32,
+    });
+    let followers = hubs[1..]
+        .iter()
+        .map(|hub| {
+            let model = open(MODEL, Some(hub.clone()), CpuMatmul::Int8);
+            spawn_follower(&model, hub).unwrap();
+            (model, hub.clone())
+        })
+        .collect();
+    Group {
+        leader,
+        hub: hubs[0].clone(),
+        placement,
+        _followers: followers,
+        _links: links,
+    }
 }
 
 /// A group whose followers serve the model file under `follower_model`'s name.
@@ -93,6 +141,7 @@ fn group_of(shares: &[f64], follower_model: &str, kernels: CpuMatmul) -> Group {
         hub: hubs[0].clone(),
         placement,
         _followers: followers,
+        _links: Vec::new(),
     }
 }
 
@@ -196,9 +245,13 @@ fn drift(one: &[Vec<Vec<f32>>], other: &[Vec<Vec<f32>>]) -> (f32, f32) {
 /// steps as one process does, logits within `bound` (relative to their scale), with two
 /// all-reduces per layer per batch.
 fn answers_as_one_process(shares: &[f64], tokens: usize, kernels: CpuMatmul, bound: f32) {
+    answers_as(group(shares, kernels), tokens, kernels, bound);
+}
+
+fn answers_as(g: Group, tokens: usize, kernels: CpuMatmul, bound: f32) {
+    let shares = &g.placement.slices;
     let one = open(MODEL, None, kernels);
     let (expected, expected_logits) = decode(&one, None, tokens);
-    let g = group(shares, kernels);
     let before = g.hub.stats.all_reduces.load(Ordering::Relaxed);
     let (got, got_logits) = decode(&g.leader, Some(&g.placement), tokens);
     let (worst, scale) = drift(&expected_logits, &got_logits);
@@ -224,6 +277,63 @@ fn answers_as_one_process(shares: &[f64], tokens: usize, kernels: CpuMatmul, bou
 #[test]
 fn a_pair_greedy_decodes_as_one_process() {
     answers_as_one_process(&[1.0, 1.0], 64, CpuMatmul::Int8, INT8_BOUND);
+}
+
+/// The same over real sockets: a pair and a trio (a ring all-reduce) whose frames travel
+/// TCP streams on loopback.
+#[test]
+fn groups_over_tcp_links_decode_as_one_process() {
+    answers_as(
+        group_over_sockets(&[1.0, 1.0]),
+        32,
+        CpuMatmul::Int8,
+        INT8_BOUND,
+    );
+    answers_as(
+        group_over_sockets(&[2.0, 1.0, 1.0]),
+        16,
+        CpuMatmul::Int8,
+        INT8_BOUND,
+    );
+}
+
+/// A member whose link breaks mid-batch: the leader's step fails at once (the batch is
+/// aborted), not after the part timeout.
+#[test]
+fn a_member_lost_mid_stream_aborts_the_leaders_batch() {
+    let g = group_over_sockets(&[1.0, 1.0]);
+    // Decode a few steps, then drop the follower's whole side.
+    let steps = vec![("lost", vec![9707, 11], 0)];
+    batch(&g.leader, Some(&g.placement), steps);
+    let Group {
+        leader,
+        hub,
+        placement,
+        _followers,
+        _links,
+    } = g;
+    drop(_followers);
+    let follower_links = _links[1].clone();
+    drop(follower_links);
+    drop(_links);
+    let started = Instant::now();
+    let layers = leader.config().n_layers;
+    let (sink, _unused) = tokio::sync::mpsc::unbounded_channel();
+    let job = StepJob {
+        request_id: "lost".into(),
+        start: 0,
+        end: layers,
+        input: ShardInput::Tokens(vec![13]),
+        position: 2,
+        reserve_positions: 64,
+        tag: 0,
+        sink,
+        group: Some(placement),
+    };
+    let (done, _) = leader.run_batch(vec![job]).pop().unwrap();
+    let error = format!("{:#}", done.output.unwrap_err());
+    assert!(started.elapsed() < Duration::from_secs(60), "{error}");
+    assert_eq!(hub.boxes(), 0);
 }
 
 #[test]
