@@ -83,9 +83,10 @@ fn group_over_sockets(shares: &[f64]) -> Group {
         .iter()
         .map(|l| l.accept(TcpListener::bind("127.0.0.1:0").unwrap()).unwrap())
         .collect();
-    for i in 0..names.len() {
-        for j in i + 1..names.len() {
-            links[i].connect(&names[j], addrs[j]).unwrap();
+    // Each member opens the streams to the members after it.
+    for (i, link) in links.iter().enumerate() {
+        for (name, addr) in names.iter().zip(&addrs).skip(i + 1) {
+            link.connect(name, *addr).unwrap();
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);
