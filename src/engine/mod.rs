@@ -6,10 +6,13 @@
 //!   bookkeeping;
 //! - [`model`]: a model's shape and tensors, the sharded decoder of every family, and the
 //!   backends it runs on: [`cpu`] (our kernels) or candle's (for GPUs);
+//! - [`group`]: tensor-parallel groups: batches handed from a leader to its followers,
+//!   all-reduces over a node's links (or in-process);
 //! - [`serve`]: KV caches, continuous batching, sampling, local generation, and the
 //!   engine as a lifecycle-managed resource.
 
 pub mod cpu;
+pub mod group;
 pub mod model;
 pub mod serve;
 pub mod text;

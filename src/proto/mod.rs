@@ -11,6 +11,7 @@
 
 mod capabilities;
 pub mod context;
+pub mod group_frame;
 mod plan;
 pub mod request_ids;
 pub mod result;

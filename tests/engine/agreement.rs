@@ -66,6 +66,7 @@ fn step(model: &LoadedModel, request: &str, tokens: Vec<u32>, position: usize) -
         prefix: Vec::new(),
         tag: 0,
         sink,
+        group: None,
     };
     let (done, _) = model.run_batch(vec![job]).pop().unwrap();
     match done.output.unwrap() {

@@ -24,12 +24,12 @@ struct Runner {
 }
 
 impl StepRunner for Runner {
-    fn cache_position(&self, request_id: &str, _start: usize, _end: usize) -> CachePosition {
+    fn cache_position(&self, job: &StepJob) -> CachePosition {
         *self
             .positions
             .lock()
             .unwrap()
-            .get(request_id)
+            .get(&job.request_id)
             .unwrap_or(&CachePosition::Absent)
     }
 
@@ -83,6 +83,7 @@ fn job(request_id: &str, tag: u64, sink: &StepSink) -> StepJob {
         position: 0,
         reserve_positions: 8,
         prefix: Vec::new(),
+        group: None,
         tag,
         sink: sink.clone(),
     }
@@ -125,7 +126,7 @@ async fn a_panic_in_a_batch_fails_its_steps_frees_their_caches_and_the_next_step
         "the panicked step's cache (and its reservation) is freed"
     );
     assert_eq!(
-        runner.cache_position("first", 0, 2),
+        runner.cache_position(&job("first", 1, &sink)),
         CachePosition::Absent,
         "nothing stays checked out"
     );

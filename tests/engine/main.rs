@@ -14,4 +14,5 @@ mod prefix;
 mod real_model;
 mod replay;
 mod synthetic;
+mod tensor;
 mod text;

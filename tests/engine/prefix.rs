@@ -29,6 +29,7 @@ fn step(
         position,
         reserve_positions: 1024,
         prefix: prefix.to_vec(),
+        group: None,
         tag: 0,
         sink,
     };

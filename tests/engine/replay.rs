@@ -29,6 +29,7 @@ fn batch(model: &LoadedModel, steps: Vec<(&str, Vec<u32>, usize)>) -> Vec<Vec<f3
             prefix: Vec::new(),
             tag: tag as u64,
             sink: sink.clone(),
+            group: None,
         })
         .collect();
     let mut done = model.run_batch(jobs);

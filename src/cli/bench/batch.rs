@@ -65,6 +65,7 @@ fn median_step_ms(
         prefix: Vec::new(),
         tag: r as u64,
         sink: sink.clone(),
+        group: None,
     };
     let run = |jobs: Vec<StepJob>| -> anyhow::Result<Vec<u32>> {
         let mut done = model.run_batch(jobs);

@@ -5,6 +5,7 @@
 use anyhow::Context;
 
 use super::backend::{Backend, SeqRows};
+use super::collective::Collective;
 use super::config::ModelConfig;
 use crate::engine::cpu::attention::AttentionShape;
 
@@ -40,6 +41,9 @@ pub(super) struct Layer<B: Backend> {
     pub(super) gate_up: GateUp<B>,
     pub(super) down: B::Matrix,
     pub(super) post_ffn_norm: Option<B::Vector>,
+    /// FFN columns this layer holds (all of them, or a tensor-parallel member's).
+    pub(super) ffn_width: usize,
+    /// Its attention: every head, or a tensor-parallel member's heads.
     pub(super) attention: AttentionShape,
     /// Whether this layer uses the local (sliding-window) rope.
     pub(super) local_rope: bool,
@@ -50,7 +54,11 @@ pub(super) struct Layer<B: Backend> {
 impl<B: Backend> Layer<B> {
     /// Runs the layer over a batch's rows: attention (each sequence over its own cache)
     /// and the feed-forward block, each with its residual. `rope` is the model's global
-    /// rope, `rope_local` its sliding-window one, if it has one.
+    /// rope, `rope_local` its sliding-window one, if it has one. A tensor-parallel
+    /// member's attention output and feed-forward output are partial sums: `group` adds
+    /// the members' (the layer's two all-reduces) before the norms and residuals that
+    /// follow them.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn forward(
         &self,
         b: &B,
@@ -59,12 +67,13 @@ impl<B: Backend> Layer<B> {
         x: B::Act,
         seqs: &[SeqRows],
         kvs: &mut [&mut B::Kv],
+        group: &mut Option<&mut dyn Collective>,
     ) -> anyhow::Result<B::Act> {
         let layer = self;
         let eps = c.rms_norm_eps as f32;
         let h = b.rms_norm(&x, &layer.attn_norm, eps)?;
-        let q_width = c.n_heads * c.head_dim;
-        let kv_width = c.n_kv_heads * c.head_dim;
+        let q_width = layer.attention.n_heads * c.head_dim;
+        let kv_width = layer.attention.n_kv_heads * c.head_dim;
         let (q, k, v) = match &layer.qkv {
             Qkv::Fused { matrix, bias } => {
                 let fused = b.linear(&h, &[(matrix, bias.as_ref())])?.remove(0);
@@ -93,6 +102,9 @@ impl<B: Backend> Layer<B> {
         let k = b.apply_rope(k, c.head_dim, rope, seqs)?;
         let attn = b.attention(&q, &k, &v, seqs, kvs, &layer.attention)?;
         let mut o = b.linear(&attn, &[(&layer.o, None)])?.remove(0);
+        if let Some(group) = group {
+            o = all_reduce(b, o, &mut **group).context("the attention output's all-reduce")?;
+        }
         if let Some(norm) = &layer.post_attn_norm {
             o = b.rms_norm(&o, norm, eps)?;
         }
@@ -101,7 +113,7 @@ impl<B: Backend> Layer<B> {
         let a = match &layer.gate_up {
             GateUp::Fused(m) => {
                 let fused = b.linear(&h, &[(m, None)])?.remove(0);
-                b.gated_halves(c.activation, fused, c.intermediate_size)?
+                b.gated_halves(c.activation, fused, layer.ffn_width)?
             }
             GateUp::Separate(g, u) => {
                 let mut out = b.linear(&h, &[(g, None), (u, None)])?.into_iter();
@@ -110,9 +122,25 @@ impl<B: Backend> Layer<B> {
             }
         };
         let mut d = b.linear(&a, &[(&layer.down, None)])?.remove(0);
+        if let Some(group) = group {
+            d = all_reduce(b, d, &mut **group).context("the feed-forward output's all-reduce")?;
+        }
         if let Some(norm) = &layer.post_ffn_norm {
             d = b.rms_norm(&d, norm, eps)?;
         }
         b.add(x, &d)
     }
+}
+
+/// The sum of every member's `x` (see [`Collective::all_reduce`]).
+pub(super) fn all_reduce<B: Backend>(
+    b: &B,
+    x: B::Act,
+    group: &mut dyn Collective,
+) -> anyhow::Result<B::Act> {
+    let (rows, cols) = b.shape(&x);
+    let mut values = b.to_rows(&x)?;
+    drop(x);
+    group.all_reduce(&mut values)?;
+    b.from_rows(values, rows, cols)
 }

@@ -6,6 +6,7 @@ use candle_core::{DType, Device};
 
 use super::backend::Backend;
 use super::candle_backend::CandleBackend;
+use super::collective::Collective;
 use super::cpu_matmul::CpuMatmul;
 use super::sequence_cache::SequenceCache;
 use super::shard::Shard;
@@ -146,16 +147,17 @@ impl LoadedShard {
 
     /// Bytes one more position of a sequence takes in this shard's KV caches.
     pub fn kv_bytes_per_position(&self) -> usize {
-        let (config, layers, element) = match self {
+        let (config, layers, kv_heads, element) = match self {
             // Our CPU caches hold f16; candle's hold the activation dtype.
-            LoadedShard::Cpu(m) => (m.config(), m.shard().len(), 2),
+            LoadedShard::Cpu(m) => (m.config(), m.shard().len(), m.kv_heads(), 2),
             LoadedShard::Candle(m) => (
                 m.config(),
                 m.shard().len(),
+                m.kv_heads(),
                 m.backend().dtype().size_in_bytes(),
             ),
         };
-        layers * 2 * config.n_kv_heads * config.head_dim * element
+        layers * 2 * kv_heads * config.head_dim * element
     }
 
     /// One sequence's input, in prompt chunks.
@@ -178,6 +180,19 @@ impl LoadedShard {
         match self {
             LoadedShard::Cpu(m) => m.forward_batch(batch),
             LoadedShard::Candle(m) => m.forward_batch(batch),
+        }
+    }
+
+    /// Several sequences' inputs in one pass, as a member of a tensor-parallel group
+    /// (see [`ShardModel::forward_batch_with`]).
+    pub fn forward_batch_with(
+        &self,
+        batch: Vec<(ShardInput, &mut SequenceCache)>,
+        group: &mut dyn Collective,
+    ) -> anyhow::Result<Vec<ShardOutput>> {
+        match self {
+            LoadedShard::Cpu(m) => m.forward_batch_with(batch, Some(group)),
+            LoadedShard::Candle(m) => m.forward_batch_with(batch, Some(group)),
         }
     }
 

@@ -4,14 +4,18 @@
 //!
 //! A file that does not fit its own metadata is refused here, naming the tensor, on every
 //! backend (a mismatch found later would surface deep in a matmul, or not at all).
+//!
+//! A tensor-parallel member reads only its slice of each matrix ([`super::slice`]):
+//! row ranges or whole blocks of every row, as byte ranges of the file.
 
 use anyhow::bail;
 
 use super::backend::Backend;
 use super::config::{Architecture, ModelConfig};
 use super::layer::{GateUp, Layer, Qkv};
+use super::slice::TensorSlice;
 use super::tensor_names::{GlobalTensor, LayerTensor};
-use super::weights::{LoadCounter, WeightSource};
+use super::weights::{LoadCounter, TensorPart, WeightSource};
 use crate::engine::cpu::attention::AttentionShape;
 
 /// Reads checked tensors of one model file onto one backend, counting the bytes.
@@ -20,6 +24,8 @@ pub(super) struct TensorReader<'a, B: Backend> {
     pub(super) backend: &'a B,
     pub(super) config: &'a ModelConfig,
     pub(super) counter: LoadCounter,
+    /// The member's slice, when the shard is one of a tensor-parallel group.
+    pub(super) slice: Option<&'a TensorSlice>,
 }
 
 impl<'a, B: Backend> TensorReader<'a, B> {
@@ -29,20 +35,81 @@ impl<'a, B: Backend> TensorReader<'a, B> {
             backend,
             config,
             counter: LoadCounter::default(),
+            slice: None,
         }
     }
 
-    /// A matrix of `shape` (rows first).
-    fn matrix(&self, name: &str, is_layer: bool, shape: [usize; 2]) -> anyhow::Result<B::Matrix> {
+    /// Reads only `slice`'s part of every matrix.
+    pub(super) fn with_slice(mut self, slice: Option<&'a TensorSlice>) -> Self {
+        self.slice = slice;
+        self
+    }
+
+    /// `part` of a matrix of `shape` (rows first; the whole file tensor's shape).
+    fn matrix_part(
+        &self,
+        name: &str,
+        is_layer: bool,
+        shape: [usize; 2],
+        part: &TensorPart,
+    ) -> anyhow::Result<B::Matrix> {
         expect_shape(self.source, name, &shape)?;
-        let tensor = self.source.read(name, &self.counter, is_layer)?;
+        let tensor = self.source.read_part(name, part, &self.counter, is_layer)?;
         self.backend.matrix(tensor)
     }
 
     /// A vector's values, as f32 on the host.
     fn values(&self, name: &str, is_layer: bool, len: usize) -> anyhow::Result<Vec<f32>> {
+        self.values_part(name, is_layer, len, &TensorPart::Whole)
+    }
+
+    /// `part` of a vector of `len` values, as f32 on the host.
+    fn values_part(
+        &self,
+        name: &str,
+        is_layer: bool,
+        len: usize,
+        part: &TensorPart,
+    ) -> anyhow::Result<Vec<f32>> {
         expect_shape(self.source, name, &[len])?;
-        self.source.read(name, &self.counter, is_layer)?.to_f32()
+        self.source
+            .read_part(name, part, &self.counter, is_layer)?
+            .to_f32()
+    }
+
+    /// Rows `ranges` of a matrix or vector when this reader reads a member's slice; the
+    /// whole tensor otherwise.
+    fn rows(&self, ranges: Vec<std::ops::Range<usize>>) -> TensorPart {
+        match self.slice {
+            Some(_) => TensorPart::Rows(ranges),
+            None => TensorPart::Whole,
+        }
+    }
+
+    /// The member's query-head rows, KV-head rows and FFN columns (the whole model's
+    /// without a slice).
+    fn cuts(&self) -> Cuts {
+        let c = self.config;
+        let hd = c.head_dim;
+        match self.slice {
+            Some(slice) => {
+                let kv = slice.kv_heads(c);
+                Cuts {
+                    q: slice.heads.start * hd..slice.heads.end * hd,
+                    kv: kv.start * hd..kv.end * hd,
+                    heads: slice.heads.len(),
+                    kv_heads: kv.len(),
+                    ffn: slice.ffn.clone(),
+                }
+            }
+            None => Cuts {
+                q: 0..c.n_heads * hd,
+                kv: 0..c.n_kv_heads * hd,
+                heads: c.n_heads,
+                kv_heads: c.n_kv_heads,
+                ffn: 0..c.intermediate_size,
+            },
+        }
     }
 
     /// A vector on the backend, `offset` added to every value.
@@ -72,13 +139,19 @@ impl<'a, B: Backend> TensorReader<'a, B> {
         !self.source.has(self.source.global_name(GlobalTensor::Head))
     }
 
-    /// The token embedding table.
+    /// The token embedding table (the member's vocabulary rows of it).
     pub(super) fn embedding(&self) -> anyhow::Result<B::Matrix> {
         let c = self.config;
-        self.matrix(
+        let part = self.rows(
+            self.slice
+                .map(|s| vec![s.vocab.clone()])
+                .unwrap_or_default(),
+        );
+        self.matrix_part(
             self.source.global_name(GlobalTensor::Embedding),
             false,
             [c.vocab_size, c.hidden_size],
+            &part,
         )
     }
 
@@ -93,13 +166,20 @@ impl<'a, B: Backend> TensorReader<'a, B> {
         )
     }
 
-    /// The output head (files with tied embeddings have none).
+    /// The output head, the member's vocabulary rows of it (files with tied embeddings
+    /// have none).
     pub(super) fn head(&self) -> anyhow::Result<B::Matrix> {
         let c = self.config;
-        self.matrix(
+        let part = self.rows(
+            self.slice
+                .map(|s| vec![s.vocab.clone()])
+                .unwrap_or_default(),
+        );
+        self.matrix_part(
             self.source.global_name(GlobalTensor::Head),
             false,
             [c.vocab_size, c.hidden_size],
+            &part,
         )
     }
 
@@ -109,17 +189,25 @@ impl<'a, B: Backend> TensorReader<'a, B> {
         let hidden = c.hidden_size;
         let read_before = self.counter.layer_bytes();
         let name = |t: LayerTensor| self.source.layer_name(layer, t);
+        let cuts = self.cuts();
         let qkv = self.qkv(layer)?;
         let gate_up = self.gate_up(layer)?;
-        let o = self.matrix(
+        // o and down: the member's columns of every row (an input split).
+        let cols = |range: &std::ops::Range<usize>| match self.slice {
+            Some(_) => TensorPart::Cols(range.clone()),
+            None => TensorPart::Whole,
+        };
+        let o = self.matrix_part(
             &name(LayerTensor::Output),
             true,
             [hidden, c.n_heads * c.head_dim],
+            &cols(&cuts.q),
         )?;
-        let down = self.matrix(
+        let down = self.matrix_part(
             &name(LayerTensor::Down),
             true,
             [hidden, c.intermediate_size],
+            &cols(&cuts.ffn),
         )?;
         let head_norm = |t: LayerTensor| self.norm(&name(t), c.head_dim);
         let post_norm = |t: LayerTensor| self.norm(&name(t), hidden);
@@ -146,9 +234,10 @@ impl<'a, B: Backend> TensorReader<'a, B> {
                 .post_norms
                 .then(|| post_norm(LayerTensor::PostFfnNorm))
                 .transpose()?,
+            ffn_width: cuts.ffn.len(),
             attention: AttentionShape {
-                n_heads: c.n_heads,
-                n_kv_heads: c.n_kv_heads,
+                n_heads: cuts.heads,
+                n_kv_heads: cuts.kv_heads,
                 head_dim: c.head_dim,
                 scale: c.attention_scale,
                 window: c.layer_window(layer),
@@ -168,24 +257,37 @@ impl<'a, B: Backend> TensorReader<'a, B> {
         let q_width = c.n_heads * c.head_dim;
         let kv_width = c.n_kv_heads * c.head_dim;
         let name = |t: LayerTensor| self.source.layer_name(layer, t);
+        let cuts = self.cuts();
+        let shift = |r: &std::ops::Range<usize>, by: usize| r.start + by..r.end + by;
         if c.architecture == Architecture::Phi3 || self.source.has(&name(LayerTensor::Qkv)) {
-            let matrix = self.matrix(
+            // The member's q rows, then its k rows, then its v rows of the stacked matrix.
+            let part = self.rows(vec![
+                cuts.q.clone(),
+                shift(&cuts.kv, q_width),
+                shift(&cuts.kv, q_width + kv_width),
+            ]);
+            let matrix = self.matrix_part(
                 &name(LayerTensor::Qkv),
                 true,
                 [q_width + 2 * kv_width, hidden],
+                &part,
             )?;
             return Ok(Qkv::Fused { matrix, bias: None });
         }
+        let (q_part, kv_part) = (
+            self.rows(vec![cuts.q.clone()]),
+            self.rows(vec![cuts.kv.clone()]),
+        );
         let (q, k, v) = (
-            self.matrix(&name(LayerTensor::Q), true, [q_width, hidden])?,
-            self.matrix(&name(LayerTensor::K), true, [kv_width, hidden])?,
-            self.matrix(&name(LayerTensor::V), true, [kv_width, hidden])?,
+            self.matrix_part(&name(LayerTensor::Q), true, [q_width, hidden], &q_part)?,
+            self.matrix_part(&name(LayerTensor::K), true, [kv_width, hidden], &kv_part)?,
+            self.matrix_part(&name(LayerTensor::V), true, [kv_width, hidden], &kv_part)?,
         );
         let biases = if c.qkv_bias {
             Some([
-                self.values(&name(LayerTensor::QBias), true, q_width)?,
-                self.values(&name(LayerTensor::KBias), true, kv_width)?,
-                self.values(&name(LayerTensor::VBias), true, kv_width)?,
+                self.values_part(&name(LayerTensor::QBias), true, q_width, &q_part)?,
+                self.values_part(&name(LayerTensor::KBias), true, kv_width, &kv_part)?,
+                self.values_part(&name(LayerTensor::VBias), true, kv_width, &kv_part)?,
             ])
         } else {
             None
@@ -216,17 +318,32 @@ impl<'a, B: Backend> TensorReader<'a, B> {
         let c = self.config;
         let (hidden, ffn) = (c.hidden_size, c.intermediate_size);
         let name = |t: LayerTensor| self.source.layer_name(layer, t);
+        let cols = self.cuts().ffn;
         if c.architecture == Architecture::Phi3 && !self.source.has(&name(LayerTensor::Gate)) {
-            let fused = self.matrix(&name(LayerTensor::GateUp), true, [2 * ffn, hidden])?;
+            // The member's gate rows, then its up rows of the stacked matrix.
+            let part = self.rows(vec![cols.clone(), cols.start + ffn..cols.end + ffn]);
+            let fused =
+                self.matrix_part(&name(LayerTensor::GateUp), true, [2 * ffn, hidden], &part)?;
             return Ok(GateUp::Fused(fused));
         }
-        let gate = self.matrix(&name(LayerTensor::Gate), true, [ffn, hidden])?;
-        let up = self.matrix(&name(LayerTensor::Up), true, [ffn, hidden])?;
+        let part = self.rows(vec![cols]);
+        let gate = self.matrix_part(&name(LayerTensor::Gate), true, [ffn, hidden], &part)?;
+        let up = self.matrix_part(&name(LayerTensor::Up), true, [ffn, hidden], &part)?;
         Ok(match self.backend.stack(&[&gate, &up])? {
             Some(fused) => GateUp::Fused(fused),
             None => GateUp::Separate(gate, up),
         })
     }
+}
+
+/// Where a member's slice cuts a layer: its q rows, its k and v rows, how many heads
+/// those are, and its FFN columns.
+struct Cuts {
+    q: std::ops::Range<usize>,
+    kv: std::ops::Range<usize>,
+    heads: usize,
+    kv_heads: usize,
+    ffn: std::ops::Range<usize>,
 }
 
 /// Checks that the file holds tensor `name` with the shape the config needs (rows first).

@@ -4,10 +4,12 @@
 //! [`sequence_cache`] per sequence) over a [`backend`]: our CPU kernels (`crate::engine::cpu`)
 //! or candle's ([`candle_backend`], for GPUs); [`device`] and [`cpu_matmul`] pick which.
 //! [`loaded_shard`]: a shard on whichever backend runs it; [`memory`]: what a whole model
-//! needs in memory.
+//! needs in memory. Tensor parallelism: a [`slice`] of every matrix per member of a group,
+//! whose partial sums the decoder adds through a [`collective`].
 
 pub mod backend;
 pub mod candle_backend;
+pub mod collective;
 pub mod config;
 pub mod cpu_matmul;
 pub mod device;
@@ -19,5 +21,6 @@ pub mod sequence_cache;
 pub mod shard;
 pub mod shard_io;
 pub mod shard_model;
+pub mod slice;
 pub mod tensor_names;
 pub mod weights;

@@ -4,7 +4,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Layers `[start_layer, end_layer)` of a model with `n_layers` layers.
+use super::slice::TensorSlice;
+
+/// Layers `[start_layer, end_layer)` of a model with `n_layers` layers, whole or a
+/// tensor-parallel member's slice of them.
 ///
 /// The first shard (start 0) owns the token embedding; the last (end == n_layers) owns the
 /// final norm, the output head and sampling. One shard can be both.
@@ -14,6 +17,9 @@ pub struct Shard {
     pub start_layer: usize,
     pub end_layer: usize,
     pub n_layers: usize,
+    /// A tensor-parallel member's part of every matrix; None: the whole layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<TensorSlice>,
 }
 
 impl Shard {
@@ -38,7 +44,14 @@ impl Shard {
             start_layer,
             end_layer,
             n_layers,
+            slice: None,
         })
+    }
+
+    /// The same layers, only `slice` of them.
+    pub fn sliced(mut self, slice: Option<TensorSlice>) -> Self {
+        self.slice = slice;
+        self
     }
 
     /// The whole model as one shard.
@@ -90,6 +103,10 @@ impl fmt::Display for Shard {
             f,
             "{} layers [{}, {}) of {}",
             self.model_id, self.start_layer, self.end_layer, self.n_layers
-        )
+        )?;
+        if let Some(slice) = &self.slice {
+            write!(f, ", {slice}")?;
+        }
+        Ok(())
     }
 }

@@ -16,12 +16,14 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use super::backend::{Backend, SeqRows};
+use super::collective::Collective;
 use super::config::ModelConfig;
-use super::layer::Layer;
+use super::layer::{Layer, all_reduce};
 use super::loader::TensorReader;
 use super::sequence_cache::{AnyKv, KvSlot, SequenceCache};
 use super::shard::Shard;
 use super::shard_io::{HiddenState, ShardInput, ShardOutput};
+use super::slice::SplitUnits;
 use super::weights::WeightSource;
 
 /// Prompt tokens run through the layers at once, at most; longer prompts go in chunks.
@@ -75,7 +77,18 @@ impl<B: KvSlot> ShardModel<B> {
             shard.end_layer,
             shard.n_layers,
         )?;
-        let reader = TensorReader::new(source, &backend, &config);
+        if let Some(slice) = &shard.slice {
+            slice
+                .check(&config, &SplitUnits::of(source))
+                .with_context(|| format!("shard {shard} cannot be loaded"))?;
+        }
+        // Only shards holding the same part of every matrix share tensors.
+        let donors: Vec<&ShardModel<B>> = donors
+            .iter()
+            .copied()
+            .filter(|d| d.shard.slice == shard.slice)
+            .collect();
+        let reader = TensorReader::new(source, &backend, &config).with_slice(shard.slice.as_ref());
         let tied = reader.tied();
         let embedding = if shard.is_first() || (shard.is_last() && tied) {
             match donors.iter().find_map(|d| d.embedding.clone()) {
@@ -164,6 +177,13 @@ impl<B: KvSlot> ShardModel<B> {
     /// Bytes of the embedding, final norm and head read from the model file.
     pub fn other_bytes(&self) -> u64 {
         self.other_bytes
+    }
+
+    /// KV heads each layer caches (a tensor-parallel member's, or all).
+    pub fn kv_heads(&self) -> usize {
+        self.layers
+            .first()
+            .map_or(self.config.n_kv_heads, |l| l.attention.n_kv_heads)
     }
 
     /// A fresh cache for a sequence on this shard.
@@ -289,7 +309,8 @@ impl<B: KvSlot> ShardModel<B> {
         Ok(len)
     }
 
-    /// Runs one sequence's input through the shard, in prompt chunks.
+    /// Runs one sequence's input through the shard, in prompt chunks (a whole shard: a
+    /// tensor-parallel slice runs only in batches with its group).
     pub fn forward(
         &self,
         input: ShardInput,
@@ -332,6 +353,28 @@ impl<B: KvSlot> ShardModel<B> {
         &self,
         batch: Vec<(ShardInput, &mut SequenceCache)>,
     ) -> anyhow::Result<Vec<ShardOutput>> {
+        self.forward_batch_with(batch, None)
+    }
+
+    /// As [`ShardModel::forward_batch`], as a member of a tensor-parallel group: `group`
+    /// adds the members' partial sums. The leader gets the outputs; the other members get
+    /// none (a later shard or the sampler needs only one copy).
+    pub fn forward_batch_with(
+        &self,
+        batch: Vec<(ShardInput, &mut SequenceCache)>,
+        group: Option<&mut dyn Collective>,
+    ) -> anyhow::Result<Vec<ShardOutput>> {
+        if self.shard.slice.is_some() != group.is_some() {
+            bail!(
+                "shard {} runs {} a tensor-parallel group",
+                self.shard,
+                if group.is_some() {
+                    "without"
+                } else {
+                    "only with"
+                }
+            );
+        }
         let mut seqs = Vec::with_capacity(batch.len());
         let mut rows = 0;
         for (input, cache) in &batch {
@@ -345,7 +388,7 @@ impl<B: KvSlot> ShardModel<B> {
         }
         let (inputs, mut caches): (Vec<ShardInput>, Vec<&mut SequenceCache>) =
             batch.into_iter().unzip();
-        let result = self.run(&inputs, &seqs, &mut caches);
+        let result = self.run(&inputs, &seqs, &mut caches, group);
         for (seq, cache) in seqs.iter().zip(caches.iter_mut()) {
             let target = if result.is_ok() {
                 seq.position + seq.len
@@ -371,6 +414,7 @@ impl<B: KvSlot> ShardModel<B> {
         inputs: &[ShardInput],
         seqs: &[SeqRows],
         caches: &mut [&mut SequenceCache],
+        mut group: Option<&mut dyn Collective>,
     ) -> anyhow::Result<Vec<ShardOutput>> {
         let b = &self.backend;
         let c = &self.config;
@@ -386,7 +430,10 @@ impl<B: KvSlot> ShardModel<B> {
                 .embedding
                 .as_ref()
                 .context("no embedding on the first shard")?;
-            b.embed(table, &ids, c.embedding_scale)?
+            match group.as_mut() {
+                Some(group) => self.embed_slice(table, &ids, &mut **group)?,
+                None => b.embed(table, &ids, c.embedding_scale)?,
+            }
         } else {
             let mut data = Vec::new();
             for i in inputs {
@@ -404,10 +451,14 @@ impl<B: KvSlot> ShardModel<B> {
                 .collect::<anyhow::Result<_>>()?;
             let ropes = (&self.rope, self.rope_local.as_ref());
             x = layer
-                .forward(b, c, ropes, x, seqs, &mut kvs)
+                .forward(b, c, ropes, x, seqs, &mut kvs, &mut group)
                 .with_context(|| format!("layer {}", self.shard.start_layer + i))?;
         }
+        let leader = self.shard.slice.as_ref().is_none_or(|s| s.is_leader());
         if !self.shard.is_last() {
+            if !leader {
+                return Ok(Vec::new());
+            }
             let data = b.to_rows(&x)?;
             if data.iter().any(|v| !v.is_finite()) {
                 bail!("shard {} produced NaN or infinite activations", self.shard);
@@ -439,7 +490,14 @@ impl<B: KvSlot> ShardModel<B> {
             .context("no output head on the last shard")?;
         let logits = b.linear(&x, &[(head, None)])?.remove(0);
         let vocab = c.vocab_size;
-        let data = b.to_rows(&logits)?;
+        let mut data = b.to_rows(&logits)?;
+        if let Some(group) = group {
+            // Each member has the logits of its vocabulary; the leader puts them together.
+            match group.gather(data)? {
+                None => return Ok(Vec::new()),
+                Some(parts) => data = join_columns(&parts, last.len(), vocab)?,
+            }
+        }
         if data.iter().any(|v| !v.is_finite()) {
             bail!("the model produced NaN or infinite logits");
         }
@@ -448,4 +506,60 @@ impl<B: KvSlot> ShardModel<B> {
             .map(|l| ShardOutput::Logits(l.to_vec()))
             .collect())
     }
+}
+
+impl<B: KvSlot> ShardModel<B> {
+    /// A member's embedding of `ids`: the rows of the tokens in its vocabulary, zeros for
+    /// the others, added over the group (one member has each token, so the sum is exact).
+    fn embed_slice(
+        &self,
+        table: &B::Matrix,
+        ids: &[u32],
+        group: &mut dyn Collective,
+    ) -> anyhow::Result<B::Act> {
+        let (b, c) = (&self.backend, &self.config);
+        let vocab = self
+            .shard
+            .slice
+            .as_ref()
+            .map(|s| s.vocab.clone())
+            .context("a group's embedding without a slice")?;
+        let cols = c.hidden_size;
+        let mine: Vec<(usize, u32)> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| vocab.contains(&(**id as usize)))
+            .map(|(row, id)| (row, *id - vocab.start as u32))
+            .collect();
+        let mut values = vec![0f32; ids.len() * cols];
+        if !mine.is_empty() {
+            let local: Vec<u32> = mine.iter().map(|(_, id)| *id).collect();
+            let rows = b.to_rows(&b.embed(table, &local, c.embedding_scale)?)?;
+            for ((row, _), embedded) in mine.iter().zip(rows.chunks_exact(cols)) {
+                values[row * cols..(row + 1) * cols].copy_from_slice(embedded);
+            }
+        }
+        all_reduce(b, b.from_rows(values, ids.len(), cols)?, group)
+    }
+}
+
+/// `rows` rows of `total` columns from the members' parts (each `rows × its width`,
+/// member order: the columns in order).
+fn join_columns(parts: &[Vec<f32>], rows: usize, total: usize) -> anyhow::Result<Vec<f32>> {
+    let widths: Vec<usize> = parts.iter().map(|p| p.len() / rows.max(1)).collect();
+    if widths.iter().sum::<usize>() != total
+        || parts.iter().zip(&widths).any(|(p, w)| p.len() != w * rows)
+    {
+        bail!(
+            "the group's logits ({:?} values) do not make {rows} rows of {total}",
+            parts.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+    }
+    let mut out = Vec::with_capacity(rows * total);
+    for r in 0..rows {
+        for (part, w) in parts.iter().zip(&widths) {
+            out.extend_from_slice(&part[r * w..(r + 1) * w]);
+        }
+    }
+    Ok(out)
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -310,11 +311,50 @@ impl WeightSource {
         counter: &LoadCounter,
         is_layer: bool,
     ) -> anyhow::Result<RawTensor> {
+        self.read_part(name, &TensorPart::Whole, counter, is_layer)
+    }
+
+    /// The quantization block of a tensor, in values (1 for dense tensors); None when the
+    /// file lacks it.
+    pub fn block_len(&self, name: &str) -> Option<usize> {
+        self.index.get(name).map(|e| match e.encoding {
+            Encoding::Ggml(dtype) => dtype.block_size(),
+            Encoding::Dense(_) => 1,
+        })
+    }
+
+    /// The bytes of the file (its index among the source's files, and absolute ranges,
+    /// ascending) that `part` of tensor `name` occupies: what a node holding that part
+    /// must have, and all it reads.
+    pub fn part_ranges(
+        &self,
+        name: &str,
+        part: &TensorPart,
+    ) -> anyhow::Result<(usize, Vec<Range<u64>>, Vec<usize>)> {
         let entry = self
             .index
             .get(name)
             .with_context(|| format!("tensor {name} is missing from {}", self.path.display()))?;
-        let mut bytes = vec![0u8; (entry.end - entry.start) as usize];
+        let (ranges, shape) = part.byte_ranges(name, entry)?;
+        Ok((entry.file, ranges, shape))
+    }
+
+    /// Reads `part` of one tensor: only its bytes (see [`TensorPart`]), as a tensor of the
+    /// part's shape.
+    pub fn read_part(
+        &self,
+        name: &str,
+        part: &TensorPart,
+        counter: &LoadCounter,
+        is_layer: bool,
+    ) -> anyhow::Result<RawTensor> {
+        let entry = self
+            .index
+            .get(name)
+            .with_context(|| format!("tensor {name} is missing from {}", self.path.display()))?;
+        let (ranges, shape) = part.byte_ranges(name, entry)?;
+        let size: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        let mut bytes = vec![0u8; size as usize];
         {
             let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
             let reader = match readers.entry(entry.file) {
@@ -326,21 +366,126 @@ impl WeightSource {
                     v.insert(BufReader::new(file))
                 }
             };
-            reader.seek(SeekFrom::Start(entry.start))?;
-            reader.read_exact(&mut bytes).with_context(|| {
-                format!(
-                    "cannot read tensor {name} from {}",
-                    self.files[entry.file].display()
-                )
-            })?;
+            let mut at = 0usize;
+            for range in &ranges {
+                let len = (range.end - range.start) as usize;
+                // Seeking the buffered reader drops its buffer; the bytes are then read
+                // straight from the file, so that only the part's bytes are read.
+                reader.seek(SeekFrom::Start(range.start))?;
+                reader
+                    .get_mut()
+                    .read_exact(&mut bytes[at..at + len])
+                    .with_context(|| {
+                        format!(
+                            "cannot read tensor {name} from {}",
+                            self.files[entry.file].display()
+                        )
+                    })?;
+                at += len;
+            }
         }
         counter.add(is_layer, bytes.len() as u64);
         Ok(RawTensor {
             name: name.to_string(),
             encoding: entry.encoding,
-            shape: entry.shape.clone(),
+            shape,
             bytes,
         })
+    }
+}
+
+/// Which part of a tensor to read. Tensors are rows first (`[rows, cols]`, or `[len]`
+/// for vectors, whose rows are single values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TensorPart {
+    Whole,
+    /// These rows, in this order (an output split: whole rows of any format).
+    Rows(Vec<Range<usize>>),
+    /// These columns of every row (an input split: whole quantization blocks of each row).
+    Cols(Range<usize>),
+}
+
+impl TensorPart {
+    /// The absolute byte ranges of this part of `entry` (ascending, adjacent ones merged)
+    /// and the part's shape.
+    fn byte_ranges(
+        &self,
+        name: &str,
+        entry: &Entry,
+    ) -> anyhow::Result<(Vec<Range<u64>>, Vec<usize>)> {
+        let (rows, cols) = match entry.shape.as_slice() {
+            [len] => (*len, 1),
+            [rows, cols] => (*rows, *cols),
+            other => bail!("tensor {name} of shape {other:?} cannot be cut in parts"),
+        };
+        let (block, block_bytes) = match entry.encoding {
+            Encoding::Ggml(dtype) => (dtype.block_size(), dtype.type_size()),
+            Encoding::Dense(dtype) => (1, dtype.size_in_bytes()),
+        };
+        if entry.shape.len() == 1 && block != 1 {
+            bail!("the quantized vector {name} cannot be cut in parts");
+        }
+        let row_bytes = (cols / block * block_bytes) as u64;
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        let mut push = |range: Range<u64>| match ranges.last_mut() {
+            Some(last) if last.end == range.start => last.end = range.end,
+            _ => ranges.push(range),
+        };
+        let shape = match self {
+            TensorPart::Whole => {
+                push(entry.start..entry.end);
+                entry.shape.clone()
+            }
+            TensorPart::Rows(parts) => {
+                let mut count = 0;
+                for part in parts {
+                    if part.start >= part.end || part.end > rows {
+                        bail!(
+                            "rows [{}, {}) are not a part of tensor {name}'s {rows}",
+                            part.start,
+                            part.end
+                        );
+                    }
+                    push(
+                        entry.start + part.start as u64 * row_bytes
+                            ..entry.start + part.end as u64 * row_bytes,
+                    );
+                    count += part.end - part.start;
+                }
+                if entry.shape.len() == 1 {
+                    vec![count]
+                } else {
+                    vec![count, cols]
+                }
+            }
+            TensorPart::Cols(part) => {
+                if entry.shape.len() != 2 {
+                    bail!("tensor {name} is not a matrix: its columns cannot be cut");
+                }
+                if part.start >= part.end
+                    || part.end > cols
+                    || part.start % block != 0
+                    || part.end % block != 0
+                {
+                    bail!(
+                        "columns [{}, {}) of tensor {name} ({cols} wide) do not fall on its \
+                         quantization blocks of {block} values",
+                        part.start,
+                        part.end
+                    );
+                }
+                let (from, to) = (
+                    (part.start / block * block_bytes) as u64,
+                    (part.end / block * block_bytes) as u64,
+                );
+                for row in 0..rows as u64 {
+                    let at = entry.start + row * row_bytes;
+                    push(at + from..at + to);
+                }
+                vec![rows, part.end - part.start]
+            }
+        };
+        Ok((ranges, shape))
     }
 }
 

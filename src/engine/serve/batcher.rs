@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::metrics::{Histogram, LATENCY_BUCKETS};
 
 use super::kv_cache::CachePosition;
+use crate::engine::group::GroupPlacement;
 use crate::engine::model::shard_io::{ShardInput, ShardOutput};
 
 /// One request's step on one of this node's layer ranges.
@@ -38,6 +39,16 @@ pub struct StepJob {
     pub tag: u64,
     /// Where the finished batch goes.
     pub sink: StepSink,
+    /// When the layers are shared by a tensor-parallel group this node leads: the group.
+    /// Only steps of the same group run in one batch.
+    pub group: Option<Arc<GroupPlacement>>,
+}
+
+impl StepJob {
+    /// Whether `other` may run in the same batch: the same layers, on the same group.
+    fn runs_with(&self, other: &StepJob) -> bool {
+        (self.start, self.end) == (other.start, other.end) && self.group == other.group
+    }
 }
 
 /// A step's outcome.
@@ -52,8 +63,8 @@ pub type StepSink = mpsc::UnboundedSender<Vec<StepDone>>;
 
 /// What the batcher drives: the model whose steps it queues (the engine's loaded model).
 pub trait StepRunner: Send + Sync + 'static {
-    /// Where `request_id` stands on the layer range `[start, end)`.
-    fn cache_position(&self, request_id: &str, start: usize, end: usize) -> CachePosition;
+    /// Where the request of `job` stands on the job's layers.
+    fn cache_position(&self, job: &StepJob) -> CachePosition;
 
     /// Runs a batch of steps of one layer range; each step's outcome, with its sink.
     fn run_batch(&self, jobs: Vec<StepJob>) -> Vec<(StepDone, StepSink)>;
@@ -324,9 +335,8 @@ fn take_ready(
     model: &dyn StepRunner,
     limits: &BatchLimits,
 ) -> (Vec<StepJob>, Vec<(StepJob, String)>) {
-    let mut taken = Vec::new();
+    let mut taken: Vec<StepJob> = Vec::new();
     let mut failed = Vec::new();
-    let mut range = None;
     let mut rows = 0;
     let mut chunk_taken = false;
     let mut seen = std::collections::HashSet::new();
@@ -339,7 +349,7 @@ fn take_ready(
             i += 1;
             continue;
         }
-        let at = model.cache_position(&job.request_id, job.start, job.end);
+        let at = model.cache_position(job);
         let runnable = match at {
             CachePosition::At(len) => job.position == len,
             CachePosition::Absent => job.position == 0 || !job.prefix.is_empty(),
@@ -370,7 +380,7 @@ fn take_ready(
             failed.push((job, reason));
             continue;
         }
-        if !runnable || range.is_some_and(|r| r != (job.start, job.end)) {
+        if !runnable || taken.first().is_some_and(|first| !first.runs_with(job)) {
             i += 1;
             continue;
         }
@@ -382,7 +392,6 @@ fn take_ready(
         }
         chunk_taken |= len > 1;
         rows += len;
-        range = Some((job.start, job.end));
         taken.push(queue.remove(i).expect("index in range").job);
     }
     (taken, failed)

@@ -6,6 +6,7 @@ use super::batcher::BatchLimits;
 use super::kv_cache::CacheLimits;
 use super::supplier::WeightSupplier;
 use crate::catalog::ResolvedModel;
+use crate::engine::group::GroupHub;
 use crate::engine::model::cpu_matmul::CpuMatmul;
 use crate::engine::model::device::DeviceChoice;
 
@@ -27,6 +28,9 @@ pub struct EngineConfig {
     /// Where the model's header comes from when it is not on this disk yet (a node whose
     /// weights come from its peers or the Hub); `None`: the files must be here.
     pub supply: Option<Arc<dyn WeightSupplier>>,
+    /// The node's hub for tensor-parallel groups (None: this engine runs only whole
+    /// layers).
+    pub groups: Option<Arc<GroupHub>>,
 }
 
 impl EngineConfig {
@@ -40,6 +44,7 @@ impl EngineConfig {
             cpu_matmul: CpuMatmul::default(),
             batch_limits: BatchLimits::default(),
             supply: None,
+            groups: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use super::engine_config::EngineConfig;
 use super::kv_cache::{CachePosition, KvCacheStore};
 use super::prefix_cache::PrefixCache;
 use crate::catalog::ModelFormat;
+use crate::engine::group::{GroupHub, GroupRow};
 use crate::engine::model::config::ModelConfig;
 use crate::engine::model::cpu_matmul::CpuMatmul;
 use crate::engine::model::device::{dense_dtype, device_name};
@@ -20,6 +21,7 @@ use crate::engine::model::loaded_shard::LoadedShard;
 use crate::engine::model::memory::ModelMemory;
 use crate::engine::model::shard::Shard;
 use crate::engine::model::shard_io::{HiddenState, ShardInput, ShardOutput};
+use crate::engine::model::slice::{SplitUnits, TensorSlice, split_slices};
 use crate::engine::model::weights::WeightSource;
 use crate::engine::text::tokenizer::TextTokenizer;
 
@@ -42,6 +44,8 @@ pub struct LoadedModel {
     max_loaded_shards: usize,
     cpu_matmul: CpuMatmul,
     batcher: Arc<Batcher>,
+    /// The node's hub for the tensor-parallel groups it takes part in.
+    pub(super) groups: Option<Arc<GroupHub>>,
 }
 
 impl Drop for LoadedModel {
@@ -81,7 +85,28 @@ impl LoadedModel {
             max_loaded_shards: config.max_loaded_shards.max(1),
             cpu_matmul: config.cpu_matmul,
             batcher: Arc::new(Batcher::new(config.batch_limits)),
+            groups: config.groups.clone(),
         })
+    }
+
+    pub fn model_source(&self) -> &WeightSource {
+        &self.source
+    }
+
+    /// The finest cuts between the members of a tensor-parallel group of this model.
+    pub fn split_units(&self) -> SplitUnits {
+        SplitUnits::of(&self.source)
+    }
+
+    /// Each member's slice of a group of `shares.len()` members sharing this model in
+    /// proportion to `shares` (see [`split_slices`]).
+    pub fn split_group(&self, shares: &[f64]) -> anyhow::Result<Vec<TensorSlice>> {
+        split_slices(self.config(), &self.split_units(), shares)
+    }
+
+    /// The node's hub for tensor-parallel groups, if it has one.
+    pub fn groups(&self) -> Option<&Arc<GroupHub>> {
+        self.groups.as_ref()
     }
 
     pub fn model_id(&self) -> &str {
@@ -140,7 +165,18 @@ impl LoadedModel {
 
     /// The loaded shard for `[start, end)`, loading it if need be (blocking).
     pub fn shard(&self, start: usize, end: usize) -> anyhow::Result<Arc<LoadedShard>> {
-        let shard = self.shard_for(start, end)?;
+        self.shard_sliced(start, end, None)
+    }
+
+    /// The loaded shard for `[start, end)`, only `slice` of it when given (a member of a
+    /// tensor-parallel group), loading it if need be (blocking).
+    pub fn shard_sliced(
+        &self,
+        start: usize,
+        end: usize,
+        slice: Option<TensorSlice>,
+    ) -> anyhow::Result<Arc<LoadedShard>> {
+        let shard = self.shard_for(start, end)?.sliced(slice);
         if let Some(found) = self.loaded_shard(&shard) {
             return Ok(found);
         }
@@ -203,20 +239,16 @@ impl LoadedModel {
         position: usize,
     ) -> anyhow::Result<ShardOutput> {
         let shard = self.shard(start, end)?;
+        let key = cache_key(request_id, start, end, None);
         let mut cache = {
             let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-            caches.checkout(&cache_key(request_id, start, end), position, 0, || {
-                Ok(shard.new_cache())
-            })?
+            caches.checkout(&key, position, 0, || Ok(shard.new_cache()))?
         };
         match shard.forward(input, &mut cache) {
             Ok(output) => {
                 let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-                caches.checkin(&cache_key(request_id, start, end), cache);
-                *self
-                    .last_good_step
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                caches.checkin(&key, cache);
+                self.step_succeeded();
                 Ok(output)
             }
             Err(error) => {
@@ -237,12 +269,19 @@ impl LoadedModel {
         self.batcher.submit(Arc::downgrade(&runner), job);
     }
 
-    /// Where `request_id` stands on the shard `[start, end)`.
-    pub fn cache_position(&self, request_id: &str, start: usize, end: usize) -> CachePosition {
+    /// Where `request_id` stands on the shard `[start, end)` (as member `member` of a
+    /// group sharing it, if one).
+    pub fn cache_position(
+        &self,
+        request_id: &str,
+        start: usize,
+        end: usize,
+        member: Option<usize>,
+    ) -> CachePosition {
         self.caches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .position(&cache_key(request_id, start, end))
+            .position(&cache_key(request_id, start, end, member))
     }
 
     /// Runs a batch of steps on one layer range (the batcher's worker calls this): each
@@ -255,7 +294,12 @@ impl LoadedModel {
             return done;
         };
         let (start, end) = (first.start, first.end);
-        let shard = match self.shard(start, end) {
+        // A group's batch runs on the leader's slice (this node leads the groups whose
+        // steps it queues).
+        let group = first.group.clone();
+        let member = group.as_ref().map(|_| 0);
+        let slice = group.as_ref().and_then(|g| g.slices.first().cloned());
+        let shard = match self.shard_sliced(start, end, slice) {
             Ok(shard) => shard,
             Err(error) => {
                 let message = format!("{error:#}");
@@ -277,7 +321,7 @@ impl LoadedModel {
         {
             let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
             for job in jobs {
-                let key = cache_key(&job.request_id, start, end);
+                let key = cache_key(&job.request_id, start, end, member);
                 let checked = shard.check_input(&job.input, job.position).and_then(|_| {
                     caches.checkout(
                         &key,
@@ -305,19 +349,34 @@ impl LoadedModel {
         let mut inputs = Vec::with_capacity(runnable.len());
         let mut caches_out = Vec::with_capacity(runnable.len());
         let mut meta = Vec::with_capacity(runnable.len());
+        let mut rows = Vec::new();
         for (job, key, cache) in runnable {
             let StepJob {
                 request_id,
                 input,
                 tag,
                 sink,
+                position,
+                reserve_positions,
                 ..
             } = job;
+            if group.is_some() {
+                rows.push(GroupRow {
+                    request_id: request_id.clone(),
+                    position,
+                    reserve_positions,
+                    input: input.clone(),
+                });
+            }
             inputs.push(input);
             caches_out.push(cache);
             meta.push((request_id, key, tag, sink));
         }
-        let result = shard.forward_batch(inputs.into_iter().zip(caches_out.iter_mut()).collect());
+        let batch = inputs.into_iter().zip(caches_out.iter_mut()).collect();
+        let result = match &group {
+            None => shard.forward_batch(batch),
+            Some(placement) => self.lead_group(&shard, placement, (start, end), rows, batch),
+        };
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(outputs) => {
@@ -334,10 +393,7 @@ impl LoadedModel {
                         sink,
                     ));
                 }
-                *self
-                    .last_good_step
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                self.step_succeeded();
             }
             Err(error) => {
                 let message = format!("{error:#}");
@@ -362,7 +418,20 @@ impl LoadedModel {
         self.caches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&cache_key(request_id, start, end))
+            .contains(&cache_key(request_id, start, end, None))
+    }
+
+    /// The KV caches (the group runs take theirs out and put them back).
+    pub(super) fn caches(&self) -> std::sync::MutexGuard<'_, KvCacheStore> {
+        self.caches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A step succeeded just now (a health probe would be redundant).
+    pub(super) fn step_succeeded(&self) {
+        *self
+            .last_good_step
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
     /// Drops caches idle for longer than `max_idle` (their origin went away without
@@ -385,7 +454,7 @@ impl LoadedModel {
 
     fn finish_range(&self, request_id: &str, start: usize, end: usize) {
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        caches.remove(&cache_key(request_id, start, end));
+        caches.remove(&cache_key(request_id, start, end, None));
     }
 
     /// Requests with a cache on this node.
@@ -439,11 +508,14 @@ impl LoadedModel {
         if recent.is_some_and(|at| at.elapsed() < RECENT_STEP) {
             return Ok(());
         }
+        // A tensor-parallel slice runs only with its group: the probe uses a whole shard.
         let shard = self
             .shards
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .last()
+            .iter()
+            .rev()
+            .find(|s| s.shard().slice.is_none())
             .cloned();
         match shard {
             Some(shard) => {
@@ -473,8 +545,9 @@ impl LoadedModel {
 
 /// The batcher's view of the model: where each request stands, and running a batch.
 impl StepRunner for LoadedModel {
-    fn cache_position(&self, request_id: &str, start: usize, end: usize) -> CachePosition {
-        LoadedModel::cache_position(self, request_id, start, end)
+    fn cache_position(&self, job: &StepJob) -> CachePosition {
+        let member = job.group.as_ref().map(|_| 0);
+        LoadedModel::cache_position(self, &job.request_id, job.start, job.end, member)
     }
 
     fn run_batch(&self, jobs: Vec<StepJob>) -> Vec<(StepDone, StepSink)> {
@@ -489,7 +562,16 @@ impl StepRunner for LoadedModel {
 /// A step this recent stands in for a health probe.
 const RECENT_STEP: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Caches are per request and per layer range (a node may briefly hold two ranges).
-fn cache_key(request_id: &str, start: usize, end: usize) -> String {
-    format!("{request_id}@{start}-{end}")
+/// Caches are per request and per layer range (a node may briefly hold two ranges), and
+/// per member of a group (members in one process share a store).
+pub(super) fn cache_key(
+    request_id: &str,
+    start: usize,
+    end: usize,
+    member: Option<usize>,
+) -> String {
+    match member {
+        None => format!("{request_id}@{start}-{end}"),
+        Some(m) => format!("{request_id}@{start}-{end}/m{m}"),
+    }
 }

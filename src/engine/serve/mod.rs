@@ -8,6 +8,7 @@
 
 pub mod batcher;
 pub mod engine_config;
+pub mod group_runs;
 pub mod inference_engine;
 pub mod kv_cache;
 pub mod loaded_model;

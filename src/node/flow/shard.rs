@@ -142,6 +142,7 @@ impl RequestFlow {
             prefix: context.prefix_blocks.clone(),
             tag: self.shard.next_tag(),
             sink: self.shard.completions.clone(),
+            group: None,
         };
         self.shard.queued(job.tag, context);
         self.count(|s| s.steps_run += 1);
