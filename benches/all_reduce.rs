@@ -7,37 +7,16 @@
 //! Prints the median and the 10th/90th percentiles of the leader's time per all-reduce
 //! (every member calls it at once, as the decoder does twice per layer).
 
-use std::net::TcpListener;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use exo::engine::group::local_wire::local_hubs;
 use exo::engine::group::{BatchId, GroupHub, MemberCollective, WireDtype};
 use exo::engine::model::collective::Collective;
-use exo::peer::GroupLinks;
+use exo::peer::loopback_hubs;
 
 const WIDTH: usize = 1536;
 const ROUNDS: usize = 2000;
-
-fn tcp_hubs(names: &[String]) -> (Vec<Arc<GroupHub>>, Vec<Arc<GroupLinks>>) {
-    let hubs: Vec<Arc<GroupHub>> = names.iter().map(|n| GroupHub::new(n.clone())).collect();
-    let links: Vec<Arc<GroupLinks>> = hubs.iter().map(GroupLinks::new).collect();
-    let addrs: Vec<_> = links
-        .iter()
-        .map(|l| l.accept(TcpListener::bind("127.0.0.1:0").unwrap()).unwrap())
-        .collect();
-    for (i, link) in links.iter().enumerate() {
-        for (name, addr) in names.iter().zip(&addrs).skip(i + 1) {
-            link.connect(name, *addr).unwrap();
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while links.iter().any(|l| l.peers().len() < names.len() - 1) {
-        assert!(Instant::now() < deadline, "the links did not come up");
-        std::thread::yield_now();
-    }
-    (hubs, links)
-}
 
 /// Every member all-reduces ROUNDS vectors; the leader's time per all-reduce.
 fn run(hubs: &[Arc<GroupHub>], names: &[String], dtype: WireDtype) -> Vec<Duration> {
@@ -94,10 +73,10 @@ fn main() {
             run(&hubs, &names, WireDtype::F32),
         );
         for dtype in [WireDtype::F32, WireDtype::F16] {
-            let (hubs, _links) = tcp_hubs(&names);
+            let mesh = loopback_hubs(&names).unwrap();
             report(
                 &format!("{members} members, TCP loopback, {}", dtype.name()),
-                run(&hubs, &names, dtype),
+                run(&mesh.hubs, &names, dtype),
             );
         }
     }

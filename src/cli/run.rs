@@ -74,16 +74,9 @@ async fn answer(node: &Node, args: &RunArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..SamplingParams::default()
     };
-    let mut events = node.flow.generate(GenerateRequest {
-        prompt,
-        max_tokens: args.max_tokens,
-        sampling,
-        stop: Vec::new(),
-        ignore_eos: false,
-        top_logprobs: None,
-        request_id: None,
-        grammar: None,
-    });
+    let mut events = node
+        .flow
+        .generate(GenerateRequest::new(prompt, args.max_tokens, sampling));
     let mut stdout = std::io::stdout();
     while let Some(event) = events.recv().await {
         match event {

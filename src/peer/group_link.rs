@@ -15,6 +15,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -137,6 +138,43 @@ impl Wire for GroupLinks {
             .map_err(|_| anyhow::anyhow!("the link to group member {to} is closed"))
     }
 }
+
+/// A hub per name joined by group links over loopback (one TCP stream per pair), once
+/// every link is up: the socket counterpart of
+/// [`local_hubs`](crate::engine::group::local_wire::local_hubs), for tests and
+/// benchmarks of groups in one process. The links must be kept alive while the hubs are
+/// used.
+pub fn loopback_hubs(names: &[String]) -> anyhow::Result<LoopbackHubs> {
+    let hubs: Vec<Arc<GroupHub>> = names.iter().map(|n| GroupHub::new(n.clone())).collect();
+    let links: Vec<Arc<GroupLinks>> = hubs.iter().map(GroupLinks::new).collect();
+    let addrs = links
+        .iter()
+        .map(|l| l.accept(TcpListener::bind("127.0.0.1:0")?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Each member opens the streams to the members after it.
+    for (i, link) in links.iter().enumerate() {
+        for (name, addr) in names.iter().zip(&addrs).skip(i + 1) {
+            link.connect(name, *addr)?;
+        }
+    }
+    let deadline = Instant::now() + LINKS_UP;
+    while links.iter().any(|l| l.peers().len() < names.len() - 1) {
+        if Instant::now() >= deadline {
+            bail!("the group links on loopback did not come up in {LINKS_UP:?}");
+        }
+        std::thread::yield_now();
+    }
+    Ok(LoopbackHubs { hubs, links })
+}
+
+/// The hubs of [`loopback_hubs`], in the order of their names, and their links.
+pub struct LoopbackHubs {
+    pub hubs: Vec<Arc<GroupHub>>,
+    pub links: Vec<Arc<GroupLinks>>,
+}
+
+/// How long [`loopback_hubs`] waits for its links to come up.
+const LINKS_UP: Duration = Duration::from_secs(30);
 
 fn read_hello(stream: &mut TcpStream) -> anyhow::Result<String> {
     let hello = read_frame(stream)?;

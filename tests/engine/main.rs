@@ -13,6 +13,7 @@ mod kernels;
 mod prefix;
 mod real_model;
 mod replay;
+mod steps;
 mod synthetic;
 mod tensor;
 mod text;

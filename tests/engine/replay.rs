@@ -5,51 +5,15 @@
 //! token at a time, batched beside another request as a busy node would, then re-prefill
 //! its history in one piece and in odd chunks, and compare the logits bit for bit.
 
-use exo::engine::model::shard_io::{ShardInput, ShardOutput};
-use exo::engine::serve::batcher::StepJob;
 use exo::engine::{ChatMessage, LoadedModel};
 
 use crate::real_model::{open_gemma, smollm};
+use crate::steps::{argmax, batch_logits};
 
 /// Runs `steps` (request id, input, position) as one batch over the whole model and
 /// returns each step's logits.
 fn batch(model: &LoadedModel, steps: Vec<(&str, Vec<u32>, usize)>) -> Vec<Vec<f32>> {
-    let layers = model.config().n_layers;
-    let (sink, _unused) = tokio::sync::mpsc::unbounded_channel();
-    let jobs = steps
-        .into_iter()
-        .enumerate()
-        .map(|(tag, (id, tokens, position))| StepJob {
-            request_id: id.to_string(),
-            start: 0,
-            end: layers,
-            input: ShardInput::Tokens(tokens),
-            position,
-            reserve_positions: 2048,
-            prefix: Vec::new(),
-            tag: tag as u64,
-            sink: sink.clone(),
-            group: None,
-        })
-        .collect();
-    let mut done = model.run_batch(jobs);
-    done.sort_by_key(|(d, _)| d.tag);
-    done.into_iter()
-        .map(|(d, _)| match d.output.unwrap() {
-            ShardOutput::Logits(logits) => logits,
-            ShardOutput::Hidden(_) => panic!("the whole model returns logits"),
-        })
-        .collect()
-}
-
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    batch_logits(model, None, 2048, steps)
 }
 
 fn bits(logits: &[f32]) -> Vec<u32> {

@@ -23,7 +23,6 @@
 //! A wrong slice (a partial sum missing or counted twice, a head or column off by one)
 //! moves the logits by their own scale and fails either bound.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -31,12 +30,13 @@ use std::time::{Duration, Instant};
 use exo::catalog::{ModelFormat, ResolvedModel};
 use exo::engine::group::local_wire::local_hubs;
 use exo::engine::group::{GroupHub, GroupPlacement, WireDtype};
-use exo::engine::model::shard_io::{ShardInput, ShardOutput};
+use exo::engine::model::shard_io::ShardInput;
 use exo::engine::serve::batcher::StepJob;
 use exo::engine::serve::group_runs::spawn_follower;
 use exo::engine::{CpuMatmul, DeviceChoice, EngineConfig, LoadedModel};
-use exo::peer::GroupLinks;
+use exo::peer::{GroupLinks, loopback_hubs};
 
+use crate::steps::{argmax, batch_logits};
 use crate::support::qwen_model;
 
 /// The largest logit difference, relative to the largest |logit|, with f32 or 16-bit
@@ -76,52 +76,33 @@ fn group(shares: &[f64], kernels: CpuMatmul) -> Group {
 /// The same group, its members' hubs joined by TCP streams on loopback (one per pair,
 /// `exo::peer::GroupLinks`) instead of in-process calls.
 fn group_over_sockets(shares: &[f64]) -> Group {
-    let names: Vec<String> = (0..shares.len()).map(|i| format!("member-{i}")).collect();
-    let hubs: Vec<Arc<GroupHub>> = names.iter().map(|n| GroupHub::new(n.clone())).collect();
-    let links: Vec<Arc<GroupLinks>> = hubs.iter().map(GroupLinks::new).collect();
-    let addrs: Vec<_> = links
-        .iter()
-        .map(|l| l.accept(TcpListener::bind("127.0.0.1:0").unwrap()).unwrap())
-        .collect();
-    // Each member opens the streams to the members after it.
-    for (i, link) in links.iter().enumerate() {
-        for (name, addr) in names.iter().zip(&addrs).skip(i + 1) {
-            link.connect(name, *addr).unwrap();
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while links.iter().any(|l| l.peers().len() < names.len() - 1) {
-        assert!(Instant::now() < deadline, "the links did not come up");
-        std::thread::yield_now();
-    }
-    let leader = open(MODEL, Some(hubs[0].clone()), CpuMatmul::Int8);
-    let slices = leader.split_group(shares).unwrap();
-    let placement = Arc::new(GroupPlacement {
-        members: names,
-        slices,
-        wire: WireDtype::F32,
-    });
-    let followers = hubs[1..]
-        .iter()
-        .map(|hub| {
-            let model = open(MODEL, Some(hub.clone()), CpuMatmul::Int8);
-            spawn_follower(&model, hub).unwrap();
-            (model, hub.clone())
-        })
-        .collect();
-    Group {
-        leader,
-        hub: hubs[0].clone(),
-        placement,
-        _followers: followers,
-        _links: links,
-    }
+    let names = member_names(shares);
+    let mesh = loopback_hubs(&names).unwrap();
+    join(shares, names, mesh.hubs, mesh.links, MODEL, CpuMatmul::Int8)
 }
 
 /// A group whose followers serve the model file under `follower_model`'s name.
 fn group_of(shares: &[f64], follower_model: &str, kernels: CpuMatmul) -> Group {
-    let names: Vec<String> = (0..shares.len()).map(|i| format!("member-{i}")).collect();
+    let names = member_names(shares);
     let hubs = local_hubs(&names);
+    join(shares, names, hubs, Vec::new(), follower_model, kernels)
+}
+
+fn member_names(shares: &[f64]) -> Vec<String> {
+    (0..shares.len()).map(|i| format!("member-{i}")).collect()
+}
+
+/// The group of the members `names` on `hubs` (the first leads): the leader's model split
+/// by `shares`, and a follower per other hub serving the model file under
+/// `follower_model`'s name.
+fn join(
+    shares: &[f64],
+    names: Vec<String>,
+    hubs: Vec<Arc<GroupHub>>,
+    links: Vec<Arc<GroupLinks>>,
+    follower_model: &str,
+    kernels: CpuMatmul,
+) -> Group {
     let leader = open(MODEL, Some(hubs[0].clone()), kernels);
     let slices = leader.split_group(shares).unwrap();
     let placement = Arc::new(GroupPlacement {
@@ -142,7 +123,7 @@ fn group_of(shares: &[f64], follower_model: &str, kernels: CpuMatmul) -> Group {
         hub: hubs[0].clone(),
         placement,
         _followers: followers,
-        _links: Vec::new(),
+        _links: links,
     }
 }
 
@@ -153,42 +134,7 @@ fn batch(
     group: Option<&Arc<GroupPlacement>>,
     steps: Vec<(&str, Vec<u32>, usize)>,
 ) -> Vec<Vec<f32>> {
-    let layers = model.config().n_layers;
-    let (sink, _unused) = tokio::sync::mpsc::unbounded_channel();
-    let jobs = steps
-        .into_iter()
-        .enumerate()
-        .map(|(tag, (id, tokens, position))| StepJob {
-            request_id: id.to_string(),
-            start: 0,
-            end: layers,
-            input: ShardInput::Tokens(tokens),
-            position,
-            reserve_positions: 512,
-            tag: tag as u64,
-            sink: sink.clone(),
-            group: group.cloned(),
-            prefix: Vec::new(),
-        })
-        .collect();
-    let mut done = model.run_batch(jobs);
-    done.sort_by_key(|(d, _)| d.tag);
-    done.into_iter()
-        .map(|(d, _)| match d.output.unwrap() {
-            ShardOutput::Logits(logits) => logits,
-            ShardOutput::Hidden(_) => panic!("the whole model returns logits"),
-        })
-        .collect()
-}
-
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    batch_logits(model, group, 512, steps)
 }
 
 const PROMPTS: [&str; 2] = [

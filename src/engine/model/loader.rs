@@ -141,18 +141,7 @@ impl<'a, B: Backend> TensorReader<'a, B> {
 
     /// The token embedding table (the member's vocabulary rows of it).
     pub(super) fn embedding(&self) -> anyhow::Result<B::Matrix> {
-        let c = self.config;
-        let part = self.rows(
-            self.slice
-                .map(|s| vec![s.vocab.clone()])
-                .unwrap_or_default(),
-        );
-        self.matrix_part(
-            self.source.global_name(GlobalTensor::Embedding),
-            false,
-            [c.vocab_size, c.hidden_size],
-            &part,
-        )
+        self.vocab_rows(GlobalTensor::Embedding)
     }
 
     /// The final norm, read before the head.
@@ -169,6 +158,12 @@ impl<'a, B: Backend> TensorReader<'a, B> {
     /// The output head, the member's vocabulary rows of it (files with tied embeddings
     /// have none).
     pub(super) fn head(&self) -> anyhow::Result<B::Matrix> {
+        self.vocab_rows(GlobalTensor::Head)
+    }
+
+    /// A `[vocab, hidden]` global matrix (the embedding or the head): the member's
+    /// vocabulary rows of it, or all of it without a slice.
+    fn vocab_rows(&self, tensor: GlobalTensor) -> anyhow::Result<B::Matrix> {
         let c = self.config;
         let part = self.rows(
             self.slice
@@ -176,7 +171,7 @@ impl<'a, B: Backend> TensorReader<'a, B> {
                 .unwrap_or_default(),
         );
         self.matrix_part(
-            self.source.global_name(GlobalTensor::Head),
+            self.source.global_name(tensor),
             false,
             [c.vocab_size, c.hidden_size],
             &part,

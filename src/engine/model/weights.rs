@@ -114,6 +114,14 @@ impl RawTensor {
     }
 }
 
+/// Where a part of a tensor lies: its tensor's index entry, the part's absolute byte
+/// ranges in that entry's file (ascending), and the part's shape.
+struct Located<'a> {
+    entry: &'a Entry,
+    ranges: Vec<Range<u64>>,
+    shape: Vec<usize>,
+}
+
 /// One tensor's place in a file.
 struct Entry {
     file: usize,
@@ -331,12 +339,23 @@ impl WeightSource {
         name: &str,
         part: &TensorPart,
     ) -> anyhow::Result<(usize, Vec<Range<u64>>, Vec<usize>)> {
+        let located = self.locate(name, part)?;
+        Ok((located.entry.file, located.ranges, located.shape))
+    }
+
+    /// Where `part` of tensor `name` lies: the look-up that [`Self::part_ranges`] reports
+    /// and [`Self::read_part`] reads.
+    fn locate(&self, name: &str, part: &TensorPart) -> anyhow::Result<Located<'_>> {
         let entry = self
             .index
             .get(name)
             .with_context(|| format!("tensor {name} is missing from {}", self.path.display()))?;
         let (ranges, shape) = part.byte_ranges(name, entry)?;
-        Ok((entry.file, ranges, shape))
+        Ok(Located {
+            entry,
+            ranges,
+            shape,
+        })
     }
 
     /// Reads `part` of one tensor: only its bytes (see [`TensorPart`]), as a tensor of the
@@ -348,11 +367,11 @@ impl WeightSource {
         counter: &LoadCounter,
         is_layer: bool,
     ) -> anyhow::Result<RawTensor> {
-        let entry = self
-            .index
-            .get(name)
-            .with_context(|| format!("tensor {name} is missing from {}", self.path.display()))?;
-        let (ranges, shape) = part.byte_ranges(name, entry)?;
+        let Located {
+            entry,
+            ranges,
+            shape,
+        } = self.locate(name, part)?;
         let size: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         let mut bytes = vec![0u8; size as usize];
         {

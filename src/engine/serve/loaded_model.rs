@@ -13,7 +13,7 @@ use super::engine_config::EngineConfig;
 use super::kv_cache::{CachePosition, KvCacheStore};
 use super::prefix_cache::PrefixCache;
 use crate::catalog::ModelFormat;
-use crate::engine::group::{GroupHub, GroupRow};
+use crate::engine::group::GroupHub;
 use crate::engine::model::config::ModelConfig;
 use crate::engine::model::cpu_matmul::CpuMatmul;
 use crate::engine::model::device::{dense_dtype, device_name};
@@ -282,135 +282,6 @@ impl LoadedModel {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .position(&cache_key(request_id, start, end, member))
-    }
-
-    /// Runs a batch of steps on one layer range (the batcher's worker calls this): each
-    /// step's cache is taken out (a new request reserving its positions in the budget),
-    /// the inputs that fit run in one forward pass, and each step gets its outcome. A step
-    /// that fails leaves its request without a cache here.
-    pub fn run_batch(&self, jobs: Vec<StepJob>) -> Vec<(StepDone, StepSink)> {
-        let mut done = Vec::with_capacity(jobs.len());
-        let Some(first) = jobs.first() else {
-            return done;
-        };
-        let (start, end) = (first.start, first.end);
-        // A group's batch runs on the leader's slice (this node leads the groups whose
-        // steps it queues).
-        let group = first.group.clone();
-        let member = group.as_ref().map(|_| 0);
-        let slice = group.as_ref().and_then(|g| g.slices.first().cloned());
-        let shard = match self.shard_sliced(start, end, slice) {
-            Ok(shard) => shard,
-            Err(error) => {
-                let message = format!("{error:#}");
-                for job in jobs {
-                    done.push((
-                        StepDone {
-                            tag: job.tag,
-                            request_id: job.request_id,
-                            output: Err(anyhow::anyhow!("{message}")),
-                        },
-                        job.sink,
-                    ));
-                }
-                return done;
-            }
-        };
-        let per_position = shard.kv_bytes_per_position();
-        let mut runnable = Vec::with_capacity(jobs.len());
-        {
-            let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-            for job in jobs {
-                let key = cache_key(&job.request_id, start, end, member);
-                let checked = shard.check_input(&job.input, job.position).and_then(|_| {
-                    caches.checkout(
-                        &key,
-                        job.position,
-                        job.reserve_positions * per_position,
-                        || self.start_cache(&shard, &job.prefix),
-                    )
-                });
-                match checked {
-                    Ok(cache) => runnable.push((job, key, cache)),
-                    Err(error) => done.push((
-                        StepDone {
-                            tag: job.tag,
-                            request_id: job.request_id,
-                            output: Err(error),
-                        },
-                        job.sink,
-                    )),
-                }
-            }
-        }
-        if runnable.is_empty() {
-            return done;
-        }
-        let mut inputs = Vec::with_capacity(runnable.len());
-        let mut caches_out = Vec::with_capacity(runnable.len());
-        let mut meta = Vec::with_capacity(runnable.len());
-        let mut rows = Vec::new();
-        for (job, key, cache) in runnable {
-            let StepJob {
-                request_id,
-                input,
-                tag,
-                sink,
-                position,
-                reserve_positions,
-                ..
-            } = job;
-            if group.is_some() {
-                rows.push(GroupRow {
-                    request_id: request_id.clone(),
-                    position,
-                    reserve_positions,
-                    input: input.clone(),
-                });
-            }
-            inputs.push(input);
-            caches_out.push(cache);
-            meta.push((request_id, key, tag, sink));
-        }
-        let batch = inputs.into_iter().zip(caches_out.iter_mut()).collect();
-        let result = match &group {
-            None => shard.forward_batch(batch),
-            Some(placement) => self.lead_group(&shard, placement, (start, end), rows, batch),
-        };
-        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
-            Ok(outputs) => {
-                for ((request_id, key, tag, sink), (cache, output)) in
-                    meta.into_iter().zip(caches_out.into_iter().zip(outputs))
-                {
-                    caches.checkin(&key, cache);
-                    done.push((
-                        StepDone {
-                            tag,
-                            request_id,
-                            output: Ok(output),
-                        },
-                        sink,
-                    ));
-                }
-                self.step_succeeded();
-            }
-            Err(error) => {
-                let message = format!("{error:#}");
-                for (request_id, key, tag, sink) in meta {
-                    caches.remove(&key);
-                    done.push((
-                        StepDone {
-                            tag,
-                            request_id,
-                            output: Err(anyhow::anyhow!("{message}")),
-                        },
-                        sink,
-                    ));
-                }
-            }
-        }
-        done
     }
 
     /// Whether `request_id` has a cache for the shard `[start, end)`.

@@ -6,6 +6,7 @@
 //! [`engine_config`]), which asks a [`supplier`] for the model's header when
 //! the files are not here yet.
 
+mod batch_run;
 pub mod batcher;
 pub mod engine_config;
 pub mod group_runs;

@@ -171,16 +171,11 @@ mod tests {
             peers,
             FlowConfig::default(),
         );
-        let mut events = flow.generate(GenerateRequest {
-            prompt: vec![1, 2, 3],
-            max_tokens: 4,
-            sampling: SamplingParams::default(),
-            stop: Vec::new(),
-            ignore_eos: false,
-            top_logprobs: None,
-            request_id: None,
-            grammar: None,
-        });
+        let mut events = flow.generate(GenerateRequest::new(
+            vec![1, 2, 3],
+            4,
+            SamplingParams::default(),
+        ));
         assert_eq!(
             flow.drain_status().await.own_requests,
             1,

@@ -28,6 +28,23 @@ pub struct GenerateRequest {
     pub grammar: Option<String>,
 }
 
+impl GenerateRequest {
+    /// A plain request: no stop strings, stopping at end-of-sequence, no logprobs, no
+    /// grammar, and an id the origin makes.
+    pub fn new(prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> Self {
+        GenerateRequest {
+            prompt,
+            max_tokens,
+            sampling,
+            stop: Vec::new(),
+            ignore_eos: false,
+            top_logprobs: None,
+            request_id: None,
+            grammar: None,
+        }
+    }
+}
+
 /// Timings and counts of a finished generation.
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationSummary {
