@@ -207,7 +207,7 @@ exo_pid=$!; pids+=($exo_pid)
 until curl -sf "http://127.0.0.1:$mport/v1/models" >/dev/null; do sleep 0.5; done
 long_request "http://127.0.0.1:$mport"
 exo_rss="$(rss $exo_pid)"
-kill $exo_pid
+kill $exo_pid; wait $exo_pid 2>/dev/null || true   # its port is used next
 "$llama/llama-server" -m "$qwen" -t "$threads" -c 4096 --port "$mport" --host 127.0.0.1 >"$work/llama-server.log" 2>&1 &
 server_pid=$!; pids+=($server_pid)
 until curl -sf "http://127.0.0.1:$mport/health" >/dev/null; do sleep 0.5; done
