@@ -209,16 +209,7 @@ impl TextTokenizer {
             bail!("the conversation has no messages");
         }
         let text = self.render_chat(messages)?;
-        let mut ids = self.encode(&text)?;
-        if self.add_bos
-            && let Some(bos) = self.bos
-            && ids.first() != Some(&bos)
-        {
-            ids.insert(0, bos);
-        }
-        if ids.is_empty() {
-            bail!("the prompt is empty");
-        }
-        Ok(ids)
+        // The rendered template is a plain prompt from here on: the same BOS rule.
+        self.encode_prompt(&text)
     }
 }
