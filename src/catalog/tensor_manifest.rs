@@ -302,25 +302,39 @@ pub fn check_tensor(
     let Some(manifest) = manifest else {
         return Ok(TensorVerdict::Verified(TensorCheck::SizeOnly));
     };
-    let digest = manifest
-        .tensors
-        .get(&tensor.name)
-        .filter(|d| d.start == tensor.start && d.end == tensor.end)
-        .with_context(|| {
-            format!(
-                "the manifest of {} does not place tensor {} at bytes {}..{}",
-                manifest.file, tensor.name, tensor.start, tensor.end
-            )
-        })?;
+    manifest.digest_of(tensor)?;
     let actual = hash_range(file, tensor.start..tensor.end)?;
-    Ok(if actual == digest.sha256 {
-        TensorVerdict::Verified(TensorCheck::Sha256)
-    } else {
-        TensorVerdict::Corrupt {
-            expected: digest.sha256.clone(),
-            actual,
-        }
-    })
+    manifest.verdict(tensor, actual)
+}
+
+impl TensorManifest {
+    /// The manifest's digest of `tensor`; an error when it places the tensor elsewhere
+    /// or not at all.
+    fn digest_of(&self, tensor: &TensorSpan) -> anyhow::Result<&Digest> {
+        self.tensors
+            .get(&tensor.name)
+            .filter(|d| d.start == tensor.start && d.end == tensor.end)
+            .with_context(|| {
+                format!(
+                    "the manifest of {} does not place tensor {} at bytes {}..{}",
+                    self.file, tensor.name, tensor.start, tensor.end
+                )
+            })
+    }
+
+    /// The verdict on `tensor` whose bytes hash to `actual` (sha256, hex), however that
+    /// hash was computed (read back from disk, or as the bytes arrived).
+    pub fn verdict(&self, tensor: &TensorSpan, actual: String) -> anyhow::Result<TensorVerdict> {
+        let digest = self.digest_of(tensor)?;
+        Ok(if actual == digest.sha256 {
+            TensorVerdict::Verified(TensorCheck::Sha256)
+        } else {
+            TensorVerdict::Corrupt {
+                expected: digest.sha256.clone(),
+                actual,
+            }
+        })
+    }
 }
 
 fn detect_format(file: &mut File) -> anyhow::Result<WeightFormat> {

@@ -5,8 +5,9 @@
 //!
 //! Layout: [`holdings`] (what a node holds, as it tells its peers), [`serve`] (answering a
 //! peer's request), [`receive`] (fetching from a peer, checking every chunk and tensor),
-//! [`supplier`] (the node's supply: which source, one transfer at a time, counters).
+//! [`arriving_hashes`] (tensors hashed as they arrive), [`supplier`] (the node's supply: which source, one transfer at a time, counters).
 
+pub mod arriving_hashes;
 pub mod holdings;
 pub mod receive;
 pub mod serve;

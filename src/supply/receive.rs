@@ -6,7 +6,7 @@
 //! Every chunk must be the next bytes asked for and match its CRC-32; bytes are recorded
 //! as present only once written and synced, so a peer that stops mid-stream leaves a copy
 //! that resumes where it stopped. Each tensor is then checked whole (sha256 against the
-//! manifest); one that fails is forgotten — never left to pass for good bytes — and the
+//! manifest, as its bytes arrive: [`super::arriving_hashes`]); one that fails is forgotten — never left to pass for good bytes — and the
 //! transfer fails with the reason, for the caller to try another peer. Where no manifest
 //! describes the file, nothing is taken from a peer unless the node trusts its peers'
 //! weights (`--trust-peer-weights`; then sizes are all that is checked).
@@ -23,6 +23,7 @@ use anyhow::{Context, bail};
 use tokio::runtime::Handle;
 use tonic::transport::Channel;
 
+use super::arriving_hashes::ArrivingHashes;
 use crate::catalog::header::{Header, HeaderLimits, read_header};
 use crate::catalog::layout::{ModelLayout, TensorRole, TensorSpan, tensor_ranges, tensor_role};
 use crate::catalog::local_files::{lock_model_dir, weight_files};
@@ -139,7 +140,7 @@ impl Transfer<'_> {
         if sparse.state.header_len != Some(header_len) || !sparse.has(&(0..header_len)) {
             let missing = sparse.missing(&(0..header_len));
             self.progress.set_total(header_len);
-            self.receive(&missing)?;
+            self.receive(&missing, None)?;
         }
         let sparse = &mut self.sparse;
         // Only the header's bytes are here. The reader asks for more than it needs as it
@@ -227,12 +228,27 @@ impl Transfer<'_> {
         }
         self.progress
             .set_total(ranges.iter().map(|r| r.end - r.start).sum());
-        self.receive(&ranges)?;
+        // With a manifest, the tensors that come whole are hashed as they arrive.
+        let hashes = self.manifest.as_ref().map(|_| {
+            let sparse = &self.sparse;
+            ArrivingHashes::start(
+                todo.iter()
+                    .filter(|t| sparse.missing(&(t.start..t.end)) == [t.start..t.end])
+                    .map(|t| (*t).clone())
+                    .collect(),
+            )
+        });
+        self.receive(&ranges, hashes.as_ref())?;
+        let mut arrived = hashes.map(ArrivingHashes::finish).unwrap_or_default();
 
         let sparse = &mut self.sparse;
         let mut corrupt = Vec::new();
         for tensor in todo {
-            match check_tensor(sparse.file_mut(), tensor, self.manifest.as_ref())? {
+            let verdict = match (arrived.remove(&tensor.name), &self.manifest) {
+                (Some(actual), Some(manifest)) => manifest.verdict(tensor, actual)?,
+                _ => check_tensor(sparse.file_mut(), tensor, self.manifest.as_ref())?,
+            };
+            match verdict {
                 TensorVerdict::Verified(_) => {
                     sparse.state.verified.insert(tensor.name.clone());
                 }
@@ -258,12 +274,20 @@ impl Transfer<'_> {
         Ok(())
     }
 
-    fn receive(&mut self, ranges: &[Range<u64>]) -> anyhow::Result<()> {
+    fn receive(
+        &mut self,
+        ranges: &[Range<u64>],
+        hashes: Option<&ArrivingHashes>,
+    ) -> anyhow::Result<()> {
+        let mut sink = Sink {
+            sparse: &mut self.sparse,
+            hashes,
+        };
         receive_ranges(
             self.peer,
             self.entry,
             self.file,
-            &mut self.sparse,
+            &mut sink,
             ranges,
             self.received,
             self.progress,
@@ -271,12 +295,18 @@ impl Transfer<'_> {
     }
 }
 
-/// Streams `ranges` (ascending, disjoint) of `file` from the peer into `sparse`.
-pub fn receive_ranges(
+/// Where received bytes go: the sparse local copy, and the hashing thread when there is one.
+struct Sink<'a> {
+    sparse: &'a mut SparseFile,
+    hashes: Option<&'a ArrivingHashes>,
+}
+
+/// Streams `ranges` (ascending, disjoint) of `file` from the peer into `sink`.
+fn receive_ranges(
     peer: &PeerSource,
     entry: &ModelEntry,
     file: &str,
-    sparse: &mut SparseFile,
+    sink: &mut Sink,
     ranges: &[Range<u64>],
     received: &AtomicU64,
     progress: &ProgressHandle,
@@ -287,13 +317,13 @@ pub fn receive_ranges(
         batch.push(range.clone());
         batch_bytes += range.end - range.start;
         if batch_bytes >= REQUEST_BYTES {
-            receive_batch(peer, entry, file, sparse, &batch, received, progress)?;
+            receive_batch(peer, entry, file, sink, &batch, received, progress)?;
             batch.clear();
             batch_bytes = 0;
         }
     }
     if !batch.is_empty() {
-        receive_batch(peer, entry, file, sparse, &batch, received, progress)?;
+        receive_batch(peer, entry, file, sink, &batch, received, progress)?;
     }
     Ok(())
 }
@@ -303,7 +333,7 @@ fn receive_batch(
     peer: &PeerSource,
     entry: &ModelEntry,
     file: &str,
-    sparse: &mut SparseFile,
+    sink: &mut Sink,
     ranges: &[Range<u64>],
     received: &AtomicU64,
     progress: &ProgressHandle,
@@ -324,7 +354,8 @@ fn receive_batch(
         })?
         .map_err(|status| anyhow::anyhow!("peer {} refused: {}", peer.node_id, status.message()))?
         .into_inner();
-    let mut writer = RangeWriter::new(sparse);
+    let hashes = sink.hashes;
+    let mut writer = RangeWriter::new(sink.sparse);
     let result = (|| {
         for range in ranges {
             let mut cursor = range.start;
@@ -371,6 +402,9 @@ fn receive_batch(
                     );
                 }
                 writer.write(cursor, &chunk.data)?;
+                if let Some(hashes) = hashes {
+                    hashes.feed(cursor, chunk.data);
+                }
                 cursor += len;
                 received.fetch_add(len, Ordering::Relaxed);
                 progress.add(len);
