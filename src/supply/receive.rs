@@ -233,7 +233,7 @@ impl Transfer<'_> {
             let sparse = &self.sparse;
             ArrivingHashes::start(
                 todo.iter()
-                    .filter(|t| sparse.missing(&(t.start..t.end)) == [t.start..t.end])
+                    .filter(|t| comes_whole(sparse, t))
                     .map(|t| (*t).clone())
                     .collect(),
             )
@@ -293,6 +293,12 @@ impl Transfer<'_> {
             self.progress,
         )
     }
+}
+
+/// Whether every byte of `tensor` is still to come (none of it is here yet).
+fn comes_whole(sparse: &SparseFile, tensor: &TensorSpan) -> bool {
+    let whole = tensor.start..tensor.end;
+    matches!(sparse.missing(&whole).as_slice(), [gap] if *gap == whole)
 }
 
 /// Where received bytes go: the sparse local copy, and the hashing thread when there is one.
