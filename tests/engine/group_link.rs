@@ -2,15 +2,17 @@
 //! point it happens (DESIGN.md §3b): before the leader opens its batch, after, or between
 //! two of its frames. Each test puts the loss at one of those points and waits on the
 //! state itself, so none depends on timing; each asserts the wait ended in seconds, not
-//! after the part timeout.
+//! after the part timeout. In a keyed cluster the links are mutual TLS, and refuse hosts
+//! without the key.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use exo::engine::group::hub::PART_TIMEOUT;
 use exo::engine::group::{Frame, GroupBatch, GroupHub, GroupPlacement, WireDtype};
-use exo::peer::{GroupLinks, SILENCE, loopback_hubs};
+use exo::peer::{GroupLinks, SILENCE, loopback_hubs, loopback_hubs_with};
+use exo::trust::{ClusterKey, NodeTls};
 
 /// Well under the part timeout: a wait that ended by abort, not by running out.
 const PROMPTLY: Duration = Duration::from_secs(10);
@@ -127,8 +129,9 @@ fn a_link_lost_between_frames_keeps_the_first_and_aborts_the_next() {
 /// after the part timeout.
 #[test]
 fn a_silent_link_is_lost_within_the_silence_bound() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
     let hub = GroupHub::new("leader");
-    let links = GroupLinks::new(&hub);
+    let links = GroupLinks::new(&hub, runtime.handle().clone(), None);
     let addr = links
         .accept(TcpListener::bind("127.0.0.1:0").unwrap())
         .unwrap();
@@ -177,4 +180,71 @@ fn a_quiet_healthy_link_stays_up() {
     sender.join().unwrap();
     assert!(hub.lost("follower").is_none());
     drop(mesh);
+}
+
+fn part(batch: &exo::engine::group::BatchId, op: u32, values: Vec<f32>) -> Frame {
+    Frame::Part {
+        batch: batch.clone(),
+        op,
+        values,
+        dtype: WireDtype::F32,
+    }
+}
+
+/// In a keyed cluster the members' streams are mutual TLS with certificates of the
+/// cluster CA: parts travel, and the links notice a loss as over TCP.
+#[test]
+fn keyed_members_link_over_mutual_tls() {
+    let key = ClusterKey::generate();
+    let tls = vec![NodeTls::new(&key).unwrap(), NodeTls::new(&key).unwrap()];
+    let mut mesh = loopback_hubs_with(&names(), Some(tls)).unwrap();
+    let hub = mesh.hubs[0].clone();
+    let run = batch_of(&hub, names());
+    hub.open(&run);
+    mesh.hubs[1]
+        .send("leader", part(&run.batch, 0, vec![5.0, 6.0]))
+        .unwrap();
+    assert_eq!(
+        hub.receive(&run.batch, 0, "follower").unwrap(),
+        vec![5.0, 6.0]
+    );
+    drop_follower(&mut mesh);
+    let started = Instant::now();
+    assert_prompt_abort(started, hub.receive(&run.batch, 1, "follower"));
+}
+
+/// A keyed node's group links are no open door: a host with another key is refused by
+/// the handshake, and one speaking plain TCP never gets as far as its hello.
+#[test]
+fn a_keyed_group_refuses_hosts_without_the_key() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let key = ClusterKey::generate();
+    let hub = GroupHub::new("leader");
+    let links = GroupLinks::new(
+        &hub,
+        runtime.handle().clone(),
+        Some(NodeTls::new(&key).unwrap()),
+    );
+    let addr = links
+        .accept(TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+
+    let stranger_hub = GroupHub::new("follower");
+    let other_key = Some(NodeTls::new(&ClusterKey::generate()).unwrap());
+    let stranger = GroupLinks::new(&stranger_hub, runtime.handle().clone(), other_key);
+    let refused = runtime.block_on(stranger.connect("leader", addr));
+    assert!(refused.is_err(), "a host with another key joined");
+
+    // Plain TCP: the hello is not a TLS handshake; the node closes the stream unjoined.
+    let mut plain = TcpStream::connect(addr).unwrap();
+    let hello = b"follower";
+    plain
+        .write_all(&(hello.len() as u32).to_le_bytes())
+        .unwrap();
+    plain.write_all(hello).unwrap();
+    plain.set_read_timeout(Some(PROMPTLY)).unwrap();
+    let mut rest = Vec::new();
+    let _ = plain.read_to_end(&mut rest);
+    assert!(links.peers().is_empty(), "{:?}", links.peers());
+    assert!(hub.lost("follower").is_none());
 }
