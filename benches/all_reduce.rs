@@ -1,6 +1,7 @@
 //! Latency of one tensor-parallel all-reduce of a 1536-float vector (a 1.5B model's
 //! hidden size), between members in one process joined by in-process calls or by TCP
-//! links on loopback (`exo::peer::GroupLinks`), f32 and f16 on the wire, 2 and 3 members.
+//! links on loopback (`exo::peer::GroupLinks`, plain and mutual TLS as in a keyed
+//! cluster), f32 and f16 on the wire, 2 and 3 members.
 //!
 //!   cargo bench --bench all_reduce
 //!
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 use exo::engine::group::local_wire::local_hubs;
 use exo::engine::group::{BatchId, GroupHub, MemberCollective, WireDtype};
 use exo::engine::model::collective::Collective;
-use exo::peer::loopback_hubs;
+use exo::peer::{loopback_hubs, loopback_hubs_with};
+use exo::trust::{ClusterKey, NodeTls};
 
 const WIDTH: usize = 1536;
 const ROUNDS: usize = 2000;
@@ -79,5 +81,12 @@ fn main() {
                 run(&mesh.hubs, &names, dtype),
             );
         }
+        let key = ClusterKey::generate();
+        let tls = (0..members).map(|_| NodeTls::new(&key).unwrap()).collect();
+        let mesh = loopback_hubs_with(&names, Some(tls)).unwrap();
+        report(
+            &format!("{members} members, TLS loopback, f32"),
+            run(&mesh.hubs, &names, WireDtype::F32),
+        );
     }
 }

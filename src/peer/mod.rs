@@ -5,6 +5,8 @@ mod group_link;
 mod grpc_peer;
 mod link_stats;
 
-pub use group_link::{GroupLinks, LoopbackHubs, loopback_hubs};
+pub use group_link::{
+    GroupLinks, HEARTBEAT, LoopbackHubs, SILENCE, loopback_hubs, loopback_hubs_with,
+};
 pub use grpc_peer::{GrpcPeerHandle, PeerTimeouts};
 pub use link_stats::LinkStats;

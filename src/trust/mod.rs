@@ -13,7 +13,7 @@ mod tls;
 
 pub use key::{ClusterKey, KeyError, read_private_file};
 pub use seal::{DatagramSeal, SealError, TAG_BYTES, new_nonce, now_ms};
-pub use tls::{NodeTls, TLS_SERVER_NAME};
+pub use tls::{GROUP_ALPN, NodeTls, TLS_SERVER_NAME};
 
 use std::sync::Arc;
 

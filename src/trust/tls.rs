@@ -36,7 +36,13 @@ pub struct NodeTls {
     cert_pem: String,
     key_pem: String,
     server: Arc<rustls::ServerConfig>,
+    group_server: Arc<rustls::ServerConfig>,
+    group_client: Arc<rustls::ClientConfig>,
 }
+
+/// The protocol a tensor-parallel group link asks for by ALPN: a group link and a gRPC
+/// connection are never taken for each other.
+pub const GROUP_ALPN: &[u8] = b"exo-group/1";
 
 impl NodeTls {
     /// Derives the cluster CA from the key and issues this node a certificate.
@@ -62,16 +68,18 @@ impl NodeTls {
         let leaf_cert = leaf
             .signed_by(&leaf_key, &issuer)
             .context("cannot sign the node certificate")?;
-        let server = server_config(
-            ca_cert.der().clone(),
-            leaf_cert.der().clone(),
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )?;
+        let key_der = || PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let (ca_der, leaf_der) = (ca_cert.der().clone(), leaf_cert.der().clone());
+        let server = server_config(ca_der.clone(), leaf_der.clone(), key_der(), b"h2")?;
+        let group_server = server_config(ca_der.clone(), leaf_der.clone(), key_der(), GROUP_ALPN)?;
+        let group_client = group_client_config(ca_der, leaf_der, key_der())?;
         Ok(NodeTls {
             ca_pem: ca_cert.pem(),
             cert_pem: leaf_cert.pem(),
             key_pem: leaf_key.serialize_pem(),
             server,
+            group_server,
+            group_client,
         })
     }
 
@@ -90,6 +98,17 @@ impl NodeTls {
             .assume_http2(true)
     }
 
+    /// For the group links this node accepts: as the gRPC server's, with [`GROUP_ALPN`].
+    pub fn group_server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.group_server.clone()
+    }
+
+    /// For the group links this node opens: trust only the cluster CA, present our
+    /// certificate, ask for [`GROUP_ALPN`].
+    pub fn group_client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.group_client.clone()
+    }
+
     /// The cluster CA certificate (PEM): the same trust anchor on every member.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
@@ -103,17 +122,15 @@ impl std::fmt::Debug for NodeTls {
 }
 
 /// The server side of the node's TLS: TLS 1.3 with the ring provider (as the client side),
-/// our certificate, a client certificate of the cluster CA required, HTTP/2 by ALPN.
+/// our certificate, a client certificate of the cluster CA required, `alpn` (HTTP/2 for
+/// gRPC).
 fn server_config(
     ca: rustls_pki_types::CertificateDer<'static>,
     cert: rustls_pki_types::CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
+    alpn: &[u8],
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(ca)
-        .context("the cluster CA is not a usable trust anchor")?;
+    let (provider, roots) = ring_and_roots(ca)?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
@@ -126,7 +143,37 @@ fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![cert], key)
         .context("the node certificate and key do not match")?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The ring provider, and a root store holding only the cluster CA.
+fn ring_and_roots(
+    ca: rustls_pki_types::CertificateDer<'static>,
+) -> anyhow::Result<(Arc<rustls::crypto::CryptoProvider>, rustls::RootCertStore)> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca)
+        .context("the cluster CA is not a usable trust anchor")?;
+    Ok((provider, roots))
+}
+
+/// The client side of a group link: TLS 1.3 with the ring provider, only the cluster CA
+/// trusted, our certificate presented, [`GROUP_ALPN`].
+fn group_client_config(
+    ca: rustls_pki_types::CertificateDer<'static>,
+    cert: rustls_pki_types::CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let (provider, roots) = ring_and_roots(ca)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with the ring provider")?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert], key)
+        .context("the node certificate and key do not match")?;
+    config.alpn_protocols = vec![GROUP_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 

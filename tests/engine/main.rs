@@ -9,6 +9,7 @@ mod bad_input;
 mod batcher;
 mod cache;
 mod families;
+mod group_link;
 mod kernels;
 mod prefix;
 mod real_model;

@@ -7,6 +7,11 @@
 //! A batch whose peer is lost, whose request is finished, or whose member failed is
 //! *aborted*: every wait on it ends at once with the reason, and the other members are
 //! told.
+//!
+//! A lost peer stays marked lost until a link to it joins again: a batch opened with it
+//! afterwards is aborted as it opens, and a wait for its parts ends at once. Without the
+//! mark, a link that broke just before a batch opened (nothing running to abort yet)
+//! would leave that batch waiting out the part timeout.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +30,12 @@ pub trait Wire: Send + Sync {
     fn send(&self, to: &str, frame: Frame) -> anyhow::Result<()>;
 }
 
-/// How long a member waits for another's part before it gives the batch up. Long: a
-/// follower may be loading its slice for the first batch of a range (a peer that dies or
-/// a request that ends aborts the wait at once).
-pub const PART_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a member waits for another's part before it gives the batch up: for a
+/// member that is alive but stuck (a follower loading its slice for the first batch of a
+/// range takes a few seconds). A peer that dies, or whose link falls silent
+/// (`crate::peer::group_link`'s heartbeats), or a request that ends aborts the wait at
+/// once.
+pub const PART_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Boxes of batches nobody runs here are dropped after this long.
 const STALE_BOX: Duration = Duration::from_secs(60);
@@ -79,11 +86,20 @@ struct BatchBox {
     touched: Option<Instant>,
 }
 
+/// What the hub's lock guards: the boxes, and the peers lost (with why) since their
+/// link last joined. One lock, so that a batch opening and a peer being lost cannot miss
+/// each other.
+#[derive(Default)]
+struct HubState {
+    boxes: HashMap<BatchId, BatchBox>,
+    lost: HashMap<String, String>,
+}
+
 /// A node's hub.
 pub struct GroupHub {
     node_id: String,
     wire: RwLock<Option<Arc<dyn Wire>>>,
-    boxes: Mutex<HashMap<BatchId, BatchBox>>,
+    state: Mutex<HubState>,
     arrived: Condvar,
     next_seq: AtomicU64,
     runs: mpsc::UnboundedSender<GroupBatch>,
@@ -111,7 +127,7 @@ impl GroupHub {
         Arc::new(GroupHub {
             node_id: node_id.into(),
             wire: RwLock::new(None),
-            boxes: Mutex::new(HashMap::new()),
+            state: Mutex::new(HubState::default()),
             arrived: Condvar::new(),
             next_seq: AtomicU64::new(1),
             runs,
@@ -180,51 +196,64 @@ impl GroupHub {
                 self.stats
                     .bytes_received
                     .fetch_add(values.len() as u64 * 4, Ordering::Relaxed);
-                let mut boxes = self.lock();
-                prune(&mut boxes);
-                let at = boxes.entry(batch).or_default();
+                let mut state = self.lock();
+                prune(&mut state.boxes);
+                let at = state.boxes.entry(batch).or_default();
                 at.touched = Some(Instant::now());
                 at.parts.insert((op, from.to_string()), values);
-                drop(boxes);
+                drop(state);
                 self.arrived.notify_all();
             }
             Frame::Abort { batch, reason } => {
-                let mut boxes = self.lock();
-                let at = boxes.entry(batch).or_default();
+                let mut state = self.lock();
+                let at = state.boxes.entry(batch).or_default();
                 at.touched = Some(Instant::now());
                 at.aborted
                     .get_or_insert_with(|| format!("{from} gave the batch up: {reason}"));
-                drop(boxes);
+                drop(state);
                 self.arrived.notify_all();
             }
         }
     }
 
-    /// `batch` runs here from now until [`GroupHub::close`].
+    /// `batch` runs here from now until [`GroupHub::close`]. A member already lost
+    /// aborts it here at once (its waits end with why; the caller's abort tells the
+    /// others).
     pub fn open(&self, batch: &GroupBatch) {
-        let mut boxes = self.lock();
-        let at = boxes.entry(batch.batch.clone()).or_default();
+        let mut state = self.lock();
+        let members = &batch.placement.members;
+        let lost = members
+            .iter()
+            .find_map(|m| Some(format!("group member {m} is lost: {}", state.lost.get(m)?)));
+        let at = state.boxes.entry(batch.batch.clone()).or_default();
         at.touched = Some(Instant::now());
-        at.running = Some((batch.placement.members.clone(), batch.request_ids()));
+        at.running = Some((members.clone(), batch.request_ids()));
+        if let Some(reason) = lost {
+            at.aborted.get_or_insert(reason);
+        }
     }
 
     /// `batch` is over here: its box goes.
     pub fn close(&self, batch: &BatchId) {
-        self.lock().remove(batch);
+        self.lock().boxes.remove(batch);
     }
 
     /// Waits for `from`'s part of step `op` of `batch`.
     pub fn receive(&self, batch: &BatchId, op: u32, from: &str) -> anyhow::Result<Vec<f32>> {
         let deadline = Instant::now() + self.part_timeout;
         let key = (op, from.to_string());
-        let mut boxes = self.lock();
+        let mut state = self.lock();
         loop {
+            let HubState { boxes, lost } = &mut *state;
             let at = boxes.entry(batch.clone()).or_default();
             if let Some(values) = at.parts.remove(&key) {
                 return Ok(values);
             }
             if let Some(reason) = &at.aborted {
                 bail!("batch {batch} was given up: {reason}");
+            }
+            if let Some(reason) = lost.get(from) {
+                bail!("batch {batch} was given up: group member {from} is lost: {reason}");
             }
             let now = Instant::now();
             if now >= deadline {
@@ -233,9 +262,9 @@ impl GroupHub {
                     self.part_timeout
                 );
             }
-            boxes = self
+            state = self
                 .arrived
-                .wait_timeout(boxes, deadline - now)
+                .wait_timeout(state, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -245,8 +274,8 @@ impl GroupHub {
     pub fn abort(&self, batch: &BatchId, members: &[String], reason: &str) {
         self.stats.aborted.fetch_add(1, Ordering::Relaxed);
         {
-            let mut boxes = self.lock();
-            let at = boxes.entry(batch.clone()).or_default();
+            let mut state = self.lock();
+            let at = state.boxes.entry(batch.clone()).or_default();
             at.touched = Some(Instant::now());
             at.aborted.get_or_insert_with(|| reason.to_string());
         }
@@ -262,9 +291,24 @@ impl GroupHub {
         }
     }
 
-    /// A peer is gone: every batch running here with it is given up.
+    /// A peer is gone: every batch running here with it is given up, and so is every
+    /// batch opened with it until [`GroupHub::peer_joined`].
     pub fn peer_lost(&self, node: &str, reason: &str) {
+        self.lock()
+            .lost
+            .insert(node.to_string(), reason.to_string());
+        self.arrived.notify_all();
         self.abort_where(|members, _| members.iter().any(|m| m == node), reason);
+    }
+
+    /// A link to `node` is up (again): batches may run with it.
+    pub fn peer_joined(&self, node: &str) {
+        self.lock().lost.remove(node);
+    }
+
+    /// Why `node` is lost, if it is.
+    pub fn lost(&self, node: &str) -> Option<String> {
+        self.lock().lost.get(node).cloned()
     }
 
     /// A request is over: every batch running here with its rows is given up (a member
@@ -279,6 +323,7 @@ impl GroupHub {
     fn abort_where(&self, matches: impl Fn(&[String], &[String]) -> bool, reason: &str) {
         let doomed: Vec<(BatchId, Vec<String>)> = self
             .lock()
+            .boxes
             .iter()
             .filter_map(|(id, at)| {
                 let (members, requests) = at.running.as_ref()?;
@@ -294,11 +339,11 @@ impl GroupHub {
 
     /// Batches with a box here now (tests check that none is left behind).
     pub fn boxes(&self) -> usize {
-        self.lock().len()
+        self.lock().boxes.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BatchId, BatchBox>> {
-        self.boxes.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
