@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::node::FlowError;
+
 /// An error answer. Bad input is always 4xx; 5xx means the node itself failed.
 #[derive(Debug)]
 pub struct ApiError {
@@ -53,6 +55,14 @@ impl ApiError {
             param: None,
             code: Some("unavailable"),
         }
+    }
+
+    /// A generation that failed after it was accepted, answered by its kind: the
+    /// client's mistake 400, a draining node 409 (another node may take it), a cluster
+    /// too small, lost nodes or a failed engine 503, a ring that made no progress 504.
+    /// (429 is the request limiter's, before a generation starts.)
+    pub fn generation_failed(failure: &FlowError) -> Self {
+        ApiError::unavailable(format!("generation failed: {}", failure.message))
     }
 
     pub fn body(&self) -> serde_json::Value {
