@@ -355,7 +355,8 @@ impl<'a> Epoch<'a> {
     async fn check_ring(&self, reason: String) -> Option<Interruption> {
         let flow = self.flow;
         let (silent, engine_ok) = tokio::join!(flow.unresponsive(self.plan, &[]), async {
-            true
+            !self.plan.entries.iter().any(|e| e.node_id == flow.node_id)
+                || flow.own_engine_answers().await
         });
         if engine_ok && silent.is_empty() {
             return None;
@@ -394,7 +395,7 @@ impl<'a> Epoch<'a> {
 /// Deadlines in a row that pass without a result while every node of the plan answers,
 /// after which the epoch ends and the request runs again as a new one (a result lost on
 /// its way back, say by a link that works only one way, is never sent again).
-const MISSED_DEADLINES: u32 = u32::MAX;
+const MISSED_DEADLINES: u32 = 3;
 
 impl Drop for Epoch<'_> {
     /// Results of this epoch that arrive late find nobody waiting (and are dropped).

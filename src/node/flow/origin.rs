@@ -297,7 +297,7 @@ impl RequestFlow {
         // new plan leaves its layers to the others (it keeps the origin's part).
         if plan.entries.iter().any(|e| e.node_id == self.node_id)
             && !lost.contains(&self.node_id)
-            && false
+            && !self.own_engine_answers().await
         {
             lost.push(self.node_id.clone());
         }
