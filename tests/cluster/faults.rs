@@ -58,26 +58,17 @@ async fn results_lost_on_their_way_back_start_a_new_epoch_over_the_same_ring() {
     let dir = tempfile::tempdir().unwrap();
     let (n1, n2) = two_node_ring(dir.path()).await;
     let n2 = Arc::new(n2);
-    let (origin, shard) = (n1.api_port(), n2.clone());
-    let handle = tokio::task::spawn_blocking(move || {
-        let expected = reference_at(origin);
-        let url = format!("http://127.0.0.1:{origin}/v1/chat/completions");
-        // The next result n2 sends back to n1 is lost; steps from n1 to n2 still flow, and
-        // every node answers its health checks.
-        let streamed =
-            stream_with_fault_within(&url, &chat_body(STORY, TOKENS, true), PATIENCE, || {
-                set_faults(&shard, serde_json::json!({"drop_results": 1}));
-            });
-        (expected, streamed)
-    });
-    let (expected, streamed) = handle.await.unwrap();
-    assert!(streamed.error.is_none(), "{:?}", streamed.error);
-    assert_eq!(streamed.text, expected);
-    let replans = replans(&streamed);
-    assert_eq!(replans.len(), 1, "{replans:?}");
-    let reason = replans[0]["reason"].as_str().unwrap();
+    let shard = n2.clone();
+    // The next result n2 sends back to n1 is lost; steps from n1 to n2 still flow, and
+    // every node answers its health checks.
+    let (expected, streamed) = stream_with(n1.api_port(), move || {
+        set_faults(&shard, serde_json::json!({"drop_results": 1}));
+    })
+    .await;
+    let replan = the_one_replan(&expected, &streamed);
+    let reason = replan["reason"].as_str().unwrap();
     assert!(reason.contains("deadlines passed"), "{reason}");
-    assert_eq!(replans[0]["lost"], serde_json::json!([]), "{replans:?}");
+    assert_eq!(replan["lost"], serde_json::json!([]), "{replan}");
     assert_eq!(n2.flow.faults().unwrap().report().results_dropped, 1);
 }
 
@@ -87,24 +78,43 @@ async fn an_origin_whose_own_engine_hangs_goes_on_without_its_layers() {
     let (n1, _n2) = two_node_ring(dir.path()).await;
     let n1 = Arc::new(n1);
     let origin = n1.clone();
-    let handle = tokio::task::spawn_blocking(move || {
-        let expected = reference_at(origin.api_port());
-        let url = format!("http://127.0.0.1:{}/v1/chat/completions", origin.api_port());
-        // n1's engine stops finishing steps and fails its health check; only n1 can tell.
-        let streamed =
-            stream_with_fault_within(&url, &chat_body(STORY, TOKENS, true), PATIENCE, || {
-                set_faults(&origin, serde_json::json!({"fail_engine": true}));
-            });
-        (expected, streamed)
-    });
-    let (expected, streamed) = handle.await.unwrap();
+    // n1's engine stops finishing steps and fails its health check; only n1 can tell.
+    let (expected, streamed) = stream_with(n1.api_port(), move || {
+        set_faults(&origin, serde_json::json!({"fail_engine": true}));
+    })
+    .await;
+    let replan = the_one_replan(&expected, &streamed);
+    assert_eq!(replan["lost"], serde_json::json!(["n1"]), "{replan}");
+    assert_eq!(replan["ring"], "n2[0,30)", "{replan}");
+    assert!(n1.flow.faults().unwrap().report().steps_held > 0);
+}
+
+/// Checks that the stream went on: no error, the unbroken answer, one re-plan (returned).
+fn the_one_replan(expected: &str, streamed: &crate::survival::Streamed) -> serde_json::Value {
     assert!(streamed.error.is_none(), "{:?}", streamed.error);
     assert_eq!(streamed.text, expected);
-    let replans = replans(&streamed);
+    let replans = replans(streamed);
     assert_eq!(replans.len(), 1, "{replans:?}");
-    assert_eq!(replans[0]["lost"], serde_json::json!(["n1"]), "{replans:?}");
-    assert_eq!(replans[0]["ring"], "n2[0,30)", "{replans:?}");
-    assert!(n1.flow.faults().unwrap().report().steps_held > 0);
+    replans[0].clone()
+}
+
+/// The unbroken ring's answer at `origin`, then the same request streamed with `fault`
+/// struck mid-answer.
+async fn stream_with(
+    origin: u16,
+    fault: impl FnOnce() + Send + 'static,
+) -> (String, crate::survival::Streamed) {
+    tokio::task::spawn_blocking(move || {
+        let expected = reference_at(origin);
+        let url = format!("http://127.0.0.1:{origin}/v1/chat/completions");
+        let body = chat_body(STORY, TOKENS, true);
+        (
+            expected,
+            stream_with_fault_within(&url, &body, PATIENCE, fault),
+        )
+    })
+    .await
+    .unwrap()
 }
 
 /// The answer of the unbroken ring, to compare with.

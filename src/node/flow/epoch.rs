@@ -306,7 +306,9 @@ impl<'a> Epoch<'a> {
                     if Instant::now() >= hard_stop {
                         return fail(FailureKind::TimedOut, format!("{reason}: every node answers, but the ring made no progress on this request"));
                     }
-                    if started.elapsed() >= allowance {
+                    // Lost, not merely slow: nothing else keeps the ring busy — this origin
+                    // waits for no other request and has no step of anyone's queued.
+                    if started.elapsed() >= allowance && self.flow.ring_looks_idle() {
                         missed += 1;
                     }
                     if missed >= MISSED_DEADLINES {
@@ -392,9 +394,11 @@ impl<'a> Epoch<'a> {
     }
 }
 
-/// Deadlines in a row that pass without a result while every node of the plan answers,
-/// after which the epoch ends and the request runs again as a new one (a result lost on
-/// its way back, say by a link that works only one way, is never sent again).
+/// Deadlines that pass without a result while every node of the plan answers and nothing
+/// else seems to keep the ring busy (a loaded ring, slow for everyone, is waited on: a
+/// re-prefill would only load it more), after which the epoch ends and
+/// the request runs again as a new one: a result lost on its way back, say by a link that
+/// works only one way, is never sent again.
 const MISSED_DEADLINES: u32 = 3;
 
 impl Drop for Epoch<'_> {

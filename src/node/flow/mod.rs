@@ -23,6 +23,7 @@ mod epoch;
 mod failure;
 mod handler;
 mod ledger;
+mod model_facts;
 mod origin;
 mod origin_state;
 mod outbox;
@@ -92,7 +93,7 @@ pub struct RequestFlow {
     /// Faults to inject (tests and chaos runs only, see `crate::faults`).
     faults: OnceLock<Arc<Faults>>,
     /// What plans need of the model, kept from the first plan (see `plan`).
-    facts: OnceLock<plan::ModelFacts>,
+    facts: OnceLock<model_facts::ModelFacts>,
 }
 
 impl RequestFlow {

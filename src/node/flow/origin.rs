@@ -15,7 +15,7 @@ use super::deadline::StepTimes;
 use super::drain::LiveGeneration;
 use super::epoch::{Epoch, EpochEnd, RequestState};
 use super::failure::{FailureKind, FlowError, fail};
-use super::plan::ModelFacts;
+use super::model_facts::ModelFacts;
 use super::{GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow, describe};
 use crate::engine::Decoding;
 use crate::engine::serve::prefix_cache::block_hashes;

@@ -6,10 +6,9 @@ use std::collections::HashSet;
 use tonic::Status;
 
 use super::RequestFlow;
+use super::model_facts::ModelFacts;
 use super::outbox::Item;
 use crate::discovery::PeerInfo;
-use crate::engine::LoadedModel;
-use crate::engine::ModelMemory;
 use crate::proto::ValidatedContext;
 use crate::resource::{Resource, ResourceState};
 use crate::topology::{DeviceCapabilities, NodeWeight, Partition, plan_partition_fitting};
@@ -138,6 +137,13 @@ impl RequestFlow {
         self.engine.state().is_usable() && self.engine.check_health().await.healthy
     }
 
+    /// Whether nothing but one request keeps this node's ring busy: this origin waits for
+    /// one epoch only and this node has no step queued (its own engine's, of any origin).
+    /// A late result then is lost rather than queued behind others (see `epoch`).
+    pub(super) fn ring_looks_idle(&self) -> bool {
+        self.origin.waiting() <= 1 && self.shard.queued_steps() == 0
+    }
+
     /// Queues `item` for a node of a plan. A node this one may not take on (a keyed
     /// cluster's node that has not proven the key here, or an open node's peer off
     /// loopback) gets nothing: the item fails as undeliverable, as if the node were
@@ -164,24 +170,6 @@ impl RequestFlow {
                     context.request_id, self.node_id
                 )))
             }
-        }
-    }
-}
-
-/// What plans need of the model (kept from the engine's opened model).
-#[derive(Debug, Clone)]
-pub(super) struct ModelFacts {
-    pub(super) model_id: String,
-    pub(super) n_layers: usize,
-    pub(super) memory: ModelMemory,
-}
-
-impl ModelFacts {
-    pub(super) fn of(model: &LoadedModel) -> Self {
-        ModelFacts {
-            model_id: model.model_id().to_string(),
-            n_layers: model.config().n_layers,
-            memory: model.memory_need(),
         }
     }
 }
