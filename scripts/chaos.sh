@@ -2,7 +2,11 @@
 # Chaos: three keyed exo nodes in network namespaces joined by a bridge; a bounded loop of
 # concurrent streaming chat requests against node 1 while another loop, every few seconds,
 # picks node 2 or 3 at random and kills and restarts it (SIGKILL), hangs it for a while
-# (SIGSTOP … SIGCONT), or cuts its link (veth down … up). Node 1 can hold the model alone,
+# (SIGSTOP … SIGCONT), cuts its link (veth down … up), or — through the fault switch the
+# nodes are started with (--enable-fault-injection, POST /v1/admin/faults) — fails its
+# engine for a while (its steps hang, its health check fails), makes it lose the next
+# results it sends back (a link cut one way), panics its next batch, or floods its API and
+# gRPC ports with idle connections for a while. Node 1 can hold the model alone,
 # so every request should finish: the report counts requests, client-visible errors,
 # wrong outputs (each answer against the reference greedy answer of `exo generate`),
 # re-plans and their times, the longest pause a client saw, and node RSS after the
@@ -11,7 +15,8 @@
 #   scripts/chaos.sh [minutes]      (default 10; needs root for ip netns)
 #
 # Environment: EXO_BIN (default target/release/exo, built if missing), CONCURRENCY (4),
-# FAULT_EVERY (seconds between faults, 6), TOKENS (answer length, 48).
+# FAULT_EVERY (seconds between faults, 6), TOKENS (answer length, 48), FAULTS (the fault
+# kinds to draw from, default "kill stop cut engine drop panic flood").
 # Everything it makes (namespaces, bridge, veths, processes, a temporary directory) is
 # removed on exit; its traffic never leaves those namespaces.
 set -euo pipefail
@@ -22,6 +27,7 @@ exo="${EXO_BIN:-$root/target/release/exo}"
 concurrency="${CONCURRENCY:-4}"
 fault_every="${FAULT_EVERY:-6}"
 tokens="${TOKENS:-48}"
+read -r -a kinds <<<"${FAULTS:-kill stop cut engine drop panic flood}"
 export EXO_MODELS_DIR="${EXO_MODELS_DIR:-$root/models/weights}"
 [ "$(id -u)" -eq 0 ] || { echo "chaos: needs root (ip netns)" >&2; exit 2; }
 if [ ! -x "$exo" ]; then
@@ -55,7 +61,7 @@ start_node() {
     local i=$1
     XDG_DATA_HOME="$work/data$i" RUST_LOG=info ip netns exec "exo-$tag-$i" "$exo" node \
         --device cpu --cluster-key "$work/cluster.key" --node-id "chaos$i" \
-        >>"$work/node$i.log" 2>&1 &
+        --enable-fault-injection >>"$work/node$i.log" 2>&1 &
     pids[$i]=$!
 }
 
@@ -85,6 +91,34 @@ wait_for_ring() {
         [ $SECONDS -lt $deadline ] || return 1
         sleep 0.2
     done
+}
+# Sets fault switches on node $1 (JSON $2) through its admin endpoint, on its loopback.
+inject() {
+    ip netns exec "exo-$tag-$1" python3 - "$2" <<'PY' >/dev/null || echo "chaos: could not set $2 on node $1"
+import sys, urllib.request
+request = urllib.request.Request("http://127.0.0.1:52415/v1/admin/faults", sys.argv[1].encode(),
+                                 {"content-type": "application/json"})
+urllib.request.urlopen(request, timeout=5).read()
+PY
+}
+# Holds $2 idle connections on node $1's API port and on its gRPC port for $3 seconds.
+flood() {
+    ip netns exec "exo-$tag-1" python3 - "10.78.0.$1" "$2" "$3" <<'PY' || true
+import json, socket, sys, time, urllib.request
+host, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+topology = json.load(urllib.request.urlopen("http://127.0.0.1:52415/v1/topology", timeout=2))
+grpc = [n["address"] for n in topology["nodes"] if n["address"].startswith(host + ":")]
+ports = [52415] + [int(a.rsplit(":", 1)[1]) for a in grpc[:1]]
+held = []
+for port in ports:
+    for _ in range(count):
+        try:
+            held.append(socket.create_connection((host, port), timeout=1))
+        except OSError:
+            break
+time.sleep(seconds)
+for s in held: s.close()
+PY
 }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
@@ -171,7 +205,7 @@ ip netns exec "exo-$tag-1" python3 "$work/load.py" "$work/reference.jsonl" "$wor
     "$concurrency" "$tokens" "$run_seconds" &
 load=$!
 
-declare -A faults=([kill]=0 [stop]=0 [cut]=0)
+declare -A faults=([kill]=0 [stop]=0 [cut]=0 [engine]=0 [drop]=0 [panic]=0 [flood]=0)
 end=$((SECONDS + run_seconds))
 rss_start=()
 warm_at=$((SECONDS + warmup))
@@ -182,7 +216,7 @@ while [ $SECONDS -lt $end ]; do
     fi
     [ $SECONDS -lt $((end - 10)) ] || break
     victim=$((2 + RANDOM % 2))
-    action=$(printf 'kill\nstop\ncut\n' | shuf -n 1)
+    action=$(printf '%s\n' "${kinds[@]}" | shuf -n 1)
     faults[$action]=$((faults[$action] + 1))
     echo "chaos: $(date +%T) $action node $victim"
     case "$action" in
@@ -194,6 +228,15 @@ while [ $SECONDS -lt $end ]; do
         cut)
             ip -n "exo-$tag-$victim" link set "veth$tag$victim" down; sleep 3
             ip -n "exo-$tag-$victim" link set "veth$tag$victim" up ;;
+        engine)
+            inject "$victim" '{"fail_engine": true}'; sleep 3
+            inject "$victim" '{"fail_engine": false}' ;;
+        drop)
+            inject "$victim" '{"drop_results": 3}' ;;
+        panic)
+            inject "$victim" '{"panic_batch": true}' ;;
+        flood)
+            flood "$victim" 500 3 ;;
     esac
     # The next fault only once the node is back (one node down at a time).
     wait_for_ring 3 60 || echo "chaos: node $victim did not come back within 60 s"
@@ -203,12 +246,13 @@ rss_end=("$(rss_kb "${pids[1]}")" "$(rss_kb "${pids[2]}")" "$(rss_kb "${pids[3]}
 [ ${#rss_start[@]} -gt 0 ] || rss_start=("${rss_end[@]}")
 
 python3 - "$work/results.jsonl" "${faults[kill]}" "${faults[stop]}" "${faults[cut]}" \
+    "${faults[engine]}" "${faults[drop]}" "${faults[panic]}" "${faults[flood]}" \
     "${rss_start[@]}" "${rss_end[@]}" <<'PY'
 import json, statistics, sys
 results = [json.loads(l) for l in open(sys.argv[1])]
-kills, stops, cuts = sys.argv[2:5]
-rss_start = [int(x) for x in sys.argv[5:8]]
-rss_end = [int(x) for x in sys.argv[8:11]]
+kills, stops, cuts, engines, drops, panics, floods = sys.argv[2:9]
+rss_start = [int(x) for x in sys.argv[9:12]]
+rss_end = [int(x) for x in sys.argv[12:15]]
 errors = [r for r in results if r["error"]]
 wrong = [r for r in results if r["wrong"]]
 replanned = [r for r in results if r["replans"]]
@@ -216,7 +260,8 @@ seconds = [s for r in results for s in r["replan_seconds"]]
 pauses = [r["longest_pause"] for r in replanned]
 med = lambda xs: f"{statistics.median(xs):.2f}" if xs else "-"
 print(f"requests: {len(results)}   client-visible errors: {len(errors)}   wrong outputs: {len(wrong)}")
-print(f"faults: kill {kills}, stop {stops}, cut {cuts}")
+print(f"faults: kill {kills}, stop {stops}, cut {cuts}, engine {engines}, drop {drops}, "
+      f"panic {panics}, flood {floods}")
 print(f"re-plans: {sum(r['replans'] for r in results)} in {len(replanned)} requests; "
       f"noticed → first token: median {med(seconds)} s, max {max(seconds, default=0):.2f} s")
 print(f"longest client pause in re-planned requests: median {med(pauses)} s, max {max(pauses, default=0):.2f} s")

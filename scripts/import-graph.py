@@ -36,6 +36,7 @@ DOCS = os.path.join(ROOT, "docs")
 # itself). Every top-level module of src/ must be listed.
 LAYERS = [
     "resource",  # the lifecycle pattern; knows nothing of models or networks
+    "faults",  # faults on demand for tests and chaos runs (a leaf)
     "metrics",  # histograms and the Prometheus text format
     "listener",  # accepting connections: caps, timeouts, keepalive, the open-file limit
     "trust",  # the cluster key, sealed datagrams, mutual TLS

@@ -5,6 +5,7 @@
 //! by `scripts/import-graph.py`, which the tests run; docs/DESIGN.md §5 draws the graph).
 //! - [`resource`]: the lifecycle pattern (states, `Managed<R>`, registry, groups, monitor);
 //!   knows nothing of models or networking.
+//! - [`faults`]: faults on demand for tests and chaos runs (`--enable-fault-injection`).
 //! - [`metrics`]: histograms and the Prometheus text format.
 //! - [`listener`]: accepting connections: caps per server and per address, keepalive,
 //!   the open-file limit; used by the API and gRPC servers.
@@ -30,6 +31,7 @@ pub mod catalog;
 pub mod cli;
 pub mod discovery;
 pub mod engine;
+pub mod faults;
 pub mod listener;
 pub mod metrics;
 pub mod node;

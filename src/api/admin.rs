@@ -109,3 +109,34 @@ pub async fn drain_status(State(state): State<ApiState>) -> Json<serde_json::Val
         "drain": state.flow.drain_status().await,
     }))
 }
+
+/// The faults this node injects now (a node started with `--enable-fault-injection`;
+/// 404 elsewhere, see `crate::faults`).
+pub async fn faults(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let faults = injected(&state)?;
+    Ok(Json(
+        json!({ "node_id": state.flow.node_id(), "faults": faults.report() }),
+    ))
+}
+
+/// Sets the switches the body names (`{"fail_engine": true}`) and reports them all.
+pub async fn set_faults(
+    State(state): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let faults = injected(&state)?;
+    let settings: crate::faults::FaultSettings = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("not a fault setting: {e}")))?;
+    faults.apply(&settings);
+    Ok(Json(
+        json!({ "node_id": state.flow.node_id(), "faults": faults.report() }),
+    ))
+}
+
+fn injected(state: &ApiState) -> Result<&std::sync::Arc<crate::faults::Faults>, ApiError> {
+    state.flow.faults().ok_or_else(|| {
+        ApiError::not_found(
+            "fault injection is off on this node (it is only for tests: exo node --enable-fault-injection)",
+        )
+    })
+}

@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::node::{FailureKind, FlowError};
+
 /// An error answer. Bad input is always 4xx; 5xx means the node itself failed.
 #[derive(Debug)]
 pub struct ApiError {
@@ -52,6 +54,28 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: Some("unavailable"),
+        }
+    }
+
+    /// A generation that failed after it was accepted, answered by its kind: the
+    /// client's mistake 400, a draining node 409 (another node may take it), a cluster
+    /// too small, lost nodes or a failed engine 503, a ring that made no progress 504.
+    /// (429 is the request limiter's, before a generation starts.)
+    pub fn generation_failed(failure: &FlowError) -> Self {
+        let (status, kind) = match failure.kind {
+            FailureKind::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+            FailureKind::Draining => (StatusCode::CONFLICT, "server_error"),
+            FailureKind::ClusterTooSmall | FailureKind::PeerLost | FailureKind::EngineFailed => {
+                (StatusCode::SERVICE_UNAVAILABLE, "server_error")
+            }
+            FailureKind::TimedOut => (StatusCode::GATEWAY_TIMEOUT, "server_error"),
+        };
+        ApiError {
+            status,
+            kind,
+            message: format!("generation failed: {}", failure.message),
+            param: None,
+            code: Some(failure.kind.as_str()),
         }
     }
 

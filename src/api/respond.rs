@@ -129,18 +129,12 @@ async fn collect(mut events: mpsc::Receiver<GenerationEvent>) -> Result<Done, Ap
                     summary,
                 });
             }
-            GenerationEvent::Failed(error) => return Err(failure(error)),
+            GenerationEvent::Failed(error) => return Err(ApiError::generation_failed(&error)),
         }
     }
     Err(ApiError::unavailable(
         "the generation ended without a result",
     ))
-}
-
-/// A generation that failed after it was accepted (every check of the request passed
-/// before it started): the cluster's fault, not the client's.
-fn failure(error: String) -> ApiError {
-    ApiError::unavailable(format!("generation failed: {error}"))
 }
 
 fn stream(
@@ -211,7 +205,9 @@ fn stream(
                     out.push(Event::default().data("[DONE]"));
                     out
                 }
-                Some(GenerationEvent::Failed(error)) => vec![send(failure(error).body())],
+                Some(GenerationEvent::Failed(error)) => {
+                    vec![send(ApiError::generation_failed(&error).body())]
+                }
                 None => return,
             };
             for event in out {

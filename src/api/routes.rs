@@ -38,6 +38,10 @@ pub fn router(state: ApiState) -> Router {
             "/v1/admin/drain",
             post(admin::drain).get(admin::drain_status),
         )
+        .route(
+            "/v1/admin/faults",
+            post(admin::set_faults).get(admin::faults),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.limiter.clone(),

@@ -58,6 +58,9 @@ pub struct NodeConfig {
     pub memory_limit: Option<u64>,
     /// Bytes of the engine's prefix cache (0 keeps no prefixes).
     pub prefix_cache_bytes: usize,
+    /// Faults to inject, switched at run time through `POST /v1/admin/faults` (tests and
+    /// `scripts/chaos.sh`; `--enable-fault-injection`). None in normal use.
+    pub faults: Option<Arc<crate::faults::Faults>>,
 }
 
 impl NodeConfig {
@@ -84,6 +87,7 @@ impl NodeConfig {
             supply: SupplyConfig::default(),
             memory_limit: None,
             prefix_cache_bytes: crate::engine::serve::prefix_cache::DEFAULT_PREFIX_CACHE_BYTES,
+            faults: None,
         }
     }
 }

@@ -57,6 +57,7 @@ impl Parts {
         engine_config.cpu_matmul = config.cpu_matmul;
         engine_config.prefix_cache_bytes = config.prefix_cache_bytes;
         engine_config.supply = supply.map(|s| s.clone() as Arc<dyn WeightSupplier>);
+        engine_config.faults = config.faults.clone();
         Managed::builder("engine", InferenceEngine::new(engine_config))
             .name(format!("inference engine ({})", config.model.id))
             .config(InferenceEngine::resource_config())
@@ -80,6 +81,9 @@ impl Parts {
         );
         if let Some(supply) = supply {
             flow.set_supply(supply.clone());
+        }
+        if let Some(faults) = &self.config.faults {
+            flow.set_faults(faults.clone());
         }
         flow
     }

@@ -168,6 +168,12 @@ pub struct NodeArgs {
     /// prefills only the rest (e.g. 512MiB; 0 keeps none).
     #[arg(long, env = "EXO_PREFIX_CACHE_BYTES", value_parser = parse_bytes, default_value = "512MiB")]
     pub prefix_cache_bytes: u64,
+    /// For tests and scripts/chaos.sh only: lets `POST /v1/admin/faults` break this node on
+    /// demand (fail its engine, drop the results it sends, panic a batch). Off, the
+    /// endpoint answers 404 and nothing can switch a fault on. No environment variable
+    /// turns it on.
+    #[arg(long, hide = true)]
+    pub enable_fault_injection: bool,
 }
 
 /// "8GB", "512MiB", "1.5G", "1000000" → bytes.
@@ -242,6 +248,12 @@ impl NodeArgs {
             None => None,
         };
         config.insecure = self.insecure;
+        if self.enable_fault_injection {
+            tracing::warn!(
+                "fault injection is on: POST /v1/admin/faults can break this node (tests only)"
+            );
+            config.faults = Some(Default::default());
+        }
         config.peers.max_peers = self.max_peers;
         if self.grpc_max_control_bytes < 1024 || self.grpc_max_batch_bytes < 1024 {
             bail!("--grpc-max-control-bytes and --grpc-max-batch-bytes must be at least 1024");

@@ -5,7 +5,7 @@ mod flow;
 mod identity;
 
 pub use flow::{
-    DrainStatus, Flapping, FlowConfig, FlowStats, GenerateRequest, GenerationEvent,
-    GenerationSummary, Replan, RequestFlow, describe, new_request_id,
+    DrainStatus, FailureKind, Flapping, FlowConfig, FlowError, FlowStats, GenerateRequest,
+    GenerationEvent, GenerationSummary, Replan, RequestFlow, describe, new_request_id,
 };
 pub use identity::{NodeIdentity, default_data_home, validate_node_id};

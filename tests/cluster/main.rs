@@ -17,6 +17,7 @@ mod e2e;
 #[allow(dead_code)]
 #[path = "../catalog/fake_hub.rs"]
 mod fake_hub;
+mod faults;
 mod harness;
 mod host_check;
 mod hub_layers;

@@ -10,8 +10,8 @@ use crate::e2e::{chat_body, generate_locally};
 use crate::harness::{NodeProcess, free_udp_port, get_json, sse_chunks, wait_for_ring};
 use crate::support::{default_model, models_dir};
 
-const STORY: &str = "Write a very long story about a dragon who learns to bake bread.";
-const TOKENS: usize = 128;
+pub(crate) const STORY: &str = "Write a very long story about a dragon who learns to bake bread.";
+pub(crate) const TOKENS: usize = 128;
 /// Pieces of text streamed before the fault (about one token each).
 const FAULT_AT: usize = 40;
 
@@ -52,22 +52,29 @@ fn default_ring(dir: &std::path::Path) -> Vec<NodeProcess> {
 }
 
 /// What a streamed answer came to.
-struct Streamed {
-    text: String,
+pub(crate) struct Streamed {
+    pub(crate) text: String,
     /// Every chunk, in order.
-    chunks: Vec<serde_json::Value>,
+    pub(crate) chunks: Vec<serde_json::Value>,
     /// The error object, if the stream ended with one.
-    error: Option<serde_json::Value>,
+    pub(crate) error: Option<serde_json::Value>,
     /// When the first piece after the fault arrived, counted from the fault.
-    resumed_after: Option<Duration>,
+    pub(crate) resumed_after: Option<Duration>,
 }
 
 /// Streams a chat answer from `url`, calling `fault` once after `FAULT_AT` pieces.
 fn stream_with_fault(url: &str, body: &serde_json::Value, fault: impl FnOnce()) -> Streamed {
-    let response = ureq::post(url)
-        .timeout(Duration::from_secs(300))
-        .send_json(body)
-        .unwrap();
+    stream_with_fault_within(url, body, Duration::from_secs(300), fault)
+}
+
+/// [`stream_with_fault`] whose client gives up (a panic) after `patience`.
+pub(crate) fn stream_with_fault_within(
+    url: &str,
+    body: &serde_json::Value,
+    patience: Duration,
+    fault: impl FnOnce(),
+) -> Streamed {
+    let response = ureq::post(url).timeout(patience).send_json(body).unwrap();
     let mut fault = Some(fault);
     let mut faulted_at = None;
     let mut out = Streamed {
@@ -107,7 +114,7 @@ fn stream_with_fault(url: &str, body: &serde_json::Value, fault: impl FnOnce()) 
 }
 
 /// The re-plans the final chunk reports.
-fn replans(streamed: &Streamed) -> Vec<serde_json::Value> {
+pub(crate) fn replans(streamed: &Streamed) -> Vec<serde_json::Value> {
     let last = streamed
         .chunks
         .iter()

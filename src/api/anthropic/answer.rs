@@ -82,10 +82,6 @@ fn stop(summary: &GenerationSummary) -> (Option<&'static str>, Option<String>) {
     }
 }
 
-fn failure(message: String) -> ApiError {
-    ApiError::unavailable(format!("generation failed: {message}"))
-}
-
 async fn whole(mut events: mpsc::Receiver<GenerationEvent>, message: Message) -> Response {
     let mut text = String::new();
     while let Some(event) = events.recv().await {
@@ -95,7 +91,7 @@ async fn whole(mut events: mpsc::Receiver<GenerationEvent>, message: Message) ->
                 let content = json!([{ "type": "text", "text": text }]);
                 return Json(message.object(content, Some(&summary))).into_response();
             }
-            GenerationEvent::Failed(why) => return error(failure(why)),
+            GenerationEvent::Failed(why) => return error(ApiError::generation_failed(&why)),
             _ => {}
         }
     }
@@ -161,7 +157,13 @@ fn events_of(message: &Message, generation: GenerationEvent) -> (Vec<Event>, boo
                 true,
             )
         }
-        GenerationEvent::Failed(why) => (vec![event("error", error_body(&failure(why)))], true),
+        GenerationEvent::Failed(why) => (
+            vec![event(
+                "error",
+                error_body(&ApiError::generation_failed(&why)),
+            )],
+            true,
+        ),
         _ => (Vec::new(), false),
     }
 }

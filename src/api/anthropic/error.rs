@@ -20,7 +20,10 @@ pub fn error_body(error: &ApiError) -> serde_json::Value {
         StatusCode::NOT_FOUND => "not_found_error",
         StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
         StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
-        StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
+        // A draining node (409) and a cluster that cannot serve now (503): ask again,
+        // elsewhere or later; a ring that made no progress (504) timed out.
+        StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
+        StatusCode::GATEWAY_TIMEOUT => "timeout_error",
         _ => "api_error",
     };
     json!({ "type": "error", "error": { "type": kind, "message": error.message } })

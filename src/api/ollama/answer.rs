@@ -96,10 +96,6 @@ pub async fn respond(state: ApiState, prepared: Prepared, answer: Answer) -> Res
     response
 }
 
-fn failure(message: String) -> ApiError {
-    ApiError::unavailable(format!("generation failed: {message}"))
-}
-
 async fn whole(mut events: mpsc::Receiver<GenerationEvent>, answer: Answer) -> Response {
     let mut text = String::new();
     while let Some(event) = events.recv().await {
@@ -108,7 +104,9 @@ async fn whole(mut events: mpsc::Receiver<GenerationEvent>, answer: Answer) -> R
             GenerationEvent::Finished(summary) => {
                 return Json(answer.done(&text, &summary)).into_response();
             }
-            GenerationEvent::Failed(message) => return error(failure(message)),
+            GenerationEvent::Failed(message) => {
+                return error(ApiError::generation_failed(&message));
+            }
             _ => {}
         }
     }
@@ -149,7 +147,8 @@ fn stream(
                         return Some((line(answer.done("", &summary)), None));
                     }
                     GenerationEvent::Failed(message) => {
-                        let last = json!({ "error": failure(message).message });
+                        let last =
+                            json!({ "error": ApiError::generation_failed(&message).message });
                         return Some((line(last), None));
                     }
                     _ => {}

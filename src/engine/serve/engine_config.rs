@@ -9,6 +9,7 @@ use crate::catalog::ResolvedModel;
 use crate::engine::group::GroupHub;
 use crate::engine::model::cpu_matmul::CpuMatmul;
 use crate::engine::model::device::DeviceChoice;
+use crate::faults::Faults;
 
 /// How to build the engine.
 #[derive(Debug, Clone)]
@@ -31,6 +32,9 @@ pub struct EngineConfig {
     /// The node's hub for tensor-parallel groups (None: this engine runs only whole
     /// layers).
     pub groups: Option<Arc<GroupHub>>,
+    /// Faults to inject (a node started with `--enable-fault-injection`; see
+    /// `crate::faults`). None in normal use.
+    pub faults: Option<Arc<Faults>>,
 }
 
 impl EngineConfig {
@@ -45,6 +49,7 @@ impl EngineConfig {
             batch_limits: BatchLimits::default(),
             supply: None,
             groups: None,
+            faults: None,
         }
     }
 }

@@ -81,6 +81,14 @@ impl Resource for InferenceEngine {
     }
 
     async fn health(&self) -> anyhow::Result<()> {
+        if self
+            .config
+            .faults
+            .as_ref()
+            .is_some_and(|f| f.engine_failed())
+        {
+            anyhow::bail!("fault injected: the engine fails");
+        }
         let model = self.model()?;
         let expired = model.expire_idle(IDLE_CACHE_LIFETIME);
         if expired > 0 {

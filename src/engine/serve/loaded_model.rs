@@ -46,6 +46,8 @@ pub struct LoadedModel {
     batcher: Arc<Batcher>,
     /// The node's hub for the tensor-parallel groups it takes part in.
     pub(super) groups: Option<Arc<GroupHub>>,
+    /// Faults to inject (tests and chaos runs only; see `crate::faults`).
+    faults: Option<Arc<crate::faults::Faults>>,
 }
 
 impl Drop for LoadedModel {
@@ -86,6 +88,7 @@ impl LoadedModel {
             cpu_matmul: config.cpu_matmul,
             batcher: Arc::new(Batcher::new(config.batch_limits)),
             groups: config.groups.clone(),
+            faults: config.faults.clone(),
         })
     }
 
@@ -265,6 +268,11 @@ impl LoadedModel {
 
     /// Queues a step for the batcher (see [`super::batcher`]).
     pub fn submit(self: &Arc<Self>, job: StepJob) {
+        // An injected engine failure holds the step for good, as a hung device would.
+        if let Some(faults) = self.faults.as_ref().filter(|f| f.engine_failed()) {
+            faults.hold_step();
+            return;
+        }
         let runner: Arc<dyn StepRunner> = self.clone();
         self.batcher.submit(Arc::downgrade(&runner), job);
     }
@@ -422,6 +430,9 @@ impl StepRunner for LoadedModel {
     }
 
     fn run_batch(&self, jobs: Vec<StepJob>) -> Vec<(StepDone, StepSink)> {
+        if self.faults.as_ref().is_some_and(|f| f.take_batch_panic()) {
+            panic!("fault injected: a batch of {} step(s) panics", jobs.len());
+        }
         LoadedModel::run_batch(self, jobs)
     }
 

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::failure::FailureKind;
+
 /// The id a request's epoch travels under: the request's own id for the first, a suffix
 /// for each re-plan.
 pub fn epoch_id(request_id: &str, epoch: u32) -> String {
@@ -39,6 +41,8 @@ pub struct Interruption {
     /// be found by probing the plan.
     pub lost: Vec<String>,
     pub reason: String,
+    /// What the request fails with if it cannot go on (too many re-plans).
+    pub kind: FailureKind,
 }
 
 impl Interruption {
@@ -46,13 +50,14 @@ impl Interruption {
         Interruption {
             lost: Vec::new(),
             reason: reason.into(),
+            kind: FailureKind::PeerLost,
         }
     }
 
     pub fn lost(node: impl Into<String>, reason: impl Into<String>) -> Self {
         Interruption {
             lost: vec![node.into()],
-            reason: reason.into(),
+            ..Self::new(reason)
         }
     }
 }

@@ -6,11 +6,12 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 
 use super::continuation::{Interruption, Replan};
 use super::deadline::StepTimes;
+use super::failure::{FailureKind, fail};
 use super::outbox::Item;
 use super::{GenerateRequest, GenerationEvent, RequestFlow, describe};
 use crate::discovery::PeerInfo;
@@ -285,6 +286,9 @@ impl<'a> Epoch<'a> {
             None => Duration::ZERO,
         };
         let hard_stop = started + patience + allowance + config.busy_cap;
+        // Deadlines missed while every node answered: past the allowance for a first
+        // token, a few in a row mean the results are lost on the way (see `MISSED_DEADLINES`).
+        let mut missed = 0;
         let mut armed = started;
         loop {
             let expires = (armed + patience).min(hard_stop);
@@ -296,17 +300,24 @@ impl<'a> Epoch<'a> {
                         started.elapsed(),
                         describe(plan)
                     );
-                    // A slow ring is not a dead one (see `deadline`): only nodes that do
-                    // not answer a health check now are lost. All answering, wait on.
-                    let silent = self.flow.unresponsive(plan, &[]).await;
-                    if !silent.is_empty() {
-                        return Ok(Err(EpochEnd::Interrupted(Interruption {
-                            lost: silent,
-                            reason,
-                        })));
+                    if let Some(lost) = self.check_ring(reason.clone()).await {
+                        return Ok(Err(EpochEnd::Interrupted(lost)));
                     }
                     if Instant::now() >= hard_stop {
-                        bail!("{reason}: every node answers, but the ring made no progress on this request");
+                        return fail(FailureKind::TimedOut, format!("{reason}: every node answers, but the ring made no progress on this request"));
+                    }
+                    // Lost, not merely slow: nothing else keeps the ring busy — this origin
+                    // waits for no other request and has no step of anyone's queued.
+                    if started.elapsed() >= allowance && self.flow.ring_looks_idle() {
+                        missed += 1;
+                    }
+                    if missed >= MISSED_DEADLINES {
+                        return Ok(Err(EpochEnd::Interrupted(Interruption {
+                            kind: FailureKind::TimedOut,
+                            ..Interruption::new(format!(
+                                "{reason}: every node answers, but {missed} deadlines passed without a result (results lost on the way?)"
+                            ))
+                        })));
                     }
                     armed = Instant::now();
                     continue;
@@ -339,6 +350,30 @@ impl<'a> Epoch<'a> {
         }
     }
 
+    /// After a missed deadline: the nodes of the plan that are gone, if any. A slow ring
+    /// is not a dead one (see `deadline`): only nodes that do not answer a health check
+    /// now are lost, and this node itself when the plan gives it layers and its own engine
+    /// fails its health check (peers cannot tell this origin that its engine hangs).
+    async fn check_ring(&self, reason: String) -> Option<Interruption> {
+        let flow = self.flow;
+        let (silent, engine_ok) = tokio::join!(flow.unresponsive(self.plan, &[]), async {
+            !self.plan.entries.iter().any(|e| e.node_id == flow.node_id)
+                || flow.own_engine_answers().await
+        });
+        if engine_ok && silent.is_empty() {
+            return None;
+        }
+        let mut lost = silent;
+        let mut kind = FailureKind::PeerLost;
+        let mut reason = reason;
+        if !engine_ok {
+            lost.push(flow.node_id.clone());
+            kind = FailureKind::EngineFailed;
+            reason = format!("{reason}: this node's own engine fails its health check");
+        }
+        Some(Interruption { lost, reason, kind })
+    }
+
     /// A step for the plan's first shard: run here, or queued for that node. Err: this
     /// node (the first shard) refused it.
     async fn send(&self, context: ValidatedContext, tokens: Vec<u32>) -> Result<(), Interruption> {
@@ -358,6 +393,13 @@ impl<'a> Epoch<'a> {
         Ok(())
     }
 }
+
+/// Deadlines that pass without a result while every node of the plan answers and nothing
+/// else seems to keep the ring busy (a loaded ring, slow for everyone, is waited on: a
+/// re-prefill would only load it more), after which the epoch ends and
+/// the request runs again as a new one: a result lost on its way back, say by a link that
+/// works only one way, is never sent again.
+const MISSED_DEADLINES: u32 = 3;
 
 impl Drop for Epoch<'_> {
     /// Results of this epoch that arrive late find nobody waiting (and are dropped).

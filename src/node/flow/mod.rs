@@ -20,8 +20,10 @@ mod continuation;
 mod deadline;
 mod drain;
 mod epoch;
+mod failure;
 mod handler;
 mod ledger;
+mod model_facts;
 mod origin;
 mod origin_state;
 mod outbox;
@@ -39,6 +41,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::discovery::PeerTable;
 use crate::engine::{InferenceEngine, LoadedModel};
+use crate::faults::Faults;
 use crate::resource::Managed;
 use crate::supply::WeightSupply;
 use crate::topology::DeviceCapabilities;
@@ -46,6 +49,7 @@ use crate::topology::DeviceCapabilities;
 pub use config::FlowConfig;
 pub use continuation::{Flapping, Replan};
 pub use drain::DrainStatus;
+pub use failure::{FailureKind, FlowError};
 pub use origin::new_request_id;
 pub use plan::describe;
 pub use request::{GenerateRequest, GenerationEvent, GenerationSummary};
@@ -86,6 +90,10 @@ pub struct RequestFlow {
     /// Where the weights of a planned range come from when they are not here yet (a node
     /// serving a registry model); also serves this node's weights to its peers.
     supply: OnceLock<Arc<WeightSupply>>,
+    /// Faults to inject (tests and chaos runs only, see `crate::faults`).
+    faults: OnceLock<Arc<Faults>>,
+    /// What plans need of the model, kept from the first plan (see `plan`).
+    facts: OnceLock<model_facts::ModelFacts>,
 }
 
 impl RequestFlow {
@@ -117,6 +125,8 @@ impl RequestFlow {
             draining: Arc::new(AtomicBool::new(false)),
             drain_requested: Notify::new(),
             supply: OnceLock::new(),
+            faults: OnceLock::new(),
+            facts: OnceLock::new(),
         });
         tokio::spawn(Self::take_finished_batches(
             Arc::downgrade(&flow),
@@ -140,6 +150,16 @@ impl RequestFlow {
 
     pub fn supply(&self) -> Option<&Arc<WeightSupply>> {
         self.supply.get()
+    }
+
+    /// Sets the faults this node injects (once, before the node serves; only a node
+    /// started with `--enable-fault-injection` has them).
+    pub fn set_faults(&self, faults: Arc<Faults>) {
+        let _ = self.faults.set(faults);
+    }
+
+    pub fn faults(&self) -> Option<&Arc<Faults>> {
+        self.faults.get()
     }
 
     pub fn capabilities(&self) -> &DeviceCapabilities {

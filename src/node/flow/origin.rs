@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -14,6 +14,8 @@ use super::continuation::{Interruption, Replan, epoch_id};
 use super::deadline::StepTimes;
 use super::drain::LiveGeneration;
 use super::epoch::{Epoch, EpochEnd, RequestState};
+use super::failure::{FailureKind, FlowError, fail};
+use super::model_facts::ModelFacts;
 use super::{GenerateRequest, GenerationEvent, GenerationSummary, RequestFlow, describe};
 use crate::engine::Decoding;
 use crate::engine::serve::prefix_cache::block_hashes;
@@ -102,9 +104,13 @@ impl RequestFlow {
             }
             Err(error) => {
                 self.count(|s| s.requests_failed += 1);
-                let message = format!("{error:#}");
-                tracing::warn!("request {request_id} failed: {message}");
-                let _ = events.send(GenerationEvent::Failed(message)).await;
+                let failure = FlowError::of(&error);
+                tracing::warn!(
+                    "request {request_id} failed ({}): {}",
+                    failure.kind.as_str(),
+                    failure.message
+                );
+                let _ = events.send(GenerationEvent::Failed(failure)).await;
             }
         }
         drop(events);
@@ -193,24 +199,34 @@ impl RequestFlow {
         events: &mpsc::Sender<GenerationEvent>,
     ) -> anyhow::Result<Option<(Partition, Arc<TextTokenizer>, RequestState)>> {
         if request.prompt.is_empty() {
-            bail!("the prompt is empty");
+            return fail(FailureKind::InvalidRequest, "the prompt is empty");
         }
         if self.is_draining() {
-            bail!(
-                "node {} is draining (shutting down) and takes no new requests: ask another node",
-                self.node_id
+            return fail(
+                FailureKind::Draining,
+                format!(
+                    "node {} is draining (shutting down) and takes no new requests: ask another node",
+                    self.node_id
+                ),
             );
         }
-        request.sampling.validate()?;
-        let model = self.model().await?;
+        if let Err(error) = request.sampling.validate() {
+            return fail(FailureKind::InvalidRequest, format!("{error:#}"));
+        }
+        let model = self.model().await.map_err(engine_failed)?;
         let context_length = model.config().context_length;
         if request.prompt.len() >= context_length {
-            bail!(
-                "the prompt has {} tokens; the model's context holds {context_length}",
-                request.prompt.len()
+            return fail(
+                FailureKind::InvalidRequest,
+                format!(
+                    "the prompt has {} tokens; the model's context holds {context_length}",
+                    request.prompt.len()
+                ),
             );
         }
-        let plan = self.plan_for(&model, &HashSet::new())?;
+        let plan = self
+            .plan_for(&ModelFacts::of(&model), &HashSet::new())
+            .map_err(too_small)?;
         let tokenizer = model.tokenizer().clone();
         drop(model);
         if events
@@ -263,10 +279,12 @@ impl RequestFlow {
             state.replans.push(replan);
         }
         if state.replans.len() >= self.config.max_replans {
-            bail!(
-                "{} (the request was planned again {} time(s), the most allowed)",
-                why.reason,
-                self.config.max_replans
+            return fail(
+                why.kind,
+                format!(
+                    "{} (the request was planned again {} time(s), the most allowed)",
+                    why.reason, self.config.max_replans
+                ),
             );
         }
         // Which nodes of the plan are gone: those named, and those that do not answer
@@ -274,6 +292,14 @@ impl RequestFlow {
         let mut lost = why.lost.clone();
         for node in self.unresponsive(plan, &lost).await {
             lost.push(node);
+        }
+        // And this node, when the plan gives it layers and its own engine fails: the
+        // new plan leaves its layers to the others (it keeps the origin's part).
+        if plan.entries.iter().any(|e| e.node_id == self.node_id)
+            && !lost.contains(&self.node_id)
+            && !self.own_engine_answers().await
+        {
+            lost.push(self.node_id.clone());
         }
         lost.sort();
         lost.dedup();
@@ -304,19 +330,25 @@ impl RequestFlow {
             self.origin.losses.record(node, incarnation);
             state.excluded.insert(node.clone());
         }
-        let model = self.model().await?;
-        let plan = self.plan_for(&model, &state.excluded).with_context(|| {
-            format!(
-                "{} — the nodes left cannot carry the request on without {}",
-                why.reason,
-                if lost.is_empty() {
-                    "the failed ring".into()
-                } else {
-                    lost.join(", ")
-                }
-            )
-        })?;
-        drop(model);
+        // This node's own engine lost: plan from what it told before, without asking it.
+        let facts = match self.model_facts() {
+            Some(facts) => facts,
+            None => ModelFacts::of(&*self.model().await.map_err(engine_failed)?),
+        };
+        let plan = self
+            .plan_for(&facts, &state.excluded)
+            .map_err(too_small)
+            .with_context(|| {
+                format!(
+                    "{} — the nodes left cannot carry the request on without {}",
+                    why.reason,
+                    if lost.is_empty() {
+                        "the failed ring".into()
+                    } else {
+                        lost.join(", ")
+                    }
+                )
+            })?;
         self.count(|s| s.replans += 1);
         let replan = Replan {
             epoch,
@@ -377,6 +409,17 @@ impl RequestFlow {
         });
         futures::future::join_all(calls).await;
     }
+}
+
+/// An engine that is not there to serve (through `ensure_ready`) fails the request as
+/// the engine's.
+fn engine_failed(error: anyhow::Error) -> anyhow::Error {
+    FlowError::new(FailureKind::EngineFailed, format!("{error:#}")).into()
+}
+
+/// A plan that cannot be made: the nodes cannot hold the model.
+fn too_small(error: anyhow::Error) -> anyhow::Error {
+    FlowError::new(FailureKind::ClusterTooSmall, format!("{error:#}")).into()
 }
 
 /// A fresh request id.

@@ -55,6 +55,11 @@ impl OriginState {
             .map_err(|_| Status::not_found(format!("request {request_id} is no longer waiting")))
     }
 
+    /// Epochs waiting for results now.
+    pub(super) fn waiting(&self) -> usize {
+        self.lock().len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ResultSender>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }

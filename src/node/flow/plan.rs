@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use tonic::Status;
 
 use super::RequestFlow;
+use super::model_facts::ModelFacts;
 use super::outbox::Item;
 use crate::discovery::PeerInfo;
-use crate::engine::LoadedModel;
 use crate::proto::ValidatedContext;
 use crate::resource::{Resource, ResourceState};
 use crate::topology::{DeviceCapabilities, NodeWeight, Partition, plan_partition_fitting};
@@ -53,7 +53,14 @@ impl RequestFlow {
     /// The partition for a request starting now: this node and the usable peers.
     pub async fn plan(&self) -> anyhow::Result<Partition> {
         let model = self.model().await?;
-        self.plan_for(&model, &HashSet::new())
+        self.plan_for(&ModelFacts::of(&model), &HashSet::new())
+    }
+
+    /// What plans need to know of the model, as this node's engine last told it (None
+    /// before the engine first opened the model): a re-plan that leaves out this node's
+    /// own failed engine cannot ask it.
+    pub(super) fn model_facts(&self) -> Option<ModelFacts> {
+        self.facts.get().cloned()
     }
 
     /// Nodes left out of new plans for flapping.
@@ -61,17 +68,24 @@ impl RequestFlow {
         self.origin.losses.flapping()
     }
 
+    /// A partition over this node and the usable peers, none of them in `excluded`. This
+    /// node in `excluded` (its own engine failed) runs no layers: it keeps only the
+    /// origin's part, the API and the sampling of nothing.
     pub(super) fn plan_for(
         &self,
-        model: &LoadedModel,
+        model: &ModelFacts,
         excluded: &HashSet<String>,
     ) -> anyhow::Result<Partition> {
-        let mut nodes = vec![NodeWeight {
-            node_id: self.node_id.clone(),
-            address: self.address(),
-            memory_bytes: self.capabilities.free_model_memory_bytes(),
-        }];
-        for peer in self.usable_peers(model.model_id(), excluded) {
+        let _ = self.facts.set(model.clone());
+        let mut nodes = Vec::new();
+        if !excluded.contains(&self.node_id) {
+            nodes.push(NodeWeight {
+                node_id: self.node_id.clone(),
+                address: self.address(),
+                memory_bytes: self.capabilities.free_model_memory_bytes(),
+            });
+        }
+        for peer in self.usable_peers(&model.model_id, excluded) {
             nodes.push(NodeWeight {
                 memory_bytes: peer
                     .capabilities
@@ -83,12 +97,7 @@ impl RequestFlow {
         }
         // Each node's share of the weights and KV reserve must fit its free memory; a
         // cluster too small is refused here, before any node loads or downloads a byte.
-        plan_partition_fitting(
-            model.model_id(),
-            model.config().n_layers,
-            &nodes,
-            model.memory_need(),
-        )
+        plan_partition_fitting(&model.model_id, model.n_layers, &nodes, model.memory)
     }
 
     /// The nodes of `plan` (other than this one and those in `known`) that are not
@@ -120,6 +129,19 @@ impl RequestFlow {
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    /// Whether this node's own engine passes a health check now (the check runs now; a
+    /// failed engine is marked so, and new plans leave it out until it recovers).
+    pub(super) async fn own_engine_answers(&self) -> bool {
+        self.engine.state().is_usable() && self.engine.check_health().await.healthy
+    }
+
+    /// Whether nothing but one request keeps this node's ring busy: this origin waits for
+    /// one epoch only and this node has no step queued (its own engine's, of any origin).
+    /// A late result then is lost rather than queued behind others (see `epoch`).
+    pub(super) fn ring_looks_idle(&self) -> bool {
+        self.origin.waiting() <= 1 && self.shard.queued_steps() == 0
     }
 
     /// Queues `item` for a node of a plan. A node this one may not take on (a keyed

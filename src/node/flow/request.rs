@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::continuation::Replan;
+use super::failure::FlowError;
 use crate::engine::serve::sampling::TokenLogprobs;
 use crate::engine::{FinishReason, SamplingParams};
 use crate::topology::Partition;
@@ -85,5 +86,6 @@ pub enum GenerationEvent {
     /// token completes; end-of-sequence tokens have none.
     Logprobs(TokenLogprobs),
     Finished(GenerationSummary),
-    Failed(String),
+    /// The request failed; its kind decides the client's status (see `failure`).
+    Failed(FlowError),
 }

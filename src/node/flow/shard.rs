@@ -256,6 +256,14 @@ impl RequestFlow {
             }
             return;
         }
+        if self.faults().is_some_and(|f| f.drops_result()) {
+            tracing::warn!(
+                "fault injected: a result of {} to {} is lost",
+                context.request_id,
+                context.origin_node_id
+            );
+            return;
+        }
         let item = result_to_wire(context.to_wire_for_result(), self.node_id.clone(), outcome);
         self.send_to(
             &context.origin_node_id,
