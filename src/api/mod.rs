@@ -6,6 +6,7 @@ mod access;
 mod admin;
 mod anthropic;
 mod chat;
+mod chat_format;
 mod completions;
 mod config;
 mod error;
@@ -21,6 +22,7 @@ mod routes;
 mod server;
 mod state;
 mod timing;
+mod tools;
 mod ui;
 
 pub use chat::{CheckedChat, check_chat_request};

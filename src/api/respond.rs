@@ -35,6 +35,11 @@ pub trait Format: Send + 'static {
     fn opening(&mut self, id: &str) -> Option<serde_json::Value>;
     /// A chunk of text (with the logprobs of the tokens that made it, when asked for).
     fn piece(&mut self, id: &str, text: &str, logprobs: &[TokenLogprobs]) -> serde_json::Value;
+    /// Chunks of what a stream held back until the answer was complete (chat's tool
+    /// calls), sent before [`Format::finish`]'s.
+    fn before_finish(&mut self, _id: &str) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
     /// The last chunk with a choice: its finish reason.
     fn finish(
         &mut self,
@@ -202,9 +207,11 @@ fn stream(
                     ))]
                 }
                 Some(GenerationEvent::Finished(summary)) => {
+                    let mut out: Vec<Event> =
+                        format.before_finish(&id).into_iter().map(send).collect();
                     let mut last = format.finish(&id, &std::mem::take(&mut pending), &summary);
                     last["exo"] = exo_details(&summary);
-                    let mut out = vec![send(last)];
+                    out.push(send(last));
                     if prepared.include_usage {
                         out.push(send(format.usage_only(&id, &summary)));
                     }
