@@ -31,6 +31,7 @@ mod prefix_cache;
 mod secrets;
 mod survival;
 mod tensors;
+mod tools;
 mod tracing;
 mod trust;
 mod web_ui;
