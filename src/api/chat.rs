@@ -197,11 +197,20 @@ pub fn check_chat_request(body: &[u8], served_model: &str) -> Result<CheckedChat
 const TOKENIZE_INLINE_BYTES: usize = 16 << 10;
 
 async fn prepare(state: &ApiState, body: &[u8]) -> Result<(Prepared, Option<ToolSet>), ApiError> {
+    prepare_checked(state, check_chat_request(body, state.flow.model_id())?).await
+}
+
+/// Tokenizes a checked chat (its tools through the template; a forced call's grammar in
+/// its settings) into a request ready to run. Responses' requests come through here too.
+pub(super) async fn prepare_checked(
+    state: &ApiState,
+    checked: CheckedChat,
+) -> Result<(Prepared, Option<ToolSet>), ApiError> {
     let CheckedChat {
         messages,
         mut settings,
         tools,
-    } = check_chat_request(body, state.flow.model_id())?;
+    } = checked;
     let loaded = loaded_model(state).await?;
     let tokenizer = loaded.tokenizer().clone();
     if let Some(tools) = &tools {

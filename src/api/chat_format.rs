@@ -77,14 +77,7 @@ impl ChatFormat {
     /// `text` split into content and calls of the offered tools.
     fn parse(&self, text: &str) -> Parsed {
         match &self.tools {
-            Some(tools) => {
-                let names: Vec<&str> = tools
-                    .tools
-                    .iter()
-                    .filter_map(|t| t["function"]["name"].as_str())
-                    .collect();
-                calls::parse(text, &names)
-            }
+            Some(tools) => tools.parse(text),
             None => Parsed {
                 content: text.to_string(),
                 calls: Vec::new(),

@@ -1,4 +1,5 @@
-//! The HTTP API of a node: OpenAI-compatible chat and text completions, Anthropic's
+//! The HTTP API of a node: OpenAI-compatible chat and text completions and Responses,
+//! Anthropic's
 //! Messages, Ollama's API, models, topology, health, and the admin endpoints over the
 //! node's resources.
 
@@ -18,6 +19,7 @@ mod metrics;
 mod ollama;
 mod params;
 mod respond;
+mod responses;
 mod routes;
 mod server;
 mod state;

@@ -28,6 +28,7 @@ mod ollama_client;
 mod openai_client;
 mod peers_file;
 mod prefix_cache;
+mod responses_client;
 mod secrets;
 mod survival;
 mod tensors;

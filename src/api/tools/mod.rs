@@ -226,6 +226,16 @@ impl ToolSet {
         }
     }
 
+    /// An answer split into its text and its calls of these tools.
+    pub fn parse(&self, text: &str) -> calls::Parsed {
+        let names: Vec<&str> = self
+            .tools
+            .iter()
+            .filter_map(|t| t["function"]["name"].as_str())
+            .collect();
+        calls::parse(text, &names)
+    }
+
     /// Whether the model must call a tool (its tokens are constrained to a call).
     pub fn forces_call(&self) -> bool {
         matches!(self.choice, Choice::Required | Choice::Named(_))
