@@ -76,13 +76,7 @@ impl ChatFormat {
 
     /// `text` split into content and calls of the offered tools.
     fn parse(&self, text: &str) -> Parsed {
-        match &self.tools {
-            Some(tools) => tools.parse(text),
-            None => Parsed {
-                content: text.to_string(),
-                calls: Vec::new(),
-            },
-        }
+        ToolSet::parse_answer(self.tools.as_ref(), text)
     }
 
     /// The finish reason: `tool_calls` when the answer called tools and ended by itself.

@@ -45,13 +45,7 @@ impl ResponsesFormat {
     }
 
     fn parse(&self, text: &str) -> Parsed {
-        match &self.tools {
-            Some(tools) => tools.parse(text),
-            None => Parsed {
-                content: text.to_string(),
-                calls: Vec::new(),
-            },
-        }
+        ToolSet::parse_answer(self.tools.as_ref(), text)
     }
 
     /// The `response` object with `output` and its status.

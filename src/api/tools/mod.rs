@@ -226,6 +226,17 @@ impl ToolSet {
         }
     }
 
+    /// An answer split into its text and its calls of `tools` (all text without tools).
+    pub fn parse_answer(tools: Option<&ToolSet>, text: &str) -> calls::Parsed {
+        match tools {
+            Some(tools) => tools.parse(text),
+            None => calls::Parsed {
+                content: text.to_string(),
+                calls: Vec::new(),
+            },
+        }
+    }
+
     /// An answer split into its text and its calls of these tools.
     pub fn parse(&self, text: &str) -> calls::Parsed {
         let names: Vec<&str> = self
