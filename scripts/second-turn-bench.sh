@@ -2,9 +2,9 @@
 # Second-turn time to first token (docs/BENCHMARKS.md "Second turn"): one exo node serving
 # Qwen2.5-Coder-0.5B-Instruct Q4_K_M, then llama-server on the same file, each answering
 # scripts/second-turn-bench.py's conversations (first turn ~1,000 tokens of history, then
-# a second turn that repeats it). Run under the shared lock on a shared machine:
+# a second turn that repeats it):
 #
-#   flock /work/cargo.lock scripts/second-turn-bench.sh [ROUNDS]
+#   scripts/second-turn-bench.sh [ROUNDS]
 #
 # LLAMA_BIN names llama.cpp's build/bin (default: target/llama.cpp/build/bin, as
 # scripts/build-llama-cpp.sh builds it); without llama-server only exo is measured.
