@@ -1,6 +1,5 @@
-//! `POST /v1/chat/completions`, OpenAI-compatible, streaming (SSE) or not.
-
-use std::sync::Arc;
+//! `POST /v1/chat/completions`, OpenAI-compatible, streaming (SSE) or not, with tools
+//! and constrained output (`response_format`). The response objects are [`ChatFormat`]'s.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -8,15 +7,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::chat_format::ChatFormat;
 use super::error::ApiError;
-use super::logprobs;
-use super::params::{Common, Prepared, Settings, loaded_model, parse};
-use super::respond::{Format, now, respond, usage};
+use super::params::{Common, Grammar, Prepared, Settings, loaded_model, parse};
+use super::respond::respond;
 use super::state::ApiState;
+use super::tools::{Choice, ToolSet, check_tools};
 use crate::engine::ChatMessage;
-use crate::engine::serve::sampling::TokenLogprobs;
-use crate::engine::text::tokenizer::TextTokenizer;
-use crate::node::GenerationSummary;
 
 /// The request body. Unknown fields are ignored, as OpenAI clients send many.
 #[derive(Debug, Deserialize)]
@@ -26,6 +23,12 @@ struct ChatRequest {
     logprobs: Option<bool>,
     /// And this many most likely alternatives (0 to 20; needs `logprobs`).
     top_logprobs: Option<u32>,
+    /// Functions the model may call, and whether it may, must, or must call one of them.
+    tools: Option<serde_json::Value>,
+    tool_choice: Option<serde_json::Value>,
+    /// Accepted; a forced call is one call, an unforced answer may hold several.
+    #[allow(dead_code)]
+    parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     common: Common,
 }
@@ -34,6 +37,11 @@ struct ChatRequest {
 struct MessageIn {
     role: String,
     content: Option<Content>,
+    /// An assistant's calls: `{"id", "type": "function", "function": {"name", "arguments"}}`.
+    tool_calls: Option<Vec<serde_json::Value>>,
+    /// A tool message's answer to this call.
+    tool_call_id: Option<String>,
+    name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,13 +72,20 @@ fn messages(raw: Vec<MessageIn>) -> Result<Vec<ChatMessage>, ApiError> {
                 "system" | "developer" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
+                "tool" => "tool",
                 other => {
                     return Err(ApiError::invalid_param(
                         "messages",
-                        format!("messages[{i}] has role '{other}'; expected system, user or assistant"),
+                        format!("messages[{i}] has role '{other}'; expected system, user, assistant or tool"),
                     ));
                 }
             };
+            if m.tool_calls.is_some() && role != "assistant" {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!("messages[{i}] has tool_calls, which only an assistant message may have"),
+                ));
+            }
             let content = match m.content {
                 Some(Content::Text(text)) => text,
                 Some(Content::Parts(parts)) => {
@@ -90,9 +105,50 @@ fn messages(raw: Vec<MessageIn>) -> Result<Vec<ChatMessage>, ApiError> {
                 }
                 None => String::new(),
             };
-            Ok(ChatMessage::new(role, content))
+            let mut message = ChatMessage::new(role, content);
+            message.tool_calls = m
+                .tool_calls
+                .map(|calls| calls.iter().enumerate().map(|(j, c)| history_call(i, j, c)).collect())
+                .transpose()?;
+            message.tool_call_id = m.tool_call_id;
+            message.name = m.name;
+            Ok(message)
         })
         .collect()
+}
+
+/// An assistant's earlier call (`messages[i].tool_calls[j]`) as chat templates read it:
+/// the arguments an object, not OpenAI's JSON text.
+fn history_call(
+    i: usize,
+    j: usize,
+    call: &serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
+    let function = call.get("function");
+    let name = function
+        .and_then(|f| f.get("name"))
+        .and_then(|n| n.as_str());
+    let Some(name) = name else {
+        return Err(ApiError::invalid_param(
+            "messages",
+            format!("messages[{i}].tool_calls[{j}] needs function.name"),
+        ));
+    };
+    let arguments = match function.and_then(|f| f.get("arguments")) {
+        Some(serde_json::Value::String(text)) => serde_json::from_str(text).map_err(|e| {
+            ApiError::invalid_param(
+                "messages",
+                format!("messages[{i}].tool_calls[{j}].function.arguments is not JSON: {e}"),
+            )
+        })?,
+        Some(other) => other.clone(),
+        None => json!({}),
+    };
+    Ok(json!({
+        "id": call.get("id").cloned().unwrap_or_default(),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }))
 }
 
 /// A chat request body after every check that needs no model: what [`prepare`] then
@@ -101,6 +157,8 @@ fn messages(raw: Vec<MessageIn>) -> Result<Vec<ChatMessage>, ApiError> {
 pub struct CheckedChat {
     pub messages: Vec<ChatMessage>,
     pub settings: Settings,
+    /// The tools offered, if any.
+    pub tools: Option<ToolSet>,
 }
 
 /// Parses and checks a chat request body for a cluster serving `served_model`: the JSON,
@@ -119,138 +177,88 @@ pub fn check_chat_request(body: &[u8], served_model: &str) -> Result<CheckedChat
         }
     };
     let settings = request.common.check_for(served_model, top_logprobs)?;
+    let tools = check_tools(request.tools.as_ref(), request.tool_choice.as_ref())?;
+    if tools.as_ref().is_some_and(ToolSet::forces_call) && settings.grammar.is_some() {
+        return Err(ApiError::invalid_param(
+            "tool_choice",
+            "a required or named tool_choice cannot be combined with a JSON response_format",
+        ));
+    }
     let messages = messages(request.messages)?;
-    Ok(CheckedChat { messages, settings })
+    Ok(CheckedChat {
+        messages,
+        settings,
+        tools,
+    })
 }
 
 /// Prompts of more bytes than this are tokenized on a blocking thread, so that a few large
 /// prompts cannot stall the async workers that serve every other connection.
 const TOKENIZE_INLINE_BYTES: usize = 16 << 10;
 
-async fn prepare(state: &ApiState, body: &[u8]) -> Result<Prepared, ApiError> {
-    let CheckedChat { messages, settings } = check_chat_request(body, state.flow.model_id())?;
+async fn prepare(state: &ApiState, body: &[u8]) -> Result<(Prepared, Option<ToolSet>), ApiError> {
+    prepare_checked(state, check_chat_request(body, state.flow.model_id())?).await
+}
+
+/// Tokenizes a checked chat (its tools through the template; a forced call's grammar in
+/// its settings) into a request ready to run. Responses' requests come through here too.
+pub(super) async fn prepare_checked(
+    state: &ApiState,
+    checked: CheckedChat,
+) -> Result<(Prepared, Option<ToolSet>), ApiError> {
+    let CheckedChat {
+        messages,
+        mut settings,
+        tools,
+    } = checked;
     let loaded = loaded_model(state).await?;
     let tokenizer = loaded.tokenizer().clone();
+    if let Some(tools) = &tools {
+        let call = Grammar {
+            param: "tools",
+            lark: tools.call_grammar(tokenizer.writes_tool_call_tags()),
+        };
+        if tools.forces_call() {
+            settings.grammar = Some(call);
+        } else {
+            // Compiled only to refuse a tool whose parameters are no usable schema.
+            loaded
+                .grammars()
+                .and_then(|g| g.matcher(&call.lark))
+                .map_err(|e| {
+                    ApiError::invalid_param(
+                        "tools",
+                        format!("a tool's parameters cannot be used: {e:#}"),
+                    )
+                })?;
+        }
+    }
+    let offered = tools
+        .as_ref()
+        .map(|t| t.offered().to_vec())
+        .unwrap_or_default();
     let prompt_bytes: usize = messages.iter().map(|m| m.content.len()).sum();
     let prompt = if prompt_bytes > TOKENIZE_INLINE_BYTES {
-        tokio::task::spawn_blocking(move || tokenizer.encode_chat(&messages))
+        tokio::task::spawn_blocking(move || tokenizer.encode_chat_with_tools(&messages, &offered))
             .await
             .map_err(|e| ApiError::unavailable(format!("tokenizing the prompt failed: {e}")))?
     } else {
-        tokenizer.encode_chat(&messages)
+        tokenizer.encode_chat_with_tools(&messages, &offered)
     }
     .map_err(|e| ApiError::invalid_param("messages", format!("{e:#}")))?;
-    settings.finish(loaded, prompt, "messages")
+    Ok((settings.finish(loaded, prompt, "messages")?, tools))
 }
 
 pub async fn chat_completions(State(state): State<ApiState>, body: Bytes) -> Response {
-    let prepared = match prepare(&state, &body).await {
+    let (prepared, tools) = match prepare(&state, &body).await {
         Ok(prepared) => prepared,
         Err(error) => return error.into_response(),
     };
-    let format = ChatFormat {
-        model: prepared.model.clone(),
-        created: now(),
-        tokenizer: prepared.loaded.tokenizer().clone(),
-        logprobs: prepared.request.top_logprobs.is_some(),
-    };
+    let format = ChatFormat::new(
+        prepared.model.clone(),
+        prepared.loaded.tokenizer().clone(),
+        prepared.request.top_logprobs.is_some(),
+        tools.filter(|t| t.choice != Choice::None),
+    );
     respond(state, prepared, format).await
-}
-
-/// Chat's response objects: `chat.completion`, and `chat.completion.chunk` when streamed.
-struct ChatFormat {
-    model: String,
-    created: u64,
-    tokenizer: Arc<TextTokenizer>,
-    /// Whether the client asked for logprobs (`null` otherwise).
-    logprobs: bool,
-}
-
-impl ChatFormat {
-    fn logprobs(&self, tokens: &[TokenLogprobs]) -> serde_json::Value {
-        if self.logprobs {
-            logprobs::chat(&self.tokenizer, tokens)
-        } else {
-            serde_json::Value::Null
-        }
-    }
-
-    fn chunk(
-        &self,
-        id: &str,
-        delta: serde_json::Value,
-        logprobs: serde_json::Value,
-        finish: Option<&str>,
-    ) -> serde_json::Value {
-        json!({
-            "id": format!("chatcmpl-{id}"),
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
-        })
-    }
-}
-
-impl Format for ChatFormat {
-    fn whole(
-        &mut self,
-        id: &str,
-        text: &str,
-        logprobs: &[TokenLogprobs],
-        summary: &GenerationSummary,
-    ) -> serde_json::Value {
-        json!({
-            "id": format!("chatcmpl-{id}"),
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{
-                "index": 0,
-                "message": { "role": "assistant", "content": text },
-                "logprobs": self.logprobs(logprobs),
-                "finish_reason": summary.finish.as_str(),
-            }],
-            "usage": usage(summary),
-            "exo": super::respond::exo_details(summary),
-        })
-    }
-
-    fn opening(&mut self, id: &str) -> Option<serde_json::Value> {
-        Some(self.chunk(
-            id,
-            json!({"role": "assistant", "content": ""}),
-            serde_json::Value::Null,
-            None,
-        ))
-    }
-
-    fn piece(&mut self, id: &str, text: &str, logprobs: &[TokenLogprobs]) -> serde_json::Value {
-        self.chunk(id, json!({"content": text}), self.logprobs(logprobs), None)
-    }
-
-    fn finish(
-        &mut self,
-        id: &str,
-        logprobs: &[TokenLogprobs],
-        summary: &GenerationSummary,
-    ) -> serde_json::Value {
-        let logprobs = if logprobs.is_empty() {
-            serde_json::Value::Null
-        } else {
-            self.logprobs(logprobs)
-        };
-        self.chunk(id, json!({}), logprobs, Some(summary.finish.as_str()))
-    }
-
-    fn note(&mut self, id: &str) -> serde_json::Value {
-        self.chunk(id, json!({}), serde_json::Value::Null, None)
-    }
-
-    fn usage_only(&mut self, id: &str, summary: &GenerationSummary) -> serde_json::Value {
-        let mut chunk = self.chunk(id, json!({}), serde_json::Value::Null, None);
-        chunk["choices"] = json!([]);
-        chunk["usage"] = usage(summary);
-        chunk
-    }
 }

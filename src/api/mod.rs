@@ -1,4 +1,5 @@
-//! The HTTP API of a node: OpenAI-compatible chat and text completions, Anthropic's
+//! The HTTP API of a node: OpenAI-compatible chat and text completions and Responses,
+//! Anthropic's
 //! Messages, Ollama's API, models, topology, health, and the admin endpoints over the
 //! node's resources.
 
@@ -6,6 +7,7 @@ mod access;
 mod admin;
 mod anthropic;
 mod chat;
+mod chat_format;
 mod completions;
 mod config;
 mod error;
@@ -17,10 +19,12 @@ mod metrics;
 mod ollama;
 mod params;
 mod respond;
+mod responses;
 mod routes;
 mod server;
 mod state;
 mod timing;
+mod tools;
 mod ui;
 
 pub use chat::{CheckedChat, check_chat_request};

@@ -10,6 +10,7 @@ use super::config::MAX_STOP_STRING_BYTES;
 use super::error::ApiError;
 use super::state::ApiState;
 use crate::engine::serve::sampling::MAX_TOP_LOGPROBS;
+use crate::engine::text::constraint::json_schema_grammar;
 use crate::engine::{LoadedModel, SamplingParams};
 use crate::node::{GenerateRequest, new_request_id};
 
@@ -64,6 +65,16 @@ pub struct Settings {
     max_tokens: Option<u64>,
     ignore_eos: bool,
     top_logprobs: Option<u32>,
+    /// The grammar its tokens must follow, with the parameter it came from.
+    pub grammar: Option<Grammar>,
+}
+
+/// A grammar that constrains a request's tokens (llguidance's Lark dialect).
+#[derive(Debug, Clone)]
+pub struct Grammar {
+    /// The request field it came from (`response_format`, `tools`), for errors.
+    pub param: &'static str,
+    pub lark: String,
 }
 
 /// A request ready to run, with what its response needs.
@@ -131,7 +142,7 @@ impl Common {
                 "only best_of = 1 is supported",
             ));
         }
-        check_response_format(self.response_format.as_ref())?;
+        let grammar = check_response_format(self.response_format.as_ref())?;
         let temperature = self.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
             return Err(ApiError::invalid_param(
@@ -191,32 +202,51 @@ impl Common {
             max_tokens: self.max_completion_tokens.or(self.max_tokens),
             ignore_eos: self.ignore_eos,
             top_logprobs,
+            grammar,
         })
     }
 }
 
-/// `{"type": "text"}` is what happens anyway; constrained output is not implemented, and
-/// a client asking for it must hear so rather than get free text it cannot parse.
-fn check_response_format(format: Option<&serde_json::Value>) -> Result<(), ApiError> {
+/// `response_format`: `text` (free text), `json_object` (any JSON object) or
+/// `json_schema` (`{"json_schema": {"name", "schema", "strict"}}`: a value valid against
+/// the schema); the last two constrain decoding with a grammar compiled from a schema.
+/// The schema itself is checked when the grammar compiles ([`Settings::finish`]).
+fn check_response_format(format: Option<&serde_json::Value>) -> Result<Option<Grammar>, ApiError> {
     let Some(format) = format else {
-        return Ok(());
+        return Ok(None);
     };
-    match format.get("type").and_then(|t| t.as_str()) {
-        Some("text") => Ok(()),
-        Some(kind @ ("json_object" | "json_schema")) => Err(ApiError {
-            code: Some("unsupported_value"),
-            ..ApiError::invalid_param(
+    let schema = match format.get("type").and_then(|t| t.as_str()) {
+        Some("text") => return Ok(None),
+        Some("json_object") => serde_json::json!({"type": "object"}),
+        Some("json_schema") => {
+            let Some(spec) = format.get("json_schema").filter(|s| s.is_object()) else {
+                return Err(ApiError::invalid_param(
+                    "response_format",
+                    "response_format of type json_schema needs a json_schema object with a schema",
+                ));
+            };
+            match spec.get("schema") {
+                None => serde_json::json!({}),
+                Some(schema) if schema.is_object() => schema.clone(),
+                Some(_) => {
+                    return Err(ApiError::invalid_param(
+                        "response_format",
+                        "response_format.json_schema.schema must be a JSON Schema object",
+                    ));
+                }
+            }
+        }
+        _ => {
+            return Err(ApiError::invalid_param(
                 "response_format",
-                format!(
-                    "response_format '{kind}' is not supported by this server (no constrained decoding); only 'text' is"
-                ),
-            )
-        }),
-        _ => Err(ApiError::invalid_param(
-            "response_format",
-            "response_format must be an object with a type; only {\"type\": \"text\"} is supported",
-        )),
-    }
+                "response_format must be an object whose type is text, json_object or json_schema",
+            ));
+        }
+    };
+    Ok(Some(Grammar {
+        param: "response_format",
+        lark: json_schema_grammar(&schema),
+    }))
 }
 
 /// The engine's model, for tokenizing (through `ensure_ready`).
@@ -248,6 +278,7 @@ impl Settings {
             max_tokens,
             ignore_eos: false,
             top_logprobs: None,
+            grammar: None,
         }
     }
 
@@ -292,6 +323,22 @@ impl Settings {
             }
             Some(n) => n,
         };
+        if let Some(grammar) = &self.grammar {
+            // Compiled here to refuse a bad schema with a 400; the last shard compiles
+            // it again for its matcher.
+            loaded
+                .grammars()
+                .and_then(|g| g.matcher(&grammar.lark))
+                .map_err(|e| {
+                    ApiError::invalid_param(
+                        grammar.param,
+                        format!(
+                            "{} cannot be used for constrained decoding: {e:#}",
+                            grammar.param
+                        ),
+                    )
+                })?;
+        }
         let request_id = new_request_id();
         Ok(Prepared {
             request: GenerateRequest {
@@ -302,7 +349,7 @@ impl Settings {
                 ignore_eos: self.ignore_eos,
                 top_logprobs: self.top_logprobs,
                 request_id: Some(request_id.clone()),
-                grammar: None,
+                grammar: self.grammar.map(|g| g.lark),
             },
             request_id,
             model: self.model,

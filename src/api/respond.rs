@@ -33,8 +33,31 @@ pub trait Format: Send + 'static {
     ) -> serde_json::Value;
     /// The chunk that opens a stream, if the endpoint sends one.
     fn opening(&mut self, id: &str) -> Option<serde_json::Value>;
+    /// Events that follow the opening (Responses' `response.in_progress`).
+    fn after_opening(&mut self, _id: &str) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
     /// A chunk of text (with the logprobs of the tokens that made it, when asked for).
     fn piece(&mut self, id: &str, text: &str, logprobs: &[TokenLogprobs]) -> serde_json::Value;
+    /// The events of a piece of text: [`Format::piece`]'s chunk, unless the endpoint
+    /// sends more than one.
+    fn pieces(
+        &mut self,
+        id: &str,
+        text: &str,
+        logprobs: &[TokenLogprobs],
+    ) -> Vec<serde_json::Value> {
+        vec![self.piece(id, text, logprobs)]
+    }
+    /// Whether the stream ends with OpenAI's `data: [DONE]` (chat and completions do).
+    fn ends_with_done(&self) -> bool {
+        true
+    }
+    /// Chunks of what a stream held back until the answer was complete (chat's tool
+    /// calls), sent before [`Format::finish`]'s.
+    fn before_finish(&mut self, _id: &str) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
     /// The last chunk with a choice: its finish reason.
     fn finish(
         &mut self,
@@ -175,7 +198,9 @@ fn stream(
                     let mut first = format.opening(&id).unwrap_or_else(|| format.note(&id));
                     first["exo"] =
                         json!({ "ring": describe(&partition), "partition": partition.entries });
-                    vec![send(first)]
+                    let mut out = vec![send(first)];
+                    out.extend(format.after_opening(&id).into_iter().map(send));
+                    out
                 }
                 // The request lost a node and goes on over a new plan: a chunk with nothing
                 // new but an `exo` field (clients that do not know it see nothing new).
@@ -188,21 +213,23 @@ fn stream(
                     pending.push(token);
                     Vec::new()
                 }
-                Some(GenerationEvent::Text(text)) => {
-                    vec![send(format.piece(
-                        &id,
-                        &text,
-                        &std::mem::take(&mut pending),
-                    ))]
-                }
+                Some(GenerationEvent::Text(text)) => format
+                    .pieces(&id, &text, &std::mem::take(&mut pending))
+                    .into_iter()
+                    .map(send)
+                    .collect(),
                 Some(GenerationEvent::Finished(summary)) => {
+                    let mut out: Vec<Event> =
+                        format.before_finish(&id).into_iter().map(send).collect();
                     let mut last = format.finish(&id, &std::mem::take(&mut pending), &summary);
                     last["exo"] = exo_details(&summary);
-                    let mut out = vec![send(last)];
+                    out.push(send(last));
                     if prepared.include_usage {
                         out.push(send(format.usage_only(&id, &summary)));
                     }
-                    out.push(Event::default().data("[DONE]"));
+                    if format.ends_with_done() {
+                        out.push(Event::default().data("[DONE]"));
+                    }
                     out
                 }
                 Some(GenerationEvent::Failed(error)) => {

@@ -7,7 +7,8 @@ use axum::routing::{get, post};
 use super::error::ApiError;
 use super::state::ApiState;
 use super::{
-    access, admin, anthropic, chat, completions, events, info, limit, metrics, ollama, ui,
+    access, admin, anthropic, chat, completions, events, info, limit, metrics, ollama, responses,
+    ui,
 };
 
 /// Every route of the API.
@@ -20,6 +21,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/models", get(info::models))
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))

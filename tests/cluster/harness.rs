@@ -147,13 +147,35 @@ impl NodeProcess {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Self {
+        Self::start_serving(dir, name, discovery_port, "smollm2-135m", models, env, args)
+    }
+
+    /// A node serving `model` (from the models directory) rather than the default.
+    pub fn start_model(
+        dir: &std::path::Path,
+        name: &str,
+        discovery_port: u16,
+        model: &str,
+    ) -> Self {
+        Self::start_serving(dir, name, discovery_port, model, &models_dir(), &[], &[])
+    }
+
+    fn start_serving(
+        dir: &std::path::Path,
+        name: &str,
+        discovery_port: u16,
+        model: &str,
+        models: &std::path::Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let api_port = free_tcp_port();
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(exo_bin())
             .args([
                 "node",
                 "--model",
-                "smollm2-135m",
+                model,
                 "--device",
                 "cpu",
                 "--listen",

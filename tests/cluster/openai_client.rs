@@ -71,8 +71,9 @@ completion_lp = client.completions.create(
 refusals = {}
 for name, call in [
     ("n", lambda: client.chat.completions.create(model="smollm2-135m", messages=messages, n=2)),
-    ("json_object", lambda: client.chat.completions.create(
-        model="smollm2-135m", messages=messages, response_format={"type": "json_object"})),
+    ("bad_schema", lambda: client.chat.completions.create(
+        model="smollm2-135m", messages=messages, response_format={"type": "json_schema",
+        "json_schema": {"name": "x", "schema": {"type": "nonsense"}}})),
     ("batched_prompt", lambda: client.completions.create(model="smollm2-135m", prompt=["a", "b"])),
     ("too_many_logprobs", lambda: client.completions.create(
         model="smollm2-135m", prompt="a", logprobs=21)),
@@ -155,7 +156,7 @@ fn the_official_openai_python_client_works_against_a_node() {
     let refusals = &result["refusals"];
     assert_eq!(refusals["n"], serde_json::json!([400, "n"]), "{refusals}");
     assert_eq!(
-        refusals["json_object"],
+        refusals["bad_schema"],
         serde_json::json!([400, "response_format"]),
         "{refusals}"
     );

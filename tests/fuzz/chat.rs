@@ -160,7 +160,7 @@ fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
             prop_assert!(
                 chat.messages
                     .iter()
-                    .all(|m| ["system", "user", "assistant"].contains(&m.role.as_str()))
+                    .all(|m| ["system", "user", "assistant", "tool"].contains(&m.role.as_str()))
             );
             prop_assert!((0.0..=2.0).contains(&chat.settings.sampling.temperature));
             prop_assert!(chat.settings.sampling.validate().is_ok());

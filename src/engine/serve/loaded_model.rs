@@ -2,7 +2,7 @@
 //! on demand (sharing the layers they have in common), the KV caches of the requests it
 //! serves, and the batcher that runs their steps.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use anyhow::bail;
@@ -23,6 +23,7 @@ use crate::engine::model::shard::Shard;
 use crate::engine::model::shard_io::{HiddenState, ShardInput, ShardOutput};
 use crate::engine::model::slice::{SplitUnits, TensorSlice, split_slices};
 use crate::engine::model::weights::WeightSource;
+use crate::engine::text::constraint::Grammars;
 use crate::engine::text::tokenizer::TextTokenizer;
 
 /// An opened model: device, weights source, tokenizer, loaded shards, KV caches.
@@ -32,6 +33,9 @@ pub struct LoadedModel {
     dtype: DType,
     source: WeightSource,
     tokenizer: Arc<TextTokenizer>,
+    /// The grammar compiler over the tokenizer's vocabulary, built on first use (only
+    /// constrained requests need it); Err keeps why it could not be built.
+    grammars: OnceLock<Result<Arc<Grammars>, String>>,
     shards: Mutex<Vec<Arc<LoadedShard>>>,
     /// Held while a shard loads.
     loading: Mutex<()>,
@@ -79,6 +83,7 @@ impl LoadedModel {
             dtype,
             source,
             tokenizer: Arc::new(tokenizer),
+            grammars: OnceLock::new(),
             shards: Mutex::new(Vec::new()),
             loading: Mutex::new(()),
             last_good_step: Mutex::new(None),
@@ -118,6 +123,18 @@ impl LoadedModel {
 
     pub fn config(&self) -> &ModelConfig {
         self.source.config()
+    }
+
+    /// The grammar compiler over this model's vocabulary (built on first use).
+    pub fn grammars(&self) -> anyhow::Result<Arc<Grammars>> {
+        self.grammars
+            .get_or_init(|| {
+                Grammars::new(&self.tokenizer)
+                    .map(Arc::new)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     pub fn tokenizer(&self) -> &Arc<TextTokenizer> {

@@ -4,11 +4,19 @@ use anyhow::Context;
 use minijinja::{Environment, ErrorKind, context};
 use serde::{Deserialize, Serialize};
 
-/// One message of a conversation.
+/// One message of a conversation, with the fields Hugging Face chat templates read for
+/// tool use: an assistant's `tool_calls` (`{"type": "function", "function": {"name",
+/// "arguments": an object}}`), and a `tool` message's `tool_call_id` and `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -16,6 +24,9 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
 }
@@ -27,6 +38,10 @@ impl ChatMessage {
 /// templates written for it render the same here.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// Whether the template reads a `tools` variable (else tools go in as text).
+    renders_tools: bool,
+    /// Whether the template writes Hermes-style `<tool_call>` blocks (Qwen2.5/Qwen3).
+    writes_tool_call_tags: bool,
     bos_token: String,
     eos_token: String,
 }
@@ -50,22 +65,36 @@ impl ChatTemplate {
             .context("the model's chat template does not parse")?;
         Ok(ChatTemplate {
             env,
+            renders_tools: source.contains("tools"),
+            writes_tool_call_tags: source.contains("<tool_call>"),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
     }
 
+    pub fn renders_tools(&self) -> bool {
+        self.renders_tools
+    }
+
+    pub fn writes_tool_call_tags(&self) -> bool {
+        self.writes_tool_call_tags
+    }
+
     /// Renders the conversation; with `add_generation_prompt`, ends with the opening of
-    /// the assistant's turn.
+    /// the assistant's turn. `tools` (OpenAI's `{"type": "function", "function": …}`
+    /// objects) go to the template's `tools` variable; none is passed when empty.
     pub fn render(
         &self,
         messages: &[ChatMessage],
+        tools: &[serde_json::Value],
         add_generation_prompt: bool,
     ) -> anyhow::Result<String> {
         let template = self.env.get_template(NAME)?;
+        let tools = (!tools.is_empty()).then_some(tools);
         template
             .render(context! {
                 messages => messages,
+                tools => tools,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,

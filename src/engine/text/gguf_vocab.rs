@@ -349,6 +349,11 @@ impl GgufVocab {
         }
     }
 
+    /// Whether a token is a control token (`<|im_end|>`): no text of its own.
+    pub fn is_control(&self, id: u32) -> bool {
+        matches!(self.kinds.get(id as usize), Some(TokenKind::Control))
+    }
+
     /// The bytes one token stands for (a byte token is its one byte; control tokens are
     /// empty), as the API reports a token's `bytes`.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {

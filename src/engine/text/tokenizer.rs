@@ -10,6 +10,7 @@ use tokenizers::Tokenizer;
 
 use super::chat_template::{ChatMessage, ChatTemplate};
 use super::gguf_vocab::GgufVocab;
+use super::tool_prompt::tools_as_text;
 
 /// Where the ids come from.
 enum Backend {
@@ -147,6 +148,23 @@ impl TextTokenizer {
         }
     }
 
+    /// The control tokens (`<|im_end|>`: no text of their own) by id, with their names:
+    /// the grammar engine keeps them out of the text it matches.
+    pub fn control_tokens(&self) -> std::collections::HashMap<u32, String> {
+        match &self.backend {
+            Backend::Gguf(vocab) => (0..vocab.vocab_size() as u32)
+                .filter(|&id| vocab.is_control(id))
+                .map(|id| (id, vocab.token_text(id).unwrap_or_default().to_string()))
+                .collect(),
+            Backend::Json(inner) => inner
+                .get_added_tokens_decoder()
+                .into_iter()
+                .filter(|(_, added)| added.special)
+                .map(|(id, added)| (id, added.content))
+                .collect(),
+        }
+    }
+
     /// Tokenizes a plain prompt (text completion): the text as it is, with the model's
     /// BOS first when it asks for one.
     pub fn encode_prompt(&self, text: &str) -> anyhow::Result<Vec<u32>> {
@@ -191,9 +209,27 @@ impl TextTokenizer {
 
     /// The conversation as the model expects it, ending with the assistant's turn opened.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> anyhow::Result<String> {
+        self.render_chat_with_tools(messages, &[])
+    }
+
+    /// [`Self::render_chat`] with tools offered (OpenAI's function objects): through the
+    /// template's `tools` variable, or as text in the system prompt when the template has
+    /// none (and then the history's tool calls and results as text too).
+    pub fn render_chat_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+    ) -> anyhow::Result<String> {
+        let uses_tools = !tools.is_empty()
+            || messages
+                .iter()
+                .any(|m| m.tool_calls.is_some() || m.role == "tool");
         match &self.chat_template {
-            Some(template) => template.render(messages, true),
-            None => Ok(messages
+            Some(template) if template.renders_tools() || !uses_tools => {
+                template.render(messages, tools, true)
+            }
+            Some(template) => template.render(&tools_as_text(messages, tools), &[], true),
+            None => Ok(tools_as_text(messages, tools)
                 .iter()
                 .map(|m| m.content.as_str())
                 .collect::<Vec<_>>()
@@ -201,14 +237,31 @@ impl TextTokenizer {
         }
     }
 
+    /// Whether the model writes tool calls as `<tool_call>` blocks: its template says so,
+    /// or tools reach it as text (which asks for them).
+    pub fn writes_tool_call_tags(&self) -> bool {
+        self.chat_template
+            .as_ref()
+            .is_none_or(|t| t.writes_tool_call_tags() || !t.renders_tools())
+    }
+
     /// Renders and tokenizes a conversation (a BOS first when the model asks for one and
     /// the template did not write it). Without a template (base models), this is the
     /// messages' text with the model's BOS: what llama.cpp feeds the model for that prompt.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> anyhow::Result<Vec<u32>> {
+        self.encode_chat_with_tools(messages, &[])
+    }
+
+    /// [`Self::encode_chat`] with tools offered (see [`Self::render_chat_with_tools`]).
+    pub fn encode_chat_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+    ) -> anyhow::Result<Vec<u32>> {
         if messages.is_empty() {
             bail!("the conversation has no messages");
         }
-        let text = self.render_chat(messages)?;
+        let text = self.render_chat_with_tools(messages, tools)?;
         // The rendered template is a plain prompt from here on: the same BOS rule.
         self.encode_prompt(&text)
     }

@@ -16,6 +16,7 @@
 //! is the flow as the gRPC service's handler, [`request`] what the API asks and hears.
 
 mod config;
+mod constraints;
 mod continuation;
 mod deadline;
 mod drain;

@@ -128,6 +128,12 @@ impl RequestFlow {
             );
             return Ok(());
         }
+        if let Err(error) = self.shard.constraints.arrived(model, &context) {
+            return Err(Status::invalid_argument(format!(
+                "request {}: its grammar cannot be used: {error:#}",
+                context.request_id
+            )));
+        }
         let entry = &context.plan.entries[context.index];
         let job = StepJob {
             request_id: context.request_id.clone(),
@@ -177,13 +183,11 @@ impl RequestFlow {
                 continue;
             };
             match step.output {
-                Ok(ShardOutput::Logits(logits)) => {
+                Ok(ShardOutput::Logits(mut logits)) => {
                     let outcome = if !context.sample {
                         StepOutcome::Done
                     } else {
-                        match sample(&logits, &context.sampling, context.token_index)
-                            .and_then(|token| with_logprobs(&logits, token, context.top_logprobs))
-                        {
+                        match self.pick(&context, &mut logits) {
                             Ok((token, logprobs)) => StepOutcome::Token(token, logprobs),
                             Err(error) => {
                                 StepOutcome::Error(format!("node {}: {error:#}", self.node_id))
@@ -224,8 +228,23 @@ impl RequestFlow {
         }
     }
 
+    /// Samples the next token of `context` from its logits (masked first by its grammar,
+    /// when it has one), with its logprobs when asked for.
+    fn pick(
+        &self,
+        context: &ValidatedContext,
+        logits: &mut [f32],
+    ) -> anyhow::Result<(u32, Option<TokenLogprobs>)> {
+        let constraints = &self.shard.constraints;
+        constraints.mask(context, logits)?;
+        let token = sample(logits, &context.sampling, context.token_index)?;
+        constraints.accept(context, token)?;
+        with_logprobs(logits, token, context.top_logprobs)
+    }
+
     /// Reports a failed step to its origin and drops what the request holds here.
     fn fail_step(&self, context: &ValidatedContext, message: String) {
+        self.shard.constraints.forget(&context.request_id);
         self.count(|s| s.step_errors += 1);
         tracing::warn!(
             "step {} of {} failed: {message}",

@@ -1,13 +1,14 @@
 //! What the shard side of the flow keeps: the steps queued on the engine's batcher (by
 //! the tag they were queued with), where the batcher hands finished batches, which steps
 //! each request has had accepted (so that a retried message does not run twice), and
-//! which requests have finished here.
+//! which requests have finished here, and the grammar matchers of constrained requests.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::constraints::Constraints;
 use super::ledger::{Finished, StepLedger};
 use crate::engine::serve::batcher::StepSink;
 use crate::proto::ValidatedContext;
@@ -22,6 +23,8 @@ pub(super) struct ShardState {
     /// The last step of each request this node accepted.
     accepted: Mutex<StepLedger>,
     finished: Mutex<Finished>,
+    /// The grammar matchers of the constrained requests this node samples.
+    pub(super) constraints: Constraints,
 }
 
 impl ShardState {
@@ -32,6 +35,7 @@ impl ShardState {
             completions,
             accepted: Mutex::new(StepLedger::default()),
             finished: Mutex::new(Finished::default()),
+            constraints: Constraints::default(),
         }
     }
 
@@ -80,6 +84,7 @@ impl ShardState {
             .unwrap_or_else(|p| p.into_inner())
             .insert(request_id);
         self.lock_accepted().forget(request_id);
+        self.constraints.forget(request_id);
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (ValidatedContext, Instant)>> {

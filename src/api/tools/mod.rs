@@ -1,0 +1,254 @@
+//! OpenAI tool calling: the `tools` and `tool_choice` a request offers ([`ToolSet`],
+//! checked here), the grammar that forces a call when the choice requires one, and the
+//! model's answer parsed back into calls ([`calls`]).
+
+pub mod calls;
+
+use serde_json::{Value, json};
+
+use crate::api::error::ApiError;
+use crate::engine::text::constraint::json_rule;
+
+/// What the model may do with the tools.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Choice {
+    /// Answer in text only (the tools are not shown to it).
+    None,
+    /// Call tools or answer in text, as it likes.
+    Auto,
+    /// Call one of the tools (constrained).
+    Required,
+    /// Call this function (constrained).
+    Named(String),
+}
+
+/// The checked tools of a request.
+#[derive(Debug, Clone)]
+pub struct ToolSet {
+    /// OpenAI's function objects, `{"type": "function", "function": {name, description,
+    /// parameters}}`, as the chat template reads them.
+    pub tools: Vec<Value>,
+    pub choice: Choice,
+}
+
+fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid_param(param, message)
+}
+
+/// Whether `name` is a valid function name (OpenAI's rule: a-z, A-Z, 0-9, _ and -, at
+/// most 64).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks one tool (`tools[i]`): a function with a valid name and, if given, an object
+/// schema for its parameters. Returns it as the template reads it.
+fn check_tool(i: usize, tool: &Value) -> Result<Value, ApiError> {
+    let kind = tool.get("type").and_then(Value::as_str);
+    if kind != Some("function") {
+        return Err(invalid(
+            "tools",
+            format!(
+                "tools[{i}].type must be 'function', not {}",
+                tool.get("type").unwrap_or(&Value::Null)
+            ),
+        ));
+    }
+    let Some(function) = tool.get("function").filter(|f| f.is_object()) else {
+        return Err(invalid(
+            "tools",
+            format!("tools[{i}].function must be an object"),
+        ));
+    };
+    let name = function.get("name").and_then(Value::as_str).unwrap_or("");
+    if !valid_name(name) {
+        return Err(invalid(
+            "tools",
+            format!(
+                "tools[{i}].function.name must be 1 to 64 of a-z, A-Z, 0-9, _ and -, not {:?}",
+                name
+            ),
+        ));
+    }
+    let parameters = function
+        .get("parameters")
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+    if !parameters.is_object() {
+        return Err(invalid(
+            "tools",
+            format!("tools[{i}].function.parameters must be a JSON Schema object"),
+        ));
+    }
+    if let Some(kind) = parameters.get("type")
+        && kind != "object"
+    {
+        return Err(invalid(
+            "tools",
+            format!("tools[{i}].function.parameters must describe an object, not type {kind}"),
+        ));
+    }
+    let mut function = function.clone();
+    function["parameters"] = parameters;
+    Ok(json!({"type": "function", "function": function}))
+}
+
+/// Checks `tools` and `tool_choice`; None when the request offers no tools.
+pub fn check_tools(
+    tools: Option<&Value>,
+    choice: Option<&Value>,
+) -> Result<Option<ToolSet>, ApiError> {
+    let tools = match tools {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, tool)| check_tool(i, tool))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(invalid("tools", "tools must be an array of function tools")),
+    };
+    let names: Vec<&str> = tools
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    if let Some(dup) = names
+        .iter()
+        .enumerate()
+        .find(|(i, n)| names[..*i].contains(n))
+    {
+        return Err(invalid(
+            "tools",
+            format!("the function '{}' is defined twice", dup.1),
+        ));
+    }
+    let choice = match choice {
+        None | Some(Value::Null) => Choice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => Choice::None,
+            "auto" => Choice::Auto,
+            "required" => Choice::Required,
+            other => {
+                return Err(invalid(
+                    "tool_choice",
+                    format!(
+                        "tool_choice '{other}' is unknown; expected none, auto, required or a named function"
+                    ),
+                ));
+            }
+        },
+        Some(object @ Value::Object(_)) => {
+            let name = object
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .filter(|_| object.get("type").and_then(Value::as_str) == Some("function"));
+            match name {
+                Some(name) if names.contains(&name) => Choice::Named(name.to_string()),
+                Some(name) => {
+                    return Err(invalid(
+                        "tool_choice",
+                        format!(
+                            "tool_choice names the function '{name}', which is not among the tools"
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        "tool_choice",
+                        "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                    ));
+                }
+            }
+        }
+        Some(_) => {
+            return Err(invalid(
+                "tool_choice",
+                "tool_choice must be a string or an object",
+            ));
+        }
+    };
+    if tools.is_empty() {
+        if choice != Choice::Auto && choice != Choice::None {
+            return Err(invalid("tool_choice", "tool_choice needs tools"));
+        }
+        return Ok(None);
+    }
+    Ok(Some(ToolSet { tools, choice }))
+}
+
+impl ToolSet {
+    /// The tools shown to the model (none when it may not call them).
+    pub fn offered(&self) -> &[Value] {
+        match self.choice {
+            Choice::None => &[],
+            _ => &self.tools,
+        }
+    }
+
+    /// The JSON schema of one call (`{"name": …, "arguments": …}`) to any of `names`.
+    fn call_schema(&self, only: Option<&str>) -> Value {
+        let variants: Vec<Value> = self
+            .tools
+            .iter()
+            .map(|t| &t["function"])
+            .filter(|f| only.is_none_or(|n| f["name"] == n))
+            .map(|f| {
+                json!({
+                    "type": "object",
+                    "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
+                    "required": ["name", "arguments"],
+                    "additionalProperties": false,
+                })
+            })
+            .collect();
+        match variants.as_slice() {
+            [one] => one.clone(),
+            _ => json!({"anyOf": variants}),
+        }
+    }
+
+    /// The grammar of a call (in `<tool_call>` tags when the model writes them): what a
+    /// required or named choice forces, and what checks the tools' schemas.
+    pub fn call_grammar(&self, tags: bool) -> String {
+        let only = match &self.choice {
+            Choice::Named(name) => Some(name.as_str()),
+            _ => None,
+        };
+        let call = json_rule(&self.call_schema(only));
+        if tags {
+            format!("start: \"<tool_call>\\n\" call \"\\n</tool_call>\"\ncall: {call}\n")
+        } else {
+            format!("start: call\ncall: {call}\n")
+        }
+    }
+
+    /// An answer split into its text and its calls of `tools` (all text without tools).
+    pub fn parse_answer(tools: Option<&ToolSet>, text: &str) -> calls::Parsed {
+        match tools {
+            Some(tools) => tools.parse(text),
+            None => calls::Parsed {
+                content: text.to_string(),
+                calls: Vec::new(),
+            },
+        }
+    }
+
+    /// An answer split into its text and its calls of these tools.
+    pub fn parse(&self, text: &str) -> calls::Parsed {
+        let names: Vec<&str> = self
+            .tools
+            .iter()
+            .filter_map(|t| t["function"]["name"].as_str())
+            .collect();
+        calls::parse(text, &names)
+    }
+
+    /// Whether the model must call a tool (its tokens are constrained to a call).
+    pub fn forces_call(&self) -> bool {
+        matches!(self.choice, Choice::Required | Choice::Named(_))
+    }
+}
