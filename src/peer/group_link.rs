@@ -196,16 +196,20 @@ impl GroupLinks {
     /// writer ends with its queue).
     fn detach(&self, peer: &str, stream: u64, reason: &str) {
         let _leaving = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        if self
+            .lock()
+            .get(peer)
+            .is_none_or(|link| link.stream != stream)
         {
-            let mut peers = self.lock();
-            if peers.get(peer).is_none_or(|link| link.stream != stream) {
-                return;
-            }
-            peers.remove(peer);
+            return;
         }
+        // The hub hears of the loss before the link leaves the map: whoever sees the peer
+        // gone from `peers()` also sees it lost (the membership lock keeps a new link from
+        // joining in between).
         if let Some(hub) = self.hub.upgrade() {
             hub.peer_lost(peer, reason);
         }
+        self.lock().remove(peer);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Link>> {
