@@ -279,6 +279,22 @@ impl GrpcPeerHandle {
         Ok(ack.into_inner().kept_blocks)
     }
 
+    /// How far the peer got with `request_id`'s steps (see `RequestProgress`).
+    pub async fn request_progress(&self, request_id: &str) -> anyhow::Result<pb::ProgressResponse> {
+        let reply = self
+            .client()?
+            .request_progress(Self::request_for(
+                pb::ProgressRequest {
+                    request_id: request_id.to_string(),
+                },
+                self.timeouts.health,
+                [request_id],
+            ))
+            .await
+            .map_err(|s| self.call_error("RequestProgress", s))?;
+        Ok(reply.into_inner())
+    }
+
     fn call_error(&self, call: &str, status: Status) -> anyhow::Error {
         self.stats.failed();
         let what = format!("{call} to peer {} ({})", self.node_id, self.address);

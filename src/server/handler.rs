@@ -74,6 +74,12 @@ pub trait NodeHandler: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// How far this node got with `request_id`'s steps (nothing known, unless the node
+    /// runs shards).
+    fn progress(&self, _request_id: &str) -> pb::ProgressResponse {
+        pb::ProgressResponse::default()
+    }
+
     /// Byte ranges of a weight file this node holds, as a stream of checksummed chunks
     /// (see `crate::supply`). Nodes that hold no weights to share refuse.
     async fn fetch_weights(&self, request: pb::WeightRequest) -> Result<WeightStream, Status> {

@@ -231,6 +231,20 @@ impl Node for NodeService {
         Ok(Response::new(pb::Ack::default()))
     }
 
+    async fn request_progress(
+        &self,
+        request: Request<pb::ProgressRequest>,
+    ) -> Result<Response<pb::ProgressResponse>, Status> {
+        let message = request.into_inner();
+        self.check_size(MessageKind::Control, &message)?;
+        if message.request_id.is_empty() {
+            return Err(self.reject(Status::invalid_argument(
+                "no request id to report progress on",
+            )));
+        }
+        Ok(Response::new(self.handler.progress(&message.request_id)))
+    }
+
     async fn finish_request(
         &self,
         request: Request<pb::FinishRequestMessage>,

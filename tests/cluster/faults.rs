@@ -16,6 +16,10 @@ use crate::survival::{STORY, TOKENS, replans, stream_with_fault_within};
 /// Far less than the cap a lost result or a hung engine used to cost.
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// The client's patience for two long answers at once on a loaded machine: still half
+/// the cap a lost result used to cost (the re-plan's reason says how it was found).
+const LONG_PATIENCE: Duration = Duration::from_secs(150);
+
 /// A node that can be broken on demand, with a memory limit that ranks it in plans.
 async fn breakable(dir: &std::path::Path, name: &str, port: u16, memory: u64) -> Node {
     let mut config = loopback_config(dir, name, port);
@@ -69,6 +73,62 @@ async fn results_lost_on_their_way_back_start_a_new_epoch_over_the_same_ring() {
     let reason = replan["reason"].as_str().unwrap();
     assert!(reason.contains("deadlines passed"), "{reason}");
     assert_eq!(replan["lost"], serde_json::json!([]), "{replan}");
+    assert_eq!(n2.flow.faults().unwrap().report().results_dropped, 1);
+}
+
+/// On a busy ring (two answers at once, so a late result may only be queued behind the
+/// other's steps) missed deadlines alone prove nothing; the origin asks the nodes how far
+/// they got: n2 says it sent the result back, so the request goes on in a new epoch then,
+/// not once the other answer is over (nor after the cap, before the nodes were asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_lost_on_a_busy_ring_is_found_by_asking_the_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n1, n2) = two_node_ring(dir.path()).await;
+    let n2 = Arc::new(n2);
+    let (port, shard) = (n1.api_port(), n2.clone());
+    let (expected, streams) = tokio::task::spawn_blocking(move || {
+        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        // Long answers, so that the other keeps the ring busy while one waits.
+        let mut body = chat_body(STORY, 2 * TOKENS, false);
+        body["ignore_eos"] = true.into();
+        let (status, whole) = post_json(&url, &body);
+        assert_eq!(status, 200, "{whole}");
+        let expected = whole["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        body["stream"] = true.into();
+        let (first_under_way, wait_for_first) = std::sync::mpsc::channel();
+        let other = {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::spawn(move || {
+                stream_with_fault_within(&url, &body, LONG_PATIENCE, move || {
+                    first_under_way.send(()).unwrap()
+                })
+            })
+        };
+        wait_for_first.recv().unwrap();
+        // With both under way, the next result n2 sends back to n1 is lost.
+        let this = stream_with_fault_within(&url, &body, LONG_PATIENCE, move || {
+            set_faults(&shard, serde_json::json!({"drop_results": 1}));
+        });
+        (expected, [this, other.join().unwrap()])
+    })
+    .await
+    .unwrap();
+    let mut all_replans = Vec::new();
+    for streamed in &streams {
+        assert!(streamed.error.is_none(), "{:?}", streamed.error);
+        assert_eq!(streamed.text, expected);
+        all_replans.extend(replans(streamed));
+    }
+    assert_eq!(all_replans.len(), 1, "{all_replans:?}");
+    let reason = all_replans[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("node n2 sent the result of step"),
+        "found by the nodes' progress, not by an idle ring: {reason}"
+    );
+    assert_eq!(all_replans[0]["lost"], serde_json::json!([]));
     assert_eq!(n2.flow.faults().unwrap().report().results_dropped, 1);
 }
 

@@ -13,6 +13,7 @@ use super::continuation::{Interruption, Replan};
 use super::deadline::StepTimes;
 use super::failure::{FailureKind, fail};
 use super::outbox::Item;
+use super::progress::lost_message;
 use super::{GenerateRequest, GenerationEvent, RequestFlow, describe};
 use crate::discovery::PeerInfo;
 use crate::engine::serve::prefix_cache::{BLOCK_TOKENS, block_hashes};
@@ -306,16 +307,25 @@ impl<'a> Epoch<'a> {
                     if Instant::now() >= hard_stop {
                         return fail(FailureKind::TimedOut, format!("{reason}: every node answers, but the ring made no progress on this request"));
                     }
-                    // Lost, not merely slow: nothing else keeps the ring busy — this origin
-                    // waits for no other request and has no step of anyone's queued.
-                    if started.elapsed() >= allowance && self.flow.ring_looks_idle() {
+                    // Lost, not merely slow: a node passed the step on and the next never
+                    // got it (the nodes say so, see `progress`), or nothing else keeps the
+                    // ring busy — this origin waits for no other request and has no step
+                    // of anyone's queued.
+                    let progress = self.flow.progress_along(plan, wire_id).await;
+                    let lost_at = lost_message(plan, &progress, awaited, &self.flow.node_id);
+                    if lost_at.is_some()
+                        || (started.elapsed() >= allowance && self.flow.ring_looks_idle())
+                    {
                         missed += 1;
                     }
                     if missed >= MISSED_DEADLINES {
+                        let why = lost_at.unwrap_or_else(|| {
+                            "every node answers, but no result came (lost on the way?)".into()
+                        });
                         return Ok(Err(EpochEnd::Interrupted(Interruption {
                             kind: FailureKind::TimedOut,
                             ..Interruption::new(format!(
-                                "{reason}: every node answers, but {missed} deadlines passed without a result (results lost on the way?)"
+                                "{reason}: {why}; {missed} deadlines passed without it"
                             ))
                         })));
                     }
@@ -394,11 +404,12 @@ impl<'a> Epoch<'a> {
     }
 }
 
-/// Deadlines that pass without a result while every node of the plan answers and nothing
-/// else seems to keep the ring busy (a loaded ring, slow for everyone, is waited on: a
-/// re-prefill would only load it more), after which the epoch ends and
-/// the request runs again as a new one: a result lost on its way back, say by a link that
-/// works only one way, is never sent again.
+/// Deadlines that pass without a result while every node of the plan answers, and either
+/// the nodes say a message of the step was lost on the way (`progress`) or nothing else
+/// seems to keep the ring busy (a loaded ring, slow for everyone, is waited on: a
+/// re-prefill would only load it more), after which the epoch ends and the request runs
+/// again as a new one: a result lost on its way back, say by a link that works only one
+/// way, is never sent again.
 const MISSED_DEADLINES: u32 = 3;
 
 impl Drop for Epoch<'_> {

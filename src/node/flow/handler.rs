@@ -115,6 +115,18 @@ impl NodeHandler for RequestFlow {
         Ok(self.finish_local(&request_id, &keep_blocks).await as u32)
     }
 
+    /// The last step of `request_id` this node accepted and the last it passed on.
+    fn progress(&self, request_id: &str) -> pb::ProgressResponse {
+        match self.shard.steps(request_id) {
+            Some(steps) => pb::ProgressResponse {
+                known: true,
+                accepted_step: steps.accepted,
+                passed_step: steps.passed,
+            },
+            None => pb::ProgressResponse::default(),
+        }
+    }
+
     async fn fetch_weights(&self, request: pb::WeightRequest) -> Result<WeightStream, Status> {
         match self.supply() {
             Some(supply) => supply.serve(request),

@@ -1,5 +1,6 @@
 //! What a node remembers about requests passing through it: the last step of each it
-//! accepted (a retried message whose first copy arrived must not run twice), and the
+//! accepted (a retried message whose first copy arrived must not run twice) and the last
+//! it passed on (the origin asks, to tell a slow ring from a lost message), and the
 //! requests that have finished (late steps of them are refused).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -10,11 +11,20 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 /// that came and went).
 #[derive(Default)]
 pub struct StepLedger {
-    /// Per request: its last step, and when it was last touched (a counter).
-    last: HashMap<String, (u64, u64)>,
+    /// Per request: its steps, and when it was last touched (a counter).
+    last: HashMap<String, (Steps, u64)>,
     /// The requests by when they were last touched, oldest first.
     by_touch: BTreeMap<u64, String>,
     clock: u64,
+}
+
+/// How far one request got on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steps {
+    /// The last step accepted.
+    pub accepted: u64,
+    /// The last step whose output left this node, if any did.
+    pub passed: Option<u64>,
 }
 
 impl StepLedger {
@@ -25,9 +35,9 @@ impl StepLedger {
         self.clock += 1;
         let now = self.clock;
         match self.last.get_mut(request_id) {
-            Some((last, _)) if *last >= step => false,
-            Some((last, touched)) => {
-                *last = step;
+            Some((steps, _)) if steps.accepted >= step => false,
+            Some((steps, touched)) => {
+                steps.accepted = step;
                 self.by_touch.remove(touched);
                 *touched = now;
                 self.by_touch.insert(now, request_id.to_string());
@@ -40,10 +50,27 @@ impl StepLedger {
                     self.last.remove(&oldest);
                 }
                 self.by_touch.insert(now, request_id.to_string());
-                self.last.insert(request_id.to_string(), (step, now));
+                let steps = Steps {
+                    accepted: step,
+                    passed: None,
+                };
+                self.last.insert(request_id.to_string(), (steps, now));
                 true
             }
         }
+    }
+
+    /// The output of `step` of `request_id` left this node (a request it does not know,
+    /// one that finished meanwhile, is not recorded).
+    pub fn passed(&mut self, request_id: &str, step: u64) {
+        if let Some((steps, _)) = self.last.get_mut(request_id) {
+            steps.passed = Some(steps.passed.map_or(step, |p| p.max(step)));
+        }
+    }
+
+    /// How far `request_id` got here, if a step of it was accepted.
+    pub fn steps(&self, request_id: &str) -> Option<Steps> {
+        self.last.get(request_id).map(|(steps, _)| *steps)
     }
 
     /// Whether a step of `request_id` was accepted here before.
@@ -107,6 +134,22 @@ mod tests {
         assert!(ledger.knows("long"), "a live request was forgotten");
         assert!(!ledger.accept("long", 1), "a retried step would run twice");
         assert!(ledger.accept("long", 2));
+    }
+
+    #[test]
+    fn a_step_passed_on_is_recorded_only_for_a_known_request_and_never_goes_back() {
+        let mut ledger = StepLedger::default();
+        ledger.passed("unknown", 3);
+        assert_eq!(ledger.steps("unknown"), None);
+        assert!(ledger.accept("r", 0));
+        assert_eq!(ledger.steps("r").unwrap().passed, None);
+        assert!(ledger.accept("r", 1));
+        ledger.passed("r", 1);
+        ledger.passed("r", 0);
+        let steps = ledger.steps("r").unwrap();
+        assert_eq!((steps.accepted, steps.passed), (1, Some(1)));
+        ledger.forget("r");
+        assert_eq!(ledger.steps("r"), None);
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod origin_state;
 mod outbox;
 mod plan;
 mod prefix_directory;
+mod progress;
 mod request;
 mod shard;
 mod shard_state;

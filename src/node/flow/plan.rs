@@ -155,6 +155,33 @@ impl RequestFlow {
         }
     }
 
+    /// Waits, at most [`VOUCH_WAIT`], until every node `contexts` name has proven the key
+    /// here. A node that has just (re)started hears its peers' announcements within a
+    /// second, but a step may reach it first; refused at once, its origin would plan over
+    /// it again, be refused again and give the request up. Steps that still name a
+    /// stranger after the wait are refused by [`Self::check_plan_nodes`].
+    pub(super) async fn await_vouches<'c>(
+        &self,
+        contexts: impl Iterator<Item = &'c ValidatedContext> + Clone,
+    ) {
+        let unproven = || {
+            contexts.clone().any(|context| {
+                std::iter::once(context.origin_node_id.as_str())
+                    .chain(context.plan.entries.iter().map(|e| e.node_id.as_str()))
+                    .any(|id| !self.peers.vouches_for(id))
+            })
+        };
+        let mut joined = self.peers.subscribe();
+        let waited = tokio::time::timeout(VOUCH_WAIT, async {
+            while unproven() {
+                if joined.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let _ = waited.await;
+    }
+
     /// Refuses a plan (or origin) naming a node this one has not authenticated: in a keyed
     /// cluster a plan must not steer hidden states or tokens to a stranger.
     pub(super) fn check_plan_nodes(&self, context: &ValidatedContext) -> Result<(), Status> {
@@ -173,6 +200,10 @@ impl RequestFlow {
         }
     }
 }
+
+/// How long a step naming a node that has not proven the key here waits for its proof
+/// (announcements go out twice a second) before it is refused.
+const VOUCH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// "a[0,10) → b[10,20) → c[20,30)"
 pub fn describe(plan: &Partition) -> String {

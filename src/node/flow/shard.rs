@@ -64,6 +64,8 @@ impl RequestFlow {
         &self,
         steps: Vec<(ValidatedContext, StepInput)>,
     ) -> Vec<Result<(), Status>> {
+        self.await_vouches(steps.iter().map(|(context, _)| context))
+            .await;
         let model = match self.model().await {
             Ok(model) => model,
             Err(error) => {
@@ -202,6 +204,7 @@ impl RequestFlow {
                         let mut next_context = context.clone();
                         next_context.index += 1;
                         let item = step_to_wire(&next_context, StepInput::Hidden(hidden));
+                        self.shard.passed(&context.request_id, context.step);
                         self.send_to(&next.node_id, &next.address, Item::Step(item));
                     }
                     None => self.fail_step(
@@ -260,6 +263,7 @@ impl RequestFlow {
 
     /// Sends a step's outcome to the request's origin.
     fn deliver(&self, context: &ValidatedContext, outcome: StepOutcome) {
+        self.shard.passed(&context.request_id, context.step);
         if context.origin_node_id == self.node_id {
             if let Err(status) = self
                 .origin

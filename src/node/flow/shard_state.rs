@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::constraints::Constraints;
-use super::ledger::{Finished, StepLedger};
+use super::ledger::{Finished, StepLedger, Steps};
 use crate::engine::serve::batcher::StepSink;
 use crate::proto::ValidatedContext;
 
@@ -63,6 +63,16 @@ impl ShardState {
     /// message), recording it.
     pub(super) fn accept(&self, request_id: &str, step: u64) -> bool {
         self.lock_accepted().accept(request_id, step)
+    }
+
+    /// The output of `step` of `request_id` left this node.
+    pub(super) fn passed(&self, request_id: &str, step: u64) {
+        self.lock_accepted().passed(request_id, step);
+    }
+
+    /// How far `request_id` got here.
+    pub(super) fn steps(&self, request_id: &str) -> Option<Steps> {
+        self.lock_accepted().steps(request_id)
     }
 
     /// Whether some step of `request_id` was accepted here.
