@@ -8,6 +8,7 @@
 mod answer;
 mod error;
 mod request;
+mod tools;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -19,7 +20,7 @@ use error::error;
 /// `POST /v1/messages`.
 pub async fn messages(State(state): State<ApiState>, body: Bytes) -> Response {
     match request::prepare(&state, &body).await {
-        Ok(prepared) => answer::respond(state, prepared).await,
+        Ok((prepared, tools)) => answer::respond(state, prepared, tools).await,
         Err(e) => error(e),
     }
 }
