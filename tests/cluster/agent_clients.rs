@@ -10,6 +10,7 @@
 use crate::harness::{NodeProcess, free_udp_port, run_python_client, wait_for_ring};
 use crate::support::qwen_model;
 use crate::support::venv::{anthropic_python, ollama_python};
+use crate::tools::OPENAI_TOOLS;
 
 /// The tools' own code, shared by both clients: a calculator of plain arithmetic and a
 /// weather stub.
@@ -98,18 +99,6 @@ const OLLAMA: &str = r#"
 import ollama
 client = ollama.Client(host=sys.argv[1])
 model = "qwen2.5-coder-0.5b"
-tools = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "The current weather in a city",
-        "parameters": {"type": "object", "properties": {
-            "city": {"type": "string"},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"]}}},
-    {"type": "function", "function": {
-        "name": "calculator", "description": "Evaluates an arithmetic expression",
-        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
-                       "required": ["expression"]}}},
-]
 greedy = {"temperature": 0, "num_predict": 80}
 messages = [{"role": "user", "content": TASK}]
 first = client.chat(model=model, messages=messages, tools=tools, options=greedy)
@@ -229,7 +218,8 @@ fn agents_call_tools_through_the_anthropic_and_ollama_clients() {
 
     // Ollama: the same task, a call in `message.tool_calls`, streamed the same, and
     // the answer with the result in the history.
-    let out = run_python_client(ollama, &format!("{TOOLS}{OLLAMA}"), &node, "");
+    let script = format!("{TOOLS}{OPENAI_TOOLS}{OLLAMA}");
+    let out = run_python_client(ollama, &script, &node, "");
     let calls = out["first"][1].as_array().unwrap();
     assert_eq!(calls.len(), 1, "{out}");
     assert_eq!(calls[0][0], "calculator", "{out}");
