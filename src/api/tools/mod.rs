@@ -324,3 +324,77 @@ impl ToolSet {
         matches!(self.choice, Choice::Required | Choice::Named(_))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use llguidance::api::TopLevelGrammar;
+    use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
+    use llguidance::{Matcher, ParserFactory};
+
+    use super::*;
+
+    /// Whether `grammar` allows `text` whole (over a vocabulary of single bytes).
+    fn allows(grammar: &str, text: &str) -> bool {
+        let mut words: Vec<Vec<u8>> = (0..255u8).map(|b| vec![b]).collect();
+        words.push(b"\xFF<eos>".to_vec());
+        let info = TokRxInfo::new(256, 255);
+        let env: TokEnv = Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, &words)));
+        let mut factory = ParserFactory::new_simple(&env).unwrap();
+        factory.quiet();
+        let parser = factory
+            .create_parser(TopLevelGrammar::from_lark(grammar.to_string()))
+            .unwrap();
+        let mut matcher = Matcher::new(Ok(parser));
+        let tokens: Vec<u32> = text.bytes().map(u32::from).collect();
+        matcher.validate_tokens(&tokens).unwrap() == tokens.len()
+            && matcher.consume_tokens(&tokens).is_ok()
+            && matcher.is_accepting().unwrap()
+    }
+
+    fn tools(choice: &str, parallel: bool) -> ToolSet {
+        let tools = json!([{"type": "function", "function": {"name": "calculator",
+            "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
+                           "required": ["expression"]}}}]);
+        check_tools(Some(&tools), Some(&json!(choice)))
+            .unwrap()
+            .unwrap()
+            .with_parallel(parallel)
+    }
+
+    const CALL: &str = r#"{"name": "calculator", "arguments": {"expression": "1 + 2"}}"#;
+    const BAD: &str = r#"{"name": "calculator", "arguments": {"expr": 3}}"#;
+
+    #[test]
+    fn auto_allows_text_or_text_then_schema_valid_calls() {
+        let auto = tools("auto", true).grammar(true);
+        let block = |call: &str| format!("<tool_call>\n{call}\n</tool_call>");
+        assert!(allows(&auto, "Hello there, <b>friend</b>."));
+        assert!(allows(&auto, &format!("Let me add.\n{}", block(CALL))));
+        assert!(allows(&auto, &format!("{}\n{}", block(CALL), block(CALL))));
+        assert!(!allows(&auto, &format!("Let me add.\n{}", block(BAD))));
+        assert!(!allows(&auto, &format!("{} and more text", block(CALL))));
+        let single = tools("auto", false).grammar(true);
+        assert!(allows(&single, &block(CALL)));
+        assert!(!allows(
+            &single,
+            &format!("{}\n{}", block(CALL), block(CALL))
+        ));
+    }
+
+    #[test]
+    fn required_allows_only_calls_and_untagged_calls_are_whole_json() {
+        let required = tools("required", true).grammar(true);
+        assert!(!allows(&required, "Hello"));
+        assert!(allows(
+            &required,
+            &format!("<tool_call>\n{CALL}\n</tool_call>")
+        ));
+        let untagged = tools("auto", true).grammar(false);
+        assert!(allows(&untagged, "Hello"));
+        assert!(allows(&untagged, CALL));
+        assert!(allows(&untagged, &format!("[{CALL}, {CALL}]")));
+        assert!(!allows(&untagged, BAD));
+    }
+}
