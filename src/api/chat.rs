@@ -9,10 +9,10 @@ use serde_json::json;
 
 use super::chat_format::ChatFormat;
 use super::error::ApiError;
-use super::params::{Common, Grammar, Prepared, Settings, loaded_model, parse};
+use super::params::{Common, Prepared, Settings, loaded_model, parse};
 use super::respond::respond;
 use super::state::ApiState;
-use super::tools::{Choice, ToolSet, check_tools};
+use super::tools::{Choice, ToolSet, check_tools, constrain};
 use crate::engine::ChatMessage;
 
 /// The request body. Unknown fields are ignored, as OpenAI clients send many.
@@ -26,8 +26,7 @@ struct ChatRequest {
     /// Functions the model may call, and whether it may, must, or must call one of them.
     tools: Option<serde_json::Value>,
     tool_choice: Option<serde_json::Value>,
-    /// Accepted; a forced call is one call, an unforced answer may hold several.
-    #[allow(dead_code)]
+    /// Whether an answer may hold more than one call (default: it may).
     parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     common: Common,
@@ -177,7 +176,9 @@ pub fn check_chat_request(body: &[u8], served_model: &str) -> Result<CheckedChat
         }
     };
     let settings = request.common.check_for(served_model, top_logprobs)?;
-    let tools = check_tools(request.tools.as_ref(), request.tool_choice.as_ref())?;
+    let parallel = request.parallel_tool_calls.unwrap_or(true);
+    let tools = check_tools(request.tools.as_ref(), request.tool_choice.as_ref())?
+        .map(|tools| tools.with_parallel(parallel));
     if tools.as_ref().is_some_and(ToolSet::forces_call) && settings.grammar.is_some() {
         return Err(ApiError::invalid_param(
             "tool_choice",
@@ -200,8 +201,8 @@ async fn prepare(state: &ApiState, body: &[u8]) -> Result<(Prepared, Option<Tool
     prepare_checked(state, check_chat_request(body, state.flow.model_id())?).await
 }
 
-/// Tokenizes a checked chat (its tools through the template; a forced call's grammar in
-/// its settings) into a request ready to run. Responses' requests come through here too.
+/// Tokenizes a checked chat (its tools through the template, their grammar in its
+/// settings) into a request ready to run. Responses' requests come through here too.
 pub(super) async fn prepare_checked(
     state: &ApiState,
     checked: CheckedChat,
@@ -213,26 +214,7 @@ pub(super) async fn prepare_checked(
     } = checked;
     let loaded = loaded_model(state).await?;
     let tokenizer = loaded.tokenizer().clone();
-    if let Some(tools) = &tools {
-        let call = Grammar {
-            param: "tools",
-            lark: tools.call_grammar(tokenizer.writes_tool_call_tags()),
-        };
-        if tools.forces_call() {
-            settings.grammar = Some(call);
-        } else {
-            // Compiled only to refuse a tool whose parameters are no usable schema.
-            loaded
-                .grammars()
-                .and_then(|g| g.matcher(&call.lark))
-                .map_err(|e| {
-                    ApiError::invalid_param(
-                        "tools",
-                        format!("a tool's parameters cannot be used: {e:#}"),
-                    )
-                })?;
-        }
-    }
+    constrain(tools.as_ref(), &loaded, &mut settings)?;
     let offered = tools
         .as_ref()
         .map(|t| t.offered().to_vec())

@@ -50,14 +50,6 @@ impl ChatFormat {
         }
     }
 
-    fn logprobs(&self, tokens: &[TokenLogprobs]) -> serde_json::Value {
-        if self.logprobs {
-            logprobs::chat(&self.tokenizer, tokens)
-        } else {
-            serde_json::Value::Null
-        }
-    }
-
     fn chunk(
         &self,
         id: &str,
@@ -89,6 +81,14 @@ impl ChatFormat {
 }
 
 impl Format for ChatFormat {
+    fn logprobs_of(&mut self, tokens: &[TokenLogprobs]) -> serde_json::Value {
+        if self.logprobs {
+            logprobs::chat(&self.tokenizer, tokens)
+        } else {
+            serde_json::Value::Null
+        }
+    }
+
     fn whole(
         &mut self,
         id: &str,
@@ -114,7 +114,7 @@ impl Format for ChatFormat {
             "choices": [{
                 "index": 0,
                 "message": message,
-                "logprobs": self.logprobs(logprobs),
+                "logprobs": self.logprobs_of(logprobs),
                 "finish_reason": self.finish_reason(summary, !parsed.calls.is_empty()),
             }],
             "usage": usage(summary),
@@ -132,8 +132,9 @@ impl Format for ChatFormat {
     }
 
     fn piece(&mut self, id: &str, text: &str, logprobs: &[TokenLogprobs]) -> serde_json::Value {
+        let logprobs = self.logprobs_of(logprobs);
         if self.tools.is_none() {
-            return self.chunk(id, json!({"content": text}), self.logprobs(logprobs), None);
+            return self.chunk(id, json!({"content": text}), logprobs, None);
         }
         self.held.push_str(text);
         let ready = calls::releasable(&self.held, !self.sent_text);
@@ -144,7 +145,7 @@ impl Format for ChatFormat {
         } else {
             json!({"content": out})
         };
-        self.chunk(id, delta, self.logprobs(logprobs), None)
+        self.chunk(id, delta, logprobs, None)
     }
 
     fn before_finish(&mut self, id: &str) -> Vec<serde_json::Value> {
@@ -196,11 +197,7 @@ impl Format for ChatFormat {
         logprobs: &[TokenLogprobs],
         summary: &GenerationSummary,
     ) -> serde_json::Value {
-        let logprobs = if logprobs.is_empty() {
-            serde_json::Value::Null
-        } else {
-            self.logprobs(logprobs)
-        };
+        let logprobs = self.leftover_logprobs(logprobs);
         let reason = self.finish_reason(summary, self.called);
         self.chunk(id, json!({}), logprobs, Some(reason))
     }

@@ -142,14 +142,6 @@ struct CompletionFormat {
 }
 
 impl CompletionFormat {
-    fn logprobs(&mut self, tokens: &[TokenLogprobs]) -> serde_json::Value {
-        if self.logprobs {
-            logprobs::completion(&self.tokenizer, tokens, &mut self.offset)
-        } else {
-            serde_json::Value::Null
-        }
-    }
-
     fn object(&self, id: &str, choices: serde_json::Value) -> serde_json::Value {
         json!({
             "id": format!("cmpl-{id}"),
@@ -162,6 +154,14 @@ impl CompletionFormat {
 }
 
 impl Format for CompletionFormat {
+    fn logprobs_of(&mut self, tokens: &[TokenLogprobs]) -> serde_json::Value {
+        if self.logprobs {
+            logprobs::completion(&self.tokenizer, tokens, &mut self.offset)
+        } else {
+            serde_json::Value::Null
+        }
+    }
+
     fn whole(
         &mut self,
         id: &str,
@@ -169,7 +169,7 @@ impl Format for CompletionFormat {
         logprobs: &[TokenLogprobs],
         summary: &GenerationSummary,
     ) -> serde_json::Value {
-        let logprobs = self.logprobs(logprobs);
+        let logprobs = self.logprobs_of(logprobs);
         let mut whole = self.object(
             id,
             json!([{
@@ -189,7 +189,7 @@ impl Format for CompletionFormat {
     }
 
     fn piece(&mut self, id: &str, text: &str, logprobs: &[TokenLogprobs]) -> serde_json::Value {
-        let logprobs = self.logprobs(logprobs);
+        let logprobs = self.logprobs_of(logprobs);
         self.object(
             id,
             json!([{ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": null }]),
@@ -202,11 +202,7 @@ impl Format for CompletionFormat {
         logprobs: &[TokenLogprobs],
         summary: &GenerationSummary,
     ) -> serde_json::Value {
-        let logprobs = if logprobs.is_empty() {
-            serde_json::Value::Null
-        } else {
-            self.logprobs(logprobs)
-        };
+        let logprobs = self.leftover_logprobs(logprobs);
         self.object(
             id,
             json!([{

@@ -58,6 +58,20 @@ pub trait Format: Send + 'static {
     fn before_finish(&mut self, _id: &str) -> Vec<serde_json::Value> {
         Vec::new()
     }
+    /// Logprobs of `tokens` as the endpoint writes them (null where they were not asked
+    /// for, or the endpoint has none).
+    fn logprobs_of(&mut self, _tokens: &[TokenLogprobs]) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// The last chunk's logprobs: those of the tokens whose text was held back to the
+    /// end, null when there are none.
+    fn leftover_logprobs(&mut self, tokens: &[TokenLogprobs]) -> serde_json::Value {
+        if tokens.is_empty() {
+            serde_json::Value::Null
+        } else {
+            self.logprobs_of(tokens)
+        }
+    }
     /// The last chunk with a choice: its finish reason.
     fn finish(
         &mut self,

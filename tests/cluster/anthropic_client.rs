@@ -1,7 +1,7 @@
 //! The official Anthropic Python client, pointed at a node, works as against Anthropic's
 //! Messages API: whole and streamed answers (its event types, and the SDK's own
 //! accumulation of them), system prompts and content blocks, stop sequences and
-//! `max_tokens` as `stop_reason`, and refusals of what this server does not do yet.
+//! `max_tokens` as `stop_reason`, and refusals of what this server does not do (tools: tests/cluster/agent_clients.rs).
 
 use crate::e2e::{PROMPT, generate_locally};
 use crate::harness::{NodeProcess, free_udp_port, post_json, run_python_client, wait_for_ring};
@@ -41,12 +41,12 @@ short = client.messages.create(model=model, max_tokens=4, temperature=0, message
 refusals = {}
 for name, call in [
     ("model", lambda: client.messages.create(model="claude-nope", max_tokens=8, messages=messages)),
-    ("tools", lambda: client.messages.create(model=model, max_tokens=8, messages=messages, tools=[{
-        "name": "calculator", "description": "adds numbers",
-        "input_schema": {"type": "object", "properties": {"a": {"type": "number"}}},
-    }])),
-    ("tool_result", lambda: client.messages.create(model=model, max_tokens=8, messages=[
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "4"}]},
+    ("image", lambda: client.messages.create(model=model, max_tokens=8, messages=[
+        {"role": "user", "content": [{"type": "image", "source": {
+            "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]},
+    ])),
+    ("tool_use_by_user", lambda: client.messages.create(model=model, max_tokens=8, messages=[
+        {"role": "user", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
     ])),
     ("temperature", lambda: client.messages.create(
         model=model, max_tokens=8, messages=messages, temperature=1.5)),
@@ -156,7 +156,7 @@ fn the_official_anthropic_python_client_works_against_a_node() {
         assert!(message.contains(words), "{name}: {message}");
     };
     refused("model", 404, "not_found_error", "claude-nope");
-    refused("tools", 400, "invalid_request_error", "'tools'");
-    refused("tool_result", 400, "invalid_request_error", "tool_result");
+    refused("image", 400, "invalid_request_error", "'image'");
+    refused("tool_use_by_user", 400, "invalid_request_error", "tool_use");
     refused("temperature", 400, "invalid_request_error", "temperature");
 }

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod agent_clients;
 mod anthropic_client;
 mod api_access;
 mod bad_input;

@@ -39,9 +39,10 @@ refusals = {}
 for name, call in [
     ("missing", lambda: client.chat(model="no-such-model", messages=messages)),
     ("format", lambda: client.chat(model=model, messages=messages, format="json")),
-    ("tools", lambda: client.chat(model=model, messages=messages, tools=[{
+    ("bad_tool", lambda: client.chat(model=model, messages=messages, tools=[{
         "type": "function",
-        "function": {"name": "add", "description": "adds", "parameters": {"type": "object", "properties": {}}},
+        "function": {"name": "add", "description": "adds", "parameters": {"type": "object",
+            "properties": {"a": {"type": "nonsense"}}}},
     }])),
     ("role", lambda: client.chat(model=model, messages=[{"role": "robot", "content": "hi"}])),
     ("num_predict", lambda: client.generate(model=model, prompt="a", options={"num_predict": 0})),
@@ -164,7 +165,7 @@ fn the_official_ollama_python_client_works_against_a_node() {
     };
     refused("missing", 404, "no-such-model");
     refused("format", 400, "'format'");
-    refused("tools", 400, "'tools'");
+    refused("bad_tool", 400, "nonsense");
     refused("role", 400, "robot");
     refused("num_predict", 400, "num_predict");
 }

@@ -11,13 +11,9 @@ use crate::harness::{NodeProcess, free_udp_port, run_python_client, wait_for_rin
 use crate::support::qwen_model;
 use crate::support::venv::openai_python;
 
-const CLIENT: &str = r#"
-import json, sys
-import openai
-
-url = sys.argv[1]
-client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-model = "qwen2.5-coder-0.5b"
+/// The tools the agent tests offer, in OpenAI's shape (a Python assignment to `tools`):
+/// a weather stub and a calculator.
+pub const OPENAI_TOOLS: &str = r#"
 tools = [
     {"type": "function", "function": {
         "name": "get_weather", "description": "The current weather in a city",
@@ -30,6 +26,15 @@ tools = [
         "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
                        "required": ["expression"]}}},
 ]
+"#;
+
+const CLIENT: &str = r#"
+import json, sys
+import openai
+
+url = sys.argv[1]
+client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+model = "qwen2.5-coder-0.5b"
 weather = [{"role": "user", "content": "What is the weather in Paris right now?"}]
 
 def call(message):
@@ -131,7 +136,7 @@ fn tools_and_json_schemas_work_through_the_official_openai_client() {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProcess::start_model(dir.path(), "tools", free_udp_port(), "qwen2.5-coder-0.5b");
     wait_for_ring(&node, 1);
-    let out = run_python_client(python, CLIENT, &node, "");
+    let out = run_python_client(python, &format!("{OPENAI_TOOLS}{CLIENT}"), &node, "");
     let tools = &out["tools"];
 
     // Forced calls: exactly one call, valid against its function's schema.

@@ -1,12 +1,16 @@
 //! A Messages request: its checks, and the conversation (system, then user and assistant
-//! turns of text blocks) through the model's chat template.
+//! turns of text, `tool_use` and `tool_result` blocks) through the model's chat template
+//! with the tools offered.
 
 use serde::Deserialize;
 
+use super::tools;
+use crate::api::chat::{CheckedChat, prepare_checked};
 use crate::api::config::MAX_STOP_STRING_BYTES;
 use crate::api::error::ApiError;
-use crate::api::params::{Prepared, Settings, loaded_model, parse};
+use crate::api::params::{Prepared, Settings, parse};
 use crate::api::state::ApiState;
+use crate::api::tools::ToolSet;
 use crate::engine::{ChatMessage, SamplingParams};
 
 /// The body. Unknown fields (`metadata`, `service_tier`) are ignored.
@@ -42,43 +46,113 @@ enum Content {
     Blocks(Vec<Block>),
 }
 
+/// A content block: `text`, an assistant's `tool_use` (`id`, `name`, `input`) or a user's
+/// `tool_result` (`tool_use_id`, `content`, `is_error`).
 #[derive(Debug, Deserialize)]
 struct Block {
     #[serde(rename = "type")]
     kind: String,
     text: Option<String>,
+    id: Option<String>,
+    name: Option<String>,
+    input: Option<serde_json::Value>,
+    tool_use_id: Option<String>,
+    content: Option<serde_json::Value>,
+    is_error: Option<bool>,
 }
 
-/// What the blocks of a tool-using conversation are called, to refuse them by name.
-const TOOL_BLOCKS: [&str; 2] = ["tool_use", "tool_result"];
+/// A message's parts: its text, the calls it makes (an assistant's) and the results it
+/// returns (a user's, as `tool` messages).
+#[derive(Default)]
+struct Parts {
+    text: String,
+    calls: Vec<serde_json::Value>,
+    results: Vec<ChatMessage>,
+}
 
-/// The text of `content` (`what` names it in errors): text blocks only.
-fn text(content: Content, what: &str) -> Result<String, ApiError> {
+/// The text of a `tool_result`'s content: a string or a list of text blocks.
+fn result_text(what: &str, content: Option<serde_json::Value>) -> Result<String, ApiError> {
     match content {
-        Content::Text(text) => Ok(text),
-        Content::Blocks(blocks) => {
-            let mut text = String::new();
-            for block in blocks {
-                match (block.kind.as_str(), block.text) {
-                    ("text", Some(t)) => text.push_str(&t),
-                    (kind, _) => {
-                        let why = if TOOL_BLOCKS.contains(&kind) {
-                            " (tool use is not supported by this server yet)"
-                        } else {
-                            ""
-                        };
-                        return Err(ApiError::invalid_param(
-                            "messages",
-                            format!(
-                                "{what} has a content block of type '{kind}'; only text is supported{why}"
-                            ),
-                        ));
-                    }
-                }
+        None | Some(serde_json::Value::Null) => Ok(String::new()),
+        Some(serde_json::Value::String(text)) => Ok(text),
+        Some(serde_json::Value::Array(blocks)) => blocks
+            .iter()
+            .map(|b| match (b["type"].as_str(), b["text"].as_str()) {
+                (Some("text"), Some(text)) => Ok(text.to_string()),
+                (kind, _) => Err(ApiError::invalid_param(
+                    "messages",
+                    format!("{what}'s tool_result has a content block of type {kind:?}; only text is supported"),
+                )),
+            })
+            .collect(),
+        Some(_) => Err(ApiError::invalid_param(
+            "messages",
+            format!("{what}'s tool_result content must be a string or a list of text blocks"),
+        )),
+    }
+}
+
+/// The parts of `content` (`what` names it in errors, `role` says which blocks it may
+/// hold: tool_use is an assistant's, tool_result a user's).
+fn parts(content: Content, what: &str, role: &str) -> Result<Parts, ApiError> {
+    let blocks = match content {
+        Content::Text(text) => {
+            return Ok(Parts {
+                text,
+                ..Parts::default()
+            });
+        }
+        Content::Blocks(blocks) => blocks,
+    };
+    let mut parts = Parts::default();
+    for block in blocks {
+        match (block.kind.as_str(), role) {
+            ("text", _) => parts.text.push_str(block.text.as_deref().unwrap_or("")),
+            ("tool_use", "assistant") => {
+                let (Some(id), Some(name)) = (block.id, block.name) else {
+                    return Err(ApiError::invalid_param(
+                        "messages",
+                        format!("{what} has a tool_use block without id or name"),
+                    ));
+                };
+                let input = block.input.unwrap_or_else(|| serde_json::json!({}));
+                parts.calls.push(serde_json::json!({
+                    "id": id, "type": "function",
+                    "function": {"name": name, "arguments": input},
+                }));
             }
-            Ok(text)
+            ("tool_result", "user") => {
+                let Some(id) = block.tool_use_id else {
+                    return Err(ApiError::invalid_param(
+                        "messages",
+                        format!("{what} has a tool_result block without tool_use_id"),
+                    ));
+                };
+                let mut text = result_text(what, block.content)?;
+                if block.is_error == Some(true) {
+                    text = format!("Error: {text}");
+                }
+                let mut result = ChatMessage::new("tool", text);
+                result.tool_call_id = Some(id);
+                parts.results.push(result);
+            }
+            (kind @ ("tool_use" | "tool_result"), _) => {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!("{what} has a {kind} block, which a {role} message may not have"),
+                ));
+            }
+            (kind, _) => {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!(
+                        "{what} has a content block of type '{kind}'; only text, tool_use and tool_result are supported"
+                    ),
+                ));
+            }
         }
     }
+    Ok(parts)
 }
 
 /// Whether a JSON value is a real use of a field: not null, [] or {}.
@@ -113,7 +187,7 @@ fn conversation(
     }
     let mut messages = Vec::with_capacity(raw.len() + 1);
     if let Some(system) = system {
-        let system = text(system, "system")?;
+        let system = parts(system, "system", "system")?.text;
         if !system.is_empty() {
             messages.push(ChatMessage::new("system", system));
         }
@@ -135,14 +209,30 @@ fn conversation(
                 "the last message is the assistant's: continuing a prefilled answer is not supported yet; end with a user message",
             ));
         }
-        let content = text(message.content, &format!("messages[{i}]"))?;
-        messages.push(ChatMessage::new(role, content));
+        let Parts {
+            text,
+            calls,
+            results,
+        } = parts(message.content, &format!("messages[{i}]"), role)?;
+        // A user turn's tool results come first (they answer the calls before them),
+        // then its text, if any.
+        let had_results = !results.is_empty();
+        messages.extend(results);
+        if role == "assistant" || !had_results || !text.is_empty() {
+            let mut message = ChatMessage::new(role, text);
+            message.tool_calls = (!calls.is_empty()).then_some(calls);
+            messages.push(message);
+        }
     }
     Ok(messages)
 }
 
-/// Checks and tokenizes a Messages request: the request ready to run.
-pub async fn prepare(state: &ApiState, body: &[u8]) -> Result<Prepared, ApiError> {
+/// Checks and tokenizes a Messages request (its tools through the chat path's own
+/// preparation): the request ready to run, and the tools the model may call.
+pub async fn prepare(
+    state: &ApiState,
+    body: &[u8],
+) -> Result<(Prepared, Option<ToolSet>), ApiError> {
     let request: MessagesBody = parse(body, "Messages")?;
     let served = state.flow.model_id();
     if request.model != served {
@@ -163,12 +253,7 @@ pub async fn prepare(state: &ApiState, body: &[u8]) -> Result<Prepared, ApiError
             "max_tokens must be at least 1",
         ));
     }
-    if used(&request.tools) {
-        return Err(refuse("tools", "tool use"));
-    }
-    if used(&request.tool_choice) {
-        return Err(refuse("tool_choice", "tool use"));
-    }
+    let tools = tools::check(request.tools.as_ref(), request.tool_choice.as_ref())?;
     if used(&request.thinking)
         && request.thinking.as_ref().and_then(|t| t.get("type")) != Some(&"disabled".into())
     {
@@ -201,11 +286,6 @@ pub async fn prepare(state: &ApiState, body: &[u8]) -> Result<Prepared, ApiError
         ));
     }
     let messages = conversation(request.system, request.messages)?;
-    let loaded = loaded_model(state).await?;
-    let prompt = loaded
-        .tokenizer()
-        .encode_chat(&messages)
-        .map_err(|e| ApiError::invalid_param("messages", format!("{e:#}")))?;
     let settings = Settings::checked(
         request.model,
         request.stream,
@@ -213,5 +293,10 @@ pub async fn prepare(state: &ApiState, body: &[u8]) -> Result<Prepared, ApiError
         stops,
         Some(max_tokens),
     );
-    settings.finish(loaded, prompt, "messages")
+    let checked = CheckedChat {
+        messages,
+        settings,
+        tools,
+    };
+    prepare_checked(state, checked).await
 }

@@ -1,6 +1,8 @@
 //! Ollama's answers: one JSON object per line as the text comes (`stream`, its default),
 //! or one object with the whole text; the last says `done` with Ollama's counts and
-//! durations (nanoseconds).
+//! durations (nanoseconds). With tools, a call the model makes is `message.tool_calls`
+//! (`{"function": {"name", "arguments": {…}}}`), streamed in a line of its own when the
+//! answer is complete.
 
 use std::convert::Infallible;
 use std::time::{Instant, SystemTime};
@@ -18,6 +20,8 @@ use crate::api::error::ApiError;
 use crate::api::params::Prepared;
 use crate::api::respond::REQUEST_ID_HEADER;
 use crate::api::state::ApiState;
+use crate::api::tools::calls;
+use crate::api::tools::{Choice, ToolSet};
 use crate::node::{GenerationEvent, GenerationSummary};
 
 /// Which endpoint answers: chat's text is a `message`, generate's a `response`.
@@ -34,6 +38,11 @@ pub struct Answer {
     model: String,
     /// When the request arrived (`total_duration`).
     started: Instant,
+    /// The tools the model may call (chat only).
+    tools: Option<ToolSet>,
+    /// Streamed text held back because a call may begin in it, and whether any went out.
+    held: String,
+    sent_text: bool,
 }
 
 /// Now, as Ollama writes `created_at` (RFC 3339).
@@ -51,7 +60,59 @@ impl Answer {
             shape,
             model,
             started,
+            tools: None,
+            held: String::new(),
+            sent_text: false,
         }
+    }
+
+    /// The same answer, its calls of `tools` (unless the choice is none) parsed out.
+    pub fn with_tools(self, tools: Option<ToolSet>) -> Self {
+        Answer {
+            tools: tools.filter(|t| t.choice != Choice::None),
+            ..self
+        }
+    }
+
+    /// An object carrying `text` and the calls in it, not yet done.
+    fn text_and_calls(&self, text: &str) -> serde_json::Value {
+        let parsed = ToolSet::parse_answer(self.tools.as_ref(), text);
+        if parsed.calls.is_empty() {
+            return self.text(text);
+        }
+        let mut object = self.text(&parsed.content);
+        object["message"]["tool_calls"] = parsed
+            .calls
+            .iter()
+            .map(|c| json!({"function": {"name": c.name, "arguments": c.input()}}))
+            .collect();
+        object
+    }
+
+    /// The lines a streamed piece of text becomes: none while a call may begin in it.
+    fn piece(&mut self, piece: &str) -> String {
+        if self.tools.is_none() {
+            return line(self.text(piece));
+        }
+        self.held.push_str(piece);
+        let ready = calls::releasable(&self.held, !self.sent_text);
+        let out: String = self.held.drain(..ready).collect();
+        if out.is_empty() {
+            return String::new();
+        }
+        self.sent_text = true;
+        line(self.text(&out))
+    }
+
+    /// The last lines of a stream: the held text and its calls, then `done`.
+    fn last(&mut self, summary: &GenerationSummary) -> String {
+        let held = std::mem::take(&mut self.held);
+        let mut out = String::new();
+        if !held.is_empty() {
+            out.push_str(&line(self.text_and_calls(&held)));
+        }
+        out.push_str(&line(self.done("", summary)));
+        out
     }
 
     /// An object carrying `text`, not yet done.
@@ -65,9 +126,10 @@ impl Answer {
         object
     }
 
-    /// The last object: `text` (empty when streamed), why it ended, counts and times.
+    /// The last object: `text` (empty when streamed) and its calls, why it ended,
+    /// counts and times.
     fn done(&self, text: &str, summary: &GenerationSummary) -> serde_json::Value {
-        let mut object = self.text(text);
+        let mut object = self.text_and_calls(text);
         object["done"] = json!(true);
         object["done_reason"] = json!(summary.finish.as_str());
         object["total_duration"] = json!(nanos(self.started.elapsed().as_secs_f64()));
@@ -129,7 +191,7 @@ fn stream(
 ) -> Response {
     let lines =
         futures::stream::unfold(Some((events, answer, shutting_down)), |going| async move {
-            let (mut events, answer, mut shutting_down) = going?;
+            let (mut events, mut answer, mut shutting_down) = going?;
             loop {
                 let event = tokio::select! {
                     event = events.recv() => event,
@@ -140,11 +202,13 @@ fn stream(
                 };
                 match event? {
                     GenerationEvent::Text(piece) if !piece.is_empty() => {
-                        let next = line(answer.text(&piece));
-                        return Some((next, Some((events, answer, shutting_down))));
+                        let next = answer.piece(&piece);
+                        if !next.is_empty() {
+                            return Some((next, Some((events, answer, shutting_down))));
+                        }
                     }
                     GenerationEvent::Finished(summary) => {
-                        return Some((line(answer.done("", &summary)), None));
+                        return Some((answer.last(&summary), None));
                     }
                     GenerationEvent::Failed(message) => {
                         let last =

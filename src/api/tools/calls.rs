@@ -27,6 +27,12 @@ impl ToolCall {
             "function": {"name": self.name, "arguments": self.arguments},
         })
     }
+
+    /// The arguments as a JSON value (Anthropic's `input`, Ollama's `arguments`); text
+    /// that is no JSON stays a string rather than being lost.
+    pub fn input(&self) -> Value {
+        serde_json::from_str(&self.arguments).unwrap_or_else(|_| self.arguments.clone().into())
+    }
 }
 
 /// An answer split into its text and its calls.

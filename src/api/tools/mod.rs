@@ -1,12 +1,16 @@
-//! OpenAI tool calling: the `tools` and `tool_choice` a request offers ([`ToolSet`],
-//! checked here), the grammar that forces a call when the choice requires one, and the
-//! model's answer parsed back into calls ([`calls`]).
+//! Tool calling, shared by every endpoint that offers it (OpenAI's chat and Responses,
+//! Anthropic's Messages, Ollama's chat): the `tools` and `tool_choice` a request offers in
+//! OpenAI's shape ([`ToolSet`], checked here; the other APIs translate theirs), the
+//! grammar that constrains the answer to text or schema-valid calls ([`constrain`]), and
+//! the model's answer parsed back into calls ([`calls`]).
 
 pub mod calls;
 
 use serde_json::{Value, json};
 
 use crate::api::error::ApiError;
+use crate::api::params::{Grammar, Settings};
+use crate::engine::serve::loaded_model::LoadedModel;
 use crate::engine::text::constraint::json_rule;
 
 /// What the model may do with the tools.
@@ -29,6 +33,9 @@ pub struct ToolSet {
     /// parameters}}`, as the chat template reads them.
     pub tools: Vec<Value>,
     pub choice: Choice,
+    /// Whether the model may make more than one call in an answer (OpenAI's
+    /// `parallel_tool_calls`, Anthropic's `disable_parallel_tool_use` negated).
+    pub parallel: bool,
 }
 
 fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
@@ -95,6 +102,37 @@ fn check_tool(i: usize, tool: &Value) -> Result<Value, ApiError> {
     let mut function = function.clone();
     function["parameters"] = parameters;
     Ok(json!({"type": "function", "function": function}))
+}
+
+/// Constrains what the model may answer when tools are offered ([`ToolSet::grammar`]);
+/// a tool whose parameters are no usable schema is a 400 naming `tools`. A JSON
+/// `response_format` under `auto` keeps its own grammar (the answer is JSON), and
+/// `tool_choice: none` constrains nothing.
+pub fn constrain(
+    tools: Option<&ToolSet>,
+    loaded: &LoadedModel,
+    settings: &mut Settings,
+) -> Result<(), ApiError> {
+    let Some(tools) = tools else {
+        return Ok(());
+    };
+    let grammar = Grammar {
+        param: "tools",
+        lark: tools.grammar(loaded.tokenizer().writes_tool_call_tags()),
+    };
+    loaded
+        .grammars()
+        .and_then(|g| g.matcher(&grammar.lark))
+        .map_err(|e| {
+            ApiError::invalid_param(
+                "tools",
+                format!("a tool's parameters cannot be used: {e:#}"),
+            )
+        })?;
+    if tools.choice != Choice::None && (tools.forces_call() || settings.grammar.is_none()) {
+        settings.grammar = Some(grammar);
+    }
+    Ok(())
 }
 
 /// Checks `tools` and `tool_choice`; None when the request offers no tools.
@@ -177,10 +215,19 @@ pub fn check_tools(
         }
         return Ok(None);
     }
-    Ok(Some(ToolSet { tools, choice }))
+    Ok(Some(ToolSet {
+        tools,
+        choice,
+        parallel: true,
+    }))
 }
 
 impl ToolSet {
+    /// The same tools, with more than one call per answer allowed or not.
+    pub fn with_parallel(self, parallel: bool) -> Self {
+        ToolSet { parallel, ..self }
+    }
+
     /// The tools shown to the model (none when it may not call them).
     pub fn offered(&self) -> &[Value] {
         match self.choice {
@@ -211,19 +258,44 @@ impl ToolSet {
         }
     }
 
-    /// The grammar of a call (in `<tool_call>` tags when the model writes them): what a
-    /// required or named choice forces, and what checks the tools' schemas.
-    pub fn call_grammar(&self, tags: bool) -> String {
+    /// The grammar of what the model may answer: under a required or named choice only
+    /// calls; under `auto` free text, or text then calls (in `<tool_call>` tags when the
+    /// model writes them; else a whole answer that is a JSON call). Calls name an offered
+    /// function and their arguments are valid against its schema; more than one when
+    /// `parallel`.
+    pub fn grammar(&self, tags: bool) -> String {
         let only = match &self.choice {
             Choice::Named(name) => Some(name.as_str()),
             _ => None,
         };
         let call = json_rule(&self.call_schema(only));
-        if tags {
-            format!("start: \"<tool_call>\\n\" call \"\\n</tool_call>\"\ncall: {call}\n")
+        let more = if self.parallel {
+            r#" ("\n<tool_call>\n" call "\n</tool_call>")*"#
         } else {
-            format!("start: call\ncall: {call}\n")
-        }
+            ""
+        };
+        let list = if self.parallel {
+            r#" | "[" call (", " call)* "]""#
+        } else {
+            ""
+        };
+        let rules = match (self.forces_call(), tags) {
+            (true, true) => format!("start: \"<tool_call>\\n\" call \"\\n</tool_call>\"{more}\n"),
+            (true, false) => format!("start: call{list}\n"),
+            // Text that holds no `<tool_call>`, or text up to the first one (a lazy
+            // lexeme: it ends where the tag does) and then calls.
+            (false, true) => format!(
+                "start: TEXT | to_call \"\\n\" call \"\\n</tool_call>\"{more}\n\
+                 to_call[lazy]: /(?s:.*)<tool_call>/\n\
+                 TEXT: /(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/\n"
+            ),
+            // Text that does not open JSON, or a whole answer that is a call.
+            (false, false) => format!(
+                "start: TEXT | call{list}\n\
+                 TEXT: /(?s:.*)/ & ~/[ \\t\\n]*[\\[{{](?s:.*)/\n"
+            ),
+        };
+        format!("{rules}call: {call}\n")
     }
 
     /// An answer split into its text and its calls of `tools` (all text without tools).
@@ -250,5 +322,79 @@ impl ToolSet {
     /// Whether the model must call a tool (its tokens are constrained to a call).
     pub fn forces_call(&self) -> bool {
         matches!(self.choice, Choice::Required | Choice::Named(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use llguidance::api::TopLevelGrammar;
+    use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
+    use llguidance::{Matcher, ParserFactory};
+
+    use super::*;
+
+    /// Whether `grammar` allows `text` whole (over a vocabulary of single bytes).
+    fn allows(grammar: &str, text: &str) -> bool {
+        let mut words: Vec<Vec<u8>> = (0..255u8).map(|b| vec![b]).collect();
+        words.push(b"\xFF<eos>".to_vec());
+        let info = TokRxInfo::new(256, 255);
+        let env: TokEnv = Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, &words)));
+        let mut factory = ParserFactory::new_simple(&env).unwrap();
+        factory.quiet();
+        let parser = factory
+            .create_parser(TopLevelGrammar::from_lark(grammar.to_string()))
+            .unwrap();
+        let mut matcher = Matcher::new(Ok(parser));
+        let tokens: Vec<u32> = text.bytes().map(u32::from).collect();
+        matcher.validate_tokens(&tokens).unwrap() == tokens.len()
+            && matcher.consume_tokens(&tokens).is_ok()
+            && matcher.is_accepting().unwrap()
+    }
+
+    fn tools(choice: &str, parallel: bool) -> ToolSet {
+        let tools = json!([{"type": "function", "function": {"name": "calculator",
+            "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
+                           "required": ["expression"]}}}]);
+        check_tools(Some(&tools), Some(&json!(choice)))
+            .unwrap()
+            .unwrap()
+            .with_parallel(parallel)
+    }
+
+    const CALL: &str = r#"{"name": "calculator", "arguments": {"expression": "1 + 2"}}"#;
+    const BAD: &str = r#"{"name": "calculator", "arguments": {"expr": 3}}"#;
+
+    #[test]
+    fn auto_allows_text_or_text_then_schema_valid_calls() {
+        let auto = tools("auto", true).grammar(true);
+        let block = |call: &str| format!("<tool_call>\n{call}\n</tool_call>");
+        assert!(allows(&auto, "Hello there, <b>friend</b>."));
+        assert!(allows(&auto, &format!("Let me add.\n{}", block(CALL))));
+        assert!(allows(&auto, &format!("{}\n{}", block(CALL), block(CALL))));
+        assert!(!allows(&auto, &format!("Let me add.\n{}", block(BAD))));
+        assert!(!allows(&auto, &format!("{} and more text", block(CALL))));
+        let single = tools("auto", false).grammar(true);
+        assert!(allows(&single, &block(CALL)));
+        assert!(!allows(
+            &single,
+            &format!("{}\n{}", block(CALL), block(CALL))
+        ));
+    }
+
+    #[test]
+    fn required_allows_only_calls_and_untagged_calls_are_whole_json() {
+        let required = tools("required", true).grammar(true);
+        assert!(!allows(&required, "Hello"));
+        assert!(allows(
+            &required,
+            &format!("<tool_call>\n{CALL}\n</tool_call>")
+        ));
+        let untagged = tools("auto", true).grammar(false);
+        assert!(allows(&untagged, "Hello"));
+        assert!(allows(&untagged, CALL));
+        assert!(allows(&untagged, &format!("[{CALL}, {CALL}]")));
+        assert!(!allows(&untagged, BAD));
     }
 }
