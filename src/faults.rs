@@ -7,7 +7,8 @@
 //! node the way a failing GPU or a one-way network cut would, and mend it again:
 //!
 //! - `fail_engine`: the engine's health check fails and the steps it is given never
-//!   finish (a hung device);
+//!   finish (a hung device); mended (`false`), the steps it held fail, as a device reset
+//!   fails the work it had, and their origins plan again;
 //! - `drop_results`: the next N results this node sends to other nodes' requests are lost
 //!   on the way (the link back to their origins is cut one way; steps still flow; 0 mends
 //!   it, a large N cuts it for good);
@@ -16,6 +17,7 @@
 //! A node without the flag has no `Faults` at all, so nothing here can be switched on in
 //! normal use.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,18 @@ pub struct Faults {
     panic_batch: AtomicBool,
     results_dropped: AtomicU64,
     steps_held: AtomicU64,
+    held: HeldSteps,
+}
+
+/// What fails each step a failed engine holds, once the engine is mended.
+#[derive(Default)]
+struct HeldSteps(Mutex<Vec<Box<dyn FnOnce() + Send>>>);
+
+impl std::fmt::Debug for HeldSteps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.0.lock().map_or(0, |held| held.len());
+        write!(f, "HeldSteps({held})")
+    }
 }
 
 /// The switches as the admin endpoint takes them: each field present sets that switch.
@@ -48,7 +62,7 @@ pub struct FaultReport {
     pub panic_batch: bool,
     /// Results lost to `drop_results` so far.
     pub results_dropped: u64,
-    /// Steps a failed engine was given and holds (they never finish).
+    /// Steps a failed engine was given (held until it is mended, then failed).
     pub steps_held: u64,
 }
 
@@ -57,6 +71,13 @@ impl Faults {
     pub fn apply(&self, settings: &FaultSettings) {
         if let Some(on) = settings.fail_engine {
             self.fail_engine.store(on, Ordering::SeqCst);
+            if !on {
+                let held =
+                    std::mem::take(&mut *self.held.0.lock().unwrap_or_else(|p| p.into_inner()));
+                for fail in held {
+                    fail();
+                }
+            }
         }
         if let Some(count) = settings.drop_results {
             self.drop_results.store(count, Ordering::SeqCst);
@@ -82,9 +103,15 @@ impl Faults {
         self.fail_engine.load(Ordering::SeqCst)
     }
 
-    /// A failed engine was given a step, which it holds for good.
-    pub fn hold_step(&self) {
+    /// A failed engine was given a step, which it holds until it is mended; then `fail`
+    /// fails it.
+    pub fn hold_step(&self, fail: Box<dyn FnOnce() + Send>) {
         self.steps_held.fetch_add(1, Ordering::SeqCst);
+        self.held
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(fail);
     }
 
     /// Whether a result bound for another node is lost now (counted when it is).

@@ -132,6 +132,31 @@ async fn a_result_lost_on_a_busy_ring_is_found_by_asking_the_nodes() {
     assert_eq!(n2.flow.faults().unwrap().report().results_dropped, 1);
 }
 
+/// A shard's engine hangs, then comes back without the steps it held (a device reset):
+/// every node answers throughout, so only the failed steps can tell the origin. They fail
+/// when the engine is mended, and the request goes on in a new epoch (it used to wait
+/// out the cap: scripts/chaos.sh's `engine` fault).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_steps_a_reset_engine_lost_fail_and_the_request_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n1, n2) = two_node_ring(dir.path()).await;
+    let n2 = Arc::new(n2);
+    let shard = n2.clone();
+    let (expected, streamed) = stream_with(n1.api_port(), move || {
+        set_faults(&shard, serde_json::json!({"fail_engine": true}));
+        let deadline = Instant::now() + WAIT;
+        while shard.flow.faults().unwrap().report().steps_held == 0 {
+            assert!(Instant::now() < deadline, "n2's engine never held a step");
+            std::thread::yield_now();
+        }
+        set_faults(&shard, serde_json::json!({"fail_engine": false}));
+    })
+    .await;
+    let replan = the_one_replan(&expected, &streamed);
+    let reason = replan["reason"].as_str().unwrap();
+    assert!(reason.contains("engine was reset"), "{reason}");
+}
+
 // Issue 21 item 10 is not done: this test fails on a loaded machine (the fresh-clone suite,
 // 2026-12-07: the client's 60 s ran out). When the origin is its own first shard, `send`
 // awaits its own engine's `ensure_ready`, which recovers (reloads) the failed engine

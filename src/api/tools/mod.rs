@@ -285,15 +285,10 @@ impl ToolSet {
             // Text that holds no `<tool_call>`, or text up to the first one (a lazy
             // lexeme: it ends where the tag does) and then calls.
             (false, true) => format!(
-                "start: TEXT | to_call \"\\n\" call \"\\n</tool_call>\"{more}\n\
-                 to_call[lazy]: /(?s:.*)<tool_call>/\n\
-                 TEXT: /(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/\n"
+                "start: TEXT | to_call \"\\n\" call \"\\n</tool_call>\"{more}\n{TO_CALL}{TEXT_WITHOUT_CALL}"
             ),
             // Text that does not open JSON, or a whole answer that is a call.
-            (false, false) => format!(
-                "start: TEXT | call{list}\n\
-                 TEXT: /(?s:.*)/ & ~/[ \\t\\n]*[\\[{{](?s:.*)/\n"
-            ),
+            (false, false) => format!("start: TEXT | call{list}\n{TEXT_NOT_JSON}"),
         };
         format!("{rules}call: {call}\n")
     }
@@ -324,6 +319,13 @@ impl ToolSet {
         matches!(self.choice, Choice::Required | Choice::Named(_))
     }
 }
+
+/// Text up to the first `<tool_call>` (a lazy lexeme: it ends where the tag does).
+const TO_CALL: &str = "to_call[lazy]: /(?s:.*)<tool_call>/\n";
+/// Text that holds no `<tool_call>`.
+const TEXT_WITHOUT_CALL: &str = "TEXT: /(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/\n";
+/// Text that does not open JSON (an untagged call is a whole answer of JSON).
+const TEXT_NOT_JSON: &str = "TEXT: /(?s:.*)/ & ~/[ \\t\\n]*[\\[{](?s:.*)/\n";
 
 #[cfg(test)]
 mod tests {

@@ -285,9 +285,19 @@ impl LoadedModel {
 
     /// Queues a step for the batcher (see [`super::batcher`]).
     pub fn submit(self: &Arc<Self>, job: StepJob) {
-        // An injected engine failure holds the step for good, as a hung device would.
+        // An injected engine failure holds the step, as a hung device would, until the
+        // fault is mended: then it fails, as a device reset fails the work it had.
         if let Some(faults) = self.faults.as_ref().filter(|f| f.engine_failed()) {
-            faults.hold_step();
+            faults.hold_step(Box::new(move || {
+                let failed = StepDone {
+                    tag: job.tag,
+                    request_id: job.request_id,
+                    output: Err(anyhow::anyhow!(
+                        "the engine was reset while it held this step (injected fault)"
+                    )),
+                };
+                let _ = job.sink.send(vec![failed]);
+            }));
             return;
         }
         let runner: Arc<dyn StepRunner> = self.clone();
