@@ -147,18 +147,17 @@ mod tests {
         }
     }
 
-    fn need(total_mb: u64) -> ModelMemory {
-        ModelMemory {
-            weights: total_mb * 1_000_000 / 2,
-            kv_reserve: total_mb * 1_000_000 / 2,
-            reserve_tokens: 4096,
-        }
-    }
+    /// A model of 200 MB in all: 150 of weights, 50 of KV reserve.
+    const MODEL_200_MB: ModelMemory = ModelMemory {
+        weights: 150_000_000,
+        kv_reserve: 50_000_000,
+        reserve_tokens: 1024,
+    };
 
     #[test]
     fn a_pair_leads_with_the_most_memory_and_covers_every_layer() {
         let nodes = [candidate("a", 100, true), candidate("b", 300, true)];
-        let plan = plan_tensor_pair("m", 24, &nodes, need(200)).unwrap();
+        let plan = plan_tensor_pair("m", 24, &nodes, MODEL_200_MB).unwrap();
         assert_eq!(plan.entries.len(), 1);
         assert_eq!(describe_entry(&plan.entries[0]), "b+a[0,24)");
         assert_eq!(plan.entries[0].followers[0].link_address, "a:2");
@@ -168,9 +167,9 @@ mod tests {
     #[test]
     fn no_pair_without_links_or_room_for_half_the_model() {
         let nodes = [candidate("a", 100, false), candidate("b", 300, true)];
-        assert!(plan_tensor_pair("m", 24, &nodes, need(200)).is_err());
+        assert!(plan_tensor_pair("m", 24, &nodes, MODEL_200_MB).is_err());
         let nodes = [candidate("a", 50, true), candidate("b", 300, true)];
-        assert!(plan_tensor_pair("m", 24, &nodes, need(200)).is_err());
+        assert!(plan_tensor_pair("m", 24, &nodes, MODEL_200_MB).is_err());
     }
 
     #[test]
