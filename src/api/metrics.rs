@@ -365,6 +365,7 @@ async fn engine(state: &ApiState, out: &mut Exposition) {
         &model.as_ref().map(|m| m.prefix_stats()).unwrap_or_default(),
         out,
     );
+    super::group_metrics::tensor_groups(model.as_deref(), out);
     out.family(
         "exo_batch_panics_total",
         Kind::Counter,

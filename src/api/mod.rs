@@ -12,6 +12,7 @@ mod completions;
 mod config;
 mod error;
 mod events;
+mod group_metrics;
 mod info;
 mod limit;
 mod logprobs;

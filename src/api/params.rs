@@ -13,6 +13,7 @@ use crate::engine::serve::sampling::MAX_TOP_LOGPROBS;
 use crate::engine::text::constraint::json_schema_grammar;
 use crate::engine::{LoadedModel, SamplingParams};
 use crate::node::{GenerateRequest, new_request_id};
+use crate::topology::Parallelism;
 
 /// Most stop strings OpenAI accepts.
 const MAX_STOP_STRINGS: usize = 4;
@@ -39,6 +40,9 @@ pub struct Common {
     /// vLLM allow; for benchmarks).
     #[serde(default)]
     ignore_eos: bool,
+    /// How to split the model for this request: `auto`, `pipeline` or `tensor` (an exo
+    /// extension, for benchmarks; the node's `--parallelism` otherwise).
+    parallelism: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +71,7 @@ pub struct Settings {
     top_logprobs: Option<u32>,
     /// The grammar its tokens must follow, with the parameter it came from.
     pub grammar: Option<Grammar>,
+    parallelism: Option<Parallelism>,
 }
 
 /// A grammar that constrains a request's tokens (llguidance's Lark dialect).
@@ -143,6 +148,13 @@ impl Common {
             ));
         }
         let grammar = check_response_format(self.response_format.as_ref())?;
+        let parallelism = match self.parallelism.as_deref() {
+            None => None,
+            Some(name) => Some(
+                Parallelism::parse(name)
+                    .map_err(|e| ApiError::invalid_param("parallelism", format!("{e:#}")))?,
+            ),
+        };
         let temperature = self.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
             return Err(ApiError::invalid_param(
@@ -203,6 +215,7 @@ impl Common {
             ignore_eos: self.ignore_eos,
             top_logprobs,
             grammar,
+            parallelism,
         })
     }
 }
@@ -279,6 +292,7 @@ impl Settings {
             ignore_eos: false,
             top_logprobs: None,
             grammar: None,
+            parallelism: None,
         }
     }
 
@@ -350,6 +364,7 @@ impl Settings {
                 top_logprobs: self.top_logprobs,
                 request_id: Some(request_id.clone()),
                 grammar: self.grammar.map(|g| g.lark),
+                parallelism: self.parallelism,
             },
             request_id,
             model: self.model,

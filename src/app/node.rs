@@ -5,8 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use crate::api::ApiServer;
+use anyhow::Context;
+
 use crate::discovery::PeerTable;
 use crate::engine::InferenceEngine;
+use crate::engine::group::GroupHub;
 use crate::node::{NodeIdentity, RequestFlow, default_data_home};
 use crate::resource::{Managed, ResourceGroup, ResourceMonitor, ResourceRegistry};
 use crate::server::GrpcServer;
@@ -66,7 +69,13 @@ impl Node {
         if let Some(limit) = config.memory_limit {
             capabilities.limit_memory(limit);
         }
+        // Group links listen where gRPC does (loopback in an open cluster), on a port of
+        // their own that the node announces.
+        let group_listener = std::net::TcpListener::bind((config.grpc_listen.ip(), 0))
+            .context("cannot listen for tensor-parallel group links")?;
+        capabilities.group_link_port = group_listener.local_addr()?.port();
         let peers = PeerTable::new(&node_id, config.peers.clone(), registry.clone());
+        let groups = GroupHub::new(node_id.clone());
         let parts = Parts {
             config,
             node_id,
@@ -74,11 +83,13 @@ impl Node {
             capabilities,
             peers,
             grpc_port: Arc::new(AtomicU16::new(0)),
+            groups,
         };
 
         let supply = parts.supply();
         let engine = parts.engine(supply.as_ref());
         let flow = parts.flow(&engine, supply.as_ref());
+        parts.group_links(&flow, group_listener)?;
         let (grpc, grpc_connections) = parts.grpc(&flow);
         let discovery = parts.discovery(&flow);
         let monitor = parts.monitor();

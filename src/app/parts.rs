@@ -9,9 +9,11 @@ use crate::catalog::Catalog;
 use crate::discovery::{
     Announcement, ManualDiscovery, PROTOCOL, PROTOCOL_VERSION, PeerTable, UdpDiscovery,
 };
+use crate::engine::group::GroupHub;
 use crate::engine::{EngineConfig, InferenceEngine, WeightSupplier};
 use crate::listener::ConnectionGate;
 use crate::node::RequestFlow;
+use crate::peer::GroupLinks;
 use crate::resource::{AnyResource, Managed, ResourceMonitor, ResourceRegistry};
 use crate::server::GrpcServer;
 use crate::supply::WeightSupply;
@@ -30,6 +32,8 @@ pub(super) struct Parts {
     pub(super) peers: Arc<PeerTable>,
     /// The gRPC server's port, once it listens: the flow and the announcements read it.
     pub(super) grpc_port: Arc<AtomicU16>,
+    /// The node's hub for the tensor-parallel groups it leads or follows.
+    pub(super) groups: Arc<GroupHub>,
 }
 
 impl Parts {
@@ -58,6 +62,7 @@ impl Parts {
         engine_config.prefix_cache_bytes = config.prefix_cache_bytes;
         engine_config.supply = supply.map(|s| s.clone() as Arc<dyn WeightSupplier>);
         engine_config.faults = config.faults.clone();
+        engine_config.groups = Some(self.groups.clone());
         Managed::builder("engine", InferenceEngine::new(engine_config))
             .name(format!("inference engine ({})", config.model.id))
             .config(InferenceEngine::resource_config())
@@ -86,6 +91,20 @@ impl Parts {
             flow.set_faults(faults.clone());
         }
         flow
+    }
+
+    /// The node's group links, accepting on `listener` (bound where gRPC listens, its
+    /// port announced in the node's capabilities): mutual TLS in a keyed cluster.
+    pub(super) fn group_links(
+        &self,
+        flow: &RequestFlow,
+        listener: std::net::TcpListener,
+    ) -> anyhow::Result<()> {
+        let tls = self.config.trust.as_ref().map(|t| t.tls.clone());
+        let links = GroupLinks::new(&self.groups, tokio::runtime::Handle::current(), tls);
+        links.accept(listener)?;
+        flow.set_group_links(links);
+        Ok(())
     }
 
     /// The gRPC server, with the gate that counts and caps its connections (for /metrics).

@@ -168,6 +168,12 @@ pub struct NodeArgs {
     /// prefills only the rest (e.g. 512MiB; 0 keeps none).
     #[arg(long, env = "EXO_PREFIX_CACHE_BYTES", value_parser = parse_bytes, default_value = "512MiB")]
     pub prefix_cache_bytes: u64,
+    /// How plans split the model: `pipeline` (layers among a ring of nodes), `tensor`
+    /// (every layer split within a pair of nodes joined by group links), or `auto` (the
+    /// node chooses; pipeline until link latency is measured). A request's `parallelism`
+    /// field overrides it.
+    #[arg(long, env = "EXO_PARALLELISM", default_value = "pipeline")]
+    pub parallelism: crate::topology::Parallelism,
     /// For tests and scripts/chaos.sh only: lets `POST /v1/admin/faults` break this node on
     /// demand (fail its engine, drop the results it sends, panic a batch). Off, the
     /// endpoint answers 404 and nothing can switch a fault on. No environment variable
@@ -241,6 +247,7 @@ impl NodeArgs {
         config.flow = FlowConfig {
             step_timeout: Duration::from_millis(self.step_timeout_ms),
             max_replans: self.max_replans,
+            parallelism: self.parallelism,
             ..FlowConfig::default()
         };
         config.trust = match &self.cluster_key {

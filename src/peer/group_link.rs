@@ -16,7 +16,7 @@
 //! [`SILENCE`] counts the stream as broken: a peer whose machine vanished without closing
 //! its sockets is seen in seconds, not when a part's wait runs out.
 //!
-//! Not yet: nodes do not open these links themselves (issue 22).
+//! Nodes open them where they learn their plan (`crate::node`, a group's leader).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

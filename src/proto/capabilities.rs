@@ -13,6 +13,7 @@ impl DeviceCapabilities {
             gpu_name: self.gpu_name.clone(),
             gpu_memory_bytes: self.gpu_memory_bytes,
             engine_device: self.engine_device.clone(),
+            group_link_port: u32::from(self.group_link_port),
         }
     }
 
@@ -25,6 +26,7 @@ impl DeviceCapabilities {
             gpu_name: wire.gpu_name.clone(),
             gpu_memory_bytes: wire.gpu_memory_bytes,
             engine_device: wire.engine_device.clone(),
+            group_link_port: u16::try_from(wire.group_link_port).unwrap_or(0),
         }
     }
 }

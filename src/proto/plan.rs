@@ -4,7 +4,7 @@
 use anyhow::bail;
 
 use super::pb;
-use crate::topology::{MAX_PLAN_ENTRIES, Partition, PartitionEntry};
+use crate::topology::{GroupMember, MAX_PLAN_ENTRIES, Partition, PartitionEntry};
 
 impl Partition {
     pub fn to_wire(&self) -> pb::PartitionPlan {
@@ -19,6 +19,14 @@ impl Partition {
                     address: e.address.clone(),
                     start_layer: e.start_layer as u32,
                     end_layer: e.end_layer as u32,
+                    followers: e
+                        .followers
+                        .iter()
+                        .map(|f| pb::GroupMember {
+                            node_id: f.node_id.clone(),
+                            link_address: f.link_address.clone(),
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -42,6 +50,14 @@ impl Partition {
                     address: e.address.clone(),
                     start_layer: e.start_layer as usize,
                     end_layer: e.end_layer as usize,
+                    followers: e
+                        .followers
+                        .iter()
+                        .map(|f| GroupMember {
+                            node_id: f.node_id.clone(),
+                            link_address: f.link_address.clone(),
+                        })
+                        .collect(),
                 })
                 .collect(),
         };

@@ -20,6 +20,10 @@ pub struct DeviceCapabilities {
     /// The device the engine runs on: cpu, cuda:0, metal:0.
     #[serde(default)]
     pub engine_device: String,
+    /// The port its tensor-parallel group links listen on, at its gRPC address's host
+    /// (0: it has none).
+    #[serde(default)]
+    pub group_link_port: u16,
 }
 
 impl DeviceCapabilities {
@@ -41,6 +45,7 @@ impl DeviceCapabilities {
             gpu_name,
             gpu_memory_bytes,
             engine_device: engine_device.to_string(),
+            group_link_port: 0,
         }
     }
 

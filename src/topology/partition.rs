@@ -15,13 +15,33 @@ pub struct NodeWeight {
     pub memory_bytes: u64,
 }
 
-/// One node's layers `[start_layer, end_layer)`.
+/// One node's layers `[start_layer, end_layer)`; with `followers`, a tensor-parallel
+/// group's: `node_id` leads it (steps go to it) and the followers hold slices of the same
+/// layers (DESIGN.md §3b).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionEntry {
     pub node_id: String,
     pub address: String,
     pub start_layer: usize,
     pub end_layer: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub followers: Vec<GroupMember>,
+}
+
+/// A follower of a tensor-parallel group in a plan: its node id, and where its group
+/// links listen (host:port).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub node_id: String,
+    pub link_address: String,
+}
+
+impl PartitionEntry {
+    /// The entry's nodes: its leader, then its followers.
+    pub fn members(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.node_id.as_str())
+            .chain(self.followers.iter().map(|f| f.node_id.as_str()))
+    }
 }
 
 /// Which node runs which layers, in ring order.
@@ -33,7 +53,17 @@ pub struct Partition {
 }
 
 impl Partition {
-    /// The entry of `node_id`, if the node takes part.
+    /// Every node of the plan: each entry's leader and followers, in ring order.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().flat_map(PartitionEntry::members)
+    }
+
+    /// Whether an entry is a tensor-parallel group.
+    pub fn has_groups(&self) -> bool {
+        self.entries.iter().any(|e| !e.followers.is_empty())
+    }
+
+    /// The entry of `node_id`, if the node leads one (a follower has no entry of its own).
     pub fn entry(&self, node_id: &str) -> Option<(usize, &PartitionEntry)> {
         self.entries
             .iter()
@@ -72,8 +102,17 @@ impl Partition {
                     entry.end_layer
                 );
             }
-            if !seen.insert(entry.node_id.as_str()) {
-                bail!("the partition plan names node {} twice", entry.node_id);
+            if entry.followers.len() >= MAX_GROUP_MEMBERS {
+                bail!(
+                    "entry {i} ({}) has {} followers; a group has at most {MAX_GROUP_MEMBERS} members",
+                    entry.node_id,
+                    entry.followers.len()
+                );
+            }
+            for node in entry.members() {
+                if !seen.insert(node) {
+                    bail!("the partition plan names node {node} twice");
+                }
             }
             next = entry.end_layer;
         }
@@ -90,6 +129,10 @@ impl Partition {
 /// The most entries (nodes) a plan from the wire may have: far above any real ring, and
 /// a bound on what one message can make a node check and keep.
 pub const MAX_PLAN_ENTRIES: usize = 256;
+
+/// The most members of one tensor-parallel group (Qwen2.5-0.5B splits among 19 at most;
+/// every member adds two all-reduces' latency to each layer).
+pub const MAX_GROUP_MEMBERS: usize = 16;
 
 /// Plans a partition of `n_layers` over `nodes`.
 ///
@@ -144,6 +187,7 @@ pub fn plan_partition(
                 address: node.address.clone(),
                 start_layer: start,
                 end_layer: start + count,
+                followers: Vec::new(),
             };
             start += count;
             entry

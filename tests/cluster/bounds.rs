@@ -70,6 +70,7 @@ fn a_plan_with_too_many_entries_is_refused_before_it_is_checked() {
         node_id: format!("n{i}"),
         address: "127.0.0.1:1".into(),
         start_layer: i as u32,
+        followers: Vec::new(),
         end_layer: i as u32 + 1,
     };
     let plan = |n: usize| pb::PartitionPlan {

@@ -33,6 +33,7 @@ mod prefix_cache;
 mod responses_client;
 mod secrets;
 mod survival;
+mod tensor_parallel;
 mod tensors;
 mod tools;
 mod tracing;

@@ -30,6 +30,7 @@ fn plan(nodes: &[&str]) -> Partition {
                 node_id: id.to_string(),
                 address: "127.0.0.1:1".into(),
                 start_layer: i * per,
+                followers: Vec::new(),
                 end_layer: if i + 1 == nodes.len() {
                     30
                 } else {

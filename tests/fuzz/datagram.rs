@@ -42,6 +42,7 @@ fn capabilities() -> impl Strategy<Value = DeviceCapabilities> {
                 gpu_name: gpu,
                 gpu_memory_bytes: gpu_memory,
                 engine_device: device,
+                group_link_port: cores as u16,
             }
         })
 }

@@ -57,6 +57,7 @@ fn oversized_plans_are_refused_before_they_are_walked() {
                 node_id: format!("n{i}"),
                 address: "127.0.0.1:1".into(),
                 start_layer: i as u32,
+                followers: Vec::new(),
                 end_layer: i as u32 + 1,
             })
             .collect(),

@@ -37,6 +37,7 @@ fn entry() -> impl Strategy<Value = pb::PartitionEntry> {
             node_id,
             address,
             start_layer: s,
+            followers: Vec::new(),
             end_layer: e,
         }
     })
@@ -70,6 +71,7 @@ pub fn wire_plan() -> impl Strategy<Value = pb::PartitionPlan> {
                     node_id: id.to_string(),
                     address: format!("127.0.0.1:{}", 50000 + w[0]),
                     start_layer: w[0],
+                    followers: Vec::new(),
                     end_layer: w[1],
                 })
                 .collect();

@@ -162,14 +162,33 @@ pub fn spawn_follower(
     model: &Arc<LoadedModel>,
     hub: &Arc<GroupHub>,
 ) -> Option<std::thread::JoinHandle<()>> {
+    let model = Arc::downgrade(model);
+    spawn_follower_with(move || model.upgrade(), hub)
+}
+
+/// [`spawn_follower`] for a node whose model may be closed and opened again (the engine
+/// resource): each batch runs through the model `model` gives then; a batch that comes
+/// while there is none fails (its leader hears at once).
+pub fn spawn_follower_with(
+    model: impl Fn() -> Option<Arc<LoadedModel>> + Send + 'static,
+    hub: &Arc<GroupHub>,
+) -> Option<std::thread::JoinHandle<()>> {
     let mut runs = hub.take_runs()?;
-    let (model, hub) = (Arc::downgrade(model), Arc::downgrade(hub));
+    let hub = Arc::downgrade(hub);
     let runner = std::thread::Builder::new()
         .name("group-follower".into())
         .spawn(move || {
             while let Some(run) = runs.blocking_recv() {
-                let (Some(model), Some(hub)) = (model.upgrade(), hub.upgrade()) else {
+                let Some(hub) = hub.upgrade() else {
                     return;
+                };
+                let Some(model) = model() else {
+                    hub.abort(
+                        &run.batch,
+                        &run.placement.members,
+                        &format!("node {} has no model open", hub.node_id()),
+                    );
+                    continue;
                 };
                 if let Err(error) = model.follow_group(run, &hub) {
                     tracing::warn!("group batch failed here: {error:#}");

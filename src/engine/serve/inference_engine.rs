@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::engine_config::EngineConfig;
+use super::group_runs::spawn_follower_with;
 use super::loaded_model::LoadedModel;
 use crate::resource::Resource;
 
@@ -17,14 +18,16 @@ const IDLE_CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(
 /// The engine resource.
 pub struct InferenceEngine {
     config: EngineConfig,
-    loaded: RwLock<Option<Arc<LoadedModel>>>,
+    /// Shared with the node's group follower runner (if it has groups), which runs the
+    /// batches leaders hand it through whatever model is open.
+    loaded: Arc<RwLock<Option<Arc<LoadedModel>>>>,
 }
 
 impl InferenceEngine {
     pub fn new(config: EngineConfig) -> Self {
         InferenceEngine {
             config,
-            loaded: RwLock::new(None),
+            loaded: Arc::new(RwLock::new(None)),
         }
     }
 
@@ -68,6 +71,20 @@ impl Resource for InferenceEngine {
             .await
             .context("the model loading task failed")??;
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(model));
+        if let Some(hub) = &self.config.groups {
+            // Once per hub (a second open finds its batches taken, and the runner there).
+            let loaded = Arc::downgrade(&self.loaded);
+            spawn_follower_with(
+                move || {
+                    loaded
+                        .upgrade()?
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                },
+                hub,
+            );
+        }
         Ok(())
     }
 
@@ -127,6 +144,7 @@ impl InferenceEngine {
                 "active_requests": model.active_requests(),
                 "kv_cache_bytes": model.cache_bytes(),
                 "prefix_cache": model.prefix_stats(),
+                "groups": model.groups().map(|hub| hub.stats.snapshot()),
             }),
             None => json!({
                 "model": self.config.model.id,

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::topology::Parallelism;
+
 /// Deadlines and retries of the request flow.
 #[derive(Debug, Clone, Copy)]
 pub struct FlowConfig {
@@ -26,6 +28,8 @@ pub struct FlowConfig {
     /// How many times one request may be planned again after losing nodes, before it
     /// fails.
     pub max_replans: usize,
+    /// How plans split the model unless a request asks otherwise (`--parallelism`).
+    pub parallelism: Parallelism,
 }
 
 impl Default for FlowConfig {
@@ -37,6 +41,7 @@ impl Default for FlowConfig {
             busy_cap: Duration::from_secs(300),
             prefill_chunk: 256,
             max_replans: 3,
+            parallelism: Parallelism::default(),
         }
     }
 }

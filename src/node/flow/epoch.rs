@@ -44,6 +44,8 @@ pub(super) struct RequestState {
     pub(super) prefix_claimed: Vec<u64>,
     /// Tokens of prompt + generated that went through the ring (the KV its nodes hold).
     pub(super) fed: usize,
+    /// How its plans split the model (the request's, else the node's).
+    pub(super) parallelism: crate::topology::Parallelism,
 }
 
 /// How an epoch of a request ended.

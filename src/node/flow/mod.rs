@@ -22,6 +22,7 @@ mod deadline;
 mod drain;
 mod epoch;
 mod failure;
+mod group;
 mod handler;
 mod ledger;
 mod model_facts;
@@ -42,8 +43,10 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use tokio::sync::{Notify, mpsc};
 
 use crate::discovery::PeerTable;
+use crate::engine::group::GroupPlacement;
 use crate::engine::{InferenceEngine, LoadedModel};
 use crate::faults::Faults;
+use crate::peer::GroupLinks;
 use crate::resource::Managed;
 use crate::supply::WeightSupply;
 use crate::topology::DeviceCapabilities;
@@ -96,6 +99,13 @@ pub struct RequestFlow {
     faults: OnceLock<Arc<Faults>>,
     /// What plans need of the model, kept from the first plan (see `plan`).
     facts: OnceLock<model_facts::ModelFacts>,
+    /// This node's links to the other members of its tensor-parallel groups (see
+    /// `group`).
+    group_links: OnceLock<Arc<GroupLinks>>,
+    /// The placements of the groups this node leads, by their followers (see `group`).
+    placements: Mutex<std::collections::HashMap<Vec<String>, Arc<GroupPlacement>>>,
+    /// Held while this node opens links to a group's followers.
+    group_connecting: tokio::sync::Mutex<()>,
 }
 
 impl RequestFlow {
@@ -129,6 +139,9 @@ impl RequestFlow {
             supply: OnceLock::new(),
             faults: OnceLock::new(),
             facts: OnceLock::new(),
+            group_links: OnceLock::new(),
+            placements: Mutex::new(Default::default()),
+            group_connecting: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(Self::take_finished_batches(
             Arc::downgrade(&flow),

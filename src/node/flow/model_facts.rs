@@ -9,6 +9,9 @@ pub(super) struct ModelFacts {
     pub(super) model_id: String,
     pub(super) n_layers: usize,
     pub(super) memory: ModelMemory,
+    /// Why the model cannot be split between two members of a tensor-parallel group
+    /// (None: it can).
+    pub(super) tensor_split: Option<String>,
 }
 
 impl ModelFacts {
@@ -17,6 +20,10 @@ impl ModelFacts {
             model_id: model.model_id().to_string(),
             n_layers: model.config().n_layers,
             memory: model.memory_need(),
+            tensor_split: model
+                .split_group(&[1.0, 1.0])
+                .err()
+                .map(|e| format!("{e:#}")),
         }
     }
 }

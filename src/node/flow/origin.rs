@@ -224,8 +224,9 @@ impl RequestFlow {
                 ),
             );
         }
+        let parallelism = request.parallelism.unwrap_or(self.config.parallelism);
         let plan = self
-            .plan_for(&ModelFacts::of(&model), &HashSet::new())
+            .plan_for(&ModelFacts::of(&model), &HashSet::new(), parallelism)
             .map_err(too_small)?;
         let tokenizer = model.tokenizer().clone();
         drop(model);
@@ -256,6 +257,7 @@ impl RequestFlow {
             reuse_prefix: true,
             prefix_claimed: Vec::new(),
             fed: 0,
+            parallelism,
         };
         Ok(Some((plan, tokenizer, state)))
     }
@@ -336,7 +338,7 @@ impl RequestFlow {
             None => ModelFacts::of(&*self.model().await.map_err(engine_failed)?),
         };
         let plan = self
-            .plan_for(&facts, &state.excluded)
+            .plan_for(&facts, &state.excluded, state.parallelism)
             .map_err(too_small)
             .with_context(|| {
                 format!(
@@ -372,10 +374,15 @@ impl RequestFlow {
         reason: &str,
         keep: &[u64],
     ) {
-        let calls = plan.entries.iter().map(|entry| async move {
-            let kept = if entry.node_id == self.node_id {
+        // A group's followers too: their caches are the request's slices.
+        let members = plan
+            .entries
+            .iter()
+            .flat_map(|entry| entry.members().map(move |node| (node, entry)));
+        let calls = members.map(|(node, entry)| async move {
+            let kept = if node == self.node_id {
                 self.finish_local(request_id, keep).await
-            } else if let Some(handle) = self.peers.handle(&entry.node_id) {
+            } else if let Some(handle) = self.peers.handle(node) {
                 // Usable peers only: one that is gone or failing is not worth a connection
                 // attempt (its caches go with it, or expire).
                 if !handle.state().is_usable() {
@@ -386,8 +393,7 @@ impl RequestFlow {
                         Ok(kept) => kept as usize,
                         Err(error) => {
                             tracing::debug!(
-                                "could not tell {} to drop {request_id}: {error:#}",
-                                entry.node_id
+                                "could not tell {node} to drop {request_id}: {error:#}"
                             );
                             return;
                         }
@@ -400,7 +406,7 @@ impl RequestFlow {
             let kept = kept.min(keep.len());
             if kept > 0 {
                 self.origin.prefixes.record(
-                    &entry.node_id,
+                    node,
                     entry.start_layer,
                     entry.end_layer,
                     &keep[..kept],

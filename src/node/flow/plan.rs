@@ -11,7 +11,10 @@ use super::outbox::Item;
 use crate::discovery::PeerInfo;
 use crate::proto::ValidatedContext;
 use crate::resource::{Resource, ResourceState};
-use crate::topology::{DeviceCapabilities, NodeWeight, Partition, plan_partition_fitting};
+use crate::topology::{
+    DeviceCapabilities, GroupCandidate, NodeWeight, Parallelism, Partition, describe_entry,
+    plan_partition_fitting, plan_tensor_pair,
+};
 
 impl RequestFlow {
     /// The host part of this node's address in plans (informational: each node reaches
@@ -53,7 +56,11 @@ impl RequestFlow {
     /// The partition for a request starting now: this node and the usable peers.
     pub async fn plan(&self) -> anyhow::Result<Partition> {
         let model = self.model().await?;
-        self.plan_for(&ModelFacts::of(&model), &HashSet::new())
+        self.plan_for(
+            &ModelFacts::of(&model),
+            &HashSet::new(),
+            self.config.parallelism,
+        )
     }
 
     /// What plans need to know of the model, as this node's engine last told it (None
@@ -71,30 +78,56 @@ impl RequestFlow {
     /// A partition over this node and the usable peers, none of them in `excluded`. This
     /// node in `excluded` (its own engine failed) runs no layers: it keeps only the
     /// origin's part, the API and the sampling of nothing.
+    /// With `parallelism` tensor (as chosen, see [`Parallelism::chosen`]), a pair of nodes
+    /// with group links shares every layer; where no pair can (one node, no links, too
+    /// little memory, a model that does not split in two), the plan is a pipeline.
     pub(super) fn plan_for(
         &self,
         model: &ModelFacts,
         excluded: &HashSet<String>,
+        parallelism: Parallelism,
     ) -> anyhow::Result<Partition> {
         let _ = self.facts.set(model.clone());
-        let mut nodes = Vec::new();
+        let mut candidates = Vec::new();
         if !excluded.contains(&self.node_id) {
-            nodes.push(NodeWeight {
-                node_id: self.node_id.clone(),
-                address: self.address(),
-                memory_bytes: self.capabilities.free_model_memory_bytes(),
+            let address = self.address();
+            let port = self.capabilities.group_link_port;
+            candidates.push(GroupCandidate {
+                link_address: link_address(&address, port)
+                    .filter(|_| self.group_links.get().is_some()),
+                node: NodeWeight {
+                    node_id: self.node_id.clone(),
+                    address,
+                    memory_bytes: self.capabilities.free_model_memory_bytes(),
+                },
             });
         }
         for peer in self.usable_peers(&model.model_id, excluded) {
-            nodes.push(NodeWeight {
-                memory_bytes: peer
-                    .capabilities
-                    .as_ref()
-                    .map_or(0, DeviceCapabilities::free_model_memory_bytes),
-                node_id: peer.node_id,
-                address: peer.address,
+            let capabilities = peer.capabilities.as_ref();
+            let port = capabilities.map_or(0, |c| c.group_link_port);
+            candidates.push(GroupCandidate {
+                link_address: link_address(&peer.address, port),
+                node: NodeWeight {
+                    memory_bytes: capabilities
+                        .map_or(0, DeviceCapabilities::free_model_memory_bytes),
+                    node_id: peer.node_id,
+                    address: peer.address,
+                },
             });
         }
+        if parallelism.chosen().0 == Parallelism::Tensor {
+            let pair = match &model.tensor_split {
+                Some(why) => Err(format!("the model does not split in two: {why}")),
+                None => {
+                    plan_tensor_pair(&model.model_id, model.n_layers, &candidates, model.memory)
+                }
+            };
+            match pair {
+                Ok(plan) => return Ok(plan),
+                Err(why) => tracing::info!("no tensor-parallel pair ({why}); planning a pipeline"),
+            }
+        }
+        let nodes: Vec<NodeWeight> = candidates.into_iter().map(|c| c.node).collect();
         // Each node's share of the weights and KV reserve must fit its free memory; a
         // cluster too small is refused here, before any node loads or downloads a byte.
         plan_partition_fitting(&model.model_id, model.n_layers, &nodes, model.memory)
@@ -105,11 +138,10 @@ impl RequestFlow {
     pub(super) async fn unresponsive(&self, plan: &Partition, known: &[String]) -> Vec<String> {
         let timeout = self.peers.config().timeouts.health;
         let probes = plan
-            .entries
-            .iter()
-            .filter(|e| e.node_id != self.node_id && !known.contains(&e.node_id))
-            .map(|entry| async move {
-                let answers = match self.peers.handle(&entry.node_id) {
+            .nodes()
+            .filter(|node| *node != self.node_id && !known.iter().any(|k| k == node))
+            .map(|node| async move {
+                let answers = match self.peers.handle(node) {
                     Some(handle) if handle.state().is_usable() => {
                         tokio::time::timeout(timeout, async {
                             match handle.ensure_ready().await {
@@ -122,7 +154,7 @@ impl RequestFlow {
                     }
                     _ => false,
                 };
-                (!answers).then(|| entry.node_id.clone())
+                (!answers).then(|| node.to_string())
             });
         futures::future::join_all(probes)
             .await
@@ -167,7 +199,7 @@ impl RequestFlow {
         let unproven = || {
             contexts.clone().any(|context| {
                 std::iter::once(context.origin_node_id.as_str())
-                    .chain(context.plan.entries.iter().map(|e| e.node_id.as_str()))
+                    .chain(context.plan.nodes())
                     .any(|id| !self.peers.vouches_for(id))
             })
         };
@@ -186,7 +218,7 @@ impl RequestFlow {
     /// cluster a plan must not steer hidden states or tokens to a stranger.
     pub(super) fn check_plan_nodes(&self, context: &ValidatedContext) -> Result<(), Status> {
         let stranger = std::iter::once(context.origin_node_id.as_str())
-            .chain(context.plan.entries.iter().map(|e| e.node_id.as_str()))
+            .chain(context.plan.nodes())
             .find(|id| !self.peers.vouches_for(id));
         match stranger {
             None => Ok(()),
@@ -205,11 +237,17 @@ impl RequestFlow {
 /// (announcements go out twice a second) before it is refused.
 const VOUCH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// "a[0,10) → b[10,20) → c[20,30)"
+/// `host:port` of a node's group links, from its gRPC address (None: it has none).
+pub(super) fn link_address(grpc_address: &str, port: u16) -> Option<String> {
+    let (host, _) = grpc_address.rsplit_once(':')?;
+    (port != 0).then(|| format!("{host}:{port}"))
+}
+
+/// "a[0,10) → b[10,20) → c[20,30)"; a tensor-parallel group as "a+b[0,24)".
 pub fn describe(plan: &Partition) -> String {
     plan.entries
         .iter()
-        .map(|e| format!("{}[{},{})", e.node_id, e.start_layer, e.end_layer))
+        .map(describe_entry)
         .collect::<Vec<_>>()
         .join(" → ")
 }

@@ -49,6 +49,10 @@ impl PrefixDirectory {
 
     /// How many leading blocks of `hashes` every node of `plan` kept for its range.
     pub(super) fn reusable(&self, plan: &Partition, hashes: &[u64]) -> usize {
+        // A group's members keep no prefixes (their caches are slices).
+        if plan.has_groups() {
+            return 0;
+        }
         let kept = self.lock();
         plan.entries
             .iter()
@@ -96,6 +100,7 @@ mod tests {
                     node_id: node.to_string(),
                     address: "127.0.0.1:1".into(),
                     start_layer: *start,
+                    followers: Vec::new(),
                     end_layer: *end,
                 })
                 .collect(),

@@ -93,6 +93,7 @@ mod tests {
                 address: format!("127.0.0.1:{}", 9000 + i),
                 start_layer: 10 * i,
                 end_layer: 10 * (i + 1),
+                followers: Vec::new(),
             })
             .collect();
         Partition {

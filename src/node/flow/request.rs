@@ -27,6 +27,9 @@ pub struct GenerateRequest {
     /// A grammar (llguidance's Lark dialect) every generated token must follow
     /// (structured output, tool calls); the last shard masks the logits with it.
     pub grammar: Option<String>,
+    /// How to split the model for this request (a request's `parallelism` field, for
+    /// benchmarks); None: the node's `--parallelism`.
+    pub parallelism: Option<crate::topology::Parallelism>,
 }
 
 impl GenerateRequest {
@@ -42,6 +45,7 @@ impl GenerateRequest {
             top_logprobs: None,
             request_id: None,
             grammar: None,
+            parallelism: None,
         }
     }
 }

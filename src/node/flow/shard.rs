@@ -9,6 +9,7 @@ use tonic::Status;
 
 use super::RequestFlow;
 use super::outbox::{Item, OnFailure};
+use crate::engine::group::GroupPlacement;
 use crate::engine::model::shard_io::{ShardInput, ShardOutput};
 use crate::engine::serve::batcher::{BatchPanicked, StepDone, StepJob};
 use crate::engine::serve::prefix_cache::PrefixMiss;
@@ -78,7 +79,27 @@ impl RequestFlow {
         };
         let mut answers = Vec::with_capacity(steps.len());
         for (context, input) in steps {
-            answers.push(self.accept_step(&model, context, input));
+            // A group this node leads: its links open and its placement, before the step
+            // is checked and queued.
+            let entry = &context.plan.entries[context.index];
+            let group = if entry.followers.is_empty() {
+                None
+            } else if let Err(refused) = self.check_plan_nodes(&context) {
+                answers.push(Err(refused));
+                continue;
+            } else {
+                match self.lead(&model, entry).await {
+                    Ok(placement) => Some(placement),
+                    Err(error) => {
+                        answers.push(Err(Status::unavailable(format!(
+                            "node {} cannot lead its tensor-parallel group: {error:#}",
+                            self.node_id
+                        ))));
+                        continue;
+                    }
+                }
+            };
+            answers.push(self.accept_step(&model, context, input, group));
         }
         answers
     }
@@ -88,6 +109,7 @@ impl RequestFlow {
         model: &Arc<crate::engine::LoadedModel>,
         context: ValidatedContext,
         input: StepInput,
+        group: Option<Arc<GroupPlacement>>,
     ) -> Result<(), Status> {
         if context.plan.model_id != model.model_id()
             || context.plan.n_layers != model.config().n_layers
@@ -150,7 +172,7 @@ impl RequestFlow {
             prefix: context.prefix_blocks.clone(),
             tag: self.shard.next_tag(),
             sink: self.shard.completions.clone(),
-            group: None,
+            group,
         };
         self.shard.queued(job.tag, context);
         self.count(|s| s.steps_run += 1);
