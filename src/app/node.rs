@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use crate::api::ApiServer;
 use anyhow::Context;
 
+use crate::api::ApiServer;
 use crate::discovery::PeerTable;
 use crate::engine::InferenceEngine;
 use crate::engine::group::GroupHub;
