@@ -68,6 +68,15 @@ impl NodeService {
 
 impl NodeService {
     /// A batch of more items than a node would ever send is refused whole.
+    /// Control messages about one request must name it: an empty id would match no
+    /// request, so the caller learns of its mistake instead of getting an empty answer.
+    fn require_request_id(&self, request_id: &str, to: &str) -> Result<(), Status> {
+        if request_id.is_empty() {
+            return Err(self.reject(Status::invalid_argument(format!("no request id to {to}"))));
+        }
+        Ok(())
+    }
+
     fn check_batch_size(&self, items: usize) -> Result<(), Status> {
         if items == 0 || items > MAX_BATCH_ITEMS {
             return Err(self.reject(Status::invalid_argument(format!(
@@ -237,11 +246,7 @@ impl Node for NodeService {
     ) -> Result<Response<pb::ProgressResponse>, Status> {
         let message = request.into_inner();
         self.check_size(MessageKind::Control, &message)?;
-        if message.request_id.is_empty() {
-            return Err(self.reject(Status::invalid_argument(
-                "no request id to report progress on",
-            )));
-        }
+        self.require_request_id(&message.request_id, "report progress on")?;
         Ok(Response::new(self.handler.progress(&message.request_id)))
     }
 
@@ -251,9 +256,7 @@ impl Node for NodeService {
     ) -> Result<Response<pb::Ack>, Status> {
         let message = request.into_inner();
         self.check_size(MessageKind::Control, &message)?;
-        if message.request_id.is_empty() {
-            return Err(self.reject(Status::invalid_argument("no request id to finish")));
-        }
+        self.require_request_id(&message.request_id, "finish")?;
         let kept_blocks = self
             .handler
             .finish(message.request_id, message.reason, message.keep_blocks)
