@@ -10,7 +10,8 @@
 # so every request should finish: the report counts requests, client-visible errors,
 # wrong outputs (each answer against the reference greedy answer of `exo generate`),
 # re-plans and their times, the longest pause a client saw, and node RSS after the
-# warm-up and at the end. Exits 1 on any error or wrong output.
+# warm-up and at the end (node 1's also over time, beside its prefix cache, to tell memory
+# that fills up to a bound from a leak). Exits 1 on any error or wrong output.
 #
 #   scripts/chaos.sh [minutes]      (default 10; needs root for ip netns)
 #
@@ -121,6 +122,18 @@ for s in held: s.close()
 PY
 }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# Bytes node 1's prefix cache holds (it fills up to its budget by design, so the RSS
+# report separates it from growth that has no bound).
+prefix_cache_kb() {
+    ip netns exec "exo-$tag-1" python3 - <<'PY' 2>/dev/null || echo 0
+import urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:52415/metrics", timeout=2).read().decode()
+print(sum(int(float(l.split()[-1])) for l in text.splitlines()
+          if l.startswith("exo_prefix_cache_bytes")) // 1024)
+PY
+}
+# One line per fault round: seconds since the start, node 1's RSS and prefix cache (KiB).
+sample_node1() { echo "$SECONDS $(rss_kb "${pids[1]}") $(prefix_cache_kb)" >>"$work/rss.tsv"; }
 
 wait_for_ring 3 || { echo "chaos: the three nodes did not find each other" >&2; tail -20 "$work"/node*.log >&2; exit 1; }
 echo "chaos: three nodes up; computing reference answers"
@@ -214,6 +227,7 @@ while [ $SECONDS -lt $end ]; do
     if [ ${#rss_start[@]} -eq 0 ] && [ $SECONDS -ge $warm_at ]; then
         rss_start=("$(rss_kb "${pids[1]}")" "$(rss_kb "${pids[2]}")" "$(rss_kb "${pids[3]}")")
     fi
+    [ ${#rss_start[@]} -eq 0 ] || sample_node1
     [ $SECONDS -lt $((end - 10)) ] || break
     victim=$((2 + RANDOM % 2))
     action=$(printf '%s\n' "${kinds[@]}" | shuf -n 1)
@@ -244,15 +258,17 @@ done
 wait "$load" || true
 rss_end=("$(rss_kb "${pids[1]}")" "$(rss_kb "${pids[2]}")" "$(rss_kb "${pids[3]}")")
 [ ${#rss_start[@]} -gt 0 ] || rss_start=("${rss_end[@]}")
+sample_node1
 
-python3 - "$work/results.jsonl" "${faults[kill]}" "${faults[stop]}" "${faults[cut]}" \
+python3 - "$work/results.jsonl" "$work/rss.tsv" "${faults[kill]}" "${faults[stop]}" "${faults[cut]}" \
     "${faults[engine]}" "${faults[drop]}" "${faults[panic]}" "${faults[flood]}" \
     "${rss_start[@]}" "${rss_end[@]}" <<'PY'
 import json, statistics, sys
 results = [json.loads(l) for l in open(sys.argv[1])]
-kills, stops, cuts, engines, drops, panics, floods = sys.argv[2:9]
-rss_start = [int(x) for x in sys.argv[9:12]]
-rss_end = [int(x) for x in sys.argv[12:15]]
+samples = [[int(x) for x in l.split()] for l in open(sys.argv[2]) if l.strip()]
+kills, stops, cuts, engines, drops, panics, floods = sys.argv[3:10]
+rss_start = [int(x) for x in sys.argv[10:13]]
+rss_end = [int(x) for x in sys.argv[13:16]]
 errors = [r for r in results if r["error"]]
 wrong = [r for r in results if r["wrong"]]
 replanned = [r for r in results if r["replans"]]
@@ -267,6 +283,17 @@ print(f"re-plans: {sum(r['replans'] for r in results)} in {len(replanned)} reque
 print(f"longest client pause in re-planned requests: median {med(pauses)} s, max {max(pauses, default=0):.2f} s")
 growth = (rss_end[0] - rss_start[0]) / max(rss_start[0], 1) * 100
 print(f"node 1 (never faulted) RSS after warm-up {rss_start[0]/1024:.1f} MiB, at the end {rss_end[0]/1024:.1f} MiB ({growth:+.1f}%)")
+if len(samples) >= 3:
+    # Growth in the first and the second half of the run after the warm-up: a leak keeps
+    # its pace, memory that fills up to a bound (caches, pools, the allocator's arenas)
+    # slows down. The prefix cache's own growth is shown apart: it is bounded by its budget.
+    first, middle, last = samples[0], samples[len(samples) // 2], samples[-1]
+    mib = lambda kb: kb / 1024
+    print(f"node 1 RSS over time (MiB): {mib(first[1]):.1f} at {first[0]} s, "
+          f"{mib(middle[1]):.1f} at {middle[0]} s, {mib(last[1]):.1f} at {last[0]} s; "
+          f"first half {mib(middle[1] - first[1]):+.1f}, second half {mib(last[1] - middle[1]):+.1f}")
+    print(f"node 1 prefix cache (MiB): {mib(first[2]):.1f} → {mib(middle[2]):.1f} → {mib(last[2]):.1f}; "
+          f"RSS growth beside it {mib((last[1] - first[1]) - (last[2] - first[2])):+.1f}")
 print(f"nodes 2, 3 RSS at the end (restarted ones start afresh): {rss_end[1]/1024:.1f}, {rss_end[2]/1024:.1f} MiB")
 for r in errors[:5]:
     print("  error:", r["error"])
