@@ -52,7 +52,7 @@ fn flood(to: SocketAddr) -> (Vec<TcpStream>, Vec<TcpStream>) {
 }
 
 /// The sample `name` with `labels` in `node`'s /metrics (None when absent).
-fn metric(node: &NodeProcess, name: &str, labels: &str) -> Option<f64> {
+pub fn metric(node: &NodeProcess, name: &str, labels: &str) -> Option<f64> {
     let text = ureq::get(&format!("{}/metrics", node.url()))
         .timeout(Duration::from_secs(10))
         .call()

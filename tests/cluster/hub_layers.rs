@@ -4,6 +4,7 @@
 
 use exo::catalog::Catalog;
 
+use crate::connections::metric;
 use crate::e2e::{PROMPT, chat_body, generate_locally};
 use crate::fake_hub::FakeHub;
 use crate::harness::{NodeProcess, free_udp_port, post_json, wait_for_ring};
@@ -78,5 +79,55 @@ fn nodes_with_nothing_fetch_only_their_layers_from_the_hub_and_answer_exactly() 
     assert!(
         served <= shares + (4 << 20),
         "the Hub sent {served} bytes; the shares are {shares} (file {size})"
+    );
+}
+
+/// A prompt of several prefill chunks reaches nodes that are still fetching their layers:
+/// every chunk waits for the one fetch of its range and then runs in the order it came
+/// (each used to start its own wait, and a later chunk could run first, fail on its
+/// position and cost a re-plan), so the answer is exact and nothing is planned again.
+#[test]
+fn prompt_chunks_that_arrive_during_the_fetch_run_in_order_without_a_replan() {
+    // About three chunks of 256 tokens.
+    let words: Vec<String> = (1..=260).map(|i| format!("item{i}")).collect();
+    let prompt = format!("Repeat the last item of this list: {}", words.join(" "));
+    let expected = generate_locally(&prompt, 8);
+    let bytes = std::fs::read(default_model()).unwrap();
+    let entry = Catalog::builtin().get("smollm2-135m").unwrap().clone();
+    let source = entry.huggingface.clone().unwrap();
+    let hub = FakeHub::start();
+    hub.add(&source.repo, &source.revision, &entry.files[0].path, bytes);
+
+    let dir = tempfile::tempdir().unwrap();
+    let hf_home = dir.path().join("hf-home");
+    let port = free_udp_port();
+    let env = [
+        ("HF_ENDPOINT", hub.endpoint.as_str()),
+        ("HF_HOME", hf_home.to_str().unwrap()),
+        ("EXO_PEER_WAIT_MS", "300"),
+    ];
+    let nodes = NodeProcess::start_without_weights(dir.path(), &["n1", "n2"], port, &env);
+    for node in &nodes {
+        wait_for_ring(node, 2);
+    }
+    let url = format!("{}/v1/chat/completions", nodes[0].url());
+    let (status, body) = post_json(&url, &chat_body(&prompt, 8, false));
+    let logs = || format!("{}\n{}", nodes[0].log_text(), nodes[1].log_text());
+    assert_eq!(status, 200, "{body}\n{}", logs());
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        expected.as_str(),
+        "{}",
+        logs()
+    );
+    assert!(
+        body["usage"]["prompt_tokens"].as_u64().unwrap() > 512,
+        "the prompt should span three chunks: {body}"
+    );
+    assert_eq!(
+        metric(&nodes[0], "exo_replans_total", ""),
+        Some(0.0),
+        "the origin planned again while its nodes fetched their layers:\n{}",
+        logs()
     );
 }

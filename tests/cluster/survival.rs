@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::e2e::{chat_body, generate_locally};
 use crate::harness::{NodeProcess, free_udp_port, get_json, sse_chunks, wait_for_ring};
 use crate::support::{default_model, models_dir};
+use crate::weights::engine_info;
 
 pub(crate) const STORY: &str = "Write a very long story about a dragon who learns to bake bread.";
 pub(crate) const TOKENS: usize = 128;
@@ -215,7 +216,7 @@ fn a_ring_that_loses_the_node_with_the_output_head_streams_the_whole_answer_unch
 }
 
 #[test]
-fn a_ring_with_a_hung_node_streams_the_whole_answer_unchanged() {
+fn a_ring_with_a_hung_node_streams_the_whole_answer_and_the_node_drops_the_dead_epoch_when_back() {
     let expected = generate_locally(STORY, TOKENS);
     let dir = tempfile::tempdir().unwrap();
     let nodes = default_ring(dir.path());
@@ -226,6 +227,24 @@ fn a_ring_with_a_hung_node_streams_the_whole_answer_unchanged() {
     });
     signal(&nodes[1], "CONT");
     assert_survived(&streamed, &expected, "n2", &[&nodes[0], &nodes[2]]);
+
+    // n2 held the first epoch's cache when it hung, and missed the origin's word that the
+    // epoch is over. Once it answers again the origin tells it, and the cache (with its
+    // reservation) goes in seconds, not after the idle lifetime of minutes.
+    wait_for_peer_ready(&nodes[0], "n2");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = engine_info(&nodes[1]);
+        if info["active_requests"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n2 still holds the dead epoch's cache: {info}\n{}",
+            nodes[1].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -24,11 +24,13 @@ mod epoch;
 mod failure;
 mod group;
 mod handler;
+mod layer_wait;
 mod ledger;
 mod model_facts;
 mod origin;
 mod origin_state;
 mod outbox;
+mod owed_finishes;
 mod plan;
 mod prefix_directory;
 mod progress;
@@ -147,6 +149,7 @@ impl RequestFlow {
             Arc::downgrade(&flow),
             finished_batches,
         ));
+        tokio::spawn(Self::settle_owed_finishes(Arc::downgrade(&flow)));
         flow
     }
 

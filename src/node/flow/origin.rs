@@ -384,8 +384,11 @@ impl RequestFlow {
                 self.finish_local(request_id, keep).await
             } else if let Some(handle) = self.peers.handle(node) {
                 // Usable peers only: one that is gone or failing is not worth a connection
-                // attempt (its caches go with it, or expire).
+                // attempt now. It is owed the finish, delivered if it answers again
+                // (`owed_finishes`): a node that hung or was cut off comes back with
+                // the epoch's cache.
                 if !handle.state().is_usable() {
+                    self.origin.owed.owe(node, request_id, reason);
                     return;
                 }
                 match handle.ensure_ready().await {
@@ -395,10 +398,14 @@ impl RequestFlow {
                             tracing::debug!(
                                 "could not tell {node} to drop {request_id}: {error:#}"
                             );
+                            self.origin.owed.owe(node, request_id, reason);
                             return;
                         }
                     },
-                    Err(_) => return,
+                    Err(_) => {
+                        self.origin.owed.owe(node, request_id, reason);
+                        return;
+                    }
                 }
             } else {
                 return;

@@ -1,6 +1,7 @@
 //! What the origin side of the flow keeps: the epochs of the requests this node
-//! originated, each waiting for its steps' results, and the nodes those requests lost
-//! recently (flapping ones are left out of new plans, see `continuation`).
+//! originated, each waiting for its steps' results, the nodes those requests lost
+//! recently (flapping ones are left out of new plans, see `continuation`), and the
+//! finishes owed to nodes that did not hear them (`owed_finishes`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,6 +10,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::continuation::LossRecord;
+use super::owed_finishes::OwedFinishes;
 use super::prefix_directory::PrefixDirectory;
 use crate::proto::StepOutcome;
 
@@ -24,6 +26,8 @@ pub(super) struct OriginState {
     pub(super) losses: LossRecord,
     /// The blocks each node kept in its prefix cache.
     pub(super) prefixes: PrefixDirectory,
+    /// Finishes of ended epochs that a node did not hear (it hung, or was cut off).
+    pub(super) owed: OwedFinishes,
 }
 
 impl OriginState {

@@ -174,28 +174,46 @@ impl RequestFlow {
             sink: self.shard.completions.clone(),
             group,
         };
+        let (context_id, step) = (context.request_id.clone(), context.step);
         self.shard.queued(job.tag, context);
         self.count(|s| s.steps_run += 1);
         let layers = job.start..job.end;
-        match self.supply() {
-            Some(supply) if !supply.ready_for(&layers) => {
-                // The first step of a new range waits for its weights (within the first
-                // step's load allowance); the caller has its answer already.
-                let (supply, model, this) = (supply.clone(), model.clone(), self.this.clone());
-                tokio::spawn(async move {
-                    let outcome = supply.ensure_layers(layers).await;
-                    let Some(flow) = this.upgrade() else { return };
-                    match outcome {
-                        Ok(()) => model.submit(job),
-                        Err(error) => {
-                            if let Some(context) = flow.shard.take(job.tag) {
-                                flow.fail_step(&context, format!("{error:#}"));
-                            }
+        let Some(supply) = self.supply() else {
+            model.submit(job);
+            return Ok(());
+        };
+        // Steps of a range whose weights are not here yet wait for one fetch, in the
+        // order they came (`layer_wait`); the caller has its answer already.
+        let first_to_wait = self.shard.layer_waits.submit_or_wait(
+            &layers,
+            || supply.ready_for(&layers),
+            (model.clone(), job),
+            |(model, job)| model.submit(job),
+        );
+        if first_to_wait {
+            tracing::info!(
+                "{}: step {} waits for the weights of layers {}..{}",
+                context_id,
+                step,
+                layers.start,
+                layers.end
+            );
+            let (supply, this) = (supply.clone(), self.this.clone());
+            tokio::spawn(async move {
+                let outcome = supply.ensure_layers(layers.clone()).await;
+                let Some(flow) = this.upgrade() else { return };
+                let failed =
+                    flow.shard
+                        .layer_waits
+                        .fetch_ended(&layers, outcome.is_ok(), |(model, job)| model.submit(job));
+                if let Err(error) = outcome {
+                    for (_, job) in failed {
+                        if let Some(context) = flow.shard.take(job.tag) {
+                            flow.fail_step(&context, format!("{error:#}"));
                         }
                     }
-                });
-            }
-            _ => model.submit(job),
+                }
+            });
         }
         Ok(())
     }

@@ -1,16 +1,19 @@
 //! What the shard side of the flow keeps: the steps queued on the engine's batcher (by
 //! the tag they were queued with), where the batcher hands finished batches, which steps
 //! each request has had accepted (so that a retried message does not run twice), and
-//! which requests have finished here, and the grammar matchers of constrained requests.
+//! which requests have finished here, the grammar matchers of constrained requests, and
+//! the steps waiting for their layers' weights.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::constraints::Constraints;
+use super::layer_wait::LayerWaits;
 use super::ledger::{Finished, StepLedger, Steps};
-use crate::engine::serve::batcher::StepSink;
+use crate::engine::LoadedModel;
+use crate::engine::serve::batcher::{StepJob, StepSink};
 use crate::proto::ValidatedContext;
 
 /// The shard side's state.
@@ -25,6 +28,8 @@ pub(super) struct ShardState {
     finished: Mutex<Finished>,
     /// The grammar matchers of the constrained requests this node samples.
     pub(super) constraints: Constraints,
+    /// Steps waiting for the weights of their layers, with the model they go to.
+    pub(super) layer_waits: LayerWaits<(Arc<LoadedModel>, StepJob)>,
 }
 
 impl ShardState {
@@ -36,6 +41,7 @@ impl ShardState {
             accepted: Mutex::new(StepLedger::default()),
             finished: Mutex::new(Finished::default()),
             constraints: Constraints::default(),
+            layer_waits: LayerWaits::default(),
         }
     }
 
