@@ -11,28 +11,33 @@ use crate::harness::{NodeProcess, free_udp_port, post_json, wait_for_ring};
 use crate::support::default_model;
 use crate::weights::{engine_info, layout, parse_shard, share};
 
-#[test]
-fn nodes_with_nothing_fetch_only_their_layers_from_the_hub_and_answer_exactly() {
-    let expected = generate_locally(PROMPT, 16);
+/// The fake Hub serving the default model, and two nodes without weights that fetch their
+/// layers from it (no peer holds them), joined into a ring.
+fn two_nodes_with_nothing(dir: &std::path::Path) -> (FakeHub, Vec<NodeProcess>) {
     let bytes = std::fs::read(default_model()).unwrap();
-    let size = bytes.len() as u64;
     let entry = Catalog::builtin().get("smollm2-135m").unwrap().clone();
     let source = entry.huggingface.clone().unwrap();
     let hub = FakeHub::start();
     hub.add(&source.repo, &source.revision, &entry.files[0].path, bytes);
-
-    let dir = tempfile::tempdir().unwrap();
-    let hf_home = dir.path().join("hf-home");
-    let port = free_udp_port();
+    let hf_home = dir.join("hf-home");
     let env = [
         ("HF_ENDPOINT", hub.endpoint.as_str()),
         ("HF_HOME", hf_home.to_str().unwrap()),
         ("EXO_PEER_WAIT_MS", "300"),
     ];
-    let nodes = NodeProcess::start_without_weights(dir.path(), &["n1", "n2"], port, &env);
+    let nodes = NodeProcess::start_without_weights(dir, &["n1", "n2"], free_udp_port(), &env);
     for node in &nodes {
         wait_for_ring(node, 2);
     }
+    (hub, nodes)
+}
+
+#[test]
+fn nodes_with_nothing_fetch_only_their_layers_from_the_hub_and_answer_exactly() {
+    let expected = generate_locally(PROMPT, 16);
+    let size = std::fs::metadata(default_model()).unwrap().len();
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, nodes) = two_nodes_with_nothing(dir.path());
     let url = format!("{}/v1/chat/completions", nodes[0].url());
     let (status, body) = post_json(&url, &chat_body(PROMPT, 16, false));
     assert_eq!(
@@ -92,24 +97,8 @@ fn prompt_chunks_that_arrive_during_the_fetch_run_in_order_without_a_replan() {
     let words: Vec<String> = (1..=260).map(|i| format!("item{i}")).collect();
     let prompt = format!("Repeat the last item of this list: {}", words.join(" "));
     let expected = generate_locally(&prompt, 8);
-    let bytes = std::fs::read(default_model()).unwrap();
-    let entry = Catalog::builtin().get("smollm2-135m").unwrap().clone();
-    let source = entry.huggingface.clone().unwrap();
-    let hub = FakeHub::start();
-    hub.add(&source.repo, &source.revision, &entry.files[0].path, bytes);
-
     let dir = tempfile::tempdir().unwrap();
-    let hf_home = dir.path().join("hf-home");
-    let port = free_udp_port();
-    let env = [
-        ("HF_ENDPOINT", hub.endpoint.as_str()),
-        ("HF_HOME", hf_home.to_str().unwrap()),
-        ("EXO_PEER_WAIT_MS", "300"),
-    ];
-    let nodes = NodeProcess::start_without_weights(dir.path(), &["n1", "n2"], port, &env);
-    for node in &nodes {
-        wait_for_ring(node, 2);
-    }
+    let (_hub, nodes) = two_nodes_with_nothing(dir.path());
     let url = format!("{}/v1/chat/completions", nodes[0].url());
     let (status, body) = post_json(&url, &chat_body(&prompt, 8, false));
     let logs = || format!("{}\n{}", nodes[0].log_text(), nodes[1].log_text());

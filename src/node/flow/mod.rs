@@ -22,6 +22,7 @@ mod deadline;
 mod drain;
 mod epoch;
 mod failure;
+mod finish;
 mod group;
 mod handler;
 mod layer_wait;

@@ -363,65 +363,6 @@ impl RequestFlow {
         state.replanning = Some((noticed, replan));
         Ok(plan)
     }
-
-    /// Tells every node of the plan that the request is over (in parallel, best effort),
-    /// asking each to keep the blocks `keep` names in its prefix cache, and remembers
-    /// which each kept.
-    async fn finish_everywhere(
-        &self,
-        request_id: &str,
-        plan: &Partition,
-        reason: &str,
-        keep: &[u64],
-    ) {
-        // A group's followers too: their caches are the request's slices.
-        let members = plan
-            .entries
-            .iter()
-            .flat_map(|entry| entry.members().map(move |node| (node, entry)));
-        let calls = members.map(|(node, entry)| async move {
-            let kept = if node == self.node_id {
-                self.finish_local(request_id, keep).await
-            } else if let Some(handle) = self.peers.handle(node) {
-                // Usable peers only: one that is gone or failing is not worth a connection
-                // attempt now. It is owed the finish, delivered if it answers again
-                // (`owed_finishes`): a node that hung or was cut off comes back with
-                // the epoch's cache.
-                if !handle.state().is_usable() {
-                    self.origin.owed.owe(node, request_id, reason);
-                    return;
-                }
-                match handle.ensure_ready().await {
-                    Ok(peer) => match peer.finish_request(request_id, reason, keep).await {
-                        Ok(kept) => kept as usize,
-                        Err(error) => {
-                            tracing::debug!(
-                                "could not tell {node} to drop {request_id}: {error:#}"
-                            );
-                            self.origin.owed.owe(node, request_id, reason);
-                            return;
-                        }
-                    },
-                    Err(_) => {
-                        self.origin.owed.owe(node, request_id, reason);
-                        return;
-                    }
-                }
-            } else {
-                return;
-            };
-            let kept = kept.min(keep.len());
-            if kept > 0 {
-                self.origin.prefixes.record(
-                    node,
-                    entry.start_layer,
-                    entry.end_layer,
-                    &keep[..kept],
-                );
-            }
-        });
-        futures::future::join_all(calls).await;
-    }
 }
 
 /// An engine that is not there to serve (through `ensure_ready`) fails the request as

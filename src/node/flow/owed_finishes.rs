@@ -3,13 +3,11 @@
 //! caches, and that node does not hear it. A node that comes back would otherwise hold
 //! the dead epoch's KV cache and its reservation until the idle cache lifetime (minutes)
 //! ran out, and take fewer requests meanwhile. So the origin keeps what it owes each node
-//! (bounded) and delivers it as soon as the node answers again.
+//! (bounded) and delivers it as soon as the node answers again (`finish`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, Weak};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use super::RequestFlow;
 
 /// Finishes kept per node; the oldest go first past this (their caches expire anyway).
 const OWED_PER_NODE: usize = 256;
@@ -17,9 +15,6 @@ const OWED_PER_NODE: usize = 256;
 /// After this long a node has dropped the epoch's cache by itself (the engine's idle
 /// cache lifetime): the finish is no longer worth sending.
 const OWED_FOR: Duration = Duration::from_secs(600);
-
-/// How often the origin tries to deliver what it owes.
-const SETTLE_EVERY: Duration = Duration::from_secs(1);
 
 /// One undelivered finish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,56 +72,6 @@ impl OwedFinishes {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Owed>>> {
         self.owed.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl RequestFlow {
-    /// The flow's task that delivers owed finishes to nodes that answer again.
-    pub(super) async fn settle_owed_finishes(flow: Weak<RequestFlow>) {
-        let mut tick = tokio::time::interval(SETTLE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(flow) = flow.upgrade() else { return };
-            for node in flow.origin.owed.nodes() {
-                flow.settle_with(&node).await;
-            }
-        }
-    }
-
-    /// Delivers what `node` is owed if its handle is usable; keeps it owed otherwise.
-    async fn settle_with(&self, node: &str) {
-        let owed = self.origin.owed.take(node);
-        if owed.is_empty() {
-            return;
-        }
-        let keep_owing = |owed: Vec<Owed>| {
-            for o in owed {
-                self.origin.owed.owe_again(node, o);
-            }
-        };
-        let Some(handle) = self.peers.handle(node).filter(|h| h.state().is_usable()) else {
-            return keep_owing(owed);
-        };
-        let Ok(peer) = handle.ensure_ready().await else {
-            return keep_owing(owed);
-        };
-        let mut owed = owed.into_iter();
-        while let Some(o) = owed.next() {
-            if let Err(error) = peer.finish_request(&o.request_id, &o.reason, &[]).await {
-                // Still not answering: the rest waits for the next round rather than
-                // each waiting out its own timeout now.
-                tracing::debug!(
-                    "could not yet tell {node} that {} is over: {error:#}",
-                    o.request_id
-                );
-                return keep_owing(std::iter::once(o).chain(owed).collect());
-            }
-            tracing::info!(
-                "told {node} that {} is over, now that it answers again",
-                o.request_id
-            );
-        }
     }
 }
 
