@@ -258,6 +258,10 @@ def main():
             document.querySelector('#tool-choice').value = 'required';
             document.querySelector('#parallel-tools').checked = false;
             document.querySelector('#max-tokens').value = '64';""", "What is 37 times 91?")
+        # How the call and its result look (for a person to check; not asserted on).
+        shot = cdp.call("Page.captureScreenshot", format="png")
+        with open(screenshot.replace(".png", "-tools.png"), "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
         tools["expected_results"] = []
         for call in tools["calls"]:
             try:
