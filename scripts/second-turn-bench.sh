@@ -1,37 +1,37 @@
 #!/usr/bin/env bash
-# Second-turn time to first token (docs/BENCHMARKS.md "Second turn"): one exo node serving
-# Qwen2.5-Coder-0.5B-Instruct Q4_K_M, then llama-server on the same file, each answering
-# scripts/second-turn-bench.py's conversations (first turn ~1,000 tokens of history, then
-# a second turn that repeats it):
+# Second-turn time to first token (docs/BENCHMARKS.md "Second turn"): Qwen2.5-Coder-0.5B-
+# Instruct Q4_K_M served by one exo node, then by a ring of three exo nodes on this
+# machine (the request enters at the first node; each runs a third of the layers), then
+# by llama-server on the same file, each answering scripts/second-turn-bench.py's
+# conversations (first turn ~1,000 tokens of history, then a second turn that repeats it):
 #
-#   scripts/second-turn-bench.sh [ROUNDS]
+#   flock /work/cargo.lock scripts/second-turn-bench.sh [ROUNDS]
 #
 # LLAMA_BIN names llama.cpp's build/bin (default: target/llama.cpp/build/bin, as
 # scripts/build-llama-cpp.sh builds it); without llama-server only exo is measured.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/bench-node.sh"
 rounds="${1:-5}"
-models="${EXO_MODELS_DIR:-$PWD/models/weights}"
-gguf="$models/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+gguf="$bench_models/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 llama_bin="${LLAMA_BIN:-target/llama.cpp/build/bin}"
-work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+bench_prepare qwen2.5-coder-0.5b
 
-wait_up() { for _ in $(seq 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.2; done; echo "$1 did not come up" >&2; exit 1; }
+bench_node 18541 18542 bench
+echo "exo, one node:"
+python3 scripts/second-turn-bench.py http://127.0.0.1:18541 "$bench_model" "$rounds"
+bench_stop
 
-cargo build --release --quiet
-EXO_MODELS_DIR="$models" target/release/exo node --model qwen2.5-coder-0.5b --device cpu \
-  --listen 127.0.0.1 --api-port 18541 --discovery-port 18542 --discovery-interfaces lo \
-  --data-dir "$work/exo" --node-id bench >"$work/exo.log" 2>&1 &
-exo_pid=$!
-wait_up http://127.0.0.1:18541/healthz
-echo "exo:"
-python3 scripts/second-turn-bench.py http://127.0.0.1:18541 qwen2.5-coder-0.5b "$rounds"
-kill "$exo_pid"; wait "$exo_pid" 2>/dev/null || true
+bench_ring 3 18561 18560 ring
+echo "exo, a ring of three nodes:"
+python3 scripts/second-turn-bench.py http://127.0.0.1:18561 "$bench_model" "$rounds"
+for i in 1 2 3; do
+  echo "ring$i: prefix cache hits $(curl -sf "http://127.0.0.1:$((18560 + i))/metrics" \
+    | awk '/^exo_prefix_cache_hits_total/ {s += $NF} END {print s + 0}')"
+done
+bench_stop
 
 if [[ -x "$llama_bin/llama-server" ]]; then
-  "$llama_bin/llama-server" -m "$gguf" -t 2 -c 4096 --host 127.0.0.1 --port 18543 >"$work/llama.log" 2>&1 &
+  "$llama_bin/llama-server" -m "$gguf" -t 2 -c 4096 --host 127.0.0.1 --port 18543 >"$bench_work/llama.log" 2>&1 &
   wait_up http://127.0.0.1:18543/health
   echo "llama-server:"
-  python3 scripts/second-turn-bench.py http://127.0.0.1:18543 qwen2.5-coder-0.5b "$rounds"
+  python3 scripts/second-turn-bench.py http://127.0.0.1:18543 "$bench_model" "$rounds"
 fi

@@ -3,7 +3,10 @@
 //! The UI test starts a three-process ring, drives the page in the distribution's headless
 //! Chromium over the DevTools protocol (tests/support/ui_browser.py): the cluster view shows
 //! three nodes with their layer ranges, a chat message gets an answer that streams into
-//! the page, the conversation survives a reload, and the screenshot is not blank.
+//! the page, the conversation survives a reload, and the screenshot is not blank. Then the
+//! page's calculator demo tool with a forced call: the call shows as a block with its
+//! function's name and pretty-printed arguments, the page runs it (the result is the one
+//! computed here) and asks again; and a `json_schema` answer shows pretty-printed.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -111,6 +114,55 @@ fn the_web_ui_chats_with_a_three_node_ring_and_shows_it_in_headless_chromium() {
         .map(|f| f["gzip"].as_u64().unwrap())
         .sum();
     assert!(gzip <= 150 * 1024, "{gzip} bytes gzipped");
+
+    assert_tool_calls_render(&seen["tools"]);
+    assert_json_answer_renders(&seen["json_answer"]);
+}
+
+/// The forced calculator call, as the page showed it and answered it.
+fn assert_tool_calls_render(tools: &Value) {
+    assert_eq!(tools["errors"], serde_json::json!([]), "{tools}");
+    let calls = tools["calls"].as_array().unwrap();
+    assert!(!calls.is_empty(), "no tool call shown: {tools}");
+    assert_eq!(calls[0]["name"], "calculator", "{tools}");
+    let arguments = calls[0]["arguments"].as_str().unwrap();
+    let parsed: Value = serde_json::from_str(arguments).unwrap();
+    assert!(parsed["expression"].is_string(), "{arguments}");
+    // Pretty-printed, not the wire's one line.
+    assert!(arguments.contains("\n  \"expression\": "), "{arguments}");
+    // Every call the page ran got its result shown: the one computed independently (the
+    // demo's schema admits only arithmetic, so never an error), and the model was asked
+    // again with it.
+    let results = tools["results"].as_array().unwrap();
+    let expected = tools["expected_results"].as_array().unwrap();
+    assert_eq!(results.len(), expected.len(), "{tools}");
+    for (shown, wanted) in results.iter().zip(expected) {
+        assert_ne!(wanted, "error", "{tools}");
+        // (None: a division by zero, where JavaScript and Python differ.)
+        if let Some(value) = wanted.as_str() {
+            assert_eq!(shown, value, "{tools}");
+        }
+    }
+    assert!(tools["answers"].as_u64().unwrap() >= 2, "{tools}");
+    assert!(
+        tools["stats"].as_str().unwrap().ends_with("tool_calls"),
+        "{tools}"
+    );
+}
+
+/// A strict json_schema answer, shown pretty-printed and valid for its schema.
+fn assert_json_answer_renders(answer: &Value) {
+    assert_eq!(answer["errors"], serde_json::json!([]), "{answer}");
+    assert_eq!(answer["calls"], serde_json::json!([]), "{answer}");
+    let shown = answer["json"].as_array().unwrap();
+    assert_eq!(shown.len(), 1, "{answer}");
+    let text = shown[0].as_str().unwrap();
+    assert!(text.starts_with("{\n  \"city\": "), "{text}");
+    let value: Value = serde_json::from_str(text).unwrap();
+    assert!(
+        ["Berlin", "Paris", "Rome"].contains(&value["city"].as_str().unwrap()),
+        "{text}"
+    );
 }
 
 /// Samples of one scrape: (name, labels) → value.

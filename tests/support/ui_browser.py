@@ -3,10 +3,13 @@
     python ui_browser.py CHROMIUM URL SCREENSHOT.png [PROMPT]
 
 Loads the page, waits for the cluster view, sends a chat message, watches the answer
-stream into the DOM, reloads to check the conversation was kept, saves a screenshot and
-prints one JSON object with what it saw (the Rust test asserts on it). Every wait is on a
-state of the page (a MutationObserver promise), bounded by a timeout.
+stream into the DOM, reloads to check the conversation was kept, saves a screenshot; then
+offers the page's calculator demo tool with a forced call (the page shows the call, runs it
+and asks the model again) and asks for a JSON-schema answer (shown pretty-printed). Prints
+one JSON object with what it saw (the Rust test asserts on it). Every wait is on a state
+of the page (a MutationObserver promise), bounded by a timeout.
 """
+import re
 import base64
 import gzip
 import json
@@ -97,6 +100,86 @@ def start_browser(chromium, profile):
     return process, page["webSocketDebuggerUrl"]
 
 
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Berlin", "Paris", "Rome"]}},
+          "required": ["city"], "additionalProperties": False}
+
+
+def arithmetic(expression):
+    """The calculator's answer, computed here independently of the page: + - * / and
+    parentheses on decimal numbers, as the page's text; "error" for anything else, None
+    for a division by zero (JavaScript and Python differ there)."""
+    tokens = re.findall(r"\d+(?:\.\d+)?|[-+*/()]|\S", expression)
+    at = 0
+
+    def factor():
+        nonlocal at
+        t = tokens[at] if at < len(tokens) else None
+        at += 1
+        if t == "-":
+            return -factor()
+        if t == "(":
+            v = total()
+            if at >= len(tokens) or tokens[at] != ")":
+                raise ValueError
+            at += 1
+            return v
+        if t is not None and t[0].isdigit():
+            return float(t)
+        raise ValueError
+
+    def product():
+        nonlocal at
+        v = factor()
+        while at < len(tokens) and tokens[at] in "*/":
+            at += 1
+            v = v * factor() if tokens[at - 1] == "*" else v / factor()
+        return v
+
+    def total():
+        nonlocal at
+        v = product()
+        while at < len(tokens) and tokens[at] in "+-":
+            at += 1
+            v = v + product() if tokens[at - 1] == "+" else v - product()
+        return v
+
+    try:
+        value = total()
+        if at != len(tokens):
+            raise ValueError
+    except (ValueError, IndexError):
+        return "error"
+    except ZeroDivisionError:
+        return None
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def ask(cdp, setup, prompt):
+    """Starts a new chat, sets the panel with `setup` (JavaScript), sends `prompt` and
+    waits until the page has finished answering (tool steps included); what it shows."""
+    cdp.eval(f"""(() => {{
+        document.querySelector('#clear').click();
+        document.querySelector('#temperature').value = '0';
+        {setup}
+        document.querySelector('#prompt').value = {json.dumps(prompt)};
+        document.querySelector('#send').click();
+        return true;
+    }})()""")
+    return cdp.eval(f"""__waitFor(() => {{
+        const done = document.querySelectorAll('#messages .msg.assistant[data-done]');
+        if (document.body.dataset.busy || !done.length) return null;
+        const all = (selector) => [...document.querySelectorAll(selector)];
+        return {{
+            calls: all('#messages .tool-call').map(c => ({{ name: c.dataset.name,
+                arguments: c.querySelector('pre.arguments').textContent }})),
+            results: all('#messages .msg.tool .tool-result pre').map(p => p.textContent),
+            json: all('#messages .msg.assistant .body pre.json').map(p => p.textContent),
+            answers: done.length, errors: all('#messages .msg.error').map(m => m.textContent),
+            stats: done[0].querySelector('.stats').textContent,
+        }};
+    }}, {WAIT_MS})""")
+
+
 def first_load(url):
     sizes = {}
     for path in ["/", "/ui/app.js", "/ui/style.css"]:
@@ -168,8 +251,32 @@ def main():
             const n = document.querySelectorAll('#messages .msg').length;
             return n ? n : null;
         }}, {WAIT_MS})""")
+        cdp.eval(f"__waitFor(() => document.querySelector('#model').value, {WAIT_MS})")
+        tools = ask(cdp, """
+            document.querySelector('#response-format').value = 'text';
+            document.querySelector('#demo-tools').click();
+            document.querySelector('#tool-choice').value = 'required';
+            document.querySelector('#parallel-tools').checked = false;
+            document.querySelector('#max-tokens').value = '64';""", "What is 37 times 91?")
+        # How the call and its result look (for a person to check; not asserted on).
+        shot = cdp.call("Page.captureScreenshot", format="png")
+        with open(screenshot.replace(".png", "-tools.png"), "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+        tools["expected_results"] = []
+        for call in tools["calls"]:
+            try:
+                expression = json.loads(call["arguments"])["expression"]
+            except (ValueError, KeyError, TypeError):
+                expression = None
+            tools["expected_results"].append(None if expression is None else arithmetic(expression))
+        answer_json = ask(cdp, f"""
+            document.querySelector('#tools').value = '';
+            document.querySelector('#response-format').value = 'json_schema';
+            document.querySelector('#json-schema').value = {json.dumps(json.dumps(SCHEMA))};
+            document.querySelector('#max-tokens').value = '24';""", "What is the capital of Germany?")
         print(json.dumps({
             "cluster": cluster, "timing": timing, "chat": chat, "kept_messages": kept,
+            "tools": tools, "json_answer": answer_json,
             "screenshot": {"width": image.width, "height": image.height, "colours": len(colours),
                            "top_colour_share": max(c for c, _ in colours) / (image.width * image.height)},
             "first_load": first_load(url),

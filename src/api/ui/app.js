@@ -87,16 +87,117 @@ function markdown(text) {
   return out.join("");
 }
 
+// ---- tools and JSON answers ----------------------------------------------------------
+// "calculator demo" offers this tool, which the page runs itself when the model calls it:
+// the node constrains the call's arguments to the schema (whole numbers joined by one to
+// three of + - * /, so that even a small model writes an expression), `calculate`
+// evaluates it (no eval), and the result goes back to the model as a `tool` message.
+const DEMO_TOOLS = [{ type: "function", function: {
+  name: "calculator", description: "Evaluates arithmetic on whole numbers, like 12 * 34 + 5",
+  parameters: { type: "object", properties: {
+    expression: { type: "string", pattern: "^-?[0-9]{1,6}( ?[-+*/] ?-?[0-9]{1,6}){1,3}$" } },
+  required: ["expression"], additionalProperties: false },
+} }];
+// How many answers one message may take when the page runs the calls it asks for.
+const MAX_STEPS = 3;
+
+function calculate(expression) {
+  const tokens = expression.match(/\d+(?:\.\d+)?|[-+*/()]|\S/g) || [];
+  let at = 0;
+  const peek = () => tokens[at];
+  const take = (t) => { if (tokens[at] !== t) throw new Error(`expected ${t} at ${tokens[at] || "the end"}`); at++; };
+  const factor = () => {
+    const t = tokens[at++];
+    if (t === "-") return -factor();
+    if (t === "(") { const v = sum(); take(")"); return v; }
+    if (t !== undefined && /^\d/.test(t)) return Number(t);
+    throw new Error(`unexpected ${t || "end"}`);
+  };
+  const product = () => {
+    let v = factor();
+    while (peek() === "*" || peek() === "/") v = tokens[at++] === "*" ? v * factor() : v / factor();
+    return v;
+  };
+  const sum = () => {
+    let v = product();
+    while (peek() === "+" || peek() === "-") v = tokens[at++] === "+" ? v + product() : v - product();
+    return v;
+  };
+  const value = sum();
+  if (at !== tokens.length) throw new Error(`unexpected ${tokens[at]}`);
+  return value;
+}
+
+// `text` pretty-printed when it is JSON as a whole (an object or a list), else null.
+function prettyJson(text) {
+  const t = (text || "").trim();
+  if (!/^[[{]/.test(t)) return null;
+  try { return JSON.stringify(JSON.parse(t), null, 2); } catch { return null; }
+}
+
+// tools, tool_choice and response_format from the "tools & JSON" panel (an Error naming
+// the box whose JSON does not parse).
+function requestOptions() {
+  const options = {};
+  const parse = (id, what) => {
+    try { return JSON.parse($(id).value); } catch (e) { throw new Error(`${what} is not JSON: ${e.message}`); }
+  };
+  if ($("tools").value.trim()) {
+    options.tools = parse("tools", "the tools box");
+    options.tool_choice = $("tool-choice").value;
+    options.parallel_tool_calls = $("parallel-tools").checked;
+  }
+  const format = $("response-format").value;
+  if (format === "json_object") options.response_format = { type: "json_object" };
+  if (format === "json_schema") {
+    options.response_format = { type: "json_schema",
+      json_schema: { name: "answer", strict: true, schema: parse("json-schema", "the schema box") } };
+  }
+  return options;
+}
+$("parallel-tools").checked = store.get("parallelTools", true);
+$("parallel-tools").onchange = () => store.set("parallelTools", $("parallel-tools").checked);
+$("demo-tools").onclick = () => {
+  $("tools").value = JSON.stringify(DEMO_TOOLS, null, 2);
+  store.set("tools", $("tools").value);
+  $("extras").open = true;
+};
+
+// Streamed `tool_calls` deltas folded into whole calls (by index, as OpenAI's SDKs do).
+function addToolDeltas(calls, deltas) {
+  for (const d of deltas) {
+    const i = d.index === undefined ? calls.length : d.index;
+    const call = calls[i] || (calls[i] = { id: "", type: "function", function: { name: "", arguments: "" } });
+    if (d.id) call.id = d.id;
+    if (d.function && d.function.name) call.function.name += d.function.name;
+    if (d.function && d.function.arguments) call.function.arguments += d.function.arguments;
+  }
+}
+
 // ---- chat ---------------------------------------------------------------------------
 let conversation = store.get("conversation", []);
 let running = null;
 
+function bodyHtml(m) {
+  if (m.role === "tool") {
+    return `<div class="tool-result"><span class="name">${esc(m.name || "tool")}</span> returned<pre>${esc(m.content)}</pre></div>`;
+  }
+  if (m.role !== "assistant") return esc(m.content).replace(/\n/g, "<br>");
+  const json = m.error ? null : prettyJson(m.content);
+  let html = json !== null ? `<pre class="json">${esc(json)}</pre>` : markdown(m.content || "");
+  for (const call of m.tool_calls || []) {
+    const args = prettyJson(call.function.arguments);
+    html += `<div class="tool-call" data-name="${esc(call.function.name)}"><span class="name">${esc(call.function.name)}</span> called with`
+      + `<pre class="arguments">${esc(args !== null ? args : call.function.arguments)}</pre></div>`;
+  }
+  return html;
+}
 function renderMessage(m) {
   const div = document.createElement("div");
   div.className = "msg " + m.role + (m.error ? " error" : "");
   const body = document.createElement("div");
   body.className = "body";
-  body.innerHTML = m.role === "assistant" ? markdown(m.content) : esc(m.content).replace(/\n/g, "<br>");
+  body.innerHTML = bodyHtml(m);
   div.appendChild(body);
   const stats = document.createElement("div");
   stats.className = "stats";
@@ -111,10 +212,40 @@ function renderConversation() {
   $("messages").scrollTop = $("messages").scrollHeight;
 }
 
+// A message as the API reads it (calls and results keep their ids).
+function apiMessage(m) {
+  if (m.role === "tool") return { role: "tool", tool_call_id: m.tool_call_id, content: m.content };
+  if (m.tool_calls && m.tool_calls.length) return { role: m.role, content: m.content || null, tool_calls: m.tool_calls };
+  return { role: m.role, content: m.content };
+}
+
+// A message's answer; when it calls the demo calculator, the page answers the calls and
+// asks again (at most MAX_STEPS answers; after a forced call the model may answer in text).
 async function send(text) {
-  const model = $("model").value;
+  document.body.dataset.busy = "1";
   conversation.push({ role: "user", content: text });
   renderMessage(conversation[conversation.length - 1]);
+  let options;
+  try { options = requestOptions(); } catch (e) { options = { error: e.message }; }
+  for (let step = 0; step < MAX_STEPS; step++) {
+    const answer = await complete(options);
+    const calls = answer.tool_calls || [];
+    if (answer.error || !calls.length || !calls.every((c) => c.function.name === "calculator")) break;
+    for (const call of calls) {
+      let result;
+      try { result = String(calculate(JSON.parse(call.function.arguments).expression)); } catch (e) { result = "error: " + e.message; }
+      const message = { role: "tool", tool_call_id: call.id, name: call.function.name, content: result };
+      conversation.push(message);
+      renderMessage(message);
+    }
+    store.set("conversation", conversation);
+    if (options.tool_choice && options.tool_choice !== "none") options.tool_choice = "auto";
+  }
+  delete document.body.dataset.busy;
+}
+
+// One streamed answer to the conversation so far, rendered as it comes.
+async function complete(options) {
   const answer = { role: "assistant", content: "" };
   const view = renderMessage(answer);
   view.div.dataset.streaming = "1";
@@ -124,15 +255,17 @@ async function send(text) {
   $("stop").disabled = false;
   const started = performance.now();
   let first = null, usage = null, exo = null, finish = null;
-  const body = {
-    model,
-    messages: conversation.filter((m) => !m.error).map((m) => ({ role: m.role, content: m.content })),
-    stream: true,
-    stream_options: { include_usage: true },
-    temperature: Number($("temperature").value),
-    max_tokens: Number($("max-tokens").value),
-  };
+  const calls = [];
   try {
+    if (options.error) throw new Error(options.error);
+    const body = Object.assign({
+      model: $("model").value,
+      messages: conversation.filter((m) => !m.error).map(apiMessage),
+      stream: true,
+      stream_options: { include_usage: true },
+      temperature: Number($("temperature").value),
+      max_tokens: Number($("max-tokens").value),
+    }, options);
     const response = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(false), body: JSON.stringify(body), signal: controller.signal,
     });
@@ -145,10 +278,12 @@ async function send(text) {
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message);
       const choice = chunk.choices && chunk.choices[0];
-      if (choice && choice.delta && choice.delta.content) {
+      const delta = (choice && choice.delta) || {};
+      if (delta.content || delta.tool_calls) {
         if (first === null) first = performance.now();
-        answer.content += choice.delta.content;
-        view.body.innerHTML = markdown(answer.content);
+        if (delta.content) answer.content += delta.content;
+        if (delta.tool_calls) { addToolDeltas(calls, delta.tool_calls); answer.tool_calls = calls; }
+        view.body.innerHTML = bodyHtml(answer);
         $("messages").scrollTop = $("messages").scrollHeight;
       }
       if (choice && choice.finish_reason) finish = choice.finish_reason;
@@ -170,7 +305,7 @@ async function send(text) {
     tokens !== null ? `${tokens} tokens` : null,
     finish ? finish : null,
   ].filter(Boolean).join(" · ");
-  view.body.innerHTML = markdown(answer.content);
+  view.body.innerHTML = bodyHtml(answer);
   view.stats.textContent = answer.stats;
   delete view.div.dataset.streaming;
   view.div.dataset.done = "1";
@@ -179,6 +314,7 @@ async function send(text) {
   running = null;
   $("send").disabled = false;
   $("stop").disabled = true;
+  return answer;
 }
 
 $("composer").onsubmit = (e) => {
@@ -193,7 +329,7 @@ $("prompt").onkeydown = (e) => {
 };
 $("stop").onclick = () => running && running.abort();
 $("clear").onclick = () => { conversation = []; store.set("conversation", conversation); renderConversation(); };
-for (const id of ["temperature", "max-tokens"]) {
+for (const id of ["temperature", "max-tokens", "tools", "tool-choice", "response-format", "json-schema"]) {
   const saved = store.get(id, null);
   if (saved !== null) $(id).value = saved;
   $(id).onchange = () => store.set(id, $(id).value);
