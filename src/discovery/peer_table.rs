@@ -2,6 +2,7 @@
 //! bounded rate afterwards, and retired when its announcements stop.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,9 @@ pub struct PeerInfo {
     pub state: ResourceState,
     /// The peer said it is draining: it finishes what it has, takes no new plans.
     pub draining: bool,
+    /// Its engine serves, as its last health answer said. A peer whose engine is down
+    /// stays joined (results and control messages still reach it) but runs no layers.
+    pub serving: bool,
 }
 
 impl PeerInfo {
@@ -92,6 +96,9 @@ struct Entry {
     last_seen: Instant,
     last_attempt: Option<Instant>,
     handle: Arc<Managed<GrpcPeerHandle>>,
+    /// The handle's record of whether the peer's engine serves (see
+    /// [`GrpcPeerHandle::serving_flag`]).
+    serving: Arc<AtomicBool>,
     /// What its latest announcement said.
     draining: bool,
 }
@@ -165,7 +172,9 @@ impl PeerTable {
                     if entry.address != sighting.address
                         && (sighting.priority > entry.priority || stale)
                     {
-                        let old = std::mem::replace(&mut entry.handle, self.new_handle(&sighting));
+                        let (handle, serving) = self.new_handle(&sighting);
+                        let old = std::mem::replace(&mut entry.handle, handle);
+                        entry.serving = serving;
                         entry.address = sighting.address.clone();
                         entry.priority = sighting.priority;
                         entry.last_seen = now;
@@ -201,7 +210,7 @@ impl PeerTable {
                     return false;
                 }
                 None => {
-                    let handle = self.new_handle(&sighting);
+                    let (handle, serving) = self.new_handle(&sighting);
                     entries.insert(
                         sighting.node_id.clone(),
                         Entry {
@@ -212,6 +221,7 @@ impl PeerTable {
                             last_seen: now,
                             last_attempt: Some(now),
                             handle: handle.clone(),
+                            serving,
                             draining: false,
                         },
                     );
@@ -278,7 +288,7 @@ impl PeerTable {
             Some(handle) => handle,
             // Only our own id is never taken on; a plan naming us as a peer is a bug of the
             // sender's, and a handle that fails on use says so.
-            None => self.new_handle(&sighting),
+            None => self.new_handle(&sighting).0,
         })
     }
 
@@ -427,6 +437,7 @@ impl PeerTable {
                 capabilities: e.capabilities.clone(),
                 state: e.handle.state(),
                 draining: e.draining,
+                serving: e.serving.load(Ordering::Relaxed),
             })
             .collect();
         peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -441,6 +452,14 @@ impl PeerTable {
     /// The joined peers, on every change: wait on it instead of polling.
     pub fn subscribe(&self) -> watch::Receiver<Vec<PeerInfo>> {
         self.joined.subscribe()
+    }
+
+    /// Whether a known peer's engine serves, as its last health answer said (false for
+    /// a peer the table does not know).
+    pub fn serving(&self, node_id: &str) -> bool {
+        self.lock()
+            .get(node_id)
+            .is_some_and(|e| e.serving.load(Ordering::Relaxed))
     }
 
     /// The handle on a known peer.
@@ -468,16 +487,18 @@ impl PeerTable {
         self.publish();
     }
 
-    fn new_handle(&self, sighting: &Sighting) -> Arc<Managed<GrpcPeerHandle>> {
-        Managed::builder(
-            format!("peer:{}", sighting.node_id),
+    /// A handle on the peer `sighting` names, and its record of whether the peer serves.
+    fn new_handle(&self, sighting: &Sighting) -> (Arc<Managed<GrpcPeerHandle>>, Arc<AtomicBool>) {
+        let handle =
             GrpcPeerHandle::new(&sighting.node_id, &sighting.address, self.config.timeouts)
-                .with_tls(self.config.tls.clone()),
-        )
-        .name(format!("peer {} at {}", sighting.node_id, sighting.address))
-        .config(self.config.handle_config.clone())
-        .register_in(&self.registry)
-        .build()
+                .with_tls(self.config.tls.clone());
+        let serving = handle.serving_flag();
+        let managed = Managed::builder(format!("peer:{}", sighting.node_id), handle)
+            .name(format!("peer {} at {}", sighting.node_id, sighting.address))
+            .config(self.config.handle_config.clone())
+            .register_in(&self.registry)
+            .build();
+        (managed, serving)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {

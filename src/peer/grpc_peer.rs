@@ -2,8 +2,14 @@
 //! who it should be; health asks it; reconnect rebuilds the channel. Its operations are
 //! reachable only through `Managed::ensure_ready` / `with_connection`, and every call
 //! carries a deadline.
+//!
+//! A peer whose own engine is down (in Error, or closing) still answers: its handle stays
+//! usable, so that results and control messages still reach it (an origin whose engine
+//! failed goes on running its requests over the others), and records "not serving" in a
+//! flag the peer table reads ([`GrpcPeerHandle::serving_flag`]) to leave it out of plans.
 
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -49,6 +55,8 @@ pub struct GrpcPeerHandle {
     tls: Option<ClientTlsConfig>,
     client: RwLock<Option<NodeClient<Channel>>>,
     stats: LinkStats,
+    /// What the peer's last health answer said of its engine (true until it answers).
+    serving: Arc<AtomicBool>,
 }
 
 impl GrpcPeerHandle {
@@ -64,6 +72,7 @@ impl GrpcPeerHandle {
             tls: None,
             client: RwLock::new(None),
             stats: LinkStats::default(),
+            serving: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -86,6 +95,13 @@ impl GrpcPeerHandle {
     /// Round trips, failed calls and bytes of this link.
     pub fn stats(&self) -> &LinkStats {
         &self.stats
+    }
+
+    /// Whether the peer's engine serves, as its last health answer said: shared with
+    /// whoever keeps the handle (the peer table), who can read it without going through
+    /// `Managed::ensure_ready` (which may wait on a reconnect).
+    pub fn serving_flag(&self) -> Arc<AtomicBool> {
+        self.serving.clone()
     }
 
     fn client(&self) -> anyhow::Result<NodeClient<Channel>> {
@@ -136,7 +152,9 @@ impl GrpcPeerHandle {
     }
 
     /// Asks the peer who it is: an address that now belongs to another node (a restart
-    /// on the same port) must not be taken for this one.
+    /// on the same port) must not be taken for this one. Whether its engine serves is
+    /// recorded, not a failure: a peer whose engine is down still takes results for the
+    /// requests it is the origin of.
     async fn check_identity(&self) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let reply = self
@@ -161,8 +179,16 @@ impl GrpcPeerHandle {
                 self.node_id
             );
         }
-        if !reply.serving {
-            bail!("peer {} says it is not serving", self.node_id);
+        let was_serving = self.serving.swap(reply.serving, Ordering::Relaxed);
+        if was_serving != reply.serving {
+            if reply.serving {
+                tracing::info!("peer {} serves again", self.node_id);
+            } else {
+                tracing::warn!(
+                    "peer {} says its engine is not serving: plans leave it out",
+                    self.node_id
+                );
+            }
         }
         Ok(())
     }
@@ -364,6 +390,7 @@ impl Resource for GrpcPeerHandle {
             "node_id": self.node_id,
             "address": self.address,
             "tls": self.tls.is_some(),
+            "serving": self.serving.load(Ordering::Relaxed),
             "link": self.stats.to_json(),
         })
     }

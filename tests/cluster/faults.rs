@@ -157,12 +157,10 @@ async fn the_steps_a_reset_engine_lost_fail_and_the_request_goes_on() {
     assert!(reason.contains("engine was reset"), "{reason}");
 }
 
-// Issue 21 item 10 is not done: this test fails on a loaded machine (the fresh-clone suite,
-// 2026-12-07: the client's 60 s ran out). When the origin is its own first shard, `send`
-// awaits its own engine's `ensure_ready`, which recovers (reloads) the failed engine
-// without a bound, so the missed-deadline check that would leave the origin's layers out
-// never runs. Run it with `cargo test --test cluster -- --ignored own_engine`.
-#[ignore = "issue 21 item 10 not done: the origin's wait on its own failed engine is unbounded"]
+/// The origin's own engine hangs (and, three failed health checks later, is in Error):
+/// only n1 can tell, at a missed deadline. The request goes on over n2 alone; n2's results
+/// still reach n1, whose engine says "not serving" (n2's handle on n1 records that and
+/// stays usable, instead of refusing n1), and n1 keeps only the API's part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_whose_own_engine_hangs_goes_on_without_its_layers() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,6 +26,7 @@ mod logprobs;
 mod memory;
 mod message_caps;
 mod netns;
+mod not_serving;
 mod ollama_client;
 mod openai_client;
 mod peers_file;

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use exo::engine::{HiddenState, SamplingParams};
@@ -30,6 +30,8 @@ pub struct StandIn {
     weights: Option<ServeWeights>,
     steps: AtomicU64,
     results: AtomicU64,
+    /// What its health answer says of its engine (see [`StandIn::set_serving`]).
+    serving: AtomicBool,
 }
 
 impl StandIn {
@@ -42,6 +44,7 @@ impl StandIn {
             weights: None,
             steps: AtomicU64::new(0),
             results: AtomicU64::new(0),
+            serving: AtomicBool::new(true),
         }
     }
 
@@ -64,6 +67,12 @@ impl StandIn {
         self
     }
 
+    /// Says in its health answers that its engine serves (true) or is down (false), as a
+    /// node whose engine is in Error does; it takes steps and results either way.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
+    }
+
     /// Steps and results it took so far.
     pub fn taken(&self) -> (u64, u64) {
         (
@@ -77,6 +86,10 @@ impl StandIn {
 impl NodeHandler for StandIn {
     fn node_id(&self) -> String {
         self.node_id.clone()
+    }
+
+    fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
     }
 
     async fn run_steps(

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use super::continuation::{Interruption, Replan};
 use super::deadline::StepTimes;
 use super::failure::{FailureKind, fail};
+use super::ledger::Steps;
 use super::outbox::Item;
 use super::progress::lost_message;
 use super::{GenerateRequest, GenerationEvent, RequestFlow, describe};
@@ -303,9 +304,10 @@ impl<'a> Epoch<'a> {
                         started.elapsed(),
                         describe(plan)
                     );
-                    if let Some(lost) = self.check_ring(reason.clone()).await {
-                        return Ok(Err(EpochEnd::Interrupted(lost)));
-                    }
+                    let progress = match self.check_ring(reason.clone()).await {
+                        Ok(progress) => progress,
+                        Err(lost) => return Ok(Err(EpochEnd::Interrupted(lost))),
+                    };
                     if Instant::now() >= hard_stop {
                         return fail(FailureKind::TimedOut, format!("{reason}: every node answers, but the ring made no progress on this request"));
                     }
@@ -313,7 +315,6 @@ impl<'a> Epoch<'a> {
                     // got it (the nodes say so, see `progress`), or nothing else keeps the
                     // ring busy — this origin waits for no other request and has no step
                     // of anyone's queued.
-                    let progress = self.flow.progress_along(plan, wire_id).await;
                     let lost_at = lost_message(plan, &progress, awaited, &self.flow.node_id);
                     if lost_at.is_some()
                         || (started.elapsed() >= allowance && self.flow.ring_looks_idle())
@@ -362,20 +363,22 @@ impl<'a> Epoch<'a> {
         }
     }
 
-    /// After a missed deadline: the nodes of the plan that are gone, if any. A slow ring
-    /// is not a dead one (see `deadline`): only nodes that do not answer a health check
-    /// now are lost, and this node itself when the plan gives it layers and its own engine
-    /// fails its health check (peers cannot tell this origin that its engine hangs).
-    async fn check_ring(&self, reason: String) -> Option<Interruption> {
+    /// After a missed deadline: the nodes of the plan that are gone, if any (Err), else
+    /// how far each node got with the request (see `progress`). A slow ring is not a dead
+    /// one (see `deadline`): only nodes that do not answer now (or whose engine does not
+    /// serve) are lost, and this node itself when the plan gives it layers and its own
+    /// engine fails its health check (peers cannot tell this origin that its engine hangs).
+    async fn check_ring(&self, reason: String) -> Result<Vec<Option<Steps>>, Interruption> {
         let flow = self.flow;
-        let (silent, engine_ok) = tokio::join!(flow.unresponsive(self.plan, &[]), async {
-            !self.plan.entries.iter().any(|e| e.node_id == flow.node_id)
-                || flow.own_engine_answers().await
-        });
-        if engine_ok && silent.is_empty() {
-            return None;
+        let (probe, engine_ok) =
+            tokio::join!(flow.probe_ring(self.plan, &self.wire_id, &[]), async {
+                !self.plan.entries.iter().any(|e| e.node_id == flow.node_id)
+                    || flow.own_engine_answers().await
+            });
+        if engine_ok && probe.silent.is_empty() {
+            return Ok(probe.progress);
         }
-        let mut lost = silent;
+        let mut lost = probe.silent;
         let mut kind = FailureKind::PeerLost;
         let mut reason = reason;
         if !engine_ok {
@@ -383,7 +386,7 @@ impl<'a> Epoch<'a> {
             kind = FailureKind::EngineFailed;
             reason = format!("{reason}: this node's own engine fails its health check");
         }
-        Some(Interruption { lost, reason, kind })
+        Err(Interruption { lost, reason, kind })
     }
 
     /// A step for the plan's first shard: run here, or queued for that node. Err: this

@@ -290,11 +290,10 @@ impl RequestFlow {
             );
         }
         // Which nodes of the plan are gone: those named, and those that do not answer
-        // a health check now.
+        // now (asked about the old epoch, see `progress`).
         let mut lost = why.lost.clone();
-        for node in self.unresponsive(plan, &lost).await {
-            lost.push(node);
-        }
+        let old_id = current.epoch.as_ref().map_or("", |(id, _)| id.as_str());
+        lost.extend(self.probe_ring(plan, old_id, &lost).await.silent);
         // And this node, when the plan gives it layers and its own engine fails: the
         // new plan leaves its layers to the others (it keeps the origin's part).
         if plan.entries.iter().any(|e| e.node_id == self.node_id)

@@ -10,7 +10,7 @@ use super::model_facts::ModelFacts;
 use super::outbox::Item;
 use crate::discovery::PeerInfo;
 use crate::proto::ValidatedContext;
-use crate::resource::{Resource, ResourceState};
+use crate::resource::ResourceState;
 use crate::topology::{
     DeviceCapabilities, GroupCandidate, NodeWeight, Parallelism, Partition, describe_entry,
     plan_partition_fitting, plan_tensor_pair,
@@ -35,15 +35,17 @@ impl RequestFlow {
         )
     }
 
-    /// The peers a plan may use now: Ready (not merely Degraded), serving our model, not
-    /// draining, not flapping (lost twice within a minute, see `continuation`), and not
-    /// in `excluded` (nodes this request has lost).
+    /// The peers a plan may use now: Ready (not merely Degraded), serving our model with
+    /// an engine that serves (a peer whose engine is down stays joined, so that results
+    /// still reach it, but runs no layers), not draining, not flapping (lost twice within
+    /// a minute, see `continuation`), and not in `excluded` (nodes this request has lost).
     fn usable_peers(&self, model_id: &str, excluded: &HashSet<String>) -> Vec<PeerInfo> {
         self.peers
             .joined()
             .into_iter()
             .filter(|p| {
                 p.state == ResourceState::Ready
+                    && p.serving
                     && p.model_id == model_id
                     && p.capabilities.is_some()
                     && !p.draining
@@ -131,36 +133,6 @@ impl RequestFlow {
         // Each node's share of the weights and KV reserve must fit its free memory; a
         // cluster too small is refused here, before any node loads or downloads a byte.
         plan_partition_fitting(&model.model_id, model.n_layers, &nodes, model.memory)
-    }
-
-    /// The nodes of `plan` (other than this one and those in `known`) that are not
-    /// joined peers or do not answer a health check within the health timeout.
-    pub(super) async fn unresponsive(&self, plan: &Partition, known: &[String]) -> Vec<String> {
-        let timeout = self.peers.config().timeouts.health;
-        let probes = plan
-            .nodes()
-            .filter(|node| *node != self.node_id && !known.iter().any(|k| k == node))
-            .map(|node| async move {
-                let answers = match self.peers.handle(node) {
-                    Some(handle) if handle.state().is_usable() => {
-                        tokio::time::timeout(timeout, async {
-                            match handle.ensure_ready().await {
-                                Ok(peer) => peer.health().await.is_ok(),
-                                Err(_) => false,
-                            }
-                        })
-                        .await
-                        .unwrap_or(false)
-                    }
-                    _ => false,
-                };
-                (!answers).then(|| node.to_string())
-            });
-        futures::future::join_all(probes)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
     }
 
     /// Whether this node's own engine passes a health check now (the check runs now; a

@@ -6,46 +6,90 @@
 //! keeps the last step it accepted and the last whose output it passed on). A node that
 //! passed the awaited step on to a next node that never accepted it, or a last node that
 //! sent back a result the origin never got, shows the message was lost on the way: no
-//! wait brings it, and the request goes on in a new epoch (see `epoch`).
+//! wait brings it, and the request goes on in a new epoch (see `epoch`). The same call
+//! tells the origin which nodes are gone (`RingProbe::silent`): a node that answers about
+//! the request is alive, so a missed deadline costs one round of calls, not two.
 
 use super::RequestFlow;
 use super::ledger::Steps;
 use crate::topology::Partition;
 
+/// One round of asking a plan's nodes about a request, at a missed deadline: which nodes
+/// are gone, and how far each of the others got. One call per node answers both (an
+/// answer about the request is a sign of life).
+pub(super) struct RingProbe {
+    /// Nodes of the plan (followers of a group too) that did not answer in time, whose
+    /// handle is not usable, or that say their engine does not serve.
+    pub(super) silent: Vec<String>,
+    /// How far each entry's node got, in plan order: `None` where it knows nothing of
+    /// the request or did not answer.
+    pub(super) progress: Vec<Option<Steps>>,
+}
+
 impl RequestFlow {
-    /// How far each node of `plan` got with the request `wire_id`, in plan order: `None`
-    /// where a node knows nothing of it or did not answer in time.
-    pub(super) async fn progress_along(
+    /// Asks every node of `plan` but this one and those in `known` (already counted as
+    /// lost) how far it got with the request `wire_id`, each within the health timeout.
+    /// A node that answers but whose engine does not serve (its last health answer said
+    /// so, see `GrpcPeerHandle::serving_flag`) cannot run its layers: it counts as silent.
+    pub(super) async fn probe_ring(
         &self,
         plan: &Partition,
         wire_id: &str,
-    ) -> Vec<Option<Steps>> {
+        known: &[String],
+    ) -> RingProbe {
         let timeout = self.peers.config().timeouts.health;
-        let asks = plan.entries.iter().map(|entry| async move {
-            if entry.node_id == self.node_id {
-                return self.shard.steps(wire_id);
-            }
-            let handle = self.peers.handle(&entry.node_id)?;
-            if !handle.state().is_usable() {
-                return None;
-            }
-            let reply = tokio::time::timeout(timeout, async {
-                let peer = handle.ensure_ready().await.ok()?;
-                peer.request_progress(wire_id).await.ok()
+        let asks = plan
+            .nodes()
+            .filter(|node| !known.iter().any(|k| k == node))
+            .map(|node| async move {
+                if node == self.node_id {
+                    return (node, Some(self.shard.steps(wire_id)));
+                }
+                let Some(handle) = self.peers.handle(node) else {
+                    return (node, None);
+                };
+                if !handle.state().is_usable() {
+                    return (node, None);
+                }
+                let reply = tokio::time::timeout(timeout, async {
+                    let peer = handle.ensure_ready().await.ok()?;
+                    peer.request_progress(wire_id).await.ok()
+                })
+                .await
+                .ok()
+                .flatten()
+                .filter(|_| self.peers.serving(node));
+                let steps = reply.map(|reply| {
+                    reply.known.then_some(Steps {
+                        accepted: reply.accepted_step,
+                        passed: reply.passed_step,
+                    })
+                });
+                (node, steps)
+            });
+        let answers = futures::future::join_all(asks).await;
+        let silent = answers
+            .iter()
+            .filter(|(_, steps)| steps.is_none())
+            .map(|(node, _)| node.to_string())
+            .collect();
+        let progress = plan
+            .entries
+            .iter()
+            .map(|entry| {
+                answers
+                    .iter()
+                    .find(|(node, _)| *node == entry.node_id)
+                    .and_then(|(_, steps)| *steps)
+                    .flatten()
             })
-            .await
-            .ok()??;
-            reply.known.then_some(Steps {
-                accepted: reply.accepted_step,
-                passed: reply.passed_step,
-            })
-        });
-        futures::future::join_all(asks).await
+            .collect();
+        RingProbe { silent, progress }
     }
 }
 
 /// Where the message of step `step` was lost along `plan`, if `progress` (as
-/// [`RequestFlow::progress_along`] gives it) shows that a node passed the step on and the
+/// [`RequestFlow::probe_ring`] gives it) shows that a node passed the step on and the
 /// next one (or the origin `origin`, after the last node) never got it. The origin calls
 /// this only while it still waits for the step's result.
 pub(super) fn lost_message(
