@@ -9,8 +9,7 @@
 #
 # Every node serves $bench_model on the CPU, announces on loopback only and keeps its data
 # in a temporary directory ($bench_work) removed on exit, with its log beside it. Run the
-# benchmarks under the shared build lock (`flock /work/cargo.lock scripts/...`) so that no
-# build runs beside them.
+# benchmarks on a quiet machine: a build beside them halves what they measure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bench_models="${EXO_MODELS_DIR:-$PWD/models/weights}"

@@ -4,7 +4,7 @@
 # scripts/json-schema-bench.py — 50 strict json_schema answers validated, then decode
 # speed with and without a schema (greedy, same prompt, medians):
 #
-#   flock /work/cargo.lock scripts/json-schema-bench.sh [ROUNDS]
+#   scripts/json-schema-bench.sh [ROUNDS]
 source "$(dirname "$0")/bench-node.sh"
 rounds="${1:-5}"
 bench_prepare qwen2.5-coder-0.5b

@@ -5,7 +5,7 @@
 # by llama-server on the same file, each answering scripts/second-turn-bench.py's
 # conversations (first turn ~1,000 tokens of history, then a second turn that repeats it):
 #
-#   flock /work/cargo.lock scripts/second-turn-bench.sh [ROUNDS]
+#   scripts/second-turn-bench.sh [ROUNDS]
 #
 # LLAMA_BIN names llama.cpp's build/bin (default: target/llama.cpp/build/bin, as
 # scripts/build-llama-cpp.sh builds it); without llama-server only exo is measured.
