@@ -96,6 +96,9 @@ struct Entry {
     last_seen: Instant,
     last_attempt: Option<Instant>,
     handle: Arc<Managed<GrpcPeerHandle>>,
+    /// Which handle this is: a new number for each handle the table makes, so that a
+    /// node restarted (or moved) is told apart from the one before it.
+    incarnation: u64,
     /// The handle's record of whether the peer's engine serves (see
     /// [`GrpcPeerHandle::serving_flag`]).
     serving: Arc<AtomicBool>,
@@ -125,6 +128,8 @@ pub struct PeerTable {
     refused_full: std::sync::atomic::AtomicU64,
     /// Sightings and plan addresses refused for being off loopback (`loopback_only`).
     refused_off_loopback: std::sync::atomic::AtomicU64,
+    /// The incarnation the next handle gets.
+    next_incarnation: std::sync::atomic::AtomicU64,
 }
 
 impl PeerTable {
@@ -141,6 +146,7 @@ impl PeerTable {
             joined: watch::channel(Vec::new()).0,
             refused_full: std::sync::atomic::AtomicU64::new(0),
             refused_off_loopback: std::sync::atomic::AtomicU64::new(0),
+            next_incarnation: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -174,6 +180,7 @@ impl PeerTable {
                     {
                         let (handle, serving) = self.new_handle(&sighting);
                         let old = std::mem::replace(&mut entry.handle, handle);
+                        entry.incarnation = self.new_incarnation();
                         entry.serving = serving;
                         entry.address = sighting.address.clone();
                         entry.priority = sighting.priority;
@@ -221,6 +228,7 @@ impl PeerTable {
                             last_seen: now,
                             last_attempt: Some(now),
                             handle: handle.clone(),
+                            incarnation: self.new_incarnation(),
                             serving,
                             draining: false,
                         },
@@ -467,6 +475,12 @@ impl PeerTable {
         self.lock().get(node_id).map(|e| e.handle.clone())
     }
 
+    /// The incarnation of the handle the table holds on `node_id` (None when it holds
+    /// none): it changes whenever the handle is replaced, by a restarted or moved node.
+    pub fn incarnation(&self, node_id: &str) -> Option<u64> {
+        self.lock().get(node_id).map(|e| e.incarnation)
+    }
+
     /// Sets a peer's capabilities (manual peers learn them from the peer itself).
     pub fn set_capabilities(
         &self,
@@ -485,6 +499,11 @@ impl PeerTable {
         let entries: Vec<Entry> = self.lock().drain().map(|(_, e)| e).collect();
         join_all(entries.iter().map(|e| e.handle.cleanup())).await;
         self.publish();
+    }
+
+    fn new_incarnation(&self) -> u64 {
+        self.next_incarnation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A handle on the peer `sighting` names, and its record of whether the peer serves.

@@ -92,7 +92,7 @@ pub struct LossRecord {
     losses: Mutex<HashMap<String, VecDeque<Instant>>>,
     /// The peer handle (by address) each node was last lost through: a node restarted
     /// since has a new handle, so only then is a later loss a new one.
-    incarnations: Mutex<HashMap<String, usize>>,
+    incarnations: Mutex<HashMap<String, u64>>,
 }
 
 /// A node left out of new plans for flapping, as the report shows it.
@@ -105,10 +105,11 @@ pub struct Flapping {
 
 impl LossRecord {
     /// Records that a request lost `node` now (a re-plan left it out), reached through
-    /// the peer handle `incarnation` (its address; 0 when the node has no handle left).
+    /// the peer table's handle `incarnation` (0 when the node has no handle left; not the
+    /// handle's address, which a restarted node's new handle may be given again).
     /// Several requests losing the same incarnation, or losing the node within a few
     /// seconds, are one loss.
-    pub fn record(&self, node: &str, incarnation: usize) {
+    pub fn record(&self, node: &str, incarnation: u64) {
         let now = Instant::now();
         {
             let mut incarnations = self.incarnations.lock().unwrap_or_else(|p| p.into_inner());

@@ -324,10 +324,7 @@ impl RequestFlow {
             });
         }
         for node in &lost {
-            let incarnation = self
-                .peers
-                .handle(node)
-                .map_or(0, |h| Arc::as_ptr(&h) as usize);
+            let incarnation = self.peers.incarnation(node).unwrap_or(0);
             self.origin.losses.record(node, incarnation);
             state.excluded.insert(node.clone());
         }
