@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::{NodeProcess, free_udp_port, get_json, post_json, sse_chunks, wait_for_ring};
-use crate::support::{GENERATE_DEFAULT_MODEL, assert_success, default_model, exo_bin, models_dir};
+use crate::support::{assert_success, default_model, exo_bin, models_dir};
 
 /// A question the default model answers with a clear margin at every token (its France
 /// answer hangs on a near-tie between "The" and "L'", which 8- and 16-bit arithmetic break
@@ -16,8 +16,13 @@ pub const PROMPT: &str = "What is the capital of Germany?";
 /// The single-process answer the ring must reproduce.
 pub fn generate_locally(prompt: &str, max_tokens: usize) -> String {
     default_model();
+    generate_locally_with("smollm2-135m", prompt, max_tokens)
+}
+
+/// What one process answers with `model` (greedy), as [`generate_locally`].
+pub fn generate_locally_with(model: &str, prompt: &str, max_tokens: usize) -> String {
     let output = Command::new(exo_bin())
-        .args(GENERATE_DEFAULT_MODEL)
+        .args(["generate", "--model", model, "--device", "cpu"])
         .args(["--temperature", "0", "--prompt", prompt])
         .args(["--max-tokens", &max_tokens.to_string()])
         .env("EXO_MODELS_DIR", models_dir())

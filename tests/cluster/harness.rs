@@ -160,6 +160,17 @@ impl NodeProcess {
         Self::start_serving(dir, name, discovery_port, model, &models_dir(), &[], &[])
     }
 
+    /// A node serving `model` with more arguments.
+    pub fn start_model_args(
+        dir: &std::path::Path,
+        name: &str,
+        discovery_port: u16,
+        model: &str,
+        args: &[&str],
+    ) -> Self {
+        Self::start_serving(dir, name, discovery_port, model, &models_dir(), &[], args)
+    }
+
     fn start_serving(
         dir: &std::path::Path,
         name: &str,

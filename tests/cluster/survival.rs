@@ -64,7 +64,11 @@ pub(crate) struct Streamed {
 }
 
 /// Streams a chat answer from `url`, calling `fault` once after `FAULT_AT` pieces.
-fn stream_with_fault(url: &str, body: &serde_json::Value, fault: impl FnOnce()) -> Streamed {
+pub(crate) fn stream_with_fault(
+    url: &str,
+    body: &serde_json::Value,
+    fault: impl FnOnce(),
+) -> Streamed {
     stream_with_fault_within(url, body, Duration::from_secs(300), fault)
 }
 
@@ -130,7 +134,12 @@ pub(crate) fn replans(streamed: &Streamed) -> Vec<serde_json::Value> {
 
 /// Checks a stream that lost `victim` at the fault: no error, the reference answer, one
 /// re-plan that left the victim out, announced in the stream.
-fn assert_survived(streamed: &Streamed, expected: &str, victim: &str, logs: &[&NodeProcess]) {
+pub(crate) fn assert_survived(
+    streamed: &Streamed,
+    expected: &str,
+    victim: &str,
+    logs: &[&NodeProcess],
+) {
     let logs_of = logs;
     let logs = || {
         logs.iter()

@@ -6,19 +6,25 @@
 
 use std::time::Instant;
 
-use crate::e2e::{PROMPT, chat_body, generate_locally};
+use crate::e2e::{PROMPT, chat_body, generate_locally, generate_locally_with};
 use crate::harness::{NodeProcess, WAIT, free_udp_port, get_json, post_json};
-use crate::support::default_model;
+use crate::support::{default_model, qwen_model};
+use crate::survival::{TOKENS, assert_survived, stream_with_fault};
 
 /// A pair of nodes with `--parallelism tensor` and the same memory (so that the plan's
 /// order, by memory then node id, makes `ta` the leader).
 fn tensor_pair(dir: &std::path::Path) -> Vec<NodeProcess> {
     default_model();
+    tensor_pair_of(dir, "smollm2-135m")
+}
+
+/// [`tensor_pair`] serving `model`.
+fn tensor_pair_of(dir: &std::path::Path, model: &str) -> Vec<NodeProcess> {
     let port = free_udp_port();
-    let args = ["--parallelism", "tensor", "--memory-limit", "2GB"];
+    let args = ["--parallelism", "tensor", "--memory-limit", "4GB"];
     let nodes: Vec<NodeProcess> = ["ta", "tb"]
         .iter()
-        .map(|n| NodeProcess::start_args(dir, n, port, &args))
+        .map(|n| NodeProcess::start_model_args(dir, n, port, model, &args))
         .collect();
     for node in &nodes {
         wait_for_pair(node);
@@ -116,4 +122,56 @@ fn a_tensor_parallel_pair_of_processes_answers_as_one_process() {
     body["parallelism"] = "both".into();
     let (status, refused) = post_json(&url, &body);
     assert_eq!(status, 400, "{refused}");
+}
+
+/// The real Qwen2.5-Coder-0.5B, whose pair answers this prompt as one process does for
+/// all of [`TOKENS`] (SmolLM2-135M's answers have near-ties that the pair's summation
+/// order breaks differently within a few dozen tokens; see DESIGN.md §3b).
+const QWEN: &str = "qwen2.5-coder-0.5b";
+const CODE_PROMPT: &str = "Write a Python function that parses a CSV file and explain it.";
+
+fn qwen_stream_body() -> serde_json::Value {
+    let mut body = chat_body(CODE_PROMPT, TOKENS, true);
+    body["model"] = QWEN.into();
+    body
+}
+
+/// Losing a group member re-plans like losing a stage (DESIGN.md §4d): the follower
+/// killed mid-answer breaks the leader's group link, the leader's step fails, the origin
+/// (the leader) finds the follower gone and plans again over itself alone; the client
+/// receives the whole answer, byte for byte one process's.
+#[test]
+fn a_tensor_parallel_pair_that_loses_its_follower_mid_answer_streams_the_whole_answer_unchanged() {
+    qwen_model();
+    let expected = generate_locally_with(QWEN, CODE_PROMPT, TOKENS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = tensor_pair_of(dir.path(), QWEN);
+    let url = format!("{}/v1/chat/completions", nodes[0].url());
+    let mut follower = nodes.remove(1);
+    let streamed = stream_with_fault(&url, &qwen_stream_body(), || follower.kill());
+    assert_survived(&streamed, &expected, "tb", &[&nodes[0]]);
+    assert!(
+        counter(&nodes[0], "exo_group_batches_led_total") >= 40.0,
+        "the request ran as a group until the fault:\n{}",
+        nodes[0].log_text()
+    );
+}
+
+/// The leader killed mid-answer: the origin (the follower) loses the hop to it and plans
+/// again over itself alone, with the same answer.
+#[test]
+fn a_tensor_parallel_pair_that_loses_its_leader_mid_answer_streams_the_whole_answer_unchanged() {
+    qwen_model();
+    let expected = generate_locally_with(QWEN, CODE_PROMPT, TOKENS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = tensor_pair_of(dir.path(), QWEN);
+    let url = format!("{}/v1/chat/completions", nodes[1].url());
+    let mut leader = nodes.remove(0);
+    let streamed = stream_with_fault(&url, &qwen_stream_body(), || leader.kill());
+    assert_survived(&streamed, &expected, "ta", &[&nodes[0]]);
+    assert!(
+        counter(&nodes[0], "exo_group_batches_followed_total") >= 40.0,
+        "the request ran as a group until the fault:\n{}",
+        nodes[0].log_text()
+    );
 }

@@ -434,10 +434,11 @@ async fn member_lost(
     loop {
         {
             let peers = joined.borrow_and_update();
-            for entry in plan.entries.iter().filter(|e| e.node_id != self_id) {
-                match peers.iter().find(|p| p.node_id == entry.node_id) {
-                    None => return (entry.node_id.clone(), false),
-                    Some(peer) if peer.draining => return (entry.node_id.clone(), true),
+            // Every member: a group's followers as well as its leader.
+            for node in plan.nodes().filter(|n| *n != self_id) {
+                match peers.iter().find(|p| p.node_id == node) {
+                    None => return (node.to_string(), false),
+                    Some(peer) if peer.draining => return (node.to_string(), true),
                     Some(_) => {}
                 }
             }
