@@ -368,6 +368,11 @@ mod tests {
 
     /// Whether `grammar` allows `text` whole (over a vocabulary of single bytes).
     fn allows(grammar: &str, text: &str) -> bool {
+        allows_tokens(grammar, &text.bytes().map(u32::from).collect::<Vec<_>>())
+    }
+
+    /// Whether `grammar` allows `tokens` whole: bytes 0..255, and 255 a special token.
+    fn allows_tokens(grammar: &str, tokens: &[u32]) -> bool {
         let mut words: Vec<Vec<u8>> = (0..255u8).map(|b| vec![b]).collect();
         words.push(b"\xFF<eos>".to_vec());
         let info = TokRxInfo::new(256, 255);
@@ -378,9 +383,8 @@ mod tests {
             .create_parser(TopLevelGrammar::from_lark(grammar.to_string()))
             .unwrap();
         let mut matcher = Matcher::new(Ok(parser));
-        let tokens: Vec<u32> = text.bytes().map(u32::from).collect();
-        matcher.validate_tokens(&tokens).unwrap() == tokens.len()
-            && matcher.consume_tokens(&tokens).is_ok()
+        matcher.validate_tokens(tokens).unwrap() == tokens.len()
+            && matcher.consume_tokens(tokens).is_ok()
             && matcher.is_accepting().unwrap()
     }
 
@@ -445,8 +449,10 @@ mod tests {
             &required,
             &format!("[TOOL_CALLS] [{CALL}, {CALL}]")
         ));
-        // With a control token for the marker, the grammar names the token.
-        let token = tools("required", false).grammar(ToolCallStyle::Mistral { marker: Some(5) });
-        assert!(token.contains("<[5]>"), "{token}");
+        // With a control token for the marker, only that token opens the calls.
+        let token = tools("required", false).grammar(ToolCallStyle::Mistral { marker: Some(255) });
+        let list: Vec<u32> = format!(" [{CALL}]").bytes().map(u32::from).collect();
+        assert!(allows_tokens(&token, &[&[255], &list[..]].concat()));
+        assert!(!allows(&token, &format!("[TOOL_CALLS] [{CALL}]")));
     }
 }
