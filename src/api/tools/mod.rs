@@ -371,11 +371,13 @@ mod tests {
         allows_tokens(grammar, &text.bytes().map(u32::from).collect::<Vec<_>>())
     }
 
-    /// Whether `grammar` allows `tokens` whole: bytes 0..255, and 255 a special token.
+    /// Whether `grammar` allows `tokens` whole: bytes 0..=254, then two special tokens
+    /// (255 the end of sequence, 256 Mistral's marker).
     fn allows_tokens(grammar: &str, tokens: &[u32]) -> bool {
         let mut words: Vec<Vec<u8>> = (0..255u8).map(|b| vec![b]).collect();
         words.push(b"\xFF<eos>".to_vec());
-        let info = TokRxInfo::new(256, 255);
+        words.push(b"\xFF[TOOL_CALLS]".to_vec());
+        let info = TokRxInfo::new(257, 255);
         let env: TokEnv = Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, &words)));
         let mut factory = ParserFactory::new_simple(&env).unwrap();
         factory.quiet();
@@ -450,9 +452,9 @@ mod tests {
             &format!("[TOOL_CALLS] [{CALL}, {CALL}]")
         ));
         // With a control token for the marker, only that token opens the calls.
-        let token = tools("required", false).grammar(ToolCallStyle::Mistral { marker: Some(255) });
+        let token = tools("required", false).grammar(ToolCallStyle::Mistral { marker: Some(256) });
         let list: Vec<u32> = format!(" [{CALL}]").bytes().map(u32::from).collect();
-        assert!(allows_tokens(&token, &[&[255], &list[..]].concat()));
+        assert!(allows_tokens(&token, &[&[256], &list[..]].concat()));
         assert!(!allows(&token, &format!("[TOOL_CALLS] [{CALL}]")));
     }
 }
