@@ -32,5 +32,5 @@ pub use serve::inference_engine::InferenceEngine;
 pub use serve::loaded_model::LoadedModel;
 pub use serve::sampling::SamplingParams;
 pub use serve::supplier::WeightSupplier;
-pub use text::chat_template::ChatMessage;
+pub use text::chat_template::{ChatMessage, ToolCallStyle};
 pub use text::generation::{Decoding, FinishReason, TokenOutcome};

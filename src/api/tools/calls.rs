@@ -1,13 +1,15 @@
 //! The model's answer parsed back into tool calls: Hermes-style `<tool_call>{json}
-//! </tool_call>` blocks (Qwen2.5/Qwen3 and the text convention for other templates), or
-//! an answer that is a JSON call as a whole (`{"name", "arguments"}`, or a list of them,
-//! as Llama 3.1 writes them). Only calls of offered functions count; anything else stays
-//! text.
+//! </tool_call>` blocks (Qwen2.5/Qwen3 and the text convention for other templates), a
+//! JSON list of calls after Mistral's `[TOOL_CALLS]`, or an answer that is a JSON call as
+//! a whole (`{"name", "arguments"}`, or a list of them, as Llama 3.1 writes them). Only
+//! calls of offered functions count; anything else stays text.
 
 use serde_json::{Value, json};
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
+/// Mistral's marker before its list of calls.
+const MISTRAL: &str = "[TOOL_CALLS]";
 
 /// One call the model made.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,32 +91,35 @@ pub fn parse(text: &str, names: &[&str]) -> Parsed {
     }
     content.push_str(rest);
     if parsed.calls.is_empty() {
-        // A whole answer that is a call or a list of calls.
-        match serde_json::from_str::<Value>(content.trim()) {
-            Ok(Value::Array(items)) => {
-                let calls: Option<Vec<ToolCall>> =
-                    items.iter().map(|v| call_from(v, names)).collect();
-                if let Some(calls) = calls.filter(|c| !c.is_empty()) {
-                    parsed.calls = calls;
-                    content.clear();
-                }
-            }
-            Ok(value) => {
-                if let Some(call) = call_from(&value, names) {
-                    parsed.calls.push(call);
-                    content.clear();
-                }
-            }
-            Err(_) => {}
+        // Mistral's marker and its calls, or a whole answer that is a call or a list of
+        // calls (also Mistral's when its marker, a control token, was not decoded).
+        let (before, calls) = match content.find(MISTRAL) {
+            Some(at) => (at, json_calls(&content[at + MISTRAL.len()..], names)),
+            None => (0, json_calls(&content, names)),
+        };
+        if let Some(calls) = calls {
+            parsed.calls = calls;
+            content.truncate(before);
         }
     }
     parsed.content = content.trim().to_string();
     parsed
 }
 
+/// `text` as a whole, when it is one call or a list of calls of `names`.
+fn json_calls(text: &str, names: &[&str]) -> Option<Vec<ToolCall>> {
+    match serde_json::from_str::<Value>(text.trim()).ok()? {
+        Value::Array(items) => {
+            let calls: Option<Vec<ToolCall>> = items.iter().map(|v| call_from(v, names)).collect();
+            calls.filter(|c| !c.is_empty())
+        }
+        value => call_from(&value, names).map(|call| vec![call]),
+    }
+}
+
 /// How much of a streamed answer may go out as text now: everything up to where a call
-/// may begin (a `<tool_call>` or a prefix of one at the end; an answer whose first
-/// character opens JSON). Returns the length that is safe to send.
+/// may begin (a `<tool_call>` or `[TOOL_CALLS]`, or a prefix of one at the end; an answer
+/// whose first character opens JSON). Returns the length that is safe to send.
 pub fn releasable(held: &str, at_start: bool) -> usize {
     if at_start {
         let trimmed = held.trim_start();
@@ -122,13 +127,13 @@ pub fn releasable(held: &str, at_start: bool) -> usize {
             return 0;
         }
     }
-    if let Some(start) = held.find(OPEN) {
+    if let Some(start) = [OPEN, MISTRAL].iter().filter_map(|m| held.find(m)).min() {
         return start;
     }
-    // The longest tail of `held` that could still grow into "<tool_call>".
+    // The longest tail of `held` that could still grow into a marker.
     (0..held.len())
         .filter(|&i| held.is_char_boundary(i))
-        .find(|&i| OPEN.starts_with(&held[i..]))
+        .find(|&i| OPEN.starts_with(&held[i..]) || MISTRAL.starts_with(&held[i..]))
         .unwrap_or(held.len())
 }
 
@@ -158,6 +163,22 @@ mod tests {
         assert_eq!(parse(list, &["a", "b"]).calls.len(), 2);
         let bad = "<tool_call>{not json}</tool_call> after";
         assert_eq!(parse(bad, &["a"]).content, bad);
+    }
+
+    #[test]
+    fn mistral_calls_after_the_marker_become_calls() {
+        let text = r#"[TOOL_CALLS] [{"name": "weather", "arguments": {"city": "Rome"}}, {"name": "add", "arguments": {"a": 2}}]"#;
+        let parsed = parse(text, &["weather", "add"]);
+        assert_eq!(parsed.content, "");
+        assert_eq!(parsed.calls.len(), 2);
+        assert_eq!(parsed.calls[0].arguments, r#"{"city":"Rome"}"#);
+        let with_text = format!("Checking.{text}");
+        assert_eq!(parse(&with_text, &["weather", "add"]).content, "Checking.");
+        // A marker before something that is no call of an offered function stays text.
+        let other = r#"[TOOL_CALLS] [{"name": "rm", "arguments": {}}]"#;
+        assert_eq!(parse(other, &["weather"]).content, other);
+        assert_eq!(releasable("Sure [TOOL_", false), 5);
+        assert_eq!(releasable("Sure [b]", false), 8);
     }
 
     #[test]

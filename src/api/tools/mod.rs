@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::api::error::ApiError;
 use crate::api::params::{Grammar, Settings};
+use crate::engine::ToolCallStyle;
 use crate::engine::serve::loaded_model::LoadedModel;
 use crate::engine::text::constraint::json_rule;
 
@@ -118,7 +119,7 @@ pub fn constrain(
     };
     let grammar = Grammar {
         param: "tools",
-        lark: tools.grammar(loaded.tokenizer().writes_tool_call_tags()),
+        lark: tools.grammar(loaded.tokenizer().tool_call_style()),
     };
     loaded
         .grammars()
@@ -259,11 +260,12 @@ impl ToolSet {
     }
 
     /// The grammar of what the model may answer: under a required or named choice only
-    /// calls; under `auto` free text, or text then calls (in `<tool_call>` tags when the
-    /// model writes them; else a whole answer that is a JSON call). Calls name an offered
+    /// calls; under `auto` free text, or text then calls. Calls are written the way the
+    /// model writes them (`style`): in `<tool_call>` tags, as a JSON list after Mistral's
+    /// `[TOOL_CALLS]`, or as a whole answer that is a JSON call. Calls name an offered
     /// function and their arguments are valid against its schema; more than one when
     /// `parallel`.
-    pub fn grammar(&self, tags: bool) -> String {
+    pub fn grammar(&self, style: ToolCallStyle) -> String {
         let only = match &self.choice {
             Choice::Named(name) => Some(name.as_str()),
             _ => None,
@@ -279,18 +281,43 @@ impl ToolSet {
         } else {
             ""
         };
-        let rules = match (self.forces_call(), tags) {
-            (true, true) => format!("start: \"<tool_call>\\n\" call \"\\n</tool_call>\"{more}\n"),
-            (true, false) => format!("start: call{list}\n"),
+        let rules = match (self.forces_call(), style) {
+            (true, ToolCallStyle::Tagged) => {
+                format!("start: \"<tool_call>\\n\" call \"\\n</tool_call>\"{more}\n")
+            }
+            (true, ToolCallStyle::Json) => format!("start: call{list}\n"),
+            (true, ToolCallStyle::Mistral { marker }) => {
+                format!("start: mistral_calls\n{}", self.mistral_calls(marker))
+            }
             // Text that holds no `<tool_call>`, or text up to the first one (a lazy
             // lexeme: it ends where the tag does) and then calls.
-            (false, true) => format!(
+            (false, ToolCallStyle::Tagged) => format!(
                 "start: TEXT | to_call \"\\n\" call \"\\n</tool_call>\"{more}\n{TO_CALL}{TEXT_WITHOUT_CALL}"
             ),
             // Text that does not open JSON, or a whole answer that is a call.
-            (false, false) => format!("start: TEXT | call{list}\n{TEXT_NOT_JSON}"),
+            (false, ToolCallStyle::Json) => format!("start: TEXT | call{list}\n{TEXT_NOT_JSON}"),
+            // Text without the marker, or the marker and its list of calls.
+            (false, ToolCallStyle::Mistral { marker }) => format!(
+                "start: TEXT | mistral_calls\n{}{TEXT_WITHOUT_MISTRAL_MARKER}",
+                self.mistral_calls(marker)
+            ),
         };
         format!("{rules}call: {call}\n")
+    }
+
+    /// Mistral's calls: the `[TOOL_CALLS]` marker (its control token when the vocabulary
+    /// has one, else the text), then a JSON list of one call or, when `parallel`, more.
+    fn mistral_calls(&self, marker: Option<u32>) -> String {
+        let marker = match marker {
+            Some(id) => format!("<[{id}]>"),
+            None => r#""[TOOL_CALLS]""#.to_string(),
+        };
+        let more = if self.parallel {
+            r#" (", " call)*"#
+        } else {
+            ""
+        };
+        format!("mistral_calls: {marker} \" \"? \"[\" call{more} \"]\"\n")
     }
 
     /// An answer split into its text and its calls of `tools` (all text without tools).
@@ -324,6 +351,8 @@ impl ToolSet {
 const TO_CALL: &str = "to_call[lazy]: /(?s:.*)<tool_call>/\n";
 /// Text that holds no `<tool_call>`.
 const TEXT_WITHOUT_CALL: &str = "TEXT: /(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/\n";
+/// Text that holds no `[TOOL_CALLS]`.
+const TEXT_WITHOUT_MISTRAL_MARKER: &str = "TEXT: /(?s:.*)/ & ~/(?s:.*)\\[TOOL_CALLS\\](?s:.*)/\n";
 /// Text that does not open JSON (an untagged call is a whole answer of JSON).
 const TEXT_NOT_JSON: &str = "TEXT: /(?s:.*)/ & ~/[ \\t\\n]*[\\[{](?s:.*)/\n";
 
@@ -339,9 +368,16 @@ mod tests {
 
     /// Whether `grammar` allows `text` whole (over a vocabulary of single bytes).
     fn allows(grammar: &str, text: &str) -> bool {
+        allows_tokens(grammar, &text.bytes().map(u32::from).collect::<Vec<_>>())
+    }
+
+    /// Whether `grammar` allows `tokens` whole: bytes 0..=254, then two special tokens
+    /// (255 the end of sequence, 256 Mistral's marker).
+    fn allows_tokens(grammar: &str, tokens: &[u32]) -> bool {
         let mut words: Vec<Vec<u8>> = (0..255u8).map(|b| vec![b]).collect();
         words.push(b"\xFF<eos>".to_vec());
-        let info = TokRxInfo::new(256, 255);
+        words.push(b"\xFF[TOOL_CALLS]".to_vec());
+        let info = TokRxInfo::new(257, 255);
         let env: TokEnv = Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, &words)));
         let mut factory = ParserFactory::new_simple(&env).unwrap();
         factory.quiet();
@@ -349,9 +385,8 @@ mod tests {
             .create_parser(TopLevelGrammar::from_lark(grammar.to_string()))
             .unwrap();
         let mut matcher = Matcher::new(Ok(parser));
-        let tokens: Vec<u32> = text.bytes().map(u32::from).collect();
-        matcher.validate_tokens(&tokens).unwrap() == tokens.len()
-            && matcher.consume_tokens(&tokens).is_ok()
+        matcher.validate_tokens(tokens).unwrap() == tokens.len()
+            && matcher.consume_tokens(tokens).is_ok()
             && matcher.is_accepting().unwrap()
     }
 
@@ -370,14 +405,14 @@ mod tests {
 
     #[test]
     fn auto_allows_text_or_text_then_schema_valid_calls() {
-        let auto = tools("auto", true).grammar(true);
+        let auto = tools("auto", true).grammar(ToolCallStyle::Tagged);
         let block = |call: &str| format!("<tool_call>\n{call}\n</tool_call>");
         assert!(allows(&auto, "Hello there, <b>friend</b>."));
         assert!(allows(&auto, &format!("Let me add.\n{}", block(CALL))));
         assert!(allows(&auto, &format!("{}\n{}", block(CALL), block(CALL))));
         assert!(!allows(&auto, &format!("Let me add.\n{}", block(BAD))));
         assert!(!allows(&auto, &format!("{} and more text", block(CALL))));
-        let single = tools("auto", false).grammar(true);
+        let single = tools("auto", false).grammar(ToolCallStyle::Tagged);
         assert!(allows(&single, &block(CALL)));
         assert!(!allows(
             &single,
@@ -387,16 +422,39 @@ mod tests {
 
     #[test]
     fn required_allows_only_calls_and_untagged_calls_are_whole_json() {
-        let required = tools("required", true).grammar(true);
+        let required = tools("required", true).grammar(ToolCallStyle::Tagged);
         assert!(!allows(&required, "Hello"));
         assert!(allows(
             &required,
             &format!("<tool_call>\n{CALL}\n</tool_call>")
         ));
-        let untagged = tools("auto", true).grammar(false);
+        let untagged = tools("auto", true).grammar(ToolCallStyle::Json);
         assert!(allows(&untagged, "Hello"));
         assert!(allows(&untagged, CALL));
         assert!(allows(&untagged, &format!("[{CALL}, {CALL}]")));
         assert!(!allows(&untagged, BAD));
+    }
+
+    #[test]
+    fn mistral_calls_follow_the_marker_as_a_json_list() {
+        let text_marker = ToolCallStyle::Mistral { marker: None };
+        let auto = tools("auto", true).grammar(text_marker);
+        assert!(allows(&auto, "Hello [there]"));
+        assert!(allows(&auto, &format!("[TOOL_CALLS] [{CALL}, {CALL}]")));
+        assert!(allows(&auto, &format!("[TOOL_CALLS][{CALL}]")));
+        assert!(!allows(&auto, &format!("[TOOL_CALLS] [{BAD}]")));
+        assert!(!allows(&auto, &format!("Sure. [TOOL_CALLS] [{CALL}]")));
+        let required = tools("required", false).grammar(text_marker);
+        assert!(!allows(&required, "Hello"));
+        assert!(allows(&required, &format!("[TOOL_CALLS] [{CALL}]")));
+        assert!(!allows(
+            &required,
+            &format!("[TOOL_CALLS] [{CALL}, {CALL}]")
+        ));
+        // With a control token for the marker, only that token opens the calls.
+        let token = tools("required", false).grammar(ToolCallStyle::Mistral { marker: Some(256) });
+        let list: Vec<u32> = format!(" [{CALL}]").bytes().map(u32::from).collect();
+        assert!(allows_tokens(&token, &[&[256], &list[..]].concat()));
+        assert!(!allows(&token, &format!("[TOOL_CALLS] [{CALL}]")));
     }
 }

@@ -31,6 +31,19 @@ impl ChatMessage {
     }
 }
 
+/// How a model writes the tool calls it makes, as its chat template shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolCallStyle {
+    /// Hermes-style `<tool_call>{json}</tool_call>` blocks (Qwen2.5/Qwen3, and the text
+    /// convention when tools reach the model as text).
+    Tagged,
+    /// Mistral's `[TOOL_CALLS]` marker followed by a JSON list of calls; the marker is
+    /// the control token `marker` when the vocabulary has one.
+    Mistral { marker: Option<u32> },
+    /// A whole answer that is a JSON call, or a list of them (Llama 3.1).
+    Json,
+}
+
 /// A compiled chat template.
 ///
 /// Configured as Hugging Face transformers configures Jinja for chat templates
@@ -42,6 +55,8 @@ pub struct ChatTemplate {
     renders_tools: bool,
     /// Whether the template writes Hermes-style `<tool_call>` blocks (Qwen2.5/Qwen3).
     writes_tool_call_tags: bool,
+    /// Whether the template writes Mistral's `[TOOL_CALLS]` marker.
+    writes_mistral_calls: bool,
     bos_token: String,
     eos_token: String,
 }
@@ -67,6 +82,7 @@ impl ChatTemplate {
             env,
             renders_tools: source.contains("tools"),
             writes_tool_call_tags: source.contains("<tool_call>"),
+            writes_mistral_calls: source.contains("[TOOL_CALLS]"),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
@@ -78,6 +94,10 @@ impl ChatTemplate {
 
     pub fn writes_tool_call_tags(&self) -> bool {
         self.writes_tool_call_tags
+    }
+
+    pub fn writes_mistral_calls(&self) -> bool {
+        self.writes_mistral_calls
     }
 
     /// Renders the conversation; with `add_generation_prompt`, ends with the opening of

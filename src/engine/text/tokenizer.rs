@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use candle_core::quantized::gguf_file;
 use tokenizers::Tokenizer;
 
-use super::chat_template::{ChatMessage, ChatTemplate};
+use super::chat_template::{ChatMessage, ChatTemplate, ToolCallStyle};
 use super::gguf_vocab::GgufVocab;
 use super::tool_prompt::tools_as_text;
 
@@ -237,12 +237,22 @@ impl TextTokenizer {
         }
     }
 
-    /// Whether the model writes tool calls as `<tool_call>` blocks: its template says so,
-    /// or tools reach it as text (which asks for them).
-    pub fn writes_tool_call_tags(&self) -> bool {
-        self.chat_template
-            .as_ref()
-            .is_none_or(|t| t.writes_tool_call_tags() || !t.renders_tools())
+    /// How the model writes tool calls: as `<tool_call>` blocks when its template says
+    /// so or tools reach it as text (which asks for them); after Mistral's `[TOOL_CALLS]`
+    /// when its template writes that; else as a whole answer of JSON.
+    pub fn tool_call_style(&self) -> ToolCallStyle {
+        match &self.chat_template {
+            Some(t) if t.writes_tool_call_tags() || !t.renders_tools() => ToolCallStyle::Tagged,
+            Some(t) if t.writes_mistral_calls() => ToolCallStyle::Mistral {
+                marker: self
+                    .control_tokens()
+                    .into_iter()
+                    .find(|(_, text)| text == "[TOOL_CALLS]")
+                    .map(|(id, _)| id),
+            },
+            Some(_) => ToolCallStyle::Json,
+            None => ToolCallStyle::Tagged,
+        }
     }
 
     /// Renders and tokenizes a conversation (a BOS first when the model asks for one and
