@@ -14,7 +14,7 @@
 # Every prompt starts with the round's number, so no node reuses a cached prefix. Medians
 # are printed with the speed-up; the pair's decoded text is checked against the single's.
 #
-#   flock /work/cargo.lock scripts/tensor-bench.sh [rounds]     (default 5; EXO_BIN
+#   scripts/tensor-bench.sh [rounds]     (default 5; EXO_BIN
 #       overrides target/release/exo; CORES="0 1" picks the two cores)
 set -euo pipefail
 
