@@ -82,16 +82,18 @@ const FLAP_LOSSES: usize = 2;
 /// How long a flapping node is left out of new plans, after its last loss.
 pub const FLAP_PENALTY: Duration = Duration::from_secs(120);
 
-/// Requests that lose the same node within this long lost it once (a death is seen by
-/// every request running through the node, within a deadline or two of each other).
+/// Requests that lose a node that has no handle left within this long lost it once (a
+/// death is seen by every request running through the node, within a deadline or two of
+/// each other).
 const SAME_LOSS: Duration = Duration::from_secs(5);
 
 /// The nodes this node has seen lost, recently.
 #[derive(Default)]
 pub struct LossRecord {
     losses: Mutex<HashMap<String, VecDeque<Instant>>>,
-    /// The peer handle (by address) each node was last lost through: a node restarted
-    /// since has a new handle, so only then is a later loss a new one.
+    /// The peer handle (its incarnation in the peer table) each node was last lost
+    /// through: a node restarted since has a new handle, so only then is a later loss a
+    /// new one.
     incarnations: Mutex<HashMap<String, u64>>,
 }
 
@@ -107,8 +109,8 @@ impl LossRecord {
     /// Records that a request lost `node` now (a re-plan left it out), reached through
     /// the peer table's handle `incarnation` (0 when the node has no handle left; not the
     /// handle's address, which a restarted node's new handle may be given again).
-    /// Several requests losing the same incarnation, or losing the node within a few
-    /// seconds, are one loss.
+    /// Several requests losing the same incarnation (or, with no handle to tell, losing the
+    /// node within a few seconds) are one loss.
     pub fn record(&self, node: &str, incarnation: u64) {
         let now = Instant::now();
         {
@@ -117,12 +119,18 @@ impl LossRecord {
             if incarnation != 0 {
                 incarnations.insert(node.to_string(), incarnation);
             }
-            let recent = self
-                .lock()
-                .get(node)
-                .and_then(|t| t.back().copied())
-                .is_some_and(|last| now.duration_since(last) < SAME_LOSS);
-            if recent || (incarnation != 0 && known == Some(incarnation)) {
+            // The same handle lost again is the same loss; a new handle (a restarted or
+            // moved node) lost is a new one, however soon. Without a handle to tell them
+            // apart, a loss within a few seconds of the last is taken as the same.
+            let same = if incarnation != 0 {
+                known == Some(incarnation)
+            } else {
+                self.lock()
+                    .get(node)
+                    .and_then(|t| t.back().copied())
+                    .is_some_and(|last| now.duration_since(last) < SAME_LOSS)
+            };
+            if same {
                 return;
             }
         }
@@ -212,16 +220,7 @@ mod tests {
         record.record("b", 1);
         assert!(!record.is_flapping("b"));
         assert!(record.flapping().is_empty());
-        // Restarted (a new handle), lost again; backdate the first loss past the
-        // same-loss window instead of waiting.
-        {
-            let mut losses = record.lock();
-            let first = losses.get_mut("b").unwrap();
-            let Some(earlier) = first[0].checked_sub(SAME_LOSS) else {
-                return;
-            };
-            first[0] = earlier;
-        }
+        // Restarted (a new handle) and lost again at once: a second loss.
         record.record("b", 2);
         assert!(record.is_flapping("b"));
         assert!(!record.is_flapping("c"));
