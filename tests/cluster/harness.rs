@@ -19,19 +19,42 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// A UDP port no one else uses now: each test's nodes get their own discovery port, so
 /// tests running at once never see each other's nodes.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    unused_port(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok())
 }
 
+/// A TCP port no one else uses now, for a node's API to listen on.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    unused_port(|port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A port that is free now and that the kernel hands nobody meanwhile: below the
+/// ephemeral range, which every bind to port 0 (the nodes' gRPC and group-link
+/// listeners) and every outgoing connection draw from. A port taken from that range and
+/// released could be given to another node's listener before the node meant to use it
+/// binds it (a test then talked HTTP to a group link). Each port is handed out once per
+/// test process, from a start that differs between processes.
+fn unused_port(is_free: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOWEST);
+    assert!(
+        span > 1_000,
+        "no ports below the ephemeral range ({ephemeral})"
+    );
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOWEST + (start + n) % span) as u16;
+        if is_free(port) {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 pub fn default_resolved() -> ResolvedModel {
