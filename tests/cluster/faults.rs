@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use exo::app::{DiscoveryMode, Node};
 use exo::faults::Faults;
+use exo::resource::ResourceState;
 
 use crate::e2e::chat_body;
 use crate::harness::{WAIT, free_udp_port, get_json, loopback_config, post_json, wait_for_peers};
@@ -175,7 +176,15 @@ async fn an_origin_whose_own_engine_hangs_goes_on_without_its_layers() {
     let replan = the_one_replan(&expected, &streamed);
     assert_eq!(replan["lost"], serde_json::json!(["n1"]), "{replan}");
     assert_eq!(replan["ring"], "n2[0,30)", "{replan}");
-    assert!(n1.flow.faults().unwrap().report().steps_held > 0);
+    // The fault struck n1's engine one of two ways: it held a step (a hang), or, on a
+    // loaded machine, its failing health check was seen before any step reached it (the
+    // engine is then out of service). Either way the request went on without n1's layers.
+    let held = n1.flow.faults().unwrap().report().steps_held;
+    let state = n1.engine.state();
+    assert!(
+        held > 0 || state != ResourceState::Ready,
+        "the fault did not reach n1's engine: no step held, engine {state:?}"
+    );
 }
 
 /// Checks that the stream went on: no error, the unbroken answer, one re-plan (returned).
